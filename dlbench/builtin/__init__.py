@@ -1,0 +1,1 @@
+"""dlbench's own plugins, registered through the same hooks as any third party's."""

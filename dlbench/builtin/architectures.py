@@ -1,0 +1,56 @@
+"""Built-in architectures."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from dlbench import hookimpl
+from dlbench.slots import Slot
+
+
+@hookimpl
+def dlbench_register_architectures(register):
+    register("mlp", mlp)
+
+
+class MLP(nn.Module):
+    """Flatten -> [Linear -> activation -> hidden slot] x depth -> Linear to the logits."""
+
+    def __init__(self, in_features: int, num_classes: int, activation: Callable[[], nn.Module],
+                 depth: int, width: int, bias: bool):
+        super().__init__()
+        self.input_slot = Slot("input")
+        self.blocks = nn.ModuleList()
+        fan_in = in_features
+        for _ in range(depth):
+            self.blocks.append(nn.Sequential(nn.Linear(fan_in, width, bias=bias), activation(), Slot("hidden")))
+            fan_in = width
+        self.head = nn.Linear(fan_in, num_classes, bias=bias)
+
+    @property
+    def hidden_blocks(self) -> list[nn.Module]:
+        """Linear + activation of each hidden layer, for layer-wise initializers (no slots)."""
+        return [nn.Sequential(block[0], block[1]) for block in self.blocks]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.input_slot(x.flatten(1))
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x)
+
+
+def mlp(input_shape, num_classes, activation, *, depth: int = 2, width: int = 256, bias: bool = True) -> nn.Module:
+    """Multilayer perceptron with ``depth`` hidden layers of ``width`` units (depth 0: linear).
+
+    Exposes an input slot and a slot after every hidden activation (for dropout), and its hidden
+    blocks (for greedy layer-wise pretraining).
+    """
+    if depth < 0:
+        raise ValueError(f"mlp: depth must be >= 0, got {depth}")
+    if width < 1:
+        raise ValueError(f"mlp: width must be >= 1, got {width}")
+    return MLP(math.prod(input_shape), num_classes, activation, depth, width, bias)

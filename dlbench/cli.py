@@ -1,0 +1,173 @@
+"""The ``dlbench`` command. Thin: parsing options and printing; the work lives elsewhere.
+
+Heavy imports (torch, mlflow, pandas) happen inside the commands so ``dlbench --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+
+DEVICE_HELP = "auto (a GPU when there is one), cpu, cuda or cuda:N."
+
+
+class UsageProblem(click.ClickException):
+    """A user mistake: printed as one paragraph, exit code 2, no traceback."""
+
+    exit_code = 2
+
+    def show(self, file=None) -> None:
+        click.echo(f"Error: {self.format_message()}", err=True)
+
+
+def _user_errors(fn):
+    """Turn dlbench.errors.UserError into a clean exit-2 message."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from dlbench.errors import UserError
+
+        try:
+            return fn(*args, **kwargs)
+        except UserError as exc:
+            raise UsageProblem(str(exc)) from None
+
+    return wrapper
+
+
+def _default_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+
+
+tracking_option = click.option(
+    "--tracking-uri", default=None, metavar="URI",
+    help="MLflow tracking store. Default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db (MLflow's default).")
+plugins_dir_option = click.option(
+    "--plugins-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help="Folder of local plugin modules (*.py). Default: plugins/ next to the study file.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="dlbench")
+def main() -> None:
+    """dlbench: deep-learning ablation studies you can trust.
+
+    Write a study in TOML, run it with `dlbench run ablation.toml`, compare the runs in the
+    MLflow UI (`dlbench ui`) and read the report in reports/<study>/.
+    """
+
+
+@main.command()
+@click.argument("study_file", type=click.Path(path_type=Path))
+@click.option("--dry-run", is_flag=True, help="Print the expanded trials and exit without training.")
+@tracking_option
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+@plugins_dir_option
+@click.option("--study", "only", multiple=True, metavar="NAME", help="Run only this study of the file (repeatable).")
+@click.option("--reports-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("reports"),
+              show_default=True, help="Where reports/<study>/ folders are written.")
+@click.option("--fail-fast", is_flag=True, help="Stop at the first trial that fails.")
+@_user_errors
+def run(study_file: Path, dry_run: bool, tracking_uri: str | None, device: str, plugins_dir: Path | None,
+        only: tuple[str, ...], reports_dir: Path, fail_fast: bool) -> None:
+    """Run every trial of STUDY_FILE, log it to MLflow and write the report."""
+    from dlbench.config import read_study_file
+    from dlbench.plugins import load_plugins
+    from dlbench.study import expand
+
+    sf = read_study_file(study_file)
+    plugins = load_plugins(plugins_dir if plugins_dir is not None else sf.path.parent / "plugins")
+    trials = expand(sf, plugins.registry, list(only) or None)
+    if dry_run:
+        click.echo(_trial_table(sf, trials))
+        return
+
+    from dlbench.runner import resolve_device, run_study
+
+    dev = resolve_device(device)
+    result = run_study(sf, trials, plugins, device=dev, tracking_uri=tracking_uri or _default_uri(),
+                       reports_dir=reports_dir, stream=sys.stdout, fail_fast=fail_fast)
+    finished, diverged, failed = (result.count(s) for s in ("finished", "diverged", "failed"))
+    click.echo(f"\n{finished} finished, {diverged} diverged, {failed} failed, "
+               f"{len(trials) - len(result.results)} not run. MLflow parent run: {result.parent_run_id}")
+    for folder in result.reports:
+        click.echo(f"report: {folder / 'index.md'}")
+    if failed:
+        click.echo("Some trials failed; their tracebacks are in each run's error.txt artifact.", err=True)
+        sys.exit(1)
+
+
+def _trial_table(sf, trials) -> str:
+    varied = _varied_keys(trials)
+    header = ["#", "study", "level", "seed", "config_hash", *varied]
+    rows = [[str(t.index), t.study, t.level, str(t.seed), t.config_hash[:12],
+             *[_flat(t).get(k, "") for k in varied]] for t in trials]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
+    studies = len({t.study for t in trials})
+    return "\n".join(lines + [f"\n{len(trials)} trials in {studies} studies from {sf.path} (dry run: nothing trained)"])
+
+
+def _flat(trial) -> dict[str, str]:
+    from dlbench.study import flatten
+
+    return flatten({k: v for k, v in trial.config.items() if k != "seed"})
+
+
+def _varied_keys(trials) -> list[str]:
+    """The config keys whose values differ between trials: what the study varies."""
+    flats = [_flat(t) for t in trials]
+    keys = list(dict.fromkeys(k for f in flats for k in f))
+    return [k for k in keys if len({f.get(k) for f in flats}) > 1]
+
+
+@main.group()
+def plugins() -> None:
+    """Inspect the registered plugins."""
+
+
+@plugins.command("list")
+@plugins_dir_option
+@click.option("--kind", default=None, help="Only this kind (architecture, optimizer, ...).")
+@_user_errors
+def plugins_list(plugins_dir: Path | None, kind: str | None) -> None:
+    """Print every registered plugin by kind, with its origin and options."""
+    from dlbench.errors import UserError, choose_one_of
+    from dlbench.plugins import KINDS, load_plugins
+    from dlbench.schema import MISSING, describe
+
+    loaded = load_plugins(plugins_dir if plugins_dir is not None else Path("plugins"))
+    kinds = list(KINDS.values())
+    if kind is not None and kind not in kinds:
+        raise UserError(f"--kind {kind!r}: {choose_one_of(kind, kinds)}")
+    for k in kinds if kind is None else [kind]:
+        click.secho(f"{k}s", bold=True)
+        for c in (c for c in loaded.registry if c.kind == k):
+            click.echo(f"  {c.name:<20} [{c.origin}]  {c.description}")
+            for opt in c.options.values():
+                default = "required" if opt.default is MISSING else f"default {opt.default!r}"
+                click.echo(f"  {'':<20}   {opt.name}: {describe(opt.annotation)}, {default}")
+
+
+@main.command()
+@tracking_option
+@click.option("--port", default=5000, show_default=True, help="Port on 127.0.0.1.")
+def ui(tracking_uri: str | None, port: int) -> None:
+    """Open the MLflow UI on 127.0.0.1 for the same store `dlbench run` writes to."""
+    uri = tracking_uri or _default_uri()
+    click.echo(f"MLflow UI for {uri} at http://127.0.0.1:{port} (Ctrl-C to stop)")
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
+           "--port", str(port)]
+    try:
+        sys.exit(subprocess.call(cmd))
+    except KeyboardInterrupt:
+        sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

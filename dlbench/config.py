@@ -1,0 +1,333 @@
+"""Study files: TOML -> validated, typed models. Every error names the file and the key path.
+
+A study file has three parts::
+
+    [study]                      # name, description, seeds (a count or a list)
+    [baseline]                   # the training setup every trial starts from
+    [studies.<name>]             # one ablation: question, levels (or factors), overrides
+
+A level (or a study's own ``baseline`` table) overrides the file's baseline: tables merge key by
+key, everything else is replaced. A component table naming a different plugin replaces the
+baseline's table instead of merging (options of ``sgd`` do not carry over to ``adam``).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dlbench.errors import ConfigError, choose_one_of
+from dlbench.schema import MISSING, coerce, conforms, describe
+
+# Component settings: the key in a study file -> the plugin kind it names.
+COMPONENTS = {
+    "dataset": "dataset",
+    "architecture": "architecture",
+    "activation": "activation",
+    "initializer": "initializer",
+    "optimizer": "optimizer",
+    "schedule": "schedule",
+}
+
+
+@dataclass(frozen=True)
+class Number:
+    type: type
+    low: float
+    high: float | None = None
+    high_open: bool = False
+
+    def check(self, value) -> str | None:
+        if not conforms(value, self.type):
+            return f"expected {describe(self.type)}, got {_show(value)}"
+        if value < self.low or (self.high is not None and (value >= self.high if self.high_open else value > self.high)):
+            upper = "" if self.high is None else f" and {'<' if self.high_open else '<='} {self.high}"
+            return f"must be >= {self.low}{upper}, got {value!r}"
+        return None
+
+
+SCALARS = {
+    "epochs": Number(int, 1),
+    "batch_size": Number(int, 1),
+    "val_fraction": Number(float, 0.0, 1.0, high_open=True),
+}
+
+# What a study file may leave out. The embedded dataset and a plain MLP make the smallest study
+# file an empty one.
+DEFAULT_BASELINE: dict[str, Any] = {
+    "dataset": "mnist1d",
+    "architecture": "mlp",
+    "activation": "relu",
+    "initializer": "default",
+    "optimizer": "sgd",
+    "schedule": "constant",
+    "regularizers": [],
+    "epochs": 20,
+    "batch_size": 64,
+    "val_fraction": 0.1,
+}
+BASELINE_KEYS = list(DEFAULT_BASELINE)
+TOP_KEYS = ["study", "baseline", "studies"]
+STUDY_META_KEYS = ["name", "description", "seeds"]
+STUDY_KEYS = ["question", "description", "seeds", "reference", "baseline", "levels", "factors"]
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+
+
+@dataclass(frozen=True)
+class Factor:
+    """One thing a study varies, with its named levels (each a table of overrides)."""
+
+    name: str
+    levels: dict[str, dict]
+
+    @property
+    def level_names(self) -> list[str]:
+        return list(self.levels)
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str
+    question: str
+    factors: tuple[Factor, ...]
+    seeds: tuple[int, ...]
+    reference: dict[str, str]  # factor -> its reference level (the first level unless set)
+    overrides: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StudyFile:
+    path: Path
+    name: str
+    description: str
+    baseline: dict
+    studies: tuple[Study, ...]
+    text: str
+
+
+def read_study_file(path: str | Path) -> StudyFile:
+    """Parse and structurally validate a study file (plugin names are checked at expansion)."""
+    path = Path(path)
+    if not path.is_file():
+        hint = " (it is a directory)" if path.is_dir() else ""
+        raise ConfigError(str(path), [f"no such study file{hint}; pass the path of a TOML file such as ablation.toml"])
+    text = path.read_text(encoding="utf-8")
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), [f"invalid TOML: {exc}. See https://toml.io for the syntax."]) from None
+    return parse_study_file(raw, path, text)
+
+
+def parse_study_file(raw: dict, path: Path, text: str = "") -> StudyFile:
+    problems: list[str] = []
+    _unknown_keys(raw, TOP_KEYS, "", problems)
+
+    meta = _table(raw, "study", "study", problems)
+    _unknown_keys(meta, STUDY_META_KEYS, "study.", problems)
+    name = meta.get("name", path.stem)
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        problems.append(f"study.name: expected a name of letters, digits and _ . + - , got {_show(name)}")
+        name = path.stem
+    description = meta.get("description", "")
+    default_seeds = _seeds(meta.get("seeds", 3), "study.seeds", problems)
+
+    baseline = _table(raw, "baseline", "baseline", problems)
+    _unknown_keys(baseline, BASELINE_KEYS, "baseline.", problems)
+    baseline = merge(normalize(DEFAULT_BASELINE), normalize(baseline))
+
+    studies_raw = _table(raw, "studies", "studies", problems)
+    if not studies_raw:
+        problems.append("studies: no study defined; add at least one table such as "
+                        "[studies.dropout] with [studies.dropout.levels] off = {} and on = {...}")
+    studies = []
+    for sname, sraw in studies_raw.items():
+        where = f"studies.{sname}"
+        if not NAME_RE.match(sname):
+            problems.append(f"{where}: a study name may hold letters, digits and _ . + - only")
+        if not isinstance(sraw, dict):
+            problems.append(f"{where}: expected a table, got {_show(sraw)}")
+            continue
+        study = _parse_study(sname, sraw, default_seeds, problems)
+        if study is not None:
+            studies.append(study)
+    if problems:
+        raise ConfigError(str(path), problems)
+    return StudyFile(path, name, description, baseline, tuple(studies), text)
+
+
+def _parse_study(name: str, raw: dict, default_seeds: tuple[int, ...], problems: list[str]) -> Study | None:
+    where = f"studies.{name}"
+    _unknown_keys(raw, STUDY_KEYS, f"{where}.", problems)
+    seeds = _seeds(raw["seeds"], f"{where}.seeds", problems) if "seeds" in raw else default_seeds
+    overrides = _table(raw, "baseline", f"{where}.baseline", problems)
+    _unknown_keys(overrides, BASELINE_KEYS, f"{where}.baseline.", problems)
+
+    if ("levels" in raw) == ("factors" in raw):
+        problems.append(f"{where}: give exactly one of 'levels' (one factor) or 'factors' (several), "
+                        f"e.g. [{where}.levels] with off = {{}} and on = {{ ... }}")
+        return None
+    if "levels" in raw:
+        factors_raw = {name: raw["levels"]}
+        level_where = {name: f"{where}.levels"}
+    else:
+        factors_raw = _table(raw, "factors", f"{where}.factors", problems)
+        level_where = {f: f"{where}.factors.{f}" for f in factors_raw}
+        if not factors_raw:
+            problems.append(f"{where}.factors: empty; add [{where}.factors.<factor>] tables of levels")
+    factors = []
+    for fname, levels in factors_raw.items():
+        fw = level_where[fname]
+        if not isinstance(levels, dict) or not levels:
+            problems.append(f"{fw}: expected a table of named levels, each a table of overrides, got {_show(levels)}")
+            continue
+        for lname, over in levels.items():
+            if not isinstance(over, dict):
+                problems.append(f"{fw}.{lname}: a level is a table of overrides (use {{}} for the baseline itself), "
+                                f"got {_show(over)}")
+            else:
+                _unknown_keys(over, BASELINE_KEYS, f"{fw}.{lname}.", problems)
+        factors.append(Factor(fname, {k: normalize(v) if isinstance(v, dict) else {} for k, v in levels.items()}))
+
+    reference = {f.name: f.level_names[0] for f in factors}
+    ref_raw = raw.get("reference")
+    if ref_raw is not None:
+        if len(factors) == 1 and isinstance(ref_raw, str):
+            ref_raw = {factors[0].name: ref_raw}
+        if not isinstance(ref_raw, dict):
+            problems.append(f"{where}.reference: expected a level name (or a table factor = level), got {_show(ref_raw)}")
+        else:
+            for fname, lname in ref_raw.items():
+                factor = next((f for f in factors if f.name == fname), None)
+                if factor is None:
+                    problems.append(f"{where}.reference.{fname}: unknown factor; "
+                                    f"{choose_one_of(fname, [f.name for f in factors])}")
+                elif lname not in factor.levels:
+                    problems.append(f"{where}.reference: unknown level {lname!r} of factor {fname!r}; "
+                                    f"{choose_one_of(str(lname), factor.level_names)}")
+                else:
+                    reference[fname] = lname
+    question = raw.get("question", raw.get("description", ""))
+    return Study(name, str(question), tuple(factors), seeds, reference, normalize(overrides))
+
+
+# -- merging and resolution ---------------------------------------------------------------------
+
+
+def normalize(config: dict) -> dict:
+    """Component shorthands (``optimizer = "adam"``) become tables (``{name = "adam"}``)."""
+    out = copy.deepcopy(config)
+    for key in COMPONENTS:
+        if isinstance(out.get(key), str):
+            out[key] = {"name": out[key]}
+    if isinstance(out.get("regularizers"), list):
+        out["regularizers"] = [{"name": r} if isinstance(r, str) else r for r in out["regularizers"]]
+    return out
+
+
+def merge(base: dict, override: dict) -> dict:
+    """Deep-merge ``override`` into a copy of ``base`` (see the module docstring for the rules)."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        old = out.get(key)
+        renamed = isinstance(value, dict) and "name" in value and isinstance(old, dict) and old.get("name") != value["name"]
+        if isinstance(value, dict) and isinstance(old, dict) and not renamed:
+            out[key] = merge(old, value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def resolve(config: dict, registry, where: dict[str, str]) -> tuple[dict, list[str]]:
+    """Check a merged config against the core settings and the plugins' options.
+
+    Returns the fully resolved config (every option explicit, defaults filled in, ints given for
+    floats made floats) and the problems found. ``where`` maps a top-level key to the key path
+    that last set it, so a problem points at the line the user wrote.
+    """
+    problems: list[str] = []
+    resolved: dict[str, Any] = {}
+    for key, spec in SCALARS.items():
+        msg = spec.check(config[key])
+        if msg:
+            problems.append(f"{where.get(key, 'baseline')}.{key}: {msg}")
+        else:
+            resolved[key] = coerce(config[key], spec.type)
+    for key, kind in COMPONENTS.items():
+        resolved[key] = _resolve_component(config[key], kind, registry, f"{where.get(key, 'baseline')}.{key}", problems)
+    regs = config["regularizers"]
+    path = f"{where.get('regularizers', 'baseline')}.regularizers"
+    if not isinstance(regs, list):
+        problems.append(f"{path}: expected a list of regularizers such as [{{ name = \"dropout\" }}], got {_show(regs)}")
+        regs = []
+    resolved["regularizers"] = [_resolve_component(r, "regularizer", registry, f"{path}[{i}]", problems)
+                                for i, r in enumerate(regs)]
+    names = [r["name"] for r in resolved["regularizers"] if r]
+    for dup in sorted({n for n in names if names.count(n) > 1}):
+        problems.append(f"{path}: regularizer {dup!r} is listed twice; list each once")
+    return resolved, problems
+
+
+def _resolve_component(value, kind: str, registry, path: str, problems: list[str]) -> dict:
+    if not isinstance(value, dict) or not isinstance(value.get("name"), str):
+        problems.append(f"{path}: expected a {kind} name or a table with a 'name' key, got {_show(value)}; "
+                        f"choose one of: {', '.join(registry.names(kind))}")
+        return {}
+    name = value["name"]
+    if not registry.has(kind, name):
+        problems.append(f"{path}: unknown {kind} {name!r}; {choose_one_of(name, registry.names(kind))}")
+        return {}
+    component = registry.get(kind, name)
+    out = {"name": name}
+    for key in value:
+        if key != "name" and key not in component.options:
+            tail = choose_one_of(key, component.options) if component.options else "it takes no options"
+            problems.append(f"{path}.{key}: {kind} {name!r} has no option {key!r}; {tail}")
+    for opt in component.options.values():
+        if opt.name in value:
+            v = value[opt.name]
+            if not conforms(v, opt.annotation):
+                problems.append(f"{path}.{opt.name}: expected {describe(opt.annotation)}, got {_show(v)}")
+                continue
+            out[opt.name] = coerce(v, opt.annotation)
+        elif opt.default is MISSING:
+            problems.append(f"{path}.{opt.name}: {kind} {name!r} requires this option ({describe(opt.annotation)})")
+        else:
+            out[opt.name] = copy.deepcopy(opt.default)
+    return out
+
+
+# -- small helpers ------------------------------------------------------------------------------
+
+
+def _table(raw: dict, key: str, path: str, problems: list[str]) -> dict:
+    value = raw.get(key, {})
+    if not isinstance(value, dict):
+        problems.append(f"{path}: expected a table, got {_show(value)}")
+        return {}
+    return value
+
+
+def _unknown_keys(table: dict, allowed: list[str], prefix: str, problems: list[str]) -> None:
+    for key in table:
+        if key not in allowed:
+            problems.append(f"{prefix}{key}: unknown key; {choose_one_of(key, allowed)}")
+
+
+def _seeds(value, path: str, problems: list[str]) -> tuple[int, ...]:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return tuple(range(value))
+    if (isinstance(value, list) and value and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value)
+            and len(set(value)) == len(value)):
+        return tuple(value)
+    problems.append(f"{path}: expected a seed count >= 1 or a list of distinct non-negative integers, got {_show(value)}")
+    return (0,)
+
+
+def _show(value) -> str:
+    kind = {bool: "boolean", int: "integer", float: "float", str: "string", list: "array", dict: "table"}
+    return f"{kind.get(type(value), type(value).__name__)} {value!r}"

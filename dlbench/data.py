@@ -1,0 +1,108 @@
+"""Datasets as arrays, the validation split, and the whole dataset as tensors on the device.
+
+Small datasets are held on the trial's device in full; the training loop draws batches by
+indexing with a random permutation made on the device (no DataLoader, no workers, no copies).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+VAL_SPLIT_SEED = 0  # the validation split is the same for every trial seed: seeds vary training only
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Train and test arrays as a dataset plugin returns them. ``x`` float, ``y`` int class ids."""
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+    def content_hash(self) -> str:
+        """SHA-256 over the arrays' dtypes, shapes and bytes: identical data, identical hash."""
+        h = hashlib.sha256()
+        for a in (self.x_train, self.y_train, self.x_test, self.y_test):
+            a = np.ascontiguousarray(a)
+            h.update(f"{a.dtype.str}{a.shape}".encode())
+            h.update(a.tobytes())
+        return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class DeviceData:
+    """The splits as tensors on one device, ready for the training loop."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+    input_shape: tuple[int, ...]
+    content_hash: str
+
+    def splits(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        out = {"train": (self.x_train, self.y_train), "test": (self.x_test, self.y_test)}
+        if len(self.y_val):
+            out["val"] = (self.x_val, self.y_val)
+        return out
+
+
+def to_device(ds: Dataset, val_fraction: float, device: torch.device) -> DeviceData:
+    """Carve the validation split from the training set and move everything to ``device``."""
+    n = len(ds.y_train)
+    order = np.random.default_rng(VAL_SPLIT_SEED).permutation(n)
+    n_val = int(round(n * val_fraction))
+    val, train = order[:n_val], order[n_val:]
+
+    def x(a):
+        return torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float32, device=device)
+
+    def y(a):
+        return torch.as_tensor(np.ascontiguousarray(a), dtype=torch.long, device=device)
+
+    return DeviceData(
+        x_train=x(ds.x_train[train]), y_train=y(ds.y_train[train]),
+        x_val=x(ds.x_train[val]), y_val=y(ds.y_train[val]),
+        x_test=x(ds.x_test), y_test=y(ds.y_test),
+        num_classes=ds.num_classes, input_shape=ds.input_shape, content_hash=ds.content_hash(),
+    )
+
+
+class DataCache:
+    """Datasets built once per process and kept on the device across the trials of a study."""
+
+    def __init__(self) -> None:
+        self._arrays: dict[str, Dataset] = {}
+        self._device: dict[tuple, DeviceData] = {}
+
+    def get(self, component, options: dict, val_fraction: float, device: torch.device) -> DeviceData:
+        key = repr((component.name, sorted(options.items())))
+        if key not in self._arrays:
+            ds = component.factory(**options)
+            _check_dataset(component.name, ds)
+            self._arrays[key] = ds
+        dkey = (key, val_fraction, str(device))
+        if dkey not in self._device:
+            self._device[dkey] = to_device(self._arrays[key], val_fraction, device)
+        return self._device[dkey]
+
+
+def _check_dataset(name: str, ds) -> None:
+    if not isinstance(ds, Dataset):
+        raise TypeError(f"dataset plugin {name!r} returned {type(ds).__name__}, expected dlbench.data.Dataset")
+    if len(ds.x_train) != len(ds.y_train) or len(ds.x_test) != len(ds.y_test):
+        raise ValueError(f"dataset plugin {name!r}: x and y of a split differ in length")

@@ -1,0 +1,126 @@
+"""Every dlbench hook, in one file. Each docstring is the contract a plugin implements.
+
+Two families:
+
+* **Registration hooks** (``dlbench_register_<kind>``) hand the plugin a ``register`` callback.
+  ``register(name, factory)`` adds one component. The factory is a plain function or class; its
+  *keyword-only* parameters are the options a study file may set, and their annotations and
+  defaults are the schema dlbench validates against (``int``, ``float``, ``bool``, ``str``,
+  ``Literal[...]``, ``X | None``, ``list[X]``). The positional parameters are the call contract of
+  the kind, listed in each hook below. The first line of the docstring is the description shown
+  by ``dlbench plugins list``; cite the source of the technique there.
+
+* **Lifecycle hooks** are called by the training loop, so observers (progress display, MLflow
+  tracking, diagnostics) can follow a trial without the loop knowing about them.
+
+Built-in components are registered through exactly these hooks (see ``dlbench/builtin``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    from dlbench.study import Trial
+    from dlbench.train import TrialResult
+
+hookspec = pluggy.HookspecMarker("dlbench")
+
+
+# -- registration -------------------------------------------------------------------------------
+
+
+@hookspec
+def dlbench_register_datasets(register) -> None:
+    """Register datasets. Factory: ``f(*, **options) -> dlbench.data.Dataset``.
+
+    The factory returns the train and test arrays (numpy); dlbench carves the validation split
+    from the training set and moves the tensors to the trial's device. Example::
+
+        @hookimpl
+        def dlbench_register_datasets(register):
+            register("my_npz", my_npz)
+
+        def my_npz(*, path: str) -> Dataset:
+            \"\"\"Arrays from an .npz file with x_train, y_train, x_test, y_test.\"\"\"
+    """
+
+
+@hookspec
+def dlbench_register_architectures(register) -> None:
+    """Register architectures. Factory: ``f(input_shape, num_classes, activation, *, **options)``.
+
+    ``input_shape`` is one example's shape (e.g. ``(40,)``), ``activation`` a zero-argument
+    callable returning a fresh activation module. Returns a ``torch.nn.Module`` mapping a batch to
+    logits. A model may expose ``hidden_blocks`` (a list of modules, each mapping one hidden
+    representation to the next) for layer-wise initializers, and ``dlbench.slots.Slot``
+    modules where regularizers such as dropout may insert themselves. Example::
+
+        register("mlp", mlp)   # def mlp(input_shape, num_classes, activation, *, depth: int = 2)
+    """
+
+
+@hookspec
+def dlbench_register_activations(register) -> None:
+    """Register activations. Factory: ``f(*, **options) -> torch.nn.Module``.
+
+    Example: ``register("leaky_relu", leaky_relu)`` with
+    ``def leaky_relu(*, negative_slope: float = 0.01)``.
+    """
+
+
+@hookspec
+def dlbench_register_initializers(register) -> None:
+    """Register initializers. Factory: ``f(model, data, *, **options) -> None``.
+
+    Initializes ``model`` in place. ``data`` is the trial's ``dlbench.data.DeviceData`` (train
+    split on the device), so data-dependent schemes (greedy layer-wise pretraining, LSUV) can use
+    it. The global RNGs are already seeded for the trial.
+    """
+
+
+@hookspec
+def dlbench_register_optimizers(register) -> None:
+    """Register optimizers. Factory: ``f(params, *, **options) -> torch.optim.Optimizer``."""
+
+
+@hookspec
+def dlbench_register_schedules(register) -> None:
+    """Register learning-rate schedules. Factory:
+    ``f(optimizer, total_steps, *, **options) -> torch.optim.lr_scheduler.LRScheduler``.
+
+    The scheduler is stepped once per optimizer step; ``total_steps`` is epochs x batches.
+    """
+
+
+@hookspec
+def dlbench_register_regularizers(register) -> None:
+    """Register regularizers. Factory: ``f(*, **options) -> dlbench.regularizer.Regularizer``.
+
+    A regularizer overrides the points of training it acts on: the model (``wrap_model``), the
+    batch (``transform_batch``), the loss (``penalty``), the gradients (``before_step``), the
+    parameters after a step (``after_step``) or the stopping decision (``should_stop``).
+    """
+
+
+# -- lifecycle ----------------------------------------------------------------------------------
+
+
+@hookspec
+def dlbench_trial_start(trial: Trial, model: Any, info: dict) -> None:
+    """A trial is about to train. ``info`` has ``device``, ``dataset_hash``, ``num_params``."""
+
+
+@hookspec
+def dlbench_epoch_end(trial: Trial, epoch: int, metrics: dict[str, float]) -> None:
+    """An epoch finished; ``metrics`` has train/val/test loss and accuracy and the lr.
+
+    Epoch 0 is the evaluation of the initialized model before any training step.
+    """
+
+
+@hookspec
+def dlbench_trial_end(trial: Trial, result: TrialResult) -> None:
+    """A trial finished, diverged or failed (``result.status``), with its final metrics."""

@@ -1,0 +1,187 @@
+"""The plugin manager: built-ins, entry points and a local plugins folder, one registry.
+
+Loading order: built-ins, then the ``dlbench`` entry-point group (skipped when
+``DLBENCH_DISABLE_PLUGIN_AUTOLOAD`` is set), then every ``*.py`` module of the local plugins
+folder. A name registered twice within one kind is an error naming both origins.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pluggy
+
+from dlbench import hookspecs
+from dlbench.errors import PluginError, UserError, choose_one_of
+from dlbench.schema import Option, options_of
+
+AUTOLOAD_ENV = "DLBENCH_DISABLE_PLUGIN_AUTOLOAD"
+ENTRY_POINT_GROUP = "dlbench"
+
+# plural hook suffix -> singular kind name used in study files and messages
+KINDS = {
+    "datasets": "dataset",
+    "architectures": "architecture",
+    "activations": "activation",
+    "initializers": "initializer",
+    "optimizers": "optimizer",
+    "schedules": "schedule",
+    "regularizers": "regularizer",
+}
+
+BUILTIN_MODULES = [
+    "dlbench.builtin.datasets",
+    "dlbench.builtin.architectures",
+    "dlbench.builtin.activations",
+    "dlbench.builtin.initializers",
+    "dlbench.builtin.pretraining",
+    "dlbench.builtin.optimizers",
+    "dlbench.builtin.schedules",
+    "dlbench.builtin.regularizers",
+]
+
+
+@dataclass(frozen=True)
+class Component:
+    """One registered factory: what it is, where it came from, what options it takes."""
+
+    kind: str
+    name: str
+    factory: object
+    origin: str
+    options: dict[str, Option] = field(compare=False)
+
+    @property
+    def description(self) -> str:
+        doc = inspect.getdoc(self.factory) or ""
+        return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
+class Registry:
+    """Components by kind and name."""
+
+    def __init__(self) -> None:
+        self._components: dict[str, dict[str, Component]] = {k: {} for k in KINDS.values()}
+
+    def add(self, kind: str, name: str, factory, origin: str) -> None:
+        if not isinstance(name, str) or not name:
+            raise PluginError(f"{origin}: a {kind} was registered with an invalid name {name!r}")
+        if not callable(factory):
+            raise PluginError(f"{origin}: {kind} {name!r} was registered with a non-callable factory")
+        existing = self._components[kind].get(name)
+        if existing is not None:
+            raise PluginError(
+                f"{kind} {name!r} is registered twice: by {existing.origin} and by {origin}. "
+                "Rename one of them, or uninstall/remove the plugin you do not want."
+            )
+        self._components[kind][name] = Component(kind, name, factory, origin, options_of(factory))
+
+    def get(self, kind: str, name: str) -> Component:
+        try:
+            return self._components[kind][name]
+        except KeyError:
+            raise UserError(f"unknown {kind} {name!r}: {choose_one_of(name, self.names(kind))}") from None
+
+    def has(self, kind: str, name: str) -> bool:
+        return name in self._components[kind]
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self._components[kind])
+
+    def __iter__(self) -> Iterator[Component]:
+        for kind in self._components.values():
+            yield from (kind[n] for n in sorted(kind))
+
+
+@dataclass
+class Plugins:
+    """The loaded plugin manager and the registry it filled."""
+
+    pm: pluggy.PluginManager
+    registry: Registry
+    origins: dict[str, str]  # plugin name -> origin
+
+    @property
+    def hook(self):
+        return self.pm.hook
+
+
+def make_manager() -> pluggy.PluginManager:
+    pm = pluggy.PluginManager("dlbench")
+    pm.add_hookspecs(hookspecs)
+    return pm
+
+
+def load_plugins(plugins_dir: Path | None = None, *, autoload: bool | None = None) -> Plugins:
+    """Load every plugin and fill the registry. ``plugins_dir`` may be missing (then skipped)."""
+    pm = make_manager()
+    origins: dict[str, str] = {}
+
+    for modname in BUILTIN_MODULES:
+        module = importlib.import_module(modname)
+        pm.register(module, name=modname)
+        origins[modname] = "built-in"
+
+    if autoload is None:
+        autoload = not os.environ.get(AUTOLOAD_ENV)
+    if autoload:
+        try:
+            pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
+        except Exception as exc:  # a broken third-party package must not hide which one it is
+            raise PluginError(f"a plugin in the {ENTRY_POINT_GROUP!r} entry-point group failed to load: {exc!r}. "
+                              f"Set {AUTOLOAD_ENV}=1 to skip entry points.") from exc
+        for plugin, dist in pm.list_plugin_distinfo():
+            origins[pm.get_name(plugin)] = f"entry point ({dist.project_name} {dist.version})"
+
+    if plugins_dir is not None and Path(plugins_dir).is_dir():
+        for path in sorted(Path(plugins_dir).glob("*.py")):
+            if path.name.startswith("_"):
+                continue
+            module = _import_local(path)
+            name = f"local:{path}"
+            pm.register(module, name=name)
+            origins[name] = f"local ({path})"
+
+    pm.check_pending()
+    registry = _fill_registry(pm, origins)
+    return Plugins(pm, registry, origins)
+
+
+def _import_local(path: Path):
+    modname = f"dlbench_local_plugins.{path.stem}"
+    spec = importlib.util.spec_from_file_location(modname, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[modname] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        del sys.modules[modname]
+        raise PluginError(f"local plugin {path} failed to import: {type(exc).__name__}: {exc}") from exc
+    return module
+
+
+def _fill_registry(pm: pluggy.PluginManager, origins: dict[str, str]) -> Registry:
+    registry = Registry()
+    for plural, kind in KINDS.items():
+        caller = getattr(pm.hook, f"dlbench_register_{plural}")
+        # call implementations one by one so each registration carries its plugin's origin
+        for impl in reversed(caller.get_hookimpls()):
+            origin = origins.get(impl.plugin_name, impl.plugin_name)
+
+            def register(name, factory, _kind=kind, _origin=origin):
+                registry.add(_kind, name, factory, _origin)
+
+            try:
+                impl.function(register=register)
+            except UserError:
+                raise
+            except Exception as exc:
+                raise PluginError(f"{origin}: dlbench_register_{plural} raised {type(exc).__name__}: {exc}") from exc
+    return registry

@@ -1,0 +1,124 @@
+"""One trial: seed, build, initialize, train for N epochs, evaluate every epoch. Nothing else.
+
+The loop knows nothing of MLflow or progress bars: it calls the lifecycle hooks
+(``dlbench_trial_start``, ``dlbench_epoch_end``, ``dlbench_trial_end``) and observers subscribe.
+The whole dataset is already on the device (see ``data.py``); batches are index gathers.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dlbench.data import DeviceData
+from dlbench.study import Trial
+
+EVAL_CHUNK = 8192  # examples per forward pass at evaluation: bounded memory, few launches
+
+
+@dataclass
+class TrialResult:
+    status: str  # "finished", "diverged" (loss became NaN/inf) or "failed" (an exception)
+    epochs_run: int = 0
+    final: dict[str, float] = field(default_factory=dict)  # metrics after the last epoch
+    history: list[dict[str, float]] = field(default_factory=list)  # one dict per epoch, from 0
+    seconds: float = 0.0
+    error: str | None = None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # seeds the CPU and every CUDA device
+
+
+def make(registry, kind: str, spec: dict, *args):
+    """Call the factory registered as ``spec["name"]`` with the contract args and the options."""
+    component = registry.get(kind, spec["name"])
+    return component.factory(*args, **{k: v for k, v in spec.items() if k != "name"})
+
+
+def build(trial: Trial, registry, data: DeviceData, device: torch.device):
+    """Model (regularizers applied, initialized, on the device), regularizers, optimizer, schedule."""
+    cfg = trial.config
+    model = make(registry, "architecture", cfg["architecture"], data.input_shape, data.num_classes,
+                 lambda: make(registry, "activation", cfg["activation"]))
+    regularizers = [make(registry, "regularizer", spec) for spec in cfg["regularizers"]]
+    for reg in regularizers:
+        model = reg.wrap_model(model)
+    model.to(device)
+    make(registry, "initializer", cfg["initializer"], model, data)
+    optimizer = make(registry, "optimizer", cfg["optimizer"], model.parameters())
+    steps = cfg["epochs"] * math.ceil(len(data.y_train) / cfg["batch_size"])
+    schedule = make(registry, "schedule", cfg["schedule"], optimizer, steps)
+    return model, regularizers, optimizer, schedule
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, data: DeviceData) -> dict[str, float]:
+    """Loss and accuracy on every split, in eval mode, with a single device sync at the end."""
+    model.eval()
+    names, values = [], []
+    for split, (x, y) in data.splits().items():
+        loss_sum = torch.zeros((), device=x.device)
+        correct = torch.zeros((), device=x.device)
+        for xb, yb in zip(x.split(EVAL_CHUNK), y.split(EVAL_CHUNK)):
+            logits = model(xb)
+            loss_sum += F.cross_entropy(logits, yb, reduction="sum")
+            correct += (logits.argmax(1) == yb).sum()
+        names += [f"{split}_loss", f"{split}_accuracy"]
+        values += [loss_sum / len(y), correct / len(y)]
+    return dict(zip(names, torch.stack(values).tolist()))  # CPU-GPU sync point
+
+
+def train_epoch(model, regularizers, optimizer, schedule, data: DeviceData, batch_size: int) -> None:
+    model.train()
+    n = len(data.y_train)
+    order = torch.randperm(n, device=data.x_train.device)  # drawn on the device: no host round-trip
+    for idx in order.split(batch_size):
+        x, y = data.x_train[idx], data.y_train[idx]
+        for reg in regularizers:
+            x, y = reg.transform_batch(x, y)
+        loss = F.cross_entropy(model(x), y)
+        for reg in regularizers:
+            loss = loss + reg.penalty(model)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        for reg in regularizers:
+            reg.before_step(model)
+        optimizer.step()
+        schedule.step()
+        for reg in regularizers:
+            reg.after_step(model)
+
+
+def run_trial(trial: Trial, registry, data: DeviceData, device: torch.device, hook) -> TrialResult:
+    """Train one trial and return its result; exceptions propagate (the runner records them)."""
+    started = time.perf_counter()
+    seed_everything(trial.seed)
+    model, regularizers, optimizer, schedule = build(trial, registry, data, device)
+    info = {"device": str(device), "dataset_hash": data.content_hash,
+            "num_params": sum(p.numel() for p in model.parameters())}
+    hook.dlbench_trial_start(trial=trial, model=model, info=info)
+
+    result = TrialResult(status="finished")
+    for epoch in range(trial.config["epochs"] + 1):
+        if epoch > 0:  # epoch 0 records the initialized model, before any step
+            train_epoch(model, regularizers, optimizer, schedule, data, trial.config["batch_size"])
+        metrics = evaluate(model, data) | {"lr": optimizer.param_groups[0]["lr"]}
+        result.history.append(metrics)
+        result.final, result.epochs_run = metrics, epoch
+        hook.dlbench_epoch_end(trial=trial, epoch=epoch, metrics=metrics)
+        if not math.isfinite(metrics["train_loss"]):
+            result.status = "diverged"
+            break
+        if epoch > 0 and any([reg.should_stop(epoch, metrics) for reg in regularizers]):
+            break
+    result.seconds = time.perf_counter() - started
+    return result
