@@ -103,14 +103,19 @@ def run(study_file: Path, dry_run: bool, tracking_uri: str | None, device: str, 
 
 
 def _trial_table(sf, trials) -> str:
-    varied = _varied_keys(trials)
-    header = ["#", "study", "level", "seed", "config_hash", *varied]
-    rows = [[str(t.index), t.study, t.level, str(t.seed), t.config_hash[:12],
-             *[_flat(t).get(k, "") for k in varied]] for t in trials]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
+    """One table per study: the trials with what varies between them (the study's factors)."""
+    blocks = []
+    for study in dict.fromkeys(t.study for t in trials):
+        group = [t for t in trials if t.study == study]
+        varied = _varied_keys(group)
+        header = ["#", "level", "seed", "config_hash", *varied]
+        rows = [[str(t.index), t.level, str(t.seed), t.config_hash[:12], *[_flat(t).get(k, "") for k in varied]]
+                for t in group]
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
+        blocks.append(f"study {study!r} ({len(group)} trials)\n" + "\n".join(lines))
     studies = len({t.study for t in trials})
-    return "\n".join(lines + [f"\n{len(trials)} trials in {studies} studies from {sf.path} (dry run: nothing trained)"])
+    return "\n\n".join(blocks) + f"\n\n{len(trials)} trials in {studies} studies from {sf.path} (dry run: nothing trained)"
 
 
 def _flat(trial) -> dict[str, str]:

@@ -1,0 +1,119 @@
+"""Overhead of dlbench over a bare hand-written PyTorch loop, measured in the same run.
+
+Both train the same MLP on MNIST-1D held on the device, for the same epochs, and evaluate
+train/val/test loss and accuracy after every epoch. dlbench runs through ``run_trial`` with its
+hooks, once with no observer and once with the MLflow tracker writing to a fresh SQLite store.
+
+    python benchmarks/overhead.py [--epochs 20] [--repeats 3] [--device auto]
+
+Prints the median seconds of each and the ratios dlbench / bare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dlbench.config import parse_study_file
+from dlbench.data import DataCache
+from dlbench.plugins import load_plugins
+from dlbench.runner import resolve_device
+from dlbench.study import expand
+from dlbench.train import evaluate, run_trial
+
+STUDY = """
+[study]
+name = "overhead"
+seeds = [0]
+[baseline]
+architecture = {{ name = "mlp", depth = 2, width = 256 }}
+optimizer = {{ name = "adam", lr = 0.002 }}
+epochs = {epochs}
+batch_size = 128
+[studies.bench.levels]
+baseline = {{}}
+"""
+
+
+def bare_loop(data, epochs: int, batch_size: int, seed: int) -> float:
+    """What a researcher writes by hand: same model, same data on the device, same evaluation."""
+    torch.manual_seed(seed)
+    width, n_in = 256, data.x_train.shape[1]
+    model = nn.Sequential(nn.Linear(n_in, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(),
+                          nn.Linear(width, data.num_classes)).to(data.x_train.device)
+    opt = torch.optim.Adam(model.parameters(), lr=0.002)
+    for _ in range(epochs):
+        model.train()
+        for idx in torch.randperm(len(data.y_train), device=data.x_train.device).split(batch_size):
+            loss = F.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        metrics = evaluate(model, data)
+    return metrics["test_accuracy"]
+
+
+class NoHooks:
+    def __getattr__(self, name):
+        return lambda **kwargs: None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", default="auto")
+    args = ap.parse_args()
+    device = resolve_device(args.device)
+
+    text = STUDY.format(epochs=args.epochs)
+    sf = parse_study_file(__import__("tomllib").loads(text), Path("overhead.toml"), text)
+    plugins = load_plugins(None, autoload=False)
+    trial = expand(sf, plugins.registry)[0]
+    cfg = trial.config
+    data = DataCache().get(plugins.registry.get("dataset", "mnist1d"), {}, cfg["val_fraction"], device)
+
+    def timed(fn) -> float:
+        times = []
+        for _ in range(args.repeats):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            fn()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times)
+
+    from dlbench.tracking import Tracker
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tracker = Tracker(f"sqlite:///{tmp}/mlflow.db", "overhead")
+        tracker.start_study(sf, [trial], device)
+        bare_loop(data, 1, 128, 0)  # warm-up: allocator, kernels
+        bare = timed(lambda: bare_loop(data, args.epochs, cfg["batch_size"], 0))
+        quiet = timed(lambda: run_trial(trial, plugins.registry, data, device, NoHooks()))
+        plugins.pm.register(tracker, name="tracker")
+
+        def tracked():
+            run_trial(trial, plugins.registry, data, device, plugins.hook)
+            tracker.flush()
+
+        logged = timed(tracked)
+
+    print(f"device: {device} ({torch.get_num_threads()} threads), torch {torch.__version__}, "
+          f"{args.epochs} epochs x {len(data.y_train) // cfg['batch_size'] + 1} steps, median of {args.repeats}")
+    print(f"bare PyTorch loop        {bare:7.2f} s   1.00x")
+    print(f"dlbench run_trial        {quiet:7.2f} s   {quiet / bare:.2f}x")
+    print(f"dlbench + MLflow SQLite  {logged:7.2f} s   {logged / bare:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
