@@ -74,6 +74,7 @@ BASELINE_KEYS = list(DEFAULT_BASELINE)
 TOP_KEYS = ["study", "baseline", "studies"]
 STUDY_META_KEYS = ["name", "description", "seeds"]
 STUDY_KEYS = ["question", "description", "seeds", "reference", "baseline", "levels", "factors"]
+RESERVED_FACTOR_NAMES = {"study", "level", "seed", "status", "epochs_run", "config_hash"}  # report columns
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
@@ -182,6 +183,8 @@ def _parse_study(name: str, raw: dict, default_seeds: tuple[int, ...], problems:
     factors = []
     for fname, levels in factors_raw.items():
         fw = level_where[fname]
+        if fname in RESERVED_FACTOR_NAMES:
+            problems.append(f"{fw}: {fname!r} cannot name a factor (reserved: {', '.join(sorted(RESERVED_FACTOR_NAMES))})")
         if not isinstance(levels, dict) or not levels:
             problems.append(f"{fw}: expected a table of named levels, each a table of overrides, got {_show(levels)}")
             continue

@@ -1,0 +1,185 @@
+"""Shared helpers and fixtures of the dlbench test suite.
+
+Two kinds of tests live here:
+
+* in-process tests (config, expansion, plugins, the training loop) share one registry of the
+  built-in plugins, loaded without entry points so an installed third-party plugin cannot change
+  what they see;
+* end-to-end tests run the real ``dlbench`` command in a subprocess (``python -m dlbench.cli``)
+  against a real SQLite MLflow store in ``tmp_path``.
+
+Everything trains on a 600-example MNIST-1D and MLPs of width 16, so the suite stays a few
+minutes on two CPU cores.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLE_PLUGIN = REPO / "plugins" / "dlbench-example"
+CLI_TIMEOUT = 600  # seconds: a hung subprocess fails its test instead of hanging the suite
+
+# One thread: on a small, busy machine torch's thread pool spins against other processes and a
+# training step gets ~50x slower; single-threaded CPU results are also bit-reproducible.
+torch.set_num_threads(1)
+
+# The smallest study file that exercises everything: two studies, one with one factor
+# (dropout off/on), one with two (activation x depth), two seeds each: 4 + 8 = 12 trials.
+TINY_STUDY = """\
+[study]
+name = "tiny"
+description = "dlbench test suite: the smallest study that exercises everything"
+seeds = 2
+
+[baseline]
+dataset = { name = "mnist1d", num_samples = 600 }
+architecture = { name = "mlp", width = 16, depth = 1 }
+optimizer = { name = "adam", lr = 0.01 }
+epochs = 2
+batch_size = 64
+
+[studies.dropout]
+question = "Does dropout help a small MLP?"
+
+[studies.dropout.levels]
+off = {}
+on = { regularizers = [{ name = "dropout", p_input = 0.1, p_hidden = 0.2 }] }
+
+[studies.act_depth]
+question = "How do activation and depth interact?"
+
+[studies.act_depth.factors.activation]
+relu = { activation = "relu" }
+tanh = { activation = "tanh" }
+
+[studies.act_depth.factors.depth]
+1 = { architecture = { depth = 1 } }
+2 = { architecture = { depth = 2 } }
+"""
+TINY_SEEDS = 2
+TINY_EPOCHS = 2
+TINY_TRIALS = {"dropout": 2 * TINY_SEEDS, "act_depth": 4 * TINY_SEEDS}
+
+# The tiny baseline as a TOML fragment, for study files that vary something else.
+TINY_BASELINE = """\
+[baseline]
+dataset = { name = "mnist1d", num_samples = 600 }
+architecture = { name = "mlp", width = 16, depth = 1 }
+optimizer = { name = "adam", lr = 0.01 }
+epochs = 2
+batch_size = 64
+"""
+
+
+def write_study(directory: Path, text: str, name: str = "study.toml") -> Path:
+    """Write a study file (dedented) into ``directory`` and return its path."""
+    path = Path(directory) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return path
+
+
+def write_plugin(directory: Path, name: str, code: str) -> Path:
+    """Write a local plugin module ``<directory>/plugins/<name>.py`` and return its path."""
+    path = Path(directory) / "plugins" / f"{name}.py"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(code), encoding="utf-8")
+    return path
+
+
+def cli_env(extra: dict[str, str] | None = None, *, autoload: bool = True) -> dict[str, str]:
+    """The environment of a dlbench subprocess.
+
+    No MLFLOW_TRACKING_URI leaks in from the caller's shell, torch uses one thread (see above),
+    and ``autoload=False`` sets DLBENCH_DISABLE_PLUGIN_AUTOLOAD for the tests that need it.
+    """
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "DLBENCH_DISABLE_PLUGIN_AUTOLOAD")}
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1", MPLBACKEND="Agg",
+               PIP_DISABLE_PIP_VERSION_CHECK="1")
+    if not autoload:
+        env["DLBENCH_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+    env.update(extra or {})
+    return env
+
+
+def run_cli(args: list[str], cwd: Path, env: dict[str, str] | None = None,
+            timeout: float = CLI_TIMEOUT) -> subprocess.CompletedProcess:
+    """Run ``python -m dlbench.cli *args`` in a real subprocess; return its CompletedProcess."""
+    return subprocess.run([sys.executable, "-m", "dlbench.cli", *map(str, args)], cwd=cwd,
+                          env=env if env is not None else cli_env(), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def sqlite_uri(path: Path) -> str:
+    return f"sqlite:///{Path(path).resolve()}"
+
+
+def describe_result(proc: subprocess.CompletedProcess) -> str:
+    """The whole story of a subprocess, for assertion messages."""
+    return f"exit {proc.returncode}\n--- stdout ---\n{proc.stdout}\n--- stderr ---\n{proc.stderr}"
+
+
+# -- fixtures -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def plugins():
+    """The built-in plugins only (no entry points, no local folder), loaded once."""
+    from dlbench.plugins import load_plugins
+
+    return load_plugins(None, autoload=False)
+
+
+@pytest.fixture(scope="session")
+def registry(plugins):
+    return plugins.registry
+
+
+@pytest.fixture(scope="session")
+def tiny_data(registry):
+    """The 600-example MNIST-1D on the CPU with a 10% validation split: 480/48 train/val, 120 test."""
+    from dlbench.data import to_device
+
+    dataset = registry.get("dataset", "mnist1d").factory(num_samples=600)
+    return to_device(dataset, 0.1, torch.device("cpu"))
+
+
+@pytest.fixture
+def make_trials(registry):
+    """``make_trials(baseline_overrides, levels=None, seeds=1, reg=registry)`` -> expanded trials.
+
+    Goes through the real parse + expand path with the tiny baseline underneath.
+    """
+    from dlbench.config import parse_study_file
+    from dlbench.study import expand
+
+    def make(baseline: dict | None = None, levels: dict | None = None, seeds=1, reg=None):
+        base = {"dataset": {"name": "mnist1d", "num_samples": 600},
+                "architecture": {"name": "mlp", "width": 16, "depth": 1},
+                "optimizer": {"name": "adam", "lr": 0.01}, "epochs": 2, "batch_size": 64}
+        raw = {"study": {"name": "t", "seeds": seeds}, "baseline": {**base, **(baseline or {})},
+               "studies": {"s": {"levels": levels or {"only": {}}}}}
+        return expand(parse_study_file(raw, Path("t.toml")), reg if reg is not None else registry)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def example_site(tmp_path_factory) -> Path:
+    """plugins/dlbench-example installed (offline, as a wheel build) into a temporary site dir."""
+    site = tmp_path_factory.mktemp("example-site") / "site"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index",
+         "--target", str(site), str(EXAMPLE_PLUGIN)],
+        capture_output=True, text=True, timeout=CLI_TIMEOUT, env=cli_env())
+    assert proc.returncode == 0, describe_result(proc)
+    assert (site / "dlbench_example" / "__init__.py").is_file()
+    return site
