@@ -90,8 +90,12 @@ def run(study_file: Path, dry_run: bool, tracking_uri: str | None, device: str, 
     from dlbench.runner import resolve_device, run_study
 
     dev = resolve_device(device)
-    result = run_study(sf, trials, plugins, device=dev, tracking_uri=tracking_uri or _default_uri(),
-                       reports_dir=reports_dir, stream=sys.stdout, fail_fast=fail_fast)
+    try:
+        result = run_study(sf, trials, plugins, device=dev, tracking_uri=tracking_uri or _default_uri(),
+                           reports_dir=reports_dir, stream=sys.stdout, fail_fast=fail_fast)
+    except KeyboardInterrupt:
+        click.echo("\nInterrupted: the finished trials are in MLflow; the running one is marked KILLED.", err=True)
+        sys.exit(130)
     finished, diverged, failed = (result.count(s) for s in ("finished", "diverged", "failed"))
     click.echo(f"\n{finished} finished, {diverged} diverged, {failed} failed, "
                f"{len(trials) - len(result.results)} not run. MLflow parent run: {result.parent_run_id}")

@@ -69,7 +69,11 @@ def run_study(study_file: StudyFile, trials: list[Trial], plugins: Plugins, *, d
     status = "KILLED"
     try:
         for trial in trials:
-            result = _run_one(trial, plugins, cache, device)
+            try:
+                result = _run_one(trial, plugins, cache, device)
+            except KeyboardInterrupt:  # Ctrl-C: the trial's run is closed as KILLED, not left RUNNING
+                plugins.hook.dlbench_trial_end(trial=trial, result=TrialResult(status="interrupted"))
+                raise
             plugins.hook.dlbench_trial_end(trial=trial, result=result)
             run.results.append((trial, result))
             if fail_fast and result.status == "failed":

@@ -25,7 +25,7 @@ logging.getLogger("alembic").setLevel(logging.WARNING)
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow's own default: ./mlflow.db, artifacts in ./mlruns
 BATCH_LIMIT = 1000  # MLflow accepts at most 1000 metrics per log_batch call
-MLFLOW_STATUS = {"finished": "FINISHED", "diverged": "FAILED", "failed": "FAILED"}
+MLFLOW_STATUS = {"finished": "FINISHED", "diverged": "FAILED", "failed": "FAILED", "interrupted": "KILLED"}
 
 
 def default_tracking_uri() -> str:

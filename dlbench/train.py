@@ -24,7 +24,7 @@ EVAL_CHUNK = 8192  # examples per forward pass at evaluation: bounded memory, fe
 
 @dataclass
 class TrialResult:
-    status: str  # "finished", "diverged" (loss became NaN/inf) or "failed" (an exception)
+    status: str  # "finished", "diverged" (loss became NaN/inf), "failed" (an exception), "interrupted"
     epochs_run: int = 0
     final: dict[str, float] = field(default_factory=dict)  # metrics after the last epoch
     history: list[dict[str, float]] = field(default_factory=list)  # one dict per epoch, from 0
