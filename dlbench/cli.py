@@ -6,6 +6,7 @@ Heavy imports (torch, mlflow, pandas) happen inside the commands so ``dlbench --
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -90,6 +91,7 @@ def run(study_file: Path, dry_run: bool, tracking_uri: str | None, device: str, 
     from dlbench.runner import resolve_device, run_study
 
     dev = resolve_device(device)
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` closes runs like Ctrl-C does
     try:
         result = run_study(sf, trials, plugins, device=dev, tracking_uri=tracking_uri or _default_uri(),
                            reports_dir=reports_dir, stream=sys.stdout, fail_fast=fail_fast)
@@ -104,6 +106,10 @@ def run(study_file: Path, dry_run: bool, tracking_uri: str | None, device: str, 
     if failed:
         click.echo("Some trials failed; their tracebacks are in each run's error.txt artifact.", err=True)
         sys.exit(1)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def _trial_table(sf, trials) -> str:
