@@ -1,6 +1,6 @@
-"""MLflow tracking: one parent run per study invocation, one nested child run per trial.
+"""Writing a study to MLflow: one parent run per study invocation, one nested child run per trial.
 
-The only module that imports mlflow. A :class:`Tracker` is a dlbench plugin: it subscribes to
+A :class:`Tracker` is a dlbench plugin: it subscribes to
 the lifecycle hooks, so the training loop never sees it. Metrics are buffered and written with
 ``log_batch`` (one store round-trip per flush, not per value).
 """

@@ -1,0 +1,9 @@
+"""MLflow tracking: the only package that imports mlflow.
+
+``writer`` logs a running study (parent and child runs); readers of finished studies (reports,
+reproduction) live beside it.
+"""
+
+from dlbench.tracking.writer import DEFAULT_TRACKING_URI, Tracker, default_tracking_uri
+
+__all__ = ["DEFAULT_TRACKING_URI", "Tracker", "default_tracking_uri"]
