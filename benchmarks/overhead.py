@@ -80,33 +80,40 @@ def main() -> None:
     cfg = trial.config
     data = DataCache().get(plugins.registry.get("dataset", "mnist1d"), {}, cfg["val_fraction"], device)
 
-    def timed(fn) -> float:
-        times = []
-        for _ in range(args.repeats):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - t0)
-        return statistics.median(times)
+    def once(fn) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
 
     from dlbench.tracking import Tracker
 
     with tempfile.TemporaryDirectory() as tmp:
         tracker = Tracker(f"sqlite:///{tmp}/mlflow.db", "overhead")
         tracker.start_study(sf, [trial], device)
-        bare_loop(data, 1, 128, 0)  # warm-up: allocator, kernels
-        bare = timed(lambda: bare_loop(data, args.epochs, cfg["batch_size"], 0))
-        quiet = timed(lambda: run_trial(trial, plugins.registry, data, device, NoHooks()))
-        plugins.pm.register(tracker, name="tracker")
 
         def tracked():
-            run_trial(trial, plugins.registry, data, device, plugins.hook)
-            tracker.flush()
+            plugins.pm.register(tracker, name="tracker")
+            try:
+                run_trial(trial, plugins.registry, data, device, plugins.hook)
+                tracker.flush()
+            finally:
+                plugins.pm.unregister(name="tracker")
 
-        logged = timed(tracked)
+        variants = {
+            "bare": lambda: bare_loop(data, args.epochs, cfg["batch_size"], 0),
+            "quiet": lambda: run_trial(trial, plugins.registry, data, device, NoHooks()),
+            "logged": tracked,
+        }
+        bare_loop(data, 1, 128, 0)  # warm-up: allocator, kernels
+        times = {name: [] for name in variants}
+        for _ in range(args.repeats):  # interleaved, so load changes hit every variant alike
+            for name, fn in variants.items():
+                times[name].append(once(fn))
+        bare, quiet, logged = (statistics.median(times[n]) for n in variants)
 
     print(f"device: {device} ({torch.get_num_threads()} threads), torch {torch.__version__}, "
           f"{args.epochs} epochs x {len(data.y_train) // cfg['batch_size'] + 1} steps, median of {args.repeats}")

@@ -54,6 +54,7 @@ SCALARS = {
     "epochs": Number(int, 1),
     "batch_size": Number(int, 1),
     "val_fraction": Number(float, 0.0, 1.0, high_open=True),
+    "diagnostics_every": Number(int, 0),
 }
 
 # What a study file may leave out. The embedded dataset and a plain MLP make the smallest study
@@ -69,11 +70,19 @@ DEFAULT_BASELINE: dict[str, Any] = {
     "epochs": 20,
     "batch_size": 64,
     "val_fraction": 0.1,
+    # training diagnostics (gradient/weight norms, activation statistics per layer) every N
+    # optimizer steps, and at step 1; 0 turns them off. 50 costs about 2% (benchmarks/diagnostics.py)
+    "diagnostics_every": 50,
 }
 BASELINE_KEYS = list(DEFAULT_BASELINE)
 TOP_KEYS = ["study", "baseline", "studies"]
-STUDY_META_KEYS = ["name", "description", "seeds"]
-STUDY_KEYS = ["question", "description", "seeds", "reference", "baseline", "levels", "factors"]
+STUDY_META_KEYS = ["name", "description", "seeds", "alpha"]
+STUDY_KEYS = ["question", "description", "seeds", "reference", "baseline", "levels", "factors", "claims", "alpha"]
+CLAIM_KEYS = ["level", "beats", "metric"]
+# What a claim may compare, and which way is better: final-epoch metrics of each trial.
+CLAIM_METRICS = {f"{split}_{m}": m == "accuracy" for split in ("test", "val", "train") for m in ("accuracy", "loss")}
+CLAIM_METRICS["generalization_gap"] = False  # train minus test accuracy: lower is better
+DEFAULT_ALPHA = 0.05
 RESERVED_FACTOR_NAMES = {"study", "level", "seed", "status", "epochs_run", "config_hash"}  # report columns
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
@@ -91,6 +100,29 @@ class Factor:
 
 
 @dataclass(frozen=True)
+class Claim:
+    """A study's hypothesis "``level`` beats ``beats`` on ``metric``", tested over seeds in the report."""
+
+    level: dict[str, str]  # factor -> level name: one cell of the study
+    beats: dict[str, str]
+    metric: str = "test_accuracy"
+
+    @property
+    def higher_is_better(self) -> bool:
+        return CLAIM_METRICS[self.metric]
+
+    def __str__(self) -> str:
+        return f"{level_label(self.level)} beats {level_label(self.beats)} on {self.metric}"
+
+
+def level_label(levels: dict[str, str]) -> str:
+    """A level's label as runs are named: ``on`` for one factor, ``a=x,b=y`` for several."""
+    if len(levels) == 1:
+        return next(iter(levels.values()))
+    return ",".join(f"{f}={lvl}" for f, lvl in levels.items())
+
+
+@dataclass(frozen=True)
 class Study:
     name: str
     question: str
@@ -98,6 +130,12 @@ class Study:
     seeds: tuple[int, ...]
     reference: dict[str, str]  # factor -> its reference level (the first level unless set)
     overrides: dict = field(default_factory=dict)
+    claims: tuple[Claim, ...] = ()
+    alpha: float = DEFAULT_ALPHA  # significance level of the claims' verdicts
+
+    @property
+    def factor_names(self) -> list[str]:
+        return [f.name for f in self.factors]
 
 
 @dataclass(frozen=True)
@@ -136,6 +174,7 @@ def parse_study_file(raw: dict, path: Path, text: str = "") -> StudyFile:
         name = path.stem
     description = meta.get("description", "")
     default_seeds = _seeds(meta.get("seeds", 3), "study.seeds", problems)
+    default_alpha = _alpha(meta.get("alpha", DEFAULT_ALPHA), "study.alpha", problems)
 
     baseline = _table(raw, "baseline", "baseline", problems)
     _unknown_keys(baseline, BASELINE_KEYS, "baseline.", problems)
@@ -153,7 +192,7 @@ def parse_study_file(raw: dict, path: Path, text: str = "") -> StudyFile:
         if not isinstance(sraw, dict):
             problems.append(f"{where}: expected a table, got {_show(sraw)}")
             continue
-        study = _parse_study(sname, sraw, default_seeds, problems)
+        study = _parse_study(sname, sraw, default_seeds, problems, default_alpha)
         if study is not None:
             studies.append(study)
     if problems:
@@ -161,7 +200,8 @@ def parse_study_file(raw: dict, path: Path, text: str = "") -> StudyFile:
     return StudyFile(path, name, description, baseline, tuple(studies), text)
 
 
-def _parse_study(name: str, raw: dict, default_seeds: tuple[int, ...], problems: list[str]) -> Study | None:
+def _parse_study(name: str, raw: dict, default_seeds: tuple[int, ...], problems: list[str],
+                 default_alpha: float = DEFAULT_ALPHA) -> Study | None:
     where = f"studies.{name}"
     _unknown_keys(raw, STUDY_KEYS, f"{where}.", problems)
     seeds = _seeds(raw["seeds"], f"{where}.seeds", problems) if "seeds" in raw else default_seeds
@@ -215,7 +255,84 @@ def _parse_study(name: str, raw: dict, default_seeds: tuple[int, ...], problems:
                 else:
                     reference[fname] = lname
     question = raw.get("question", raw.get("description", ""))
-    return Study(name, str(question), tuple(factors), seeds, reference, normalize(overrides))
+    alpha = _alpha(raw["alpha"], f"{where}.alpha", problems) if "alpha" in raw else default_alpha
+    claims = _claims(raw.get("claims", []), factors, f"{where}.claims", problems)
+    return Study(name, str(question), tuple(factors), seeds, reference, normalize(overrides), claims, alpha)
+
+
+def _claims(raw, factors: list[Factor], where: str, problems: list[str]) -> tuple[Claim, ...]:
+    """``claims = [{ level = "on", beats = "off", metric = "test_accuracy" }, ...]``."""
+    example = 'e.g. claims = [{ level = "on", beats = "off", metric = "test_accuracy" }]'
+    if not isinstance(raw, list):
+        problems.append(f"{where}: expected an array of claims, {example}; got {_show(raw)}")
+        return ()
+    claims = []
+    for i, item in enumerate(raw):
+        path = f"{where}[{i}]"
+        if not isinstance(item, dict):
+            problems.append(f"{path}: expected a table such as {{ level = \"on\", beats = \"off\" }}, got {_show(item)}")
+            continue
+        _unknown_keys(item, CLAIM_KEYS, f"{path}.", problems)
+        sides = {}
+        for key in ("level", "beats"):
+            if key not in item:
+                problems.append(f"{path}.{key}: missing; a claim names the level that wins (level) and the one it "
+                                f"beats (beats), {example}")
+            else:
+                sides[key] = _claim_cell(item[key], factors, f"{path}.{key}", problems)
+        metric = item.get("metric", "test_accuracy")
+        if metric not in CLAIM_METRICS:
+            problems.append(f"{path}.metric: unknown metric {_show(metric)}; {choose_one_of(str(metric), CLAIM_METRICS)}")
+            continue
+        if len(sides) == 2 and None not in sides.values():
+            if sides["level"] == sides["beats"]:
+                problems.append(f"{path}: a level cannot beat itself ({level_label(sides['level'])!r}); "
+                                "name two different levels")
+                continue
+            claims.append(Claim(sides["level"], sides["beats"], metric))
+    return tuple(claims)
+
+
+def _claim_cell(value, factors: list[Factor], path: str, problems: list[str]) -> dict[str, str] | None:
+    """One side of a claim: a level name (one factor), ``"a=x,b=y"``, or a table factor = level."""
+    names = [f.name for f in factors]
+    if isinstance(value, str) and len(factors) == 1:
+        value = {names[0]: value}
+    elif isinstance(value, str) and all("=" in part for part in value.split(",")):
+        value = dict(part.split("=", 1) for part in value.split(","))
+    if not isinstance(value, dict):
+        example = ", ".join(f'{f.name} = "{f.level_names[-1]}"' for f in factors)
+        problems.append(f"{path}: expected a table naming a level of every factor, e.g. {{ {example} }} "
+                        f"(or the run label \"{','.join(f'{f.name}={f.level_names[-1]}' for f in factors)}\"), "
+                        f"got {_show(value)}")
+        return None
+    cell, ok = {}, True
+    for fname, lname in value.items():
+        factor = next((f for f in factors if f.name == fname), None)
+        lname = str(lname) if isinstance(lname, int) and not isinstance(lname, bool) else lname  # depth = 8
+        if factor is None:
+            problems.append(f"{path}.{fname}: unknown factor; {choose_one_of(fname, names)}")
+            ok = False
+        elif not isinstance(lname, str) or lname not in factor.levels:
+            where = f"{path}" if len(factors) == 1 else f"{path}.{fname}"
+            shown = repr(lname) if isinstance(lname, str) else _show(lname)
+            problems.append(f"{where}: unknown level {shown} of factor {fname!r}; "
+                            f"{choose_one_of(str(lname), factor.level_names)}")
+            ok = False
+        else:
+            cell[fname] = lname
+    missing = [n for n in names if n not in value]
+    if ok and missing:
+        problems.append(f"{path}: name a level of every factor of the study (missing: {', '.join(missing)})")
+        ok = False
+    return {n: cell[n] for n in names} if ok else None
+
+
+def _alpha(value, path: str, problems: list[str]) -> float:
+    if isinstance(value, float) and 0.0 < value < 1.0:
+        return value
+    problems.append(f"{path}: expected a significance level between 0 and 1 such as 0.05, got {_show(value)}")
+    return DEFAULT_ALPHA
 
 
 # -- merging and resolution ---------------------------------------------------------------------

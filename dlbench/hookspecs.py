@@ -122,5 +122,26 @@ def dlbench_epoch_end(trial: Trial, epoch: int, metrics: dict[str, float]) -> No
 
 
 @hookspec
+def dlbench_after_backward(trial: Trial, model: Any, optimizer: Any, step: int, data: Any) -> None:
+    """The gradients of optimizer step ``step`` (1-based, counted over the whole trial) are in
+    the parameters' ``.grad``; the optimizer has not stepped yet (nor gradient clipping run).
+
+    Called on every training batch, so an implementation returns at once on the steps it skips
+    and must not consume random numbers or touch the gradients (training must not change
+    because someone watched). ``data`` is the trial's ``dlbench.data.DeviceData``, for probe
+    batches. The built-in ``dlbench.diagnostics.Diagnostics`` records per-layer statistics here.
+    """
+
+
+@hookspec
+def dlbench_diagnostics(trial: Trial, step: int, values: dict[str, float]) -> None:
+    """Diagnostic metrics measured at optimizer step ``step`` (``diag.grad_norm.layer0``, ...).
+
+    The MLflow tracker logs them with ``step`` as the metric step, beside the per-epoch metrics
+    (whose step is the epoch). Any observer may emit through this hook.
+    """
+
+
+@hookspec
 def dlbench_trial_end(trial: Trial, result: TrialResult) -> None:
     """A trial finished, diverged or failed (``result.status``), with its final metrics."""

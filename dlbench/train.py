@@ -1,7 +1,8 @@
 """One trial: seed, build, initialize, train for N epochs, evaluate every epoch. Nothing else.
 
 The loop knows nothing of MLflow or progress bars: it calls the lifecycle hooks
-(``dlbench_trial_start``, ``dlbench_epoch_end``, ``dlbench_trial_end``) and observers subscribe.
+(``dlbench_trial_start``, ``dlbench_after_backward``, ``dlbench_epoch_end``, ``dlbench_trial_end``)
+and observers subscribe.
 The whole dataset is already on the device (see ``data.py``); batches are index gathers.
 """
 
@@ -77,11 +78,13 @@ def evaluate(model: torch.nn.Module, data: DeviceData) -> dict[str, float]:
     return dict(zip(names, torch.stack(values).tolist()))  # CPU-GPU sync point
 
 
-def train_epoch(model, regularizers, optimizer, schedule, data: DeviceData, batch_size: int) -> None:
+def train_epoch(model, regularizers, optimizer, schedule, data: DeviceData, batch_size: int,
+                hook=None, trial: Trial | None = None, first_step: int = 0) -> None:
+    """One pass over the training set. ``first_step`` counts the optimizer steps taken before."""
     model.train()
     n = len(data.y_train)
     order = torch.randperm(n, device=data.x_train.device)  # drawn on the device: no host round-trip
-    for idx in order.split(batch_size):
+    for step, idx in enumerate(order.split(batch_size), start=first_step + 1):
         x, y = data.x_train[idx], data.y_train[idx]
         for reg in regularizers:
             x, y = reg.transform_batch(x, y)
@@ -90,6 +93,8 @@ def train_epoch(model, regularizers, optimizer, schedule, data: DeviceData, batc
             loss = loss + reg.penalty(model)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if hook is not None:  # observers (diagnostics) see the raw gradients; ~1 us when nobody listens
+            hook.dlbench_after_backward(trial=trial, model=model, optimizer=optimizer, step=step, data=data)
         for reg in regularizers:
             reg.before_step(model)
         optimizer.step()
@@ -110,7 +115,9 @@ def run_trial(trial: Trial, registry, data: DeviceData, device: torch.device, ho
     result = TrialResult(status="finished")
     for epoch in range(trial.config["epochs"] + 1):
         if epoch > 0:  # epoch 0 records the initialized model, before any step
-            train_epoch(model, regularizers, optimizer, schedule, data, trial.config["batch_size"])
+            batch_size = trial.config["batch_size"]
+            train_epoch(model, regularizers, optimizer, schedule, data, batch_size, hook, trial,
+                        first_step=(epoch - 1) * math.ceil(len(data.y_train) / batch_size))
         metrics = evaluate(model, data) | {"lr": optimizer.param_groups[0]["lr"]}
         result.history.append(metrics)
         result.final, result.epochs_run = metrics, epoch

@@ -1,0 +1,148 @@
+"""Prepared datasets on disk (``data/``) and their versioning with DVC (``data.dvc``).
+
+Format: one folder per dataset, ``data/<name>/``, holding ``x_train.npy``, ``y_train.npy``,
+``x_test.npy``, ``y_test.npy`` (``np.save``: byte-identical for identical arrays, so a
+regenerated dataset has the hash ``data.dvc`` recorded) and ``meta.json`` (name, number of
+classes, the options it was made with, the SHA-256 content hash of the arrays).
+
+``data.dvc`` is a real ``dvc add data`` pointer, committed with ``.dvc/``; ``data/`` is
+git-ignored. DVC is driven through its command line (``python -m dvc``), as a user would.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dlbench.data import Dataset
+from dlbench.errors import UserError
+
+ARRAYS = ("x_train", "y_train", "x_test", "y_test")
+DEFAULT_DATA_DIR = Path("data")
+
+
+def save_dataset(ds: Dataset, data_dir: Path, options: dict) -> Path:
+    folder = data_dir / ds.name
+    folder.mkdir(parents=True, exist_ok=True)
+    for key in ARRAYS:
+        np.save(folder / f"{key}.npy", np.ascontiguousarray(getattr(ds, key)), allow_pickle=False)
+    meta = {"name": ds.name, "num_classes": ds.num_classes, "options": options, "sha256": ds.content_hash(),
+            "shapes": {k: list(getattr(ds, k).shape) for k in ARRAYS}}
+    (folder / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return folder
+
+
+def load_dataset(data_dir: Path, name: str) -> Dataset | None:
+    """The prepared dataset ``name`` from ``data_dir``, or None when it was not prepared."""
+    folder = Path(data_dir) / name
+    if not (folder / "meta.json").is_file():
+        return None
+    try:
+        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+        arrays = {k: np.load(folder / f"{k}.npy", allow_pickle=False) for k in ARRAYS}
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{folder}: the prepared dataset cannot be read ({exc}); run `dlbench data prepare` "
+                        "to write it again") from None
+    return Dataset(name=meta["name"], num_classes=int(meta["num_classes"]), **arrays)
+
+
+def prepare(registry, data_dir: Path, names: list[str]) -> list[tuple[str, Path, str]]:
+    """Generate each named dataset with its default options into ``data_dir``."""
+    written = []
+    for name in names:
+        component = registry.get("dataset", name)
+        missing = [o.name for o in component.options.values() if o.required]
+        if missing:
+            raise UserError(f"dataset {name!r} has required options ({', '.join(missing)}) and cannot be "
+                            "prepared with defaults")
+        ds = component.factory()
+        folder = save_dataset(ds, data_dir, {o.name: o.default for o in component.options.values()})
+        written.append((name, folder, ds.content_hash()))
+    return written
+
+
+# -- DVC ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DataStatus:
+    pointer: Path  # the .dvc file
+    md5: str | None  # what data.dvc records for the folder
+    modified: list[str]  # paths DVC reports as different from data.dvc
+    missing: bool  # the data folder does not exist
+
+    @property
+    def matches(self) -> bool:
+        return not self.missing and not self.modified
+
+
+def dvc(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    try:
+        out = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, capture_output=True, text=True,
+                             timeout=300)
+    except subprocess.TimeoutExpired:
+        raise UserError(f"`dvc {' '.join(args)}` in {root} did not finish in 300 s") from None
+    if check and out.returncode != 0:
+        raise UserError(f"`dvc {' '.join(args)}` failed in {root}: {(out.stderr or out.stdout).strip()}")
+    return out
+
+
+def pointer_for(data_dir: Path) -> Path:
+    return data_dir.parent / f"{data_dir.name}.dvc"
+
+
+def recorded_md5(pointer: Path) -> str | None:
+    """The folder hash recorded in a .dvc file (``outs[0].md5``)."""
+    for line in pointer.read_text(encoding="utf-8").splitlines():
+        line = line.strip().lstrip("- ")
+        if line.startswith("md5:"):
+            return line.split(":", 1)[1].strip()
+    return None
+
+
+def status(data_dir: Path) -> DataStatus:
+    """Compare ``data_dir`` with its ``.dvc`` pointer through ``dvc data status``."""
+    data_dir = Path(data_dir)
+    pointer = pointer_for(data_dir)
+    if not pointer.is_file():
+        raise UserError(f"{pointer}: no DVC pointer for {data_dir}; run `dlbench data prepare` to create the data "
+                        "and track it with DVC")
+    md5 = recorded_md5(pointer)
+    if not data_dir.is_dir():
+        return DataStatus(pointer, md5, [], missing=True)
+    out = dvc(data_dir.parent, "data", "status", "--granular", "--json")
+    report = json.loads(out.stdout or "{}")
+    modified = []
+    for group in ("uncommitted", "committed"):
+        section = report.get(group, {})
+        if isinstance(section, dict):
+            modified += section.get("modified", []) + (section.get("deleted", []) if group == "uncommitted" else [])
+    # without a DVC cache (a fresh clone), DVC can only say that the folder as a whole differs
+    modified = sorted(set(modified))
+    if len(modified) > 1:
+        modified = [m for m in modified if not m.endswith("/")]
+    return DataStatus(pointer, md5, modified, missing=False)
+
+
+def has_remote(root: Path) -> bool:
+    return bool(dvc(root, "remote", "list", check=False).stdout.strip())
+
+
+def track(data_dir: Path) -> Path:
+    """``dvc add`` the data folder (running ``dvc init`` first where needed); returns the pointer."""
+    root = data_dir.resolve().parent
+    if not (root / ".dvc").is_dir():
+        in_git = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=root, capture_output=True, text=True)
+        if in_git.returncode != 0:
+            dvc(root, "init", "--no-scm", "-q")
+        elif Path(in_git.stdout.strip()).resolve() == root:
+            dvc(root, "init", "-q")
+        else:
+            dvc(root, "init", "--subdir", "-q")
+    dvc(root, "add", data_dir.name, "-q")
+    return pointer_for(data_dir)

@@ -1,0 +1,524 @@
+"""The ``dlbench`` command end to end: real subprocesses, a real SQLite MLflow store, real reports.
+
+The tiny study (12 trials) runs once for the module; the tests then read what a user reads:
+the MLflow runs, their params, tags, metrics and artifacts, and the report folders.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import (
+    TINY_BASELINE,
+    TINY_EPOCHS,
+    TINY_SEEDS,
+    TINY_STUDY,
+    TINY_TRIALS,
+    cli_env,
+    describe_result,
+    run_cli,
+    sqlite_uri,
+    write_plugin,
+    write_study,
+)
+
+import dlbench
+
+HEX64 = re.compile(r"^[0-9a-f]{64}$")
+METRICS = {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "test_loss", "test_accuracy", "lr"}
+
+
+def client_for(db: Path):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(sqlite_uri(db))
+
+
+def runs_of(client, experiment: str):
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None, f"no MLflow experiment {experiment!r}"
+    return client.search_runs([exp.experiment_id], max_results=1000)
+
+
+def dry_run_table(stdout: str) -> dict[str, str]:
+    """run name -> 12-char config hash prefix, from the `--dry-run` table."""
+    out = {}
+    for line in stdout.splitlines():
+        parts = line.split()
+        if parts and parts[0].isdigit():
+            study, level, seed, prefix = parts[1:5]
+            out[f"{study}/{level}/seed={seed}"] = prefix
+    return out
+
+
+# -- the tiny study, run once -------------------------------------------------------------------
+
+
+class TinyRun:
+    def __init__(self, root: Path):
+        self.root = root
+        self.study = write_study(root, TINY_STUDY)
+        self.db = root / "mlflow.db"
+        self.proc = run_cli(["run", self.study, "--tracking-uri", sqlite_uri(self.db), "--device", "cpu"], cwd=root,
+                            env=cli_env(autoload=False))
+        self.client = client_for(self.db) if self.db.exists() else None
+
+    @property
+    def runs(self):
+        return runs_of(self.client, "tiny")
+
+    @property
+    def parent(self):
+        (parent,) = [r for r in self.runs if r.data.tags.get("dlbench.role") == "study"]
+        return parent
+
+    @property
+    def children(self):
+        return [r for r in self.runs if r.data.tags.get("dlbench.role") == "trial"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> TinyRun:
+    run = TinyRun(tmp_path_factory.mktemp("tiny"))
+    assert run.proc.returncode == 0, describe_result(run.proc)
+    return run
+
+
+def test_run_exits_0_and_summarizes(tiny):
+    assert "12 finished, 0 diverged, 0 failed, 0 not run" in tiny.proc.stdout
+    assert f"MLflow parent run: {tiny.parent.info.run_id}" in tiny.proc.stdout
+    assert "report: reports/dropout/index.md" in tiny.proc.stdout
+    assert "report: reports/act_depth/index.md" in tiny.proc.stdout
+    assert "Traceback" not in tiny.proc.stderr
+
+
+def test_one_parent_run_with_the_study_file(tiny):
+    parents = [r for r in tiny.runs if r.data.tags.get("dlbench.role") == "study"]
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.info.run_name == "tiny"
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["num_trials"] == "12"
+    assert parent.data.params["studies"] == "dropout,act_depth"
+    assert parent.data.params["baseline.optimizer.lr"] == "0.01"
+    assert parent.data.tags["dlbench.trials_finished"] == "12"
+    assert parent.data.tags["dlbench.trials_failed"] == "0"
+    artifacts = {a.path for a in tiny.client.list_artifacts(parent.info.run_id)}
+    assert "study.toml" in artifacts
+    copy = tiny.client.download_artifacts(parent.info.run_id, "study.toml", str(tiny.root / "dl"))
+    assert Path(copy).read_text(encoding="utf-8") == TINY_STUDY
+
+
+def test_one_child_run_per_trial_under_the_parent(tiny):
+    children = tiny.children
+    assert len(tiny.runs) == 1 + sum(TINY_TRIALS.values())
+    assert len(children) == sum(TINY_TRIALS.values())
+    parent_id = tiny.parent.info.run_id
+    assert all(r.data.tags["mlflow.parentRunId"] == parent_id for r in children)
+    names = sorted(r.info.run_name for r in children)
+    expected = sorted([f"dropout/{lvl}/seed={s}" for lvl in ("off", "on") for s in range(TINY_SEEDS)]
+                      + [f"act_depth/activation={a},depth={d}/seed={s}"
+                         for a in ("relu", "tanh") for d in (1, 2) for s in range(TINY_SEEDS)])
+    assert names == expected
+    assert all(r.info.status == "FINISHED" for r in tiny.runs)
+
+
+def test_child_params_hold_the_flattened_config(tiny):
+    by_name = {r.info.run_name: r for r in tiny.children}
+    on = by_name["dropout/on/seed=1"].data.params
+    assert on["study"] == "dropout" and on["level"] == "on" and on["seed"] == "1"
+    assert on["factor.dropout"] == "on"
+    assert on["optimizer.name"] == "adam" and on["optimizer.lr"] == "0.01"
+    assert on["architecture.depth"] == "1" and on["architecture.width"] == "16"
+    assert on["regularizers"] == "dropout"
+    assert on["regularizers.dropout.p_input"] == "0.1" and on["regularizers.dropout.p_hidden"] == "0.2"
+    assert on["epochs"] == str(TINY_EPOCHS) and on["dataset.num_samples"] == "600"
+    deep = by_name["act_depth/activation=tanh,depth=2/seed=0"].data.params
+    assert deep["architecture.depth"] == "2" and deep["activation.name"] == "tanh"
+    assert deep["factor.activation"] == "tanh" and deep["factor.depth"] == "2"
+    assert deep["level"] == "activation=tanh,depth=2"
+    assert deep["regularizers"] == "none"
+
+
+def test_child_tags_identify_the_trial(tiny):
+    import torch
+
+    for r in tiny.children:
+        tags = r.data.tags
+        study, level, seed = r.info.run_name.split("/")
+        assert tags["dlbench.study"] == study
+        assert tags["dlbench.level"] == level
+        assert tags["dlbench.seed"] == seed.removeprefix("seed=")
+        assert HEX64.match(tags["dlbench.config_hash"])
+        assert HEX64.match(tags["dlbench.group_hash"])
+        assert tags["dlbench.version"] == dlbench.__version__
+        assert tags["dlbench.torch_version"] == torch.__version__
+        assert tags["dlbench.device"] == "cpu"
+        assert tags["dlbench.status"] == "finished"
+        assert tags["dlbench.epochs_run"] == str(TINY_EPOCHS)
+        assert int(tags["dlbench.num_params"]) > 0
+    assert len({r.data.tags["dlbench.dataset_hash"] for r in tiny.children}) == 1
+    assert len({r.data.tags["dlbench.config_hash"] for r in tiny.children if r.data.tags["dlbench.study"] == "act_depth"}) == 8
+
+
+def test_config_hash_tags_match_the_dry_run(tiny):
+    proc = run_cli(["run", tiny.study, "--dry-run"], cwd=tiny.root, env=cli_env(autoload=False))
+    assert proc.returncode == 0, describe_result(proc)
+    table = dry_run_table(proc.stdout)
+    assert len(table) == 12
+    tags = {r.info.run_name: r.data.tags["dlbench.config_hash"] for r in tiny.children}
+    assert set(tags) == set(table)
+    for name, full in tags.items():
+        assert full[:12] == table[name], name
+
+
+def test_per_epoch_metric_history(tiny):
+    for r in tiny.children:
+        assert set(r.data.metrics) == METRICS
+        history = tiny.client.get_metric_history(r.info.run_id, "test_accuracy")
+        assert sorted(m.step for m in history) == list(range(TINY_EPOCHS + 1))
+        assert all(0.0 <= m.value <= 1.0 for m in history)
+        assert r.data.metrics["test_accuracy"] == max(history, key=lambda m: m.step).value
+
+
+def test_child_artifacts(tiny):
+    r = next(r for r in tiny.children if r.info.run_name == "dropout/on/seed=0")
+    assert {a.path for a in tiny.client.list_artifacts(r.info.run_id)} == {"model.txt"}
+    model = Path(tiny.client.download_artifacts(r.info.run_id, "model.txt", str(tiny.root / "dl-model")))
+    assert "Dropout(p=0.1" in model.read_text() and "Dropout(p=0.2" in model.read_text()
+
+
+@pytest.mark.parametrize("study, levels", [("dropout", [("off",), ("on",)]),
+                                           ("act_depth", [("relu", "1"), ("relu", "2"), ("tanh", "1"), ("tanh", "2")])])
+def test_reports_written(tiny, study, levels):
+    folder = tiny.root / "reports" / study
+    for name in ("index.md", "summary.csv", "trials.csv", "test_accuracy.png"):
+        assert (folder / name).stat().st_size > 0, name
+    assert (folder / "test_accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with open(folder / "summary.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    factors = ["dropout"] if study == "dropout" else ["activation", "depth"]
+    assert [tuple(row[f] for f in factors) for row in rows] == levels
+    for row in rows:
+        assert int(row["n"]) == TINY_SEEDS
+        assert int(row["failed"]) == 0 and int(row["diverged"]) == 0
+        assert float(row["ci95_low"]) <= float(row["mean"]) <= float(row["ci95_high"])
+    index = (folder / "index.md").read_text()
+    assert index.startswith(f"# {study}\n")
+    for level in levels:
+        assert f"| {' | '.join(level)} | {TINY_SEEDS} | " in index
+    assert "](test_accuracy.png)" in index
+    with open(folder / "trials.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == TINY_TRIALS[study]
+
+
+def test_reports_attached_to_the_parent_run(tiny):
+    paths = {a.path for a in tiny.client.list_artifacts(tiny.parent.info.run_id, "reports/dropout")}
+    assert "reports/dropout/index.md" in paths and "reports/dropout/test_accuracy.png" in paths
+
+
+def test_rerun_adds_a_second_parent_to_the_same_experiment(tiny, tmp_path):
+    # --study runs a subset into the same store; earlier runs stay
+    proc = run_cli(["run", tiny.study, "--study", "dropout", "--tracking-uri", sqlite_uri(tiny.db), "--device",
+                    "cpu", "--reports-dir", tmp_path / "r"], cwd=tiny.root, env=cli_env(autoload=False))
+    assert proc.returncode == 0, describe_result(proc)
+    assert "4 finished" in proc.stdout
+    parents = [r for r in tiny.runs if r.data.tags.get("dlbench.role") == "study"]
+    assert len(parents) == 2
+    newest = max(parents, key=lambda r: r.info.start_time)
+    assert newest.data.params["num_trials"] == "4"
+    assert (tmp_path / "r" / "dropout" / "index.md").is_file()
+    assert not (tmp_path / "r" / "act_depth").exists()
+    # same configs and seeds as the first run: the same hashes
+    first = {r.info.run_name: r.data.tags["dlbench.config_hash"] for r in tiny.runs
+             if r.data.tags.get("mlflow.parentRunId") != newest.info.run_id and r.data.tags.get("dlbench.role") == "trial"}
+    second = {r.info.run_name: r.data.tags["dlbench.config_hash"] for r in tiny.runs
+              if r.data.tags.get("mlflow.parentRunId") == newest.info.run_id}
+    assert len(second) == 4
+    assert all(first[name] == h for name, h in second.items())
+
+
+# -- the MLflow UI ------------------------------------------------------------------------------
+
+
+UI_READY_S = 120  # mlflow ui starts uvicorn workers and job consumers: slow on a busy 2-core box
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, b""
+
+
+def serving(url: str) -> bool:
+    try:
+        return http_get(url)[0] == 200
+    except OSError:
+        return False
+
+
+class UI:
+    def __init__(self, cwd: Path, port: int):
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = open(cwd / "ui.log", "w+")
+        # its own session (process group), so the MLflow server it starts can be cleaned up too
+        self.proc = subprocess.Popen([sys.executable, "-m", "dlbench.cli", "ui", "--port", str(port)], cwd=cwd,
+                                     env=cli_env(), stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read()
+
+    def stop(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+        # the group may outlive its leader: make sure nothing of it is left
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(self.proc.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.5)
+        else:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def ui(tiny):
+    """`dlbench ui` started in the tiny study's folder without --tracking-uri: the default store."""
+    server = UI(tiny.root, free_port())
+    try:
+        deadline = time.monotonic() + UI_READY_S
+        while not serving(server.url + "/health"):
+            assert server.proc.poll() is None, f"dlbench ui exited {server.proc.returncode}:\n{server.output()}"
+            assert time.monotonic() < deadline, f"dlbench ui not serving after {UI_READY_S}s:\n{server.output()}"
+            time.sleep(0.5)
+        yield server
+    finally:
+        server.stop()
+
+
+def test_ui_serves_the_store_dlbench_run_writes(ui):
+    assert http_get(ui.url + "/")[0] == 200
+    assert http_get(ui.url + "/health")[0] == 200
+    status, body = http_get(ui.url + "/api/2.0/mlflow/experiments/get-by-name?experiment_name=tiny")
+    assert status == 200, body
+    assert b'"name": "tiny"' in body or b'"name":"tiny"' in body
+    assert f"http://127.0.0.1:{ui.port}" in ui.output()
+
+
+def test_stopping_ui_stops_the_mlflow_server(ui):
+    # A process manager, `kill` or `timeout` stops `dlbench ui` with SIGTERM to its pid: the
+    # MLflow server it started must go with it, not keep serving the port.
+    ui.proc.send_signal(signal.SIGTERM)
+    ui.proc.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while serving(ui.url + "/health") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not serving(ui.url + "/health"), "the MLflow server still serves after `dlbench ui` was terminated"
+
+
+# -- dry run and help ---------------------------------------------------------------------------
+
+
+def test_dry_run_prints_the_trials_and_touches_nothing(tmp_path):
+    study = write_study(tmp_path, TINY_STUDY)
+    proc = run_cli(["run", study, "--dry-run"], cwd=tmp_path, env=cli_env(autoload=False))
+    assert proc.returncode == 0, describe_result(proc)
+    lines = proc.stdout.splitlines()
+    header = lines[0].split()
+    assert header[:5] == ["#", "study", "level", "seed", "config_hash"]
+    # the varied keys are columns; what no trial varies is not
+    assert {"architecture.depth", "activation.name", "regularizers"} <= set(header)
+    assert "optimizer.lr" not in header
+    table = dry_run_table(proc.stdout)
+    assert len(table) == 12
+    assert all(re.fullmatch(r"[0-9a-f]{12}", h) for h in table.values())
+    assert f"12 trials in 2 studies from {study}" in proc.stdout
+    assert "dry run: nothing trained" in proc.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["study.toml"]  # no mlflow.db, mlruns, reports
+
+
+def test_dry_run_with_study_filter(tmp_path):
+    study = write_study(tmp_path, TINY_STUDY)
+    proc = run_cli(["run", study, "--dry-run", "--study", "dropout"], cwd=tmp_path, env=cli_env(autoload=False))
+    assert proc.returncode == 0, describe_result(proc)
+    assert set(dry_run_table(proc.stdout)) == {f"dropout/{lvl}/seed={s}" for lvl in ("off", "on") for s in (0, 1)}
+    assert "4 trials in 1 studies" in proc.stdout or "4 trials in 1 study" in proc.stdout
+
+
+def test_help_and_version(tmp_path):
+    proc = run_cli(["--help"], cwd=tmp_path)
+    assert proc.returncode == 0, describe_result(proc)
+    for command in ("run", "plugins", "ui"):
+        assert command in proc.stdout
+    proc = run_cli(["run", "--help"], cwd=tmp_path)
+    assert proc.returncode == 0 and "--dry-run" in proc.stdout and "--tracking-uri" in proc.stdout
+    proc = run_cli(["--version"], cwd=tmp_path)
+    assert proc.returncode == 0 and dlbench.__version__ in proc.stdout
+
+
+# -- user errors: exit 2, the file and key in the message, no traceback --------------------------
+
+
+def assert_user_error(proc, *expected: str) -> None:
+    assert proc.returncode == 2, describe_result(proc)
+    assert "Traceback" not in proc.stderr, describe_result(proc)
+    assert proc.stderr.startswith("Error: "), describe_result(proc)
+    for text in expected:
+        assert text in proc.stderr, describe_result(proc)
+
+
+GOOD_STUDY = TINY_BASELINE + "[study]\nseeds = 1\n[studies.s.levels]\na = {}\n"
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("[baseline\nepochs = 3\n", ["invalid TOML", "line 1"]),
+    (TINY_BASELINE.replace('name = "adam"', 'name = "adm"') + "[studies.s.levels]\na = {}\n",
+     ["baseline.optimizer: unknown optimizer 'adm'", "did you mean 'adam'?"]),
+    ("[studies.s.levels]\na = { epochz = 3 }\n", ["studies.s.levels.a.epochz: unknown key", "did you mean 'epochs'?"]),
+    ("[study]\nseeds = 0\n[studies.s.levels]\na = {}\n", ["study.seeds: expected a seed count"]),
+])
+def test_bad_study_file_is_a_user_error(tmp_path, text, expected):
+    study = write_study(tmp_path, text)
+    for args in (["run", study, "--dry-run"], ["run", study, "--tracking-uri", sqlite_uri(tmp_path / "m.db")]):
+        proc = run_cli(args, cwd=tmp_path, env=cli_env(autoload=False))
+        assert_user_error(proc, str(study), *expected)
+    assert not (tmp_path / "m.db").exists()
+
+
+def test_missing_study_file_is_a_user_error(tmp_path):
+    proc = run_cli(["run", "nope.toml"], cwd=tmp_path, env=cli_env(autoload=False))
+    assert_user_error(proc, "nope.toml", "no such study file")
+
+
+def test_unknown_study_filter_is_a_user_error(tmp_path):
+    study = write_study(tmp_path, TINY_STUDY)
+    proc = run_cli(["run", study, "--dry-run", "--study", "dropot"], cwd=tmp_path, env=cli_env(autoload=False))
+    assert_user_error(proc, "--study 'dropot': no such study", "did you mean 'dropout'?")
+
+
+@pytest.mark.parametrize("device, expected", [
+    ("cuda:7", "--device cuda:7"),
+    ("tpu", "--device 'tpu'"),
+    ("gpu0", "--device 'gpu0'"),
+])
+def test_bad_device_is_a_user_error(tmp_path, device, expected):
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    study = write_study(tmp_path, GOOD_STUDY)
+    proc = run_cli(["run", study, "--device", device, "--tracking-uri", sqlite_uri(tmp_path / "m.db")], cwd=tmp_path,
+                   env=cli_env(autoload=False))
+    assert_user_error(proc, expected, "use --device cpu" if device.startswith("cuda") else "auto, cpu, cuda or cuda:N")
+    assert not (tmp_path / "m.db").exists() and not (tmp_path / "reports").exists()
+
+
+# -- a trial that fails -------------------------------------------------------------------------
+
+
+EXPLODING_PLUGIN = """
+from dlbench import hookimpl
+
+def exploding(input_shape, num_classes, activation):
+    \"\"\"An architecture that cannot be built (a test plugin).\"\"\"
+    raise RuntimeError("exploding architecture: boom at build time")
+
+@hookimpl
+def dlbench_register_architectures(register):
+    register("exploding", exploding)
+"""
+
+FAILING_STUDY = TINY_BASELINE + """
+[study]
+name = "failing"
+seeds = 2
+
+[studies.arch.levels]
+mlp = {}
+broken = { architecture = "exploding" }
+"""
+
+
+def test_a_failing_level_fails_alone(tmp_path):
+    write_plugin(tmp_path, "exploding", EXPLODING_PLUGIN)
+    study = write_study(tmp_path, FAILING_STUDY)
+    db = tmp_path / "mlflow.db"
+    proc = run_cli(["run", study, "--tracking-uri", sqlite_uri(db), "--device", "cpu"], cwd=tmp_path,
+                   env=cli_env(autoload=False))
+    assert proc.returncode == 1, describe_result(proc)
+    assert "2 finished, 0 diverged, 2 failed, 0 not run" in proc.stdout
+    assert "error.txt" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+    client = client_for(db)
+    runs = runs_of(client, "failing")
+    (parent,) = [r for r in runs if r.data.tags.get("dlbench.role") == "study"]
+    assert parent.info.status == "FAILED"
+    assert parent.data.tags["dlbench.trials_failed"] == "2"
+    children = {r.info.run_name: r for r in runs if r.data.tags.get("dlbench.role") == "trial"}
+    assert set(children) == {"arch/mlp/seed=0", "arch/mlp/seed=1", "arch/broken/seed=0", "arch/broken/seed=1"}
+    for seed in (0, 1):
+        ok = children[f"arch/mlp/seed={seed}"]
+        assert ok.info.status == "FINISHED" and ok.data.tags["dlbench.status"] == "finished"
+        bad = children[f"arch/broken/seed={seed}"]
+        assert bad.info.status == "FAILED" and bad.data.tags["dlbench.status"] == "failed"
+        assert bad.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert bad.data.params["architecture.name"] == "exploding"
+        err = Path(client.download_artifacts(bad.info.run_id, "error.txt", str(tmp_path / f"dl{seed}")))
+        text = err.read_text()
+        assert "Traceback" in text and "RuntimeError: exploding architecture: boom at build time" in text
+    with open(tmp_path / "reports" / "arch" / "summary.csv", newline="") as f:
+        summary = {row["arch"]: row for row in csv.DictReader(f)}
+    assert int(summary["mlp"]["n"]) == 2 and int(summary["mlp"]["failed"]) == 0
+    assert int(summary["broken"]["n"]) == 0 and int(summary["broken"]["failed"]) == 2
+    index = (tmp_path / "reports" / "arch" / "index.md").read_text()
+    assert "2 trial(s) did not finish" in index and "broken seed 0 (failed)" in index
+
+
+def test_fail_fast_stops_at_the_first_failure(tmp_path):
+    write_plugin(tmp_path, "exploding", EXPLODING_PLUGIN)
+    study = write_study(tmp_path, FAILING_STUDY.replace("mlp = {}\nbroken", "broken").replace(
+        '"exploding" }', '"exploding" }\nmlp = {}'))
+    proc = run_cli(["run", study, "--fail-fast", "--tracking-uri", sqlite_uri(tmp_path / "mlflow.db"), "--device",
+                    "cpu"], cwd=tmp_path, env=cli_env(autoload=False))
+    assert proc.returncode == 1, describe_result(proc)
+    assert "0 finished, 0 diverged, 1 failed, 3 not run" in proc.stdout
+    runs = runs_of(client_for(tmp_path / "mlflow.db"), "failing")
+    (parent,) = [r for r in runs if r.data.tags.get("dlbench.role") == "study"]
+    assert parent.data.tags["dlbench.trials_not_run"] == "3"
+    assert [r.info.run_name for r in runs if r.data.tags.get("dlbench.role") == "trial"] == ["arch/broken/seed=0"]
