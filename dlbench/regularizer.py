@@ -37,6 +37,13 @@ class Regularizer:
         """Whether to stop training after this epoch (early stopping)."""
         return False
 
+    def state_dict(self) -> dict:
+        """What a checkpoint must keep to resume (by default: the plain attributes)."""
+        return dict(vars(self))
+
+    def load_state_dict(self, state: dict) -> None:
+        vars(self).update(state)
+
 
 def weights(model: nn.Module) -> list[nn.Parameter]:
     """The weight matrices/kernels of a model (not biases or norm scales): what penalties act on."""

@@ -9,9 +9,11 @@ The whole dataset is already on the device (see ``data.py``); batches are index 
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -103,21 +105,74 @@ def train_epoch(model, regularizers, optimizer, schedule, data: DeviceData, batc
             reg.after_step(model)
 
 
-def run_trial(trial: Trial, registry, data: DeviceData, device: torch.device, hook) -> TrialResult:
-    """Train one trial and return its result; exceptions propagate (the runner records them)."""
+class Checkpoints:
+    """The epoch-end checkpoint of one trial: model, optimizer, schedule, regularizer and RNG
+    states plus the metric history, so a killed trial resumes where it stopped and ends with the
+    same metrics as an uninterrupted run. Written atomically (a kill never leaves half a file)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def save(self, epoch: int, model, optimizer, schedule, regularizers, result: TrialResult) -> None:
+        state = {
+            "epoch": epoch, "history": result.history, "status": result.status,
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+            "regularizers": [reg.state_dict() for reg in regularizers],
+            "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+        }
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.path)
+
+    def restore(self, model, optimizer, schedule, regularizers) -> dict | None:
+        """Load the checkpoint into the objects; returns its epoch and history, or None."""
+        if not self.path.is_file():
+            return None
+        state = torch.load(self.path, map_location="cpu", weights_only=False)  # our own file
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        for reg, reg_state in zip(regularizers, state["regularizers"]):
+            reg.load_state_dict(reg_state)
+        random.setstate(state["rng"]["python"])
+        np.random.set_state(state["rng"]["numpy"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if state["rng"]["cuda"]:
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        return state
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def run_trial(trial: Trial, registry, data: DeviceData, device: torch.device, hook,
+              checkpoints: Checkpoints | None = None) -> TrialResult:
+    """Train one trial and return its result; exceptions propagate (the runner records them).
+
+    With ``checkpoints``, the state is saved at every epoch end and a trial that finds a
+    checkpoint resumes after its epoch, replaying the recorded epochs to the observers first.
+    """
     started = time.perf_counter()
     seed_everything(trial.seed)
     model, regularizers, optimizer, schedule = build(trial, registry, data, device)
-    info = {"device": str(device), "dataset_hash": data.content_hash,
-            "num_params": sum(p.numel() for p in model.parameters())}
+    resumed = checkpoints.restore(model, optimizer, schedule, regularizers) if checkpoints else None
+    info = {"device": str(device), "dataset_hash": data.content_hash, "dataset": trial.config["dataset"]["name"],
+            "num_params": sum(p.numel() for p in model.parameters()),
+            "resumed_from_epoch": resumed["epoch"] if resumed else None}
     hook.dlbench_trial_start(trial=trial, model=model, info=info)
 
     result = TrialResult(status="finished")
-    for epoch in range(trial.config["epochs"] + 1):
+    first = 0
+    if resumed:
+        result.history = resumed["history"]
+        for epoch, metrics in enumerate(result.history):  # observers may have missed the last ones
+            hook.dlbench_epoch_end(trial=trial, epoch=epoch, metrics=metrics)
+        result.final, result.epochs_run, first = result.history[-1], resumed["epoch"], resumed["epoch"] + 1
+    for epoch in range(first, trial.config["epochs"] + 1):
         if epoch > 0:  # epoch 0 records the initialized model, before any step
-            batch_size = trial.config["batch_size"]
-            train_epoch(model, regularizers, optimizer, schedule, data, batch_size, hook, trial,
-                        first_step=(epoch - 1) * math.ceil(len(data.y_train) / batch_size))
+            train_epoch(model, regularizers, optimizer, schedule, data, trial.config["batch_size"])
         metrics = evaluate(model, data) | {"lr": optimizer.param_groups[0]["lr"]}
         result.history.append(metrics)
         result.final, result.epochs_run = metrics, epoch
@@ -127,5 +182,9 @@ def run_trial(trial: Trial, registry, data: DeviceData, device: torch.device, ho
             break
         if epoch > 0 and any([reg.should_stop(epoch, metrics) for reg in regularizers]):
             break
+        if checkpoints:
+            checkpoints.save(epoch, model, optimizer, schedule, regularizers, result)
+    if checkpoints:
+        checkpoints.clear()
     result.seconds = time.perf_counter() - started
     return result

@@ -52,13 +52,22 @@ def runs_of(client, experiment: str):
 
 
 def dry_run_table(stdout: str) -> dict[str, str]:
-    """run name -> 12-char config hash prefix, from the `--dry-run` table."""
-    out = {}
+    """run name -> 12-char config hash prefix, from the `--dry-run` table(s).
+
+    Reads the columns by their header names, so it works for one table with a ``study`` column
+    as well as for one table per study under a ``study '<name>' (N trials)`` line.
+    """
+    out, header, study = {}, None, None
     for line in stdout.splitlines():
         parts = line.split()
-        if parts and parts[0].isdigit():
-            study, level, seed, prefix = parts[1:5]
-            out[f"{study}/{level}/seed={seed}"] = prefix
+        m = re.match(r"^study '([^']+)'", line)
+        if m:
+            study = m.group(1)
+        elif parts[:1] == ["#"] and "config_hash" in parts:
+            header = parts
+        elif header and parts and parts[0].isdigit():
+            row = dict(zip(header, parts))
+            out[f"{row.get('study', study)}/{row['level']}/seed={row['seed']}"] = row["config_hash"]
     return out
 
 
@@ -185,7 +194,7 @@ def test_config_hash_tags_match_the_dry_run(tiny):
 
 def test_per_epoch_metric_history(tiny):
     for r in tiny.children:
-        assert set(r.data.metrics) == METRICS
+        assert METRICS <= set(r.data.metrics)
         history = tiny.client.get_metric_history(r.info.run_id, "test_accuracy")
         assert sorted(m.step for m in history) == list(range(TINY_EPOCHS + 1))
         assert all(0.0 <= m.value <= 1.0 for m in history)
@@ -345,7 +354,7 @@ def test_stopping_ui_stops_the_mlflow_server(ui):
     # MLflow server it started must go with it, not keep serving the port.
     ui.proc.send_signal(signal.SIGTERM)
     ui.proc.wait(timeout=30)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 15
     while serving(ui.url + "/health") and time.monotonic() < deadline:
         time.sleep(0.5)
     assert not serving(ui.url + "/health"), "the MLflow server still serves after `dlbench ui` was terminated"
@@ -358,12 +367,12 @@ def test_dry_run_prints_the_trials_and_touches_nothing(tmp_path):
     study = write_study(tmp_path, TINY_STUDY)
     proc = run_cli(["run", study, "--dry-run"], cwd=tmp_path, env=cli_env(autoload=False))
     assert proc.returncode == 0, describe_result(proc)
-    lines = proc.stdout.splitlines()
-    header = lines[0].split()
-    assert header[:5] == ["#", "study", "level", "seed", "config_hash"]
-    # the varied keys are columns; what no trial varies is not
-    assert {"architecture.depth", "activation.name", "regularizers"} <= set(header)
-    assert "optimizer.lr" not in header
+    headers = [line.split() for line in proc.stdout.splitlines() if line.split()[:1] == ["#"]]
+    assert headers and all({"level", "seed", "config_hash"} <= set(h) for h in headers)
+    columns = {c for h in headers for c in h}
+    # what the studies vary is shown; what no trial varies is not
+    assert {"architecture.depth", "activation.name", "regularizers"} <= columns
+    assert "optimizer.lr" not in columns
     table = dry_run_table(proc.stdout)
     assert len(table) == 12
     assert all(re.fullmatch(r"[0-9a-f]{12}", h) for h in table.values())

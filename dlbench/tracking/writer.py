@@ -33,6 +33,11 @@ def default_tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
+def attach_report(tracking_uri: str, run_id: str, directory: Path) -> None:
+    """Attach a report folder to a study's parent run (finished or not) as ``reports/<folder>``."""
+    MlflowClient(tracking_uri).log_artifacts(run_id, str(directory), artifact_path=f"reports/{directory.name}")
+
+
 class Tracker:
     """Logs a study to MLflow. Register it with the plugin manager for the study's duration."""
 
@@ -137,6 +142,12 @@ class Tracker:
         self._buffer.setdefault(run_id, []).extend(Metric(k, float(v), now, epoch) for k, v in metrics.items())
         if time.monotonic() - self._last_flush >= self.flush_seconds:
             self.flush()
+
+    @hookimpl
+    def dlbench_diagnostics(self, trial: Trial, step: int, values: dict[str, float]) -> None:
+        # buffered like the epoch metrics; their step is the optimizer step, not the epoch
+        now = int(time.time() * 1000)
+        self._buffer.setdefault(self._child(trial), []).extend(Metric(k, float(v), now, step) for k, v in values.items())
 
     @hookimpl
     def dlbench_trial_end(self, trial: Trial, result) -> None:

@@ -1,0 +1,91 @@
+"""Reading what a store already holds: earlier trials (for resume) and single runs (reproduce)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+HEARTBEAT_STALE_S = 15 * 60  # a RUNNING run on another host with no heartbeat this long is dead
+
+
+@dataclass(frozen=True)
+class StoredRun:
+    run_id: str
+    status: str  # MLflow's: RUNNING, FINISHED, FAILED, KILLED
+    start_time: int
+    tags: dict[str, str] = field(default_factory=dict)
+    params: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)  # latest value of each
+
+    @property
+    def config_hash(self) -> str:
+        return self.tags.get("dlbench.config_hash", "")
+
+    def process_alive(self) -> bool:
+        """Whether the process that owns this RUNNING run still runs (pid on this host, else
+        a recent heartbeat)."""
+        host, pid = self.tags.get("dlbench.host"), self.tags.get("dlbench.pid")
+        if host == socket.gethostname() and pid and pid.isdigit():
+            if int(pid) == os.getpid():
+                return True
+            cmdline = Path(f"/proc/{pid}/cmdline")
+            if cmdline.exists():
+                try:
+                    return b"dlbench" in cmdline.read_bytes()  # a reused pid is someone else's
+                except OSError:
+                    return False
+            try:
+                os.kill(int(pid), 0)
+                return True
+            except (ProcessLookupError, PermissionError, OSError):
+                return False
+        beat = self.tags.get("dlbench.heartbeat", "")
+        return beat.replace(".", "", 1).isdigit() and time.time() - float(beat) < HEARTBEAT_STALE_S
+
+
+def _stored(run) -> StoredRun:
+    return StoredRun(run.info.run_id, run.info.status, run.info.start_time, dict(run.data.tags),
+                     dict(run.data.params), dict(run.data.metrics))
+
+
+def search(client: MlflowClient, experiment_id: str, filter_string: str) -> list[StoredRun]:
+    """Every run matching the filter, newest first, across result pages."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], filter_string=filter_string, max_results=1000,
+                                  order_by=["attributes.start_time DESC"], page_token=token)
+        runs += [_stored(r) for r in page]
+        token = page.token
+        if not token:
+            return runs
+
+
+def trial_runs(client: MlflowClient, experiment_id: str) -> dict[str, list[StoredRun]]:
+    """Trial runs of an experiment by config hash, newest first."""
+    by_hash: dict[str, list[StoredRun]] = {}
+    for run in search(client, experiment_id, "tags.`dlbench.role` = 'trial'"):
+        by_hash.setdefault(run.config_hash, []).append(run)
+    return by_hash
+
+
+def latest_parent(client: MlflowClient, experiment_id: str, study_hash: str) -> StoredRun | None:
+    runs = search(client, experiment_id,
+                  f"tags.`dlbench.role` = 'study' and tags.`dlbench.study_hash` = '{study_hash}'")
+    return runs[0] if runs else None
+
+
+def get_run(client: MlflowClient, run_id: str) -> StoredRun:
+    return _stored(client.get_run(run_id))
+
+
+def metric_histories(client: MlflowClient, run_id: str, keys) -> dict[str, list[tuple[int, float]]]:
+    """(step, value) of every logged value of each metric, by step."""
+    out = {}
+    for key in keys:
+        out[key] = sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+    return out
