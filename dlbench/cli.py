@@ -48,6 +48,9 @@ def _default_uri() -> str:
 tracking_option = click.option(
     "--tracking-uri", default=None, metavar="URI",
     help="MLflow tracking store. Default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db (MLflow's default).")
+data_dir_option = click.option(
+    "--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("data"), show_default=True,
+    help="Prepared datasets, tracked by DVC through <data-dir>.dvc next to it.")
 plugins_dir_option = click.option(
     "--plugins-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
     help="Folder of local plugin modules (*.py). Default: plugins/ next to the study file.")
@@ -73,10 +76,25 @@ def main() -> None:
 @click.option("--reports-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("reports"),
               show_default=True, help="Where reports/<study>/ folders are written.")
 @click.option("--fail-fast", is_flag=True, help="Stop at the first trial that fails.")
+@click.option("--force", is_flag=True, help="Re-run trials that already finished in the store (new runs).")
+@click.option("--deterministic/--nondeterministic", default=True, show_default=True,
+              help="Deterministic kernels: the same config and seed give bit-identical metrics.")
+@data_dir_option
+@click.option("--allow-data-mismatch", is_flag=True,
+              help="Run even when data/ differs from data.dvc (the runs are tagged dlbench.data_matches_dvc=false).")
+@click.option("--checkpoint-dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path(".dlbench/checkpoints"), show_default=True,
+              help="Epoch-end checkpoints of running trials, for resuming after a crash.")
 @_user_errors
 def run(study_file: Path, dry_run: bool, tracking_uri: str | None, device: str, plugins_dir: Path | None,
-        only: tuple[str, ...], reports_dir: Path, fail_fast: bool) -> None:
-    """Run every trial of STUDY_FILE, log it to MLflow and write the report."""
+        only: tuple[str, ...], reports_dir: Path, fail_fast: bool, force: bool, deterministic: bool,
+        data_dir: Path, allow_data_mismatch: bool, checkpoint_dir: Path) -> None:
+    """Run every trial of STUDY_FILE, log it to MLflow and write the report.
+
+    Trials that already finished in the store (same config hash) are skipped, and trials left
+    running by a killed process resume from their last epoch, so re-running the same command
+    after a crash completes the study without duplicating a run.
+    """
     from dlbench.config import read_study_file
     from dlbench.plugins import load_plugins
     from dlbench.study import expand
@@ -94,13 +112,16 @@ def run(study_file: Path, dry_run: bool, tracking_uri: str | None, device: str, 
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` closes runs like Ctrl-C does
     try:
         result = run_study(sf, trials, plugins, device=dev, tracking_uri=tracking_uri or _default_uri(),
-                           reports_dir=reports_dir, stream=sys.stdout, fail_fast=fail_fast)
+                           reports_dir=reports_dir, stream=sys.stdout, fail_fast=fail_fast, force=force,
+                           deterministic=deterministic, data_dir=data_dir, checkpoint_dir=checkpoint_dir,
+                           allow_data_mismatch=allow_data_mismatch)
     except KeyboardInterrupt:
         click.echo("\nInterrupted: the finished trials are in MLflow; the running one is marked KILLED.", err=True)
         sys.exit(130)
     finished, diverged, failed = (result.count(s) for s in ("finished", "diverged", "failed"))
-    click.echo(f"\n{finished} finished, {diverged} diverged, {failed} failed, "
-               f"{len(trials) - len(result.results)} not run. MLflow parent run: {result.parent_run_id}")
+    click.echo(f"\n{finished} finished ({result.skipped} of them already in the store), {diverged} diverged, "
+               f"{failed} failed, {len(trials) - len(result.results)} not run. "
+               f"MLflow parent run: {result.parent_run_id}")
     for folder in result.reports:
         click.echo(f"report: {folder / 'index.md'}")
     if failed:
@@ -139,6 +160,80 @@ def _varied_keys(trials) -> list[str]:
     flats = [_flat(t) for t in trials]
     keys = list(dict.fromkeys(k for f in flats for k in f))
     return [k for k in keys if len({f.get(k) for f in flats}) > 1]
+
+
+@main.command()
+@click.argument("run_id")
+@tracking_option
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+@plugins_dir_option
+@data_dir_option
+@click.option("--tolerance", default=0.0, show_default=True, type=click.FloatRange(min=0.0),
+              help="Largest absolute difference of any metric value still counted as reproduced.")
+@_user_errors
+def reproduce(run_id: str, tracking_uri: str | None, device: str, plugins_dir: Path | None, data_dir: Path,
+              tolerance: float) -> None:
+    """Re-run the trial of MLflow run RUN_ID from what the run recorded and compare every metric.
+
+    Exits 0 when every logged value is reproduced within --tolerance, 1 when not.
+    """
+    from dlbench.plugins import load_plugins
+    from dlbench.reproduce import reproduce as do_reproduce
+    from dlbench.runner import resolve_device
+
+    plugins = load_plugins(plugins_dir if plugins_dir is not None else Path("plugins"))
+    verdict = do_reproduce(run_id, plugins, tracking_uri=tracking_uri or _default_uri(),
+                           device=resolve_device(device), tolerance=tolerance, data_dir=data_dir, stream=sys.stdout)
+    for note in verdict.warnings:
+        click.echo(f"warning: {note}", err=True)
+    key, step, diff = verdict.largest
+    word = "REPRODUCED" if verdict.reproduced else "NOT REPRODUCED"
+    click.echo(f"{word}: {verdict.compared} metric values compared, largest difference {diff:.3g} "
+               f"({key or '-'} at step {step}), tolerance {tolerance:g}. Re-run logged as {verdict.rerun}.")
+    if verdict.mismatched_steps:
+        click.echo(f"metrics whose logged steps differ: {', '.join(verdict.mismatched_steps)}")
+    sys.exit(0 if verdict.reproduced else 1)
+
+
+@main.group()
+def data() -> None:
+    """Prepare the datasets in data/ and check them against data.dvc."""
+
+
+@data.command("prepare")
+@data_dir_option
+@click.option("--dataset", "names", multiple=True, metavar="NAME",
+              help="Dataset to prepare (repeatable). Default: mnist1d and digits.")
+@click.option("--dvc/--no-dvc", "use_dvc", default=True, show_default=True,
+              help="Track the folder with DVC (`dvc add`, initializing DVC where needed).")
+@plugins_dir_option
+@_user_errors
+def data_prepare(data_dir: Path, names: tuple[str, ...], use_dvc: bool, plugins_dir: Path | None) -> None:
+    """Write datasets to DATA_DIR (one folder each: .npy arrays and meta.json) and `dvc add` it."""
+    from dlbench.datastore import BUILTIN_PREPARED, prepare, track
+    from dlbench.plugins import load_plugins
+
+    plugins = load_plugins(plugins_dir if plugins_dir is not None else Path("plugins"))
+    for name, folder, digest in prepare(plugins.registry, data_dir, list(names) or BUILTIN_PREPARED):
+        click.echo(f"{name}: {folder} (sha256 {digest[:16]}...)")
+    if use_dvc:
+        click.echo(f"tracked by DVC: {track(data_dir)} (commit it with git)")
+
+
+@data.command("verify")
+@data_dir_option
+@_user_errors
+def data_verify(data_dir: Path) -> None:
+    """Check DATA_DIR against its .dvc pointer with DVC; exit 1 and name what differs."""
+    from dlbench.datastore import status
+
+    st = status(data_dir)
+    if st.matches:
+        click.echo(f"{data_dir} matches {st.pointer} (md5 {st.md5})")
+        return
+    what = "is missing" if st.missing else "differs: " + ", ".join(st.modified)
+    click.echo(f"{data_dir} {what} (recorded in {st.pointer}: md5 {st.md5})", err=True)
+    sys.exit(1)
 
 
 @main.group()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -53,6 +54,7 @@ class DeviceData:
     num_classes: int
     input_shape: tuple[int, ...]
     content_hash: str
+    source: str = "generated"  # where the arrays came from: a prepared folder, or generated in memory
 
     def splits(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         out = {"train": (self.x_train, self.y_train), "test": (self.x_test, self.y_test)}
@@ -61,7 +63,7 @@ class DeviceData:
         return out
 
 
-def to_device(ds: Dataset, val_fraction: float, device: torch.device) -> DeviceData:
+def to_device(ds: Dataset, val_fraction: float, device: torch.device, source: str = "generated") -> DeviceData:
     """Carve the validation split from the training set and move everything to ``device``."""
     n = len(ds.y_train)
     order = np.random.default_rng(VAL_SPLIT_SEED).permutation(n)
@@ -78,27 +80,43 @@ def to_device(ds: Dataset, val_fraction: float, device: torch.device) -> DeviceD
         x_train=x(ds.x_train[train]), y_train=y(ds.y_train[train]),
         x_val=x(ds.x_train[val]), y_val=y(ds.y_train[val]),
         x_test=x(ds.x_test), y_test=y(ds.y_test),
-        num_classes=ds.num_classes, input_shape=ds.input_shape, content_hash=ds.content_hash(),
+        num_classes=ds.num_classes, input_shape=ds.input_shape, content_hash=ds.content_hash(), source=source,
     )
 
 
 class DataCache:
-    """Datasets built once per process and kept on the device across the trials of a study."""
+    """Datasets built once per process and kept on the device across the trials of a study.
 
-    def __init__(self) -> None:
-        self._arrays: dict[str, Dataset] = {}
+    A dataset asked for with its default options is read from ``data_dir/<name>/`` when it was
+    prepared there (``dlbench data prepare``: the DVC-tracked copy); otherwise its plugin makes it.
+    """
+
+    def __init__(self, data_dir: Path | None = None) -> None:
+        self.data_dir = data_dir
+        self._arrays: dict[str, tuple[Dataset, str]] = {}
         self._device: dict[tuple, DeviceData] = {}
 
     def get(self, component, options: dict, val_fraction: float, device: torch.device) -> DeviceData:
         key = repr((component.name, sorted(options.items())))
         if key not in self._arrays:
-            ds = component.factory(**options)
-            _check_dataset(component.name, ds)
-            self._arrays[key] = ds
+            self._arrays[key] = self._load(component, options)
         dkey = (key, val_fraction, str(device))
         if dkey not in self._device:
-            self._device[dkey] = to_device(self._arrays[key], val_fraction, device)
+            ds, source = self._arrays[key]
+            self._device[dkey] = to_device(ds, val_fraction, device, source)
         return self._device[dkey]
+
+    def _load(self, component, options: dict) -> tuple[Dataset, str]:
+        defaults = {o.name: o.default for o in component.options.values()}
+        if self.data_dir is not None and options == defaults:
+            from dlbench.datastore import load_dataset
+
+            prepared = load_dataset(self.data_dir, component.name)
+            if prepared is not None:
+                return prepared, str((self.data_dir / component.name).resolve())
+        ds = component.factory(**options)
+        _check_dataset(component.name, ds)
+        return ds, "generated"
 
 
 def _check_dataset(name: str, ds) -> None:

@@ -146,3 +146,42 @@ def track(data_dir: Path) -> Path:
             dvc(root, "init", "--subdir", "-q")
     dvc(root, "add", data_dir.name, "-q")
     return pointer_for(data_dir)
+
+
+BUILTIN_PREPARED = ["mnist1d", "digits"]  # what `dlbench data prepare` writes by default
+
+
+def check_data(data_dir: Path, registry, *, allow_mismatch: bool, stream) -> dict[str, str]:
+    """Before a run: make ``data_dir`` match ``data.dvc`` (pull or regenerate it when missing)
+    and refuse to go on when it does not, unless ``allow_mismatch``. Returns the run's data tags.
+
+    Without a ``.dvc`` pointer next to the folder there is nothing to check: datasets are read
+    from the folder when prepared, generated otherwise.
+    """
+    data_dir = Path(data_dir)
+    if not pointer_for(data_dir).is_file():
+        return {"dlbench.data_dvc": "none"}
+    st = status(data_dir)
+    if st.missing:
+        root = data_dir.resolve().parent
+        if has_remote(root):
+            stream.write(f"{data_dir} is missing: pulling it from the DVC remote\n")
+            dvc(root, "pull", pointer_for(data_dir).name)
+        else:
+            stream.write(f"{data_dir} is missing and no DVC remote is configured: regenerating it\n")
+            prepare(registry, data_dir, BUILTIN_PREPARED)
+        st = status(data_dir)
+        if st.matches:
+            track(data_dir)  # fills the local DVC cache; the pointer is unchanged
+    tags = {"dlbench.data_dvc": str(st.pointer), "dlbench.data_dvc_md5": st.md5 or "",
+            "dlbench.data_matches_dvc": str(st.matches).lower()}
+    if not st.matches:
+        differ = ", ".join(st.modified) or str(data_dir)
+        if not allow_mismatch:
+            raise UserError(
+                f"{data_dir} does not match {st.pointer} (md5 {st.md5}); differing: {differ}. A run on data "
+                "other than the recorded version cannot be traced. Restore it (`dvc checkout`, `dvc pull`, or "
+                f"delete {data_dir} to regenerate it), record the new version (`dvc add {data_dir}` and commit "
+                f"{st.pointer}), or pass --allow-data-mismatch to run anyway (the runs are tagged as such).")
+        stream.write(f"warning: {data_dir} does not match {st.pointer} ({differ}); running anyway as asked\n")
+    return tags

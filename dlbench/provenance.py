@@ -50,5 +50,42 @@ def environment(device: torch.device) -> dict[str, str]:
     return env
 
 
+def git_diff(where: Path) -> str:
+    """The uncommitted changes to tracked files (what a dirty flag hides)."""
+    try:
+        out = subprocess.run(["git", "diff", "HEAD"], cwd=where, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return out.stdout if out.returncode == 0 else ""
+
+
+def installed_packages() -> str:
+    """``name==version`` of every installed distribution, like ``pip freeze`` but without a subprocess."""
+    from importlib.metadata import distributions
+
+    seen = {}
+    for dist in distributions():
+        name = dist.metadata["Name"]
+        if name and name.lower() not in seen:
+            seen[name.lower()] = f"{name}=={dist.version}"
+    return "\n".join(sorted(seen.values(), key=str.lower)) + "\n"
+
+
+def components_used(trial, registry) -> list[tuple[str, str, str]]:
+    """(kind, name, origin) of every plugin component a trial's config names."""
+    from dlbench.config import COMPONENTS
+
+    used = [(kind, trial.config[key]["name"]) for key, kind in COMPONENTS.items()]
+    used += [("regularizer", r["name"]) for r in trial.config["regularizers"]]
+    out = []
+    for kind, name in used:
+        component = registry.get(kind, name)
+        origin = component.origin
+        if origin == "built-in":
+            origin = f"built-in {dlbench.__version__}"
+        out.append((kind if kind != "regularizer" else f"regularizer.{name}", name, origin))
+    return out
+
+
 def command_line() -> str:
     return " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])

@@ -531,3 +531,59 @@ def test_fail_fast_stops_at_the_first_failure(tmp_path):
     (parent,) = [r for r in runs if r.data.tags.get("dlbench.role") == "study"]
     assert parent.data.tags["dlbench.trials_not_run"] == "3"
     assert [r.info.run_name for r in runs if r.data.tags.get("dlbench.role") == "trial"] == ["arch/broken/seed=0"]
+
+
+# -- stopping a running study -------------------------------------------------------------------
+
+
+LONG_STUDY = TINY_BASELINE.replace("epochs = 2", "epochs = 400") + """
+[study]
+name = "long"
+seeds = 3
+
+[studies.s.levels]
+a = {}
+"""
+
+
+def test_sigterm_closes_the_running_trial_as_killed(tmp_path):
+    from mlflow.entities import ViewType
+
+    study = write_study(tmp_path, LONG_STUDY)
+    db = tmp_path / "mlflow.db"
+    proc = subprocess.Popen([sys.executable, "-m", "dlbench.cli", "run", str(study), "--tracking-uri", sqlite_uri(db),
+                             "--device", "cpu"], cwd=tmp_path, env=cli_env(autoload=False), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        # wait until the second trial has started (its MLflow run exists), then stop the study
+        deadline = time.monotonic() + 300
+        second = None
+        while second is None:
+            assert proc.poll() is None, f"the study ended before it could be stopped: {proc.communicate()}"
+            assert time.monotonic() < deadline, "the second trial never started"
+            time.sleep(0.3)
+            if db.exists():
+                try:
+                    client = client_for(db)
+                    exp = client.get_experiment_by_name("long")
+                    runs = client.search_runs([exp.experiment_id], "attributes.run_name = 's/a/seed=1'",
+                                              ViewType.ALL) if exp else []
+                except Exception:  # the store is being created by the other process
+                    runs = []
+                second = runs[0] if runs else None
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, f"exit {proc.returncode}\n{stdout}\n{stderr}"
+    assert "Traceback" not in stderr, stderr
+    assert "Interrupted" in stderr
+    runs = {r.info.run_name: r for r in runs_of(client_for(db), "long")}
+    assert runs["s/a/seed=0"].info.status == "FINISHED"
+    assert runs["s/a/seed=1"].info.status == "KILLED"
+    assert "s/a/seed=2" not in runs
+    assert runs["long"].info.status == "KILLED"
+    assert runs["long"].data.tags["dlbench.trials_finished"] == "1"
+    assert runs["long"].data.tags["dlbench.trials_not_run"] == "2"

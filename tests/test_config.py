@@ -252,6 +252,18 @@ def test_unknown_key_in_study_baseline(tmp_path):
     assert "did you mean 'epochs'?" in msg
 
 
+@pytest.mark.parametrize("text, where", [
+    ("[studies.seed.levels]\na = {}\n", "studies.seed.levels"),
+    ("[studies.s.factors.status]\na = {}\n", "studies.s.factors.status"),
+])
+def test_reserved_factor_names(tmp_path, text, where):
+    # the report has columns study, level, seed, status, ...: a factor may not shadow them
+    err = config_error(tmp_path, text)
+    msg = one_problem(err)
+    assert msg.startswith(f"{where}: ")
+    assert "cannot name a factor" in msg and "reserved" in msg
+
+
 def test_reference_to_unknown_level(tmp_path):
     err = config_error(tmp_path, "[studies.s]\nreference = 'of'\n[studies.s.levels]\noff = {}\non = {}\n")
     msg = one_problem(err)

@@ -1,8 +1,10 @@
-"""Reports: per-trial results -> tidy frame -> statistics -> seaborn figures and tables.
+"""Reports: MLflow runs -> tidy frames -> statistics -> seaborn figures and tables.
 
-The only package that imports seaborn and matplotlib.
+The only package that imports seaborn and matplotlib. ``report_from_mlflow`` is what both
+``dlbench run`` (at the end) and ``dlbench report`` call: a report is always rebuilt from the
+tracking store alone.
 """
 
-from dlbench.report.build import write_study_report
+from dlbench.report.build import report_from_mlflow, write_study_report
 
-__all__ = ["write_study_report"]
+__all__ = ["report_from_mlflow", "write_study_report"]

@@ -1,55 +1,272 @@
-"""The report of one study: a figure, a statistics table (Markdown, CSV) and the raw trials."""
+"""The report of one study, rebuilt from MLflow: statistics, claims, figures, tables.
+
+``reports/<study>/`` gets ``index.md`` and a self-contained ``index.html``, every figure as PNG,
+every table as CSV (the statistics tables also as Markdown and LaTeX), and the tidy data behind
+the figures (``trials.csv``, ``epochs.csv``, ``diagnostics.csv``).
+"""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pandas as pd
 
-from dlbench.report.figures import final_metric
-from dlbench.report.stats import summarize
+from dlbench.report import figures
+from dlbench.report.data import StudyData, label_of
+from dlbench.report.document import Document, fmt, fmt_p, latex_table, markdown_table
+from dlbench.report.stats import comparisons, judge_claims, summarize
 
-METRIC = "test_accuracy"
+METRIC = "test_accuracy"  # the study's outcome: final test accuracy of each seed
 
 
-def write_study_report(frame: pd.DataFrame, study: str, factors: list[str], question: str,
-                       out_dir: Path) -> Path:
-    """Write ``out_dir`` (``reports/<study>``) for the rows of ``frame`` belonging to ``study``.
-
-    ``frame`` has one row per trial: ``study``, one column per factor, ``seed``, ``status`` and
-    the final metrics. Returns the folder.
-    """
+def write_study_report(data: StudyData, out_dir: Path) -> Path:
+    """Write ``out_dir`` (``reports/<study>``) and return it."""
+    out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rows = frame[frame["study"] == study]
-    rows.to_csv(out_dir / "trials.csv", index=False)
-    table = summarize(rows, factors, METRIC)
-    table.to_csv(out_dir / "summary.csv", index=False)
-    title = question or f"{study}: {METRIC.replace('_', ' ')} per level"
-    final_metric(rows, factors, METRIC, title, out_dir / f"{METRIC}.png")
-    (out_dir / "index.md").write_text(_markdown(study, question, table, factors, rows), encoding="utf-8")
+    data.trials.to_csv(out_dir / "trials.csv", index=False)
+    data.epochs.to_csv(out_dir / "epochs.csv", index=False)
+    data.diagnostics.to_csv(out_dir / "diagnostics.csv", index=False)
+
+    doc = Document(data.name)
+    if data.question:
+        doc.text(f"**Question:** {data.question}")
+    src = data.source
+    doc.text(f"From MLflow: experiment `{src['experiment']}`, study run `{src['run_name']}` "
+             f"(`{src['parent_run_id']}`, started {src['started']}, {src['status'].lower()}) in `{src['tracking_uri']}`. "
+             f"Outcome: the final {_words(METRIC)} of each seed, after the last epoch.")
+    missing = data.trials[data.trials["status"] != "finished"]
+    if data.notes or len(missing):
+        doc.heading("What is missing")
+        items = list(data.notes)
+        if len(missing):
+            items.insert(0, f"{len(missing)} trial(s) did not finish and are not in n: " + ", ".join(
+                f"{r['level']} seed {r['seed']} ({r['status']})" for _, r in missing.iterrows()))
+        doc.bullets(items)
+
+    if data.claims:
+        _claims_section(doc, data, out_dir)
+    _levels_section(doc, data, out_dir)
+    _comparisons_section(doc, data, out_dir)
+    _figures_section(doc, data, out_dir)
+
+    doc.heading("Files")
+    doc.text("Tables: `summary.csv`, `comparisons.csv`" + (", `claims.csv`" if data.claims else "")
+             + " (also as `.md` and `.tex`, booktabs). Data behind the figures: `trials.csv` (one row per trial), "
+             "`epochs.csv` (per-epoch metrics), `diagnostics.csv` (per-layer diagnostics by optimizer step). "
+             f"Rebuild with `dlbench report --run-id {src['parent_run_id']} --tracking-uri {src['tracking_uri']}`.")
+    (out_dir / "index.md").write_text(doc.to_markdown(), encoding="utf-8")
+    (out_dir / "index.html").write_text(doc.to_html(), encoding="utf-8")
     return out_dir
 
 
-def _fmt(v) -> str:
-    if isinstance(v, float):
-        return "—" if math.isnan(v) else f"{v:.4f}"
-    return str(v)
+def _words(metric: str) -> str:
+    return metric.replace("_", " ")
 
 
-def _markdown(study: str, question: str, table: pd.DataFrame, factors: list[str], rows: pd.DataFrame) -> str:
-    cols = [*factors, "n", "mean", "std", "ci95_low", "ci95_high", "diverged", "failed"]
-    lines = [f"# {study}", ""]
-    if question:
-        lines += [f"**Question:** {question}", ""]
-    lines += [f"Final {METRIC.replace('_', ' ')} over seeds (n counts finished trials; the 95% interval is a "
-              "Student-t interval of the mean).", "",
-              "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for _, r in table.iterrows():
-        lines.append("| " + " | ".join(_fmt(r[c]) for c in cols) + " |")
-    missing = rows[rows["status"] != "finished"]
-    if len(missing):
-        lines += ["", f"{len(missing)} trial(s) did not finish and are not in n: "
-                  + ", ".join(f"{r['level']} seed {r['seed']} ({r['status']})" for _, r in missing.iterrows())]
-    lines += ["", f"![{METRIC}]({METRIC}.png)", ""]
-    return "\n".join(lines)
+def _export(frame: pd.DataFrame, pretty: pd.DataFrame, out_dir: Path, name: str, caption: str) -> None:
+    frame.to_csv(out_dir / f"{name}.csv", index=False)
+    (out_dir / f"{name}.md").write_text(markdown_table(pretty) + "\n", encoding="utf-8")
+    (out_dir / f"{name}.tex").write_text(latex_table(pretty, caption, f"tab:{name}"), encoding="utf-8")
+
+
+# -- tables -----------------------------------------------------------------------------------------
+
+
+def _levels_section(doc: Document, data: StudyData, out_dir: Path) -> None:
+    expected = len(data.seeds) if data.seeds is not None else None
+    table = summarize(_all_cells(data), data.factors, METRIC, expected)
+    pretty = pd.DataFrame({
+        **{f: table[f] for f in data.factors},
+        "n": table["n"].astype(int),
+        "mean": table["mean"].map(fmt),
+        "std": table["std"].map(fmt),
+        "95% CI": [f"[{fmt(lo)}, {fmt(hi)}]" if lo == lo else "—" for lo, hi in zip(table["ci95_low"], table["ci95_high"])],
+        "diverged": table["diverged"], "failed": table["failed"],
+        **({"not run": table["not_run"]} if "not_run" in table else {}),
+    })
+    caption = (f"Final {_words(METRIC)} per level over seeds: n finished seeds, mean, standard deviation and "
+               "95% Student-t interval of the mean.")
+    _export(table, pretty, out_dir, "summary", caption)
+    doc.heading("Results per level")
+    doc.table(pretty, caption)
+
+
+def _all_cells(data: StudyData) -> pd.DataFrame:
+    """The trials plus an empty placeholder row for every level that has no trial run at all, so
+    such levels still get a row (n = 0) in the table."""
+    frame = data.trials
+    extra = []
+    for cell in data.cells():
+        mask = pd.Series(True, index=frame.index)
+        for f, lvl in cell.items():
+            mask &= frame[f] == lvl
+        if not mask.any():
+            extra.append({**cell, "level": label_of(cell), "seed": None, "status": "not run"})
+    if extra:
+        frame = pd.concat([frame, pd.DataFrame(extra)], ignore_index=True)
+    order = {label_of(c): i for i, c in enumerate(data.cells())}
+    return frame.assign(_o=frame["level"].map(order)).sort_values("_o", kind="stable").drop(columns="_o")
+
+
+def _comparisons_section(doc: Document, data: StudyData, out_dir: Path) -> None:
+    table = comparisons(data.trials, data.levels, data.reference, METRIC)
+    if table.empty:
+        return
+    pretty = pd.DataFrame({
+        "level": table["level"], "vs reference": table["reference"],
+        "n": [f"{a} vs {b}" for a, b in zip(table["n"], table["n_ref"])],
+        "difference": table["diff"].map(lambda v: fmt(v, signed=True)),
+        "95% CI": [f"[{fmt(lo, signed=True)}, {fmt(hi, signed=True)}]" if lo == lo else "—"
+                   for lo, hi in zip(table["ci95_low"], table["ci95_high"])],
+        "p": table["p"].map(fmt_p), "p (Holm)": table["p_holm"].map(fmt_p),
+        "Hedges' g": table["hedges_g"].map(lambda v: fmt(v, 2, signed=True)),
+    })
+    testable = int(table["p"].notna().sum())
+    caption = (f"Difference in final {_words(METRIC)} from the reference level ("
+               + ", ".join(f"{f} = {r}" for f, r in data.reference.items())
+               + (", the other factors held fixed" if len(data.factors) > 1 else "")
+               + f"): Welch 95% interval, two-sided Welch t-test p, Holm-corrected across the {testable} "
+               "comparison(s) of this study, and Hedges' g (standardized difference; |g| of 0.2/0.5/0.8 is "
+               "small/medium/large).")
+    _export(table, pretty, out_dir, "comparisons", caption)
+    doc.heading("Differences from the reference level")
+    doc.table(pretty, caption)
+    untestable = table[table["p"].isna()]
+    if len(untestable):
+        doc.text(f"{len(untestable)} comparison(s) could not be tested: fewer than 2 finished seeds on a side "
+                 f"({', '.join(untestable['level'])}).")
+
+
+def _claims_section(doc: Document, data: StudyData, out_dir: Path) -> None:
+    table = judge_claims(data.trials, data.claims, data.alpha)
+    pretty = pd.DataFrame({"claim": table["claim"], "verdict": table["verdict"].map(lambda v: f"**{v}**"),
+                           "why": table["why"]})
+    caption = (f"Each claim declared in the study file, tested at alpha = {data.alpha:g}: Welch's two-sided t-test, "
+               "Holm-corrected across the study's claims. Supported: significant in the claimed direction; "
+               "contradicted: significant in the other; inconclusive: neither, or too few seeds.")
+    _export(table, pretty.assign(verdict=table["verdict"]), out_dir, "claims", caption)
+    doc.heading("Claims")
+    doc.table(pretty, caption)
+
+
+# -- figures ----------------------------------------------------------------------------------------
+
+
+def _figures_section(doc: Document, data: StudyData, out_dir: Path) -> None:
+    doc.heading("Figures")
+    if data.finished.empty:
+        doc.text("No trial finished: there is nothing to plot.")
+        return
+    levels, name = data.levels, data.name
+    two = len(data.factors) >= 2
+    first, last = data.factors[0], data.factors[-1]
+    seeds = int(data.finished.groupby("level").size().max())
+
+    path = figures.final_metric(data.trials, levels, METRIC, f"{name}: final test accuracy per level", out_dir / f"{METRIC}.png")
+    doc.figure(path, "Final test accuracy per level",
+               f"**Final test accuracy per level.** Each small point is one seed (up to {seeds} per level); the "
+               "diamond is the mean with its 95% Student-t interval. Look at whether the intervals of two levels "
+               "overlap and at the spread of the seeds: a difference smaller than that spread needs more seeds "
+               "(the statistics tables above say whether it is significant)."
+               + (f" Lines join the levels of {last} for each {', '.join(data.factors[:-1])}." if two else ""))
+    if two:
+        path = figures.interaction(data.trials, levels, METRIC, f"{name}: test accuracy vs {data.factors[1]}, by {first}",
+                                   out_dir / "interaction.png")
+        doc.figure(path, f"Test accuracy vs {data.factors[1]}",
+                   f"**Interaction of {first} and {data.factors[1]}.** Mean final test accuracy against "
+                   f"{data.factors[1]}, one line per {first}, with the 95% band over seeds (faint points: seeds). "
+                   "Parallel lines mean the factors act independently; lines that diverge or cross mean the effect "
+                   f"of {first} depends on {data.factors[1]}.")
+        path = figures.heatmap(data.trials, levels, METRIC, f"{name}: mean test accuracy", out_dir / "heatmap.png")
+        doc.figure(path, "Heatmap of mean test accuracy",
+                   f"**Mean final test accuracy for every {first} × {data.factors[1]} cell**, annotated with the mean "
+                   "and the half-width of its 95% interval. Look for the best cell and for rows or columns where "
+                   "accuracy collapses.")
+    path = figures.learning_curves(data.epochs, levels, "accuracy", f"{name}: learning curves (accuracy)",
+                                   out_dir / "learning_curves.png")
+    doc.figure(path, "Learning curves (accuracy)",
+               "**Learning curves per level.** Train and test accuracy after every epoch (epoch 0: the "
+               "initialized model), mean over seeds with a 95% band. A widening gap between train and test is "
+               "overfitting; a flat curve near chance (0.1 for 10 classes) is a network that does not train.")
+    path = figures.learning_curves(data.epochs, levels, "loss", f"{name}: learning curves (loss)",
+                                   out_dir / "loss_curves.png")
+    doc.figure(path, "Learning curves (loss)",
+               "**Loss curves per level.** Train and test cross-entropy per epoch, mean over seeds with a 95% band. "
+               "A test loss that turns upward while the train loss keeps falling marks the onset of overfitting "
+               "(it often comes before the test accuracy drops).")
+    path = figures.final_metric(data.trials, levels, "generalization_gap",
+                                f"{name}: generalization gap (train − test accuracy) per level",
+                                out_dir / "generalization_gap.png")
+    doc.figure(path, "Generalization gap per level",
+               "**Generalization gap per level**: final train accuracy minus final test accuracy, seeds as points, "
+               "mean with 95% interval. A regularizer that works shrinks the gap; a gap near 0 with a low accuracy "
+               "is underfitting, not good generalization.")
+    _diagnostic_figures(doc, data, out_dir)
+
+
+def _diagnostic_figures(doc: Document, data: StudyData, out_dir: Path) -> None:
+    diag = data.diagnostics
+    if diag.empty:
+        return
+    levels, name = data.levels, data.name
+    if (diag["kind"] == "grad_norm").any():
+        path = figures.grad_norms(diag, levels, f"{name}: gradient norm per layer", out_dir / "grad_norms.png")
+        doc.figure(path, "Gradient norm per layer",
+                   "**Gradient norm per layer** (L2 norm of each weight matrix's gradient, log scale) at the first "
+                   "step and at a few points of training; geometric mean over seeds with a 95% band. Read each "
+                   "line from right (output) to left (input): a line falling by orders of magnitude towards the "
+                   "input is a vanishing gradient (the first layers barely learn); a rising one is exploding. "
+                   "Healthy networks keep the layers within about one order of magnitude of each other.")
+    if diag["kind"].isin(["act_saturation", "dead_relu"]).any():
+        path = figures.saturation(diag, levels, f"{name}: saturated or dead units per layer over training",
+                                  out_dir / "saturation.png")
+        doc.figure(path, "Saturated or dead units per layer",
+                   "**Saturated or dead units per layer over training**, on a fixed probe batch of 512 training "
+                   "examples (mean over seeds). Sigmoid/tanh: the share of activations within 0.03 of a bound "
+                   "(sigmoid < 0.03 or > 0.97, |tanh| > 0.97), where the derivative nearly vanishes; ReLU: the share "
+                   "of units that are zero for every probe example (dead: they never pass a gradient). Look for "
+                   "layers that saturate early and stay saturated (Glorot & Bengio 2010 saw the top sigmoid layer "
+                   "driven to 0) and for dead ReLUs growing with depth or learning rate.")
+    if diag["kind"].isin(["act_mean"]).any():
+        path = figures.activations(diag, levels, f"{name}: activation mean ± std per layer over training",
+                                   out_dir / "activations.png")
+        doc.figure(path, "Activations per layer",
+                   "**Activation statistics per layer over training** on the probe batch: the line is the mean "
+                   "activation, the band ± one standard deviation (over units and examples; mean over seeds), as in "
+                   "Glorot & Bengio (2010, figure 2). A band collapsing to a line means the units of that layer no "
+                   "longer discriminate between examples; a sigmoid layer whose mean moves to 0 or 1 is saturated.")
+
+
+# -- from MLflow ----------------------------------------------------------------------------------
+
+
+def report_from_mlflow(tracking_uri: str, run_id: str, reports_dir: Path, studies: list[str] | None = None,
+                       attach: bool = True) -> list[Path]:
+    """Build ``reports_dir/<study>/`` for every study of the MLflow study run ``run_id`` (or the
+    ``studies`` named) from what the store holds, and attach each folder to that run."""
+    from dlbench.errors import UserError, choose_one_of
+    from dlbench.report.data import parse_attached_study_file, study_data
+    from dlbench.tracking.reader import read_study_run
+    from dlbench.tracking.writer import attach_report
+
+    record = read_study_run(tracking_uri, run_id)
+    present = list(dict.fromkeys(record.trials["study"])) if len(record.trials) else []
+    sf, why = parse_attached_study_file(record.study_file_name, record.study_file_text)
+    known = {s.name: s for s in sf.studies} if sf is not None else {}
+    order = [s for s in known if s in present] + [s for s in present if s not in known]
+    if studies:
+        unknown = [s for s in studies if s not in present]
+        if unknown:
+            raise UserError(f"--study {unknown[0]!r}: the study run {run_id} has no trials of it; "
+                            f"{choose_one_of(unknown[0], present) if present else 'it has no trials at all'}")
+        order = [s for s in order if s in studies]
+    folders = []
+    for name in order:
+        study = known.get(name)
+        reason = why if sf is None else f"study {name!r} is not in the attached study file"
+        data = study_data(record, name, study, None if study is not None else reason)
+        folder = write_study_report(data, Path(reports_dir) / name)
+        if attach:
+            attach_report(tracking_uri, run_id, folder)
+        folders.append(folder)
+    return folders

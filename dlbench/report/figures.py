@@ -1,7 +1,13 @@
-"""Seaborn figures. Every figure has a title, labelled axes and is saved as PNG."""
+"""Seaborn figures of one study. Every figure has a title, labelled axes with units, and is saved
+as PNG; the caption saying what to look for lives beside it in the index (see ``build.py``).
+
+Bands and intervals are 95% Student-t intervals of the mean over seeds; quantities spanning
+orders of magnitude (gradient norms) are averaged and bounded in log space.
+"""
 
 from __future__ import annotations
 
+import math
 import textwrap
 from pathlib import Path
 
@@ -10,46 +16,358 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display needed, works on headless CI
 
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.ticker import MaxNLocator, PercentFormatter  # noqa: E402
 
 from dlbench.report.stats import t_interval  # noqa: E402
 
+DPI = 160
+SPLIT_COLORS = {"train": "#4C72B0", "val": "#8C8C8C", "test": "#DD8452"}
+METRIC_LABELS = {
+    "test_accuracy": "test accuracy (fraction correct)",
+    "train_accuracy": "train accuracy (fraction correct)",
+    "val_accuracy": "validation accuracy (fraction correct)",
+    "generalization_gap": "train − test accuracy (fraction)",
+    "accuracy": "accuracy (fraction correct)",
+    "loss": "cross-entropy loss (nats)",
+}
 
-def final_metric(frame: pd.DataFrame, factors: list[str], metric: str, title: str, path: Path) -> Path:
+
+def _theme() -> None:
+    sns.set_theme(style="whitegrid", context="paper", font_scale=1.15,
+                  rc={"axes.titlesize": 10.5, "figure.titlesize": 12, "legend.frameon": False})
+
+
+def _title(text: str, width: int = 70) -> str:
+    return "\n".join(textwrap.wrap(text, width))
+
+
+def _save(fig, path: Path) -> Path:
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def _log_mean(v) -> float:
+    v = np.asarray(v, dtype=float)
+    v = v[np.isfinite(v) & (v > 0)]
+    return float(np.exp(np.log(v).mean())) if len(v) else math.nan
+
+
+def _log_interval(v) -> tuple[float, float]:
+    v = np.asarray(v, dtype=float)
+    v = v[np.isfinite(v) & (v > 0)]
+    low, high = t_interval(np.log(v))
+    return (math.exp(low), math.exp(high)) if len(v) else (math.nan, math.nan)
+
+
+def _numeric(values: list[str]) -> bool:
+    try:
+        [float(v) for v in values]
+        return True
+    except ValueError:
+        return False
+
+
+def _facets(levels: dict[str, list[str]]) -> dict:
+    """FacetGrid layout: one factor -> columns (wrapped); two or more -> rows x columns."""
+    factors = list(levels)
+    if len(factors) == 1:
+        n = len(levels[factors[0]])
+        return {"col": factors[0], "col_order": levels[factors[0]], "col_wrap": min(n, 4) if n > 4 else None}
+    return {"row": "_rows", "row_order": _row_order(levels), "col": factors[-1], "col_order": levels[factors[-1]]}
+
+
+def _row_order(levels: dict[str, list[str]]) -> list[str]:
+    import itertools
+
+    return [", ".join(c) for c in itertools.product(*list(levels.values())[:-1])]
+
+
+def _with_rows(frame: pd.DataFrame, levels: dict[str, list[str]]) -> pd.DataFrame:
+    factors = list(levels)
+    if len(factors) > 1:
+        frame = frame.assign(_rows=frame[factors[:-1]].astype(str).agg(", ".join, axis=1))
+    return frame
+
+
+def _facet_titles(grid, levels: dict[str, list[str]]) -> None:
+    factors = list(levels)
+    if len(factors) == 1:
+        grid.set_titles(col_template=f"{factors[0]} = {{col_name}}")
+    else:
+        grid.set_titles(row_template=f"{', '.join(factors[:-1])} = {{row_name}}",
+                        col_template=f"{factors[-1]} = {{col_name}}")
+
+
+def _mark_empty(grid, present: set) -> None:
+    """Write 'no data' in facets without any: a failed level must not look like a flat line."""
+    for key, ax in grid.axes_dict.items():
+        if key not in present:
+            ax.text(0.5, 0.5, "no finished seed", transform=ax.transAxes, ha="center", va="center",
+                    color="0.5", fontsize=9)
+
+
+def _present(frame: pd.DataFrame, levels: dict[str, list[str]]) -> set:
+    factors = list(levels)
+    if len(factors) == 1:
+        return set(frame[factors[0]])
+    return set(zip(frame["_rows"], frame[factors[-1]]))
+
+
+def _facet_size(levels: dict[str, list[str]]) -> tuple[float, float]:
+    cols = len(levels[list(levels)[-1]]) if len(levels) > 1 else min(len(next(iter(levels.values()))), 4)
+    height = 2.5 if cols > 3 else 3.0
+    return height, 1.3 if cols > 3 else 1.25
+
+
+# -- final metric per level -------------------------------------------------------------------------
+
+
+def final_metric(frame: pd.DataFrame, levels: dict[str, list[str]], metric: str, title: str, path: Path) -> Path:
     """Final ``metric`` per level: every seed a point, the mean with its 95% t-interval.
 
     One factor: levels on the x axis. Two or more: the last factor on the x axis (e.g. depth),
     one colour per combination of the others (e.g. activation), so trends read as lines.
     """
-    data = frame[frame["status"] == "finished"].copy()
-    sns.set_theme(style="whitegrid", context="paper", font_scale=1.1)
+    _theme()
+    factors = list(levels)
+    data = frame[frame["status"] == "finished"].dropna(subset=[metric]).copy()
     x = factors[-1]
     hue = None
     if len(factors) > 1:
         hue = "group"
         data[hue] = data[factors[:-1]].astype(str).agg(", ".join, axis=1)
-    order = list(dict.fromkeys(frame[x]))
-    n_hue = data[hue].nunique() if hue and not data.empty else 1
+    order = levels[x]
+    hue_order = _row_order(levels) if hue else None
+    n_hue = len(hue_order) if hue else 1
     dodge = 0.8 * (n_hue - 1) / n_hue  # where stripplot's dodge puts each hue: keep means on their points
-    width = max(5.0, 1.0 + 0.9 * len(order))
-    fig, ax = plt.subplots(figsize=(width, 4.2))
+    fig, ax = plt.subplots(figsize=(max(4.8, 1.2 + 0.85 * len(order) * (1 + 0.3 * (n_hue - 1))), 3.6))
     if not data.empty:
-        common = dict(data=data, x=x, y=metric, order=order, hue=hue, ax=ax)
-        sns.stripplot(**common, dodge=hue is not None, alpha=0.45, size=5, jitter=0.08 if hue else 0.15, legend=False,
-                      palette="deep" if hue else None, color=None if hue else "0.35")
+        common = dict(data=data, x=x, y=metric, order=order, hue=hue, hue_order=hue_order, ax=ax)
+        sns.stripplot(**common, dodge=hue is not None, alpha=0.5, size=4.5, jitter=0.08 if hue else 0.12,
+                      legend=False, palette="deep" if hue else None, color=None if hue else "0.4", zorder=1)
         sns.pointplot(**common, errorbar=t_interval, dodge=dodge if hue else False, capsize=0.12,
-                      markers="D", linestyles="-" if hue else "none", palette="deep" if hue else None,
-                      color=None if hue else "black")
+                      markers="D", markersize=6, linestyles="-" if hue else "none", linewidth=1.5,
+                      palette="deep" if hue else None, color=None if hue else "black")
     if hue:
-        ax.legend(title=", ".join(factors[:-1]), frameon=False)
-    ax.set_title("\n".join(textwrap.wrap(title, 60)), fontsize=11)
+        ax.legend(title=", ".join(factors[:-1]), loc="best")
+    for i, lvl in enumerate(order):
+        if not (data[x] == lvl).any():
+            ax.text(i, 0.5, "no finished\nseed", transform=ax.get_xaxis_transform(), ha="center", va="center",
+                    color="0.5", fontsize=8)
+    ax.set_xlim(-0.6, len(order) - 0.4)
+    ax.set_title(_title(title, 60))
     ax.set_xlabel(x)
-    ax.set_ylabel(f"{metric.replace('_', ' ')} (final epoch, fraction)")
-    seeds = frame.groupby(factors, sort=False).size().max() if len(frame) else 0
-    ax.text(1.0, -0.16, f"points: seeds (up to {seeds} per level); diamonds: mean with 95% t-interval",
-            transform=ax.transAxes, ha="right", va="top", fontsize=8, color="0.4")
-    fig.tight_layout()
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
-    return path
+    ax.set_ylabel(METRIC_LABELS.get(metric, metric.replace("_", " ")))
+    if metric == "generalization_gap":
+        ax.axhline(0, color="0.3", lw=0.8, ls=":")
+    return _save(fig, path)
+
+
+# -- two factors: the interaction and a heatmap ----------------------------------------------------
+
+
+def interaction(frame: pd.DataFrame, levels: dict[str, list[str]], metric: str, title: str, path: Path) -> Path:
+    """``metric`` against the second factor, one line per level of the first, 95% bands."""
+    _theme()
+    first, second = list(levels)[:2]
+    data = frame[frame["status"] == "finished"].dropna(subset=[metric]).copy()
+    numeric = _numeric(levels[second])
+    data["_x"] = data[second].astype(float) if numeric else data[second].map({v: i for i, v in enumerate(levels[second])})
+    fig, ax = plt.subplots(figsize=(5.6, 3.8))
+    palette = dict(zip(levels[first], sns.color_palette("deep", len(levels[first]))))
+    if not data.empty:
+        sns.lineplot(data=data, x="_x", y=metric, hue=first, hue_order=levels[first], palette=palette,
+                     errorbar=t_interval, err_kws={"alpha": 0.18}, marker="o", markersize=6, ax=ax)
+        sns.scatterplot(data=data, x="_x", y=metric, hue=first, hue_order=levels[first], palette=palette,
+                        alpha=0.35, s=14, legend=False, ax=ax, linewidth=0)
+        ax.legend(title=first, loc="best")
+    ticks = [float(v) for v in levels[second]] if numeric else list(range(len(levels[second])))
+    ax.set_xticks(ticks, levels[second])
+    ax.set_title(_title(title, 60))
+    ax.set_xlabel(second + (" (level)" if not numeric else ""))
+    ax.set_ylabel(METRIC_LABELS.get(metric, metric))
+    return _save(fig, path)
+
+
+def heatmap(frame: pd.DataFrame, levels: dict[str, list[str]], metric: str, title: str, path: Path) -> Path:
+    """Mean ``metric`` per cell of the first two factors, annotated with mean and CI half-width."""
+    _theme()
+    first, second = list(levels)[:2]
+    data = frame[frame["status"] == "finished"].dropna(subset=[metric])
+    mean = pd.DataFrame(np.nan, index=levels[first], columns=levels[second])
+    text = pd.DataFrame("no data", index=levels[first], columns=levels[second])
+    for (a, b), group in data.groupby([first, second]):
+        values = group[metric].to_numpy()
+        low, high = t_interval(values)
+        mean.loc[a, b] = values.mean()
+        text.loc[a, b] = f"{values.mean():.3f}\n±{(high - low) / 2:.3f}" if len(values) > 1 else f"{values.mean():.3f}\n(n=1)"
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.1 + 1.0 * len(levels[second])), max(2.4, 0.5 + 0.9 * len(levels[first]))))
+    sns.heatmap(mean.astype(float), annot=text.to_numpy(), fmt="", cmap="viridis", ax=ax, linewidths=0.5,
+                cbar_kws={"label": METRIC_LABELS.get(metric, metric)}, annot_kws={"fontsize": 8.5})
+    ax.set_title(_title(title, 60))
+    ax.set_xlabel(second)
+    ax.set_ylabel(first)
+    ax.tick_params(axis="y", rotation=0)
+    return _save(fig, path)
+
+
+# -- learning curves ---------------------------------------------------------------------------
+
+
+def learning_curves(epochs: pd.DataFrame, levels: dict[str, list[str]], quantity: str, title: str,
+                    path: Path) -> Path:
+    """Per level: train and test ``quantity`` (accuracy or loss) per epoch, mean and 95% band over seeds."""
+    _theme()
+    splits = ["train", "test"]
+    data = epochs[epochs["metric"].isin([f"{s}_{quantity}" for s in splits])].copy()
+    data["split"] = data["metric"].str.removesuffix(f"_{quantity}")
+    data = _with_rows(data, levels)
+    height, aspect = _facet_size(levels)
+    grid = sns.FacetGrid(_with_rows(data, levels), **_facets(levels), height=height, aspect=aspect,
+                         sharex=True, sharey=True, margin_titles=len(levels) > 1, despine=False)
+    grid.map_dataframe(sns.lineplot, x="epoch", y="value", hue="split", hue_order=splits, palette=SPLIT_COLORS,
+                       errorbar=t_interval, err_kws={"alpha": 0.2}, linewidth=1.4)
+    _mark_empty(grid, _present(data, levels))
+    _facet_titles(grid, levels)
+    grid.set_axis_labels("epoch", METRIC_LABELS[quantity])
+    for ax in grid.axes.flat:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=5))
+    if quantity == "loss" and (data["value"] > 0).all() and len(data) and data["value"].max() / max(data["value"].min(), 1e-12) > 30:
+        grid.set(yscale="log")
+    grid.add_legend(title="split", label_order=splits)
+    grid.figure.suptitle(_title(title, 90), y=1.02)
+    return _save(grid.figure, path)
+
+
+# -- diagnostics --------------------------------------------------------------------------------
+
+
+def snapshots(diag: pd.DataFrame, count: int = 4) -> pd.DataFrame:
+    """The rows of ``diag`` at a few moments of training: the first recorded step and the steps
+    nearest 1/3, 2/3 and all of the training, chosen per run; column ``when`` labels them."""
+    if diag.empty:
+        return diag.assign(when=pd.Series(dtype=str))
+    last = diag["epoch"].max()
+    targets = [0.0] + [last * (i + 1) / (count - 1) for i in range(count - 1)]
+    picked = []
+    for _, run in diag.groupby("run_id"):
+        steps = run.drop_duplicates("step")[["step", "epoch"]]
+        used = set()
+        for i, target in enumerate(targets):
+            step = int(steps["step"].iloc[0]) if i == 0 else int(steps.loc[(steps["epoch"] - target).abs().idxmin(), "step"])
+            if step in used:
+                continue
+            used.add(step)
+            when = "step 1 (start)" if i == 0 else f"epoch {target:.3g}"
+            picked.append(run[run["step"] == step].assign(when=when))
+    out = pd.concat(picked, ignore_index=True)
+    order = ["step 1 (start)"] + [f"epoch {t:.3g}" for t in targets[1:]]
+    out["when"] = pd.Categorical(out["when"], categories=[o for o in order if o in set(out["when"])], ordered=True)
+    return out
+
+
+def grad_norms(diag: pd.DataFrame, levels: dict[str, list[str]], title: str, path: Path) -> Path:
+    """Gradient norm per layer at a few moments of training, log y: vanishing gradients fall
+    towards the input (left), exploding ones rise."""
+    _theme()
+    data = _with_rows(snapshots(diag[diag["kind"] == "grad_norm"]), levels)
+    data = data[np.isfinite(data["value"]) & (data["value"] > 0)]
+    height, aspect = _facet_size(levels)
+    grid = sns.FacetGrid(data, **_facets(levels), height=height, aspect=aspect, sharex=False, sharey=True,
+                         margin_titles=len(levels) > 1, despine=False)
+    whens = list(data["when"].cat.categories) if len(data) else []
+    palette = dict(zip(whens, sns.color_palette("viridis_r", len(whens)))) if whens else None
+    grid.map_dataframe(sns.lineplot, x="layer", y="value", hue="when", hue_order=whens, palette=palette,
+                       estimator=_log_mean, errorbar=_log_interval, err_kws={"alpha": 0.15}, marker="o",
+                       markersize=4, linewidth=1.3)
+    grid.set(yscale="log")
+    for ax in grid.axes.flat:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    _mark_empty(grid, _present(data, levels))
+    _facet_titles(grid, levels)
+    grid.set_axis_labels("layer (0 = input side, last = output)", "‖∂loss/∂W‖₂ (log scale)")
+    if whens:
+        grid.add_legend(title="when", label_order=whens)
+    grid.figure.suptitle(_title(title, 90), y=1.02)
+    return _save(grid.figure, path)
+
+
+def saturation(diag: pd.DataFrame, levels: dict[str, list[str]], title: str, path: Path) -> Path:
+    """Per level and layer, over training: the share of saturated units (sigmoid/tanh) or of dead
+    units (ReLU), mean over seeds."""
+    _theme()
+    data = diag[diag["kind"].isin(["act_saturation", "dead_relu"])]
+    data = _with_rows(data, levels).assign(value=lambda d: 100 * d["value"])
+    layers = sorted(data["layer"].dropna().unique().astype(int))
+    palette = dict(zip(layers, sns.color_palette("flare", len(layers)))) if layers else None
+    height, aspect = _facet_size(levels)
+    grid = sns.FacetGrid(data, **_facets(levels), height=height, aspect=aspect, sharex=True, sharey=True,
+                         margin_titles=len(levels) > 1, despine=False)
+    grid.map_dataframe(sns.lineplot, x="epoch", y="value", hue="layer", hue_order=layers, palette=palette,
+                       errorbar=None, linewidth=1.3, marker="o", markersize=2.5, markeredgewidth=0)
+    kinds = data.groupby(_present_key(levels))["kind"].first().to_dict() if len(data) else {}
+    for key, ax in grid.axes_dict.items():
+        kind = kinds.get(key)
+        if kind:
+            ax.text(0.02, 0.96, "dead units (ReLU)" if kind == "dead_relu" else "saturated units",
+                    transform=ax.transAxes, ha="left", va="top", fontsize=8, color="0.3")
+    _mark_empty(grid, _present(data, levels))
+    _facet_titles(grid, levels)
+    grid.set(ylim=(-3, 103))
+    for ax in grid.axes.flat:
+        ax.yaxis.set_major_formatter(PercentFormatter(decimals=0))
+    grid.set_axis_labels("epoch", "units saturated or dead (%)")
+    if layers:
+        grid.add_legend(title="layer", label_order=[str(x) for x in layers])
+    grid.figure.suptitle(_title(title, 90), y=1.02)
+    return _save(grid.figure, path)
+
+
+def activations(diag: pd.DataFrame, levels: dict[str, list[str]], title: str, path: Path) -> Path:
+    """Per level and layer, over training: the mean activation (line) and ± one standard deviation
+    (band) on the probe batch, mean over seeds (Glorot & Bengio 2010, figure 2)."""
+    _theme()
+    data = diag[diag["kind"].isin(["act_mean", "act_std"])]
+    wide = data.pivot_table(index=["run_id", "step", "layer", *levels], values="value", columns="kind",
+                            observed=True).reset_index()
+    if "act_mean" not in wide:
+        wide = wide.assign(act_mean=np.nan, act_std=np.nan)
+    wide = wide.groupby([*levels, "layer", "step"], as_index=False).agg(
+        act_mean=("act_mean", "mean"), act_std=("act_std", "mean"))
+    epoch = data.groupby(["step"])["epoch"].mean()
+    wide["epoch"] = wide["step"].map(epoch)
+    wide = _with_rows(wide, levels)
+    layers = sorted(wide["layer"].dropna().unique().astype(int))
+    palette = dict(zip(layers, sns.color_palette("crest", len(layers)))) if layers else {}
+    height, aspect = _facet_size(levels)
+    grid = sns.FacetGrid(wide, **_facets(levels), height=height, aspect=aspect, sharex=True, sharey=True,
+                         margin_titles=len(levels) > 1, despine=False)
+
+    def draw(data, color=None, **kwargs):
+        ax = plt.gca()
+        for layer, g in data.groupby("layer"):
+            g = g.sort_values("epoch")
+            c = palette.get(int(layer), "0.4")
+            ax.plot(g["epoch"], g["act_mean"], color=c, lw=1.3, label=str(int(layer)))
+            ax.fill_between(g["epoch"], g["act_mean"] - g["act_std"], g["act_mean"] + g["act_std"], color=c,
+                            alpha=0.12, lw=0)
+
+    grid.map_dataframe(draw)
+    _mark_empty(grid, _present(wide, levels))
+    _facet_titles(grid, levels)
+    grid.set_axis_labels("epoch", "activation value (mean ± std)")
+    if layers:
+        handles = [plt.Line2D([], [], color=palette[x], lw=2) for x in layers]
+        grid.figure.legend(handles, [str(x) for x in layers], title="layer", loc="center left",
+                           bbox_to_anchor=(1.0, 0.5), frameon=False)
+    grid.figure.suptitle(_title(title, 90), y=1.02)
+    return _save(grid.figure, path)
+
+
+def _present_key(levels: dict[str, list[str]]):
+    factors = list(levels)
+    return factors[0] if len(factors) == 1 else ["_rows", factors[-1]]

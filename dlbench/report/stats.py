@@ -1,19 +1,32 @@
-"""Summary statistics over seeds."""
+"""Statistics over seeds: intervals, differences between levels, multiple comparisons, claims.
+
+The unit of replication is the seed: one final metric per trial. With the 3-10 seeds of a typical
+study, intervals use Student's t (a bootstrap is too narrow at such n), differences Welch's
+unequal-variance t (two levels need not share a variance: dropout narrows the spread), p-values
+are two-sided and corrected with Holm's step-down method across the comparisons of a study, and
+effect sizes are Hedges' g (Cohen's d with its small-sample correction).
+"""
 
 from __future__ import annotations
 
+import itertools
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
 
+def _finite(values) -> np.ndarray:
+    x = np.asarray(values, dtype=float)
+    return x[np.isfinite(x)]
+
+
 def t_interval(values, confidence: float = 0.95) -> tuple[float, float]:
     """Student-t confidence interval of the mean: honest for the 3-10 seeds of a typical study
     (a bootstrap interval is too narrow at such n). Degenerate (mean, mean) for n < 2."""
-    x = np.asarray(values, dtype=float)
-    x = x[np.isfinite(x)]
+    x = _finite(values)
     if len(x) == 0:
         return (math.nan, math.nan)
     mean = float(x.mean())
@@ -23,14 +36,95 @@ def t_interval(values, confidence: float = 0.95) -> tuple[float, float]:
     return (mean - half, mean + half)
 
 
-def summarize(frame: pd.DataFrame, by: list[str], metric: str) -> pd.DataFrame:
-    """Per group: finished seeds n, mean, std, 95% CI of ``metric``; diverged/failed counts."""
+@dataclass(frozen=True)
+class Difference:
+    """``mean(a) - mean(b)`` with Welch's t-test and Hedges' g. NaN where n < 2 on either side."""
+
+    n_a: int
+    n_b: int
+    mean_a: float
+    mean_b: float
+    diff: float
+    ci_low: float
+    ci_high: float
+    t: float
+    df: float
+    p: float
+    g: float
+
+    @property
+    def testable(self) -> bool:
+        return self.n_a >= 2 and self.n_b >= 2
+
+
+def welch(a, b, confidence: float = 0.95) -> Difference:
+    """Welch's two-sample t-test of ``mean(a) - mean(b)`` (two-sided) and its confidence interval.
+
+    Equal to ``scipy.stats.ttest_ind(a, b, equal_var=False)``; when both samples have zero spread
+    the difference is exact: p = 1 if the means are equal, else 0.
+    """
+    a, b = _finite(a), _finite(b)
+    na, nb = len(a), len(b)
+    ma = float(a.mean()) if na else math.nan
+    mb = float(b.mean()) if nb else math.nan
+    diff = ma - mb
+    if na < 2 or nb < 2:
+        return Difference(na, nb, ma, mb, diff, math.nan, math.nan, math.nan, math.nan, math.nan, math.nan)
+    va, vb = a.var(ddof=1) / na, b.var(ddof=1) / nb
+    se = math.sqrt(va + vb)
+    if se == 0:
+        t, df, p, half = (0.0 if diff == 0 else math.copysign(math.inf, diff)), float(na + nb - 2), \
+            (1.0 if diff == 0 else 0.0), 0.0
+    else:
+        df = (va + vb) ** 2 / (va ** 2 / (na - 1) + vb ** 2 / (nb - 1))
+        t = diff / se
+        p = float(2 * stats.t.sf(abs(t), df))
+        half = float(stats.t.ppf(0.5 + confidence / 2, df) * se)
+    return Difference(na, nb, ma, mb, diff, diff - half, diff + half, float(t), float(df), p, hedges_g(a, b))
+
+
+def hedges_g(a, b) -> float:
+    """Standardized mean difference (mean(a) - mean(b)) / pooled sd, bias-corrected (Hedges 1981)."""
+    a, b = _finite(a), _finite(b)
+    na, nb = len(a), len(b)
+    if na < 2 or nb < 2:
+        return math.nan
+    pooled = math.sqrt(((na - 1) * a.var(ddof=1) + (nb - 1) * b.var(ddof=1)) / (na + nb - 2))
+    if pooled == 0:
+        return math.nan
+    correction = 1 - 3 / (4 * (na + nb) - 9)
+    return correction * (a.mean() - b.mean()) / pooled
+
+
+def holm(pvalues) -> np.ndarray:
+    """Holm's step-down adjusted p-values (family-wise error control); NaNs stay NaN, not counted.
+
+    Sorted ascending, the i-th of m p-values (i from 0) becomes max over j <= i of (m - j) p_(j),
+    capped at 1 (Holm 1979).
+    """
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full(p.shape, np.nan)
+    ok = np.flatnonzero(np.isfinite(p))
+    m = len(ok)
+    if m == 0:
+        return out
+    order = ok[np.argsort(p[ok], kind="stable")]
+    adjusted = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    out[order] = adjusted
+    return out
+
+
+def summarize(frame: pd.DataFrame, by: list[str], metric: str, expected: int | None = None) -> pd.DataFrame:
+    """Per group: finished seeds n, mean, std, 95% CI of ``metric``; diverged/failed/not-run counts.
+
+    ``expected`` is the number of seeds each group should have (trials never run count as not run).
+    """
     rows = []
-    for key, group in frame.groupby(by, sort=False):
+    for key, group in frame.groupby(by, sort=False, observed=True):
         key = key if isinstance(key, tuple) else (key,)
-        ok = group.loc[group["status"] == "finished", metric].dropna()
+        ok = group.loc[group["status"] == "finished", metric].dropna() if metric in group else pd.Series(dtype=float)
         low, high = t_interval(ok)
-        rows.append({
+        row = {
             **dict(zip(by, key)),
             "n": len(ok),
             "mean": ok.mean() if len(ok) else math.nan,
@@ -39,5 +133,97 @@ def summarize(frame: pd.DataFrame, by: list[str], metric: str) -> pd.DataFrame:
             "ci95_high": high,
             "diverged": int((group["status"] == "diverged").sum()),
             "failed": int((group["status"] == "failed").sum()),
-        })
+        }
+        if expected is not None:
+            row["not_run"] = max(0, expected - int(group["seed"].notna().sum()))
+        rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _values(frame: pd.DataFrame, cell: dict[str, str], metric: str) -> np.ndarray:
+    mask = frame["status"] == "finished"
+    for factor, level in cell.items():
+        mask &= frame[factor].astype(str) == str(level)
+    return _finite(frame.loc[mask, metric]) if metric in frame else np.array([])
+
+
+def label(cell: dict[str, str]) -> str:
+    """``on`` for one factor, ``activation=relu, depth=8`` for several."""
+    if len(cell) == 1:
+        return str(next(iter(cell.values())))
+    return ", ".join(f"{f}={lvl}" for f, lvl in cell.items())
+
+
+def comparisons(frame: pd.DataFrame, levels: dict[str, list[str]], reference: dict[str, str],
+                metric: str) -> pd.DataFrame:
+    """Each level's difference from its factor's reference level, the other factors held fixed.
+
+    One factor: every level against the reference. Several: the simple effects, e.g. sigmoid vs
+    relu at each depth and each depth vs depth 1 for each activation. Welch 95% intervals and
+    p-values, Holm-corrected across all rows; Hedges' g.
+    """
+    rows = []
+    factors = list(levels)
+    for factor in factors:
+        others = [f for f in factors if f != factor]
+        for combo in itertools.product(*[levels[f] for f in others]):
+            fixed = dict(zip(others, combo))
+            ref_cell = {f: (reference[factor] if f == factor else fixed[f]) for f in factors}
+            for lvl in levels[factor]:
+                if lvl == reference[factor]:
+                    continue
+                cell = {f: (lvl if f == factor else fixed[f]) for f in factors}
+                d = welch(_values(frame, cell, metric), _values(frame, ref_cell, metric))
+                rows.append({
+                    "factor": factor, "level": label(cell), "reference": label(ref_cell),
+                    "n": d.n_a, "n_ref": d.n_b, "mean": d.mean_a, "mean_ref": d.mean_b,
+                    "diff": d.diff, "ci95_low": d.ci_low, "ci95_high": d.ci_high,
+                    "t": d.t, "df": d.df, "p": d.p, "hedges_g": d.g,
+                    "note": "" if d.testable else f"needs >= 2 finished seeds on each side (have {d.n_a} and {d.n_b})",
+                })
+    out = pd.DataFrame(rows, columns=["factor", "level", "reference", "n", "n_ref", "mean", "mean_ref", "diff",
+                                      "ci95_low", "ci95_high", "t", "df", "p", "hedges_g", "note"])
+    out.insert(out.columns.get_loc("p") + 1, "p_holm", holm(out["p"]) if len(out) else [])
+    return out
+
+
+def judge_claims(frame: pd.DataFrame, claims, alpha: float) -> pd.DataFrame:
+    """A verdict for each claim "A beats B on metric": supported, contradicted or inconclusive.
+
+    Welch's two-sided test of mean(A) - mean(B), Holm-corrected across the study's claims (the
+    claims are the study's pre-declared hypotheses: one family). Supported: the corrected p is
+    below ``alpha`` and A is better; contradicted: below ``alpha`` and B is better; otherwise
+    inconclusive (including fewer than 2 finished seeds on a side). The interval is the
+    (1 - alpha) Welch interval of the difference.
+    """
+    diffs = [welch(_values(frame, c.level, c.metric), _values(frame, c.beats, c.metric), 1 - alpha)
+             for c in claims]
+    p_holm = holm([d.p for d in diffs]) if diffs else []
+    rows = []
+    conf = f"{100 * (1 - alpha):g}%"
+    for claim, d, ph in zip(claims, diffs, p_holm):
+        a, b = label(claim.level), label(claim.beats)
+        better = "higher" if claim.higher_is_better else "lower"
+        gain = d.diff if claim.higher_is_better else -d.diff  # > 0: in the claimed direction
+        if not d.testable:
+            verdict = "inconclusive"
+            why = (f"cannot test: {a!r} has {d.n_a} and {b!r} has {d.n_b} finished seed(s); "
+                   "at least 2 per level are needed")
+        else:
+            stated = (f"{claim.metric} {a} - {b} = {d.diff:+.4g} ({conf} CI {d.ci_low:+.4g} to {d.ci_high:+.4g}; "
+                      f"{better} is better), Welch p = {d.p:.3g}, Holm-corrected p = {ph:.3g} "
+                      f"over {len(claims)} claim(s), n = {d.n_a} vs {d.n_b}")
+            if ph < alpha and gain > 0:
+                verdict, why = "supported", f"{stated}: significant at alpha = {alpha:g} in the claimed direction"
+            elif ph < alpha and gain < 0:
+                verdict, why = "contradicted", f"{stated}: significant at alpha = {alpha:g}, in the opposite direction"
+            else:
+                verdict, why = "inconclusive", f"{stated}: not significant at alpha = {alpha:g}"
+        rows.append({"claim": str(claim), "level": a, "beats": b, "metric": claim.metric,
+                     "higher_is_better": claim.higher_is_better, "n": d.n_a, "n_beats": d.n_b,
+                     "mean": d.mean_a, "mean_beats": d.mean_b, "diff": d.diff, "ci_low": d.ci_low,
+                     "ci_high": d.ci_high, "p": d.p, "p_holm": ph, "hedges_g": d.g, "alpha": alpha,
+                     "verdict": verdict, "why": why})
+    return pd.DataFrame(rows, columns=["claim", "level", "beats", "metric", "higher_is_better", "n", "n_beats",
+                                       "mean", "mean_beats", "diff", "ci_low", "ci_high", "p", "p_holm",
+                                       "hedges_g", "alpha", "verdict", "why"])

@@ -4,6 +4,6 @@
 reproduction) live beside it.
 """
 
-from dlbench.tracking.writer import DEFAULT_TRACKING_URI, Tracker, default_tracking_uri
+from dlbench.tracking.writer import DEFAULT_TRACKING_URI, StudyContext, Tracker, default_tracking_uri
 
-__all__ = ["DEFAULT_TRACKING_URI", "Tracker", "default_tracking_uri"]
+__all__ = ["DEFAULT_TRACKING_URI", "StudyContext", "Tracker", "default_tracking_uri"]

@@ -89,3 +89,37 @@ def metric_histories(client: MlflowClient, run_id: str, keys) -> dict[str, list[
     for key in keys:
         out[key] = sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
     return out
+
+
+class Store:
+    """Read access to one tracking store, for commands that start from a run id."""
+
+    def __init__(self, tracking_uri: str):
+        self.client = MlflowClient(tracking_uri)
+
+    def run(self, run_id: str) -> StoredRun:
+        from mlflow.exceptions import MlflowException
+
+        from dlbench.errors import UserError
+
+        try:
+            return get_run(self.client, run_id)
+        except MlflowException as exc:
+            raise UserError(f"run {run_id!r} is not in this tracking store ({exc.message.splitlines()[0]}); "
+                            "check the run id and --tracking-uri") from None
+
+    def experiment_name(self, run: StoredRun) -> str:
+        run_info = self.client.get_run(run.run_id).info
+        return self.client.get_experiment(run_info.experiment_id).name
+
+    def config(self, run_id: str) -> dict:
+        """The resolved config a trial run recorded (its config.json artifact)."""
+        import json
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = self.client.download_artifacts(run_id, "config.json", tmp)
+            return json.loads(Path(path).read_text(encoding="utf-8"))
+
+    def histories(self, run_id: str, keys) -> dict[str, list[tuple[int, float]]]:
+        return metric_histories(self.client, run_id, keys)

@@ -7,17 +7,23 @@ the lifecycle hooks, so the training loop never sees it. Metrics are buffered an
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import socket
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.data.sources import LocalArtifactDatasetSource
+from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from dlbench import hookimpl
 from dlbench.errors import UserError
-from dlbench.provenance import command_line, environment, git_commit
+from dlbench.tracking import store
+from dlbench.provenance import command_line, components_used, environment, git_commit
 from dlbench.study import Trial, flatten
 
 logging.getLogger("mlflow").setLevel(logging.WARNING)  # no "creating tables" chatter on first use
@@ -51,6 +57,11 @@ class Tracker:
         self._buffer: dict[str, list[Metric]] = {}
         self._last_flush = time.monotonic()
         self._device = None
+        self._commit: str | None = None
+        self._context = StudyContext()
+        self._logged_steps: dict[str, dict[str, int]] = {}  # run id -> metric -> last step in the store
+        self.role = "trial"  # "reproduction" for `dlbench reproduce` re-runs (never resumed or skipped to)
+        self.extra_child_tags: dict[str, str] = {}
         try:
             exp = self.client.get_experiment_by_name(experiment)
             self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
@@ -61,15 +72,31 @@ class Tracker:
 
     # -- the study (parent run) --------------------------------------------------------------
 
-    def start_study(self, study_file, trials: list[Trial], device) -> str:
+    def start_study(self, study_file, trials: list[Trial], device, context: StudyContext | None = None,
+                    resume: bool = False) -> str:
+        """Open the parent run: the latest one of the same study (same trials) when ``resume``,
+        so a re-run after a crash continues it, else a new one."""
         self._device = device
+        self._context = context or StudyContext()
         commit, dirty = git_commit(study_file.path.resolve().parent)
+        self._commit = commit
+        study_hash = study_hash_of(trials)
+        previous = store.latest_parent(self.client, self.experiment_id, study_hash) if resume else None
+        if previous is not None:
+            self.parent_id = previous.run_id
+            self.client.update_run(self.parent_id, status="RUNNING")
+            runs = int(previous.tags.get("dlbench.invocations", "1")) + 1
+            self.client.log_batch(self.parent_id, tags=[RunTag("dlbench.invocations", str(runs)),
+                                                        RunTag("dlbench.command", command_line())])
+            return self.parent_id
         tags = {
             "mlflow.runName": study_file.name,
             "mlflow.source.name": str(study_file.path),
             "mlflow.source.type": "LOCAL",
             "dlbench.role": "study",
             "dlbench.study_file": str(study_file.path),
+            "dlbench.study_hash": study_hash,
+            "dlbench.invocations": "1",
             "dlbench.command": command_line(),
             **environment(device),
         }
@@ -77,7 +104,6 @@ class Tracker:
             tags |= {"mlflow.source.git.commit": commit, "dlbench.git_dirty": str(dirty).lower()}
         run = self.client.create_run(self.experiment_id, run_name=study_file.name, tags=tags)
         self.parent_id = run.info.run_id
-        self._commit = commit
         params = {
             "studies": ",".join(dict.fromkeys(t.study for t in trials)),
             "num_trials": str(len(trials)),
@@ -86,6 +112,35 @@ class Tracker:
         self.client.log_batch(self.parent_id, params=[Param(k, v) for k, v in params.items()])
         self.client.log_text(self.parent_id, study_file.text, Path(study_file.path).name)
         return self.parent_id
+
+    def start_reproduction(self, original: store.StoredRun, device, context: StudyContext) -> None:
+        """Log the next trial as a top-level run linked to ``original`` (not as a study trial)."""
+        self._device, self._context, self.role = device, context, "reproduction"
+        self._commit = git_commit(Path.cwd())[0]
+        self.extra_child_tags = {"dlbench.reproduces": original.run_id,
+                                 "mlflow.note.content": f"Re-run of {original.run_id} by `dlbench reproduce`."}
+
+    def existing_trials(self) -> dict[str, list[store.StoredRun]]:
+        """Trial runs already in this experiment, by config hash (newest first)."""
+        return store.trial_runs(self.client, self.experiment_id)
+
+    def adopt(self, trial: Trial, previous: store.StoredRun) -> str:
+        """Continue ``previous`` (left RUNNING by a dead process, or KILLED) for ``trial``: the
+        trial keeps one run; metrics already in the store are not written twice."""
+        run_id = previous.run_id
+        self.run_ids[trial.index] = run_id
+        self.client.update_run(run_id, status="RUNNING")
+        restarts = int(previous.tags.get("dlbench.restarts", "0")) + 1
+        tags = {"dlbench.restarts": str(restarts), "dlbench.previous_pid": previous.tags.get("dlbench.pid", ""),
+                "dlbench.previous_status": previous.status, **self._liveness()}
+        self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+        histories = store.metric_histories(self.client, run_id, previous.metrics)
+        self._logged_steps[run_id] = {k: max(step for step, _ in h) for k, h in histories.items() if h}
+        return run_id
+
+    def _liveness(self) -> dict[str, str]:
+        return {"dlbench.host": socket.gethostname(), "dlbench.pid": str(os.getpid()),
+                "dlbench.heartbeat": f"{time.time():.0f}"}
 
     def end_study(self, status: str, summary: dict[str, int]) -> None:
         tags = [RunTag(f"dlbench.trials_{k}", str(v)) for k, v in summary.items()]
@@ -102,9 +157,8 @@ class Tracker:
         if trial.index in self.run_ids:
             return self.run_ids[trial.index]
         tags = {
-            "mlflow.parentRunId": self.parent_id,
             "mlflow.runName": trial.run_name,
-            "dlbench.role": "trial",
+            "dlbench.role": self.role,
             "dlbench.study": trial.study,
             "dlbench.level": trial.level,
             "dlbench.seed": str(trial.seed),
@@ -113,12 +167,20 @@ class Tracker:
             "dlbench.trial_index": str(trial.index),
             **{f"dlbench.factor.{f}": lvl for f, lvl in trial.levels.items()},
             **environment(self._device),
+            **self._context.tags,
+            **self._liveness(),
         }
+        if self.parent_id:
+            tags["mlflow.parentRunId"] = self.parent_id
+        tags |= self.extra_child_tags
         if self._commit:
             tags["mlflow.source.git.commit"] = self._commit
         run = self.client.create_run(self.experiment_id, run_name=trial.run_name, tags=tags)
         run_id = run.info.run_id
         self.run_ids[trial.index] = run_id
+        self.client.log_dict(run_id, trial.config, "config.json")
+        for name, text in self._context.artifacts.items():
+            self.client.log_text(run_id, text, name)
         # study, level and factors as params too: the UI's "group by" and parallel-coordinates
         # plots list params, so a level groups its seeds in one click
         params = {"study": trial.study, "level": trial.level,
@@ -131,15 +193,22 @@ class Tracker:
     @hookimpl
     def dlbench_trial_start(self, trial: Trial, model, info: dict) -> None:
         run_id = self._child(trial)
-        self.client.log_batch(run_id, tags=[RunTag("dlbench.dataset_hash", info["dataset_hash"]),
-                                            RunTag("dlbench.num_params", str(info["num_params"]))])
+        if info.get("resumed_from_epoch") is not None:
+            self.client.set_tag(run_id, "dlbench.resumed_from_epoch", str(info["resumed_from_epoch"]))
+            return
+        tags = {"dlbench.dataset_hash": info["dataset_hash"], "dlbench.num_params": str(info["num_params"]),
+                **self._context.plugin_tags(trial)}
+        self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         self.client.log_text(run_id, repr(model), "model.txt")
+        self._log_dataset(run_id, info)
 
     @hookimpl
     def dlbench_epoch_end(self, trial: Trial, epoch: int, metrics: dict[str, float]) -> None:
         now = int(time.time() * 1000)
         run_id = self._child(trial)
-        self._buffer.setdefault(run_id, []).extend(Metric(k, float(v), now, epoch) for k, v in metrics.items())
+        done = self._logged_steps.get(run_id, {})
+        self._buffer.setdefault(run_id, []).extend(
+            Metric(k, float(v), now, epoch) for k, v in metrics.items() if epoch > done.get(k, -1))
         if time.monotonic() - self._last_flush >= self.flush_seconds:
             self.flush()
 
@@ -161,9 +230,39 @@ class Tracker:
         self.client.set_terminated(run_id, MLFLOW_STATUS[result.status])
 
     def flush(self) -> None:
+        beat = [RunTag("dlbench.heartbeat", f"{time.time():.0f}")]  # lets other hosts tell a live run
         for run_id, metrics in self._buffer.items():
             for i in range(0, len(metrics), BATCH_LIMIT):
-                self.client.log_batch(run_id, metrics=metrics[i:i + BATCH_LIMIT])
+                self.client.log_batch(run_id, metrics=metrics[i:i + BATCH_LIMIT], tags=beat if i == 0 else [])
         self._buffer.clear()
         self._last_flush = time.monotonic()
 
+
+
+    def _log_dataset(self, run_id: str, info: dict) -> None:
+        """The dataset as an MLflow input (shown in the UI's Datasets column); the full hashes are tags."""
+        source = info.get("dataset_source") or f"dlbench://{info.get('dataset', 'dataset')}"
+        dataset = MetaDataset(LocalArtifactDatasetSource(source), name=info.get("dataset", "dataset"),
+                              digest=info["dataset_hash"][:32])
+        self.client.log_inputs(run_id, [DatasetInput(dataset._to_mlflow_entity(),
+                                                     [InputTag("mlflow.data.context", "training")])])
+
+
+@dataclass
+class StudyContext:
+    """What every trial run of a study carries besides its own config: provenance tags (data
+    version, determinism, dirty tree) and artifacts (installed packages, the uncommitted diff)."""
+
+    tags: dict[str, str] = field(default_factory=dict)
+    artifacts: dict[str, str] = field(default_factory=dict)
+    registry: object = None  # to name each component's origin and version on the trial's run
+
+    def plugin_tags(self, trial: Trial) -> dict[str, str]:
+        if self.registry is None:
+            return {}
+        return {f"dlbench.plugin.{kind}": f"{name} [{origin}]" for kind, name, origin in components_used(trial, self.registry)}
+
+
+def study_hash_of(trials: list[Trial]) -> str:
+    """One hash for a study invocation's set of trials: the same file re-run has the same one."""
+    return hashlib.sha256("".join(sorted(t.config_hash for t in trials)).encode()).hexdigest()

@@ -1,0 +1,162 @@
+"""What one study's report is built from: tidy frames of its trials, epochs and diagnostics.
+
+Built from a :class:`dlbench.tracking.reader.StudyRecord` (what MLflow holds) and the study file
+attached to the parent run, which gives the question, the level order, the reference levels,
+the seeds expected and the claims. Without a readable study file these are inferred from the
+runs and the report says so.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from dlbench.config import DEFAULT_ALPHA, Claim, Study, parse_study_file
+from dlbench.errors import ConfigError
+
+EPOCH_METRICS = ["train_accuracy", "val_accuracy", "test_accuracy", "train_loss", "val_loss", "test_loss"]
+
+
+@dataclass
+class StudyData:
+    name: str
+    question: str
+    levels: dict[str, list[str]]  # factor -> its level names, in study-file order
+    reference: dict[str, str]  # factor -> reference level
+    claims: list[Claim]
+    alpha: float
+    seeds: list[int] | None  # the seeds each level should have; None when unknown
+    trials: pd.DataFrame  # one row per trial run: <factors>, level, seed, status, run_id, final metrics
+    epochs: pd.DataFrame  # <factors>, level, seed, run_id, epoch, metric, value
+    diagnostics: pd.DataFrame  # <factors>, level, seed, run_id, step, epoch, kind, layer, value
+    source: dict[str, str]  # where it was read from: tracking URI, experiment, parent run ...
+    notes: list[str] = field(default_factory=list)  # what is missing or was inferred
+
+    @property
+    def factors(self) -> list[str]:
+        return list(self.levels)
+
+    @property
+    def finished(self) -> pd.DataFrame:
+        return self.trials[self.trials["status"] == "finished"]
+
+    def cells(self) -> list[dict[str, str]]:
+        """Every level combination in study order."""
+        import itertools
+
+        return [dict(zip(self.factors, combo)) for combo in itertools.product(*self.levels.values())]
+
+    def level_order(self) -> list[str]:
+        return [label_of(c) for c in self.cells()]
+
+
+def label_of(cell: dict[str, str]) -> str:
+    """The run label of a level: ``on`` for one factor, ``activation=relu,depth=8`` for several."""
+    if len(cell) == 1:
+        return next(iter(cell.values()))
+    return ",".join(f"{f}={lvl}" for f, lvl in cell.items())
+
+
+def parse_attached_study_file(name: str | None, text: str | None) -> tuple[object | None, str | None]:
+    """(StudyFile, None) or (None, why not)."""
+    if text is None:
+        return None, ("the study file is not attached to the parent run" if name is None
+                      else f"the study file {name} attached to the parent run could not be read")
+    try:
+        return parse_study_file(tomllib.loads(text), Path(name or "study.toml"), text), None
+    except (tomllib.TOMLDecodeError, ConfigError) as exc:
+        return None, f"the attached study file {name} no longer parses ({str(exc).splitlines()[0]})"
+
+
+def study_data(record, study_name: str, study: Study | None, why_no_file: str | None = None) -> StudyData:
+    """The report data of study ``study_name`` from a StudyRecord (``study`` from its study file)."""
+    trials = record.trials[record.trials["study"] == study_name].sort_values(["trial_index", "seed"])
+    notes: list[str] = []
+    factor_cols = [c for c in trials.columns if c.startswith("factor.") and trials[c].notna().any()]
+    if study is not None:
+        levels = {f.name: f.level_names for f in study.factors}
+        reference, claims, alpha, seeds = dict(study.reference), list(study.claims), study.alpha, list(study.seeds)
+        question = study.question
+    else:
+        # infer the factors and their level order from the runs (first appearance in trial order)
+        levels = {c.removeprefix("factor."): list(dict.fromkeys(trials[c].dropna().astype(str))) for c in factor_cols}
+        reference = {f: lv[0] for f, lv in levels.items()}
+        claims, alpha, seeds, question = [], DEFAULT_ALPHA, None, ""
+        notes.append(f"{why_no_file}: the levels were inferred from the runs, the first level of each "
+                     "factor is the reference, and no claims are judged.")
+    frame = pd.DataFrame({
+        "run_id": trials["run_id"].to_numpy(),
+        **{f: trials.get(f"factor.{f}", pd.Series([None] * len(trials))).astype(str).to_numpy() for f in levels},
+        "level": trials["level"].to_numpy(),
+        "seed": trials["seed"].to_numpy(),
+        "status": trials["status"].to_numpy(),
+        "epochs_run": trials["epochs_run"].to_numpy(),
+        "config_hash": trials["config_hash"].to_numpy(),
+    })
+    for m in EPOCH_METRICS:
+        frame[m] = trials[m].to_numpy(dtype=float) if m in trials else math.nan
+    frame["generalization_gap"] = frame["train_accuracy"] - frame["test_accuracy"]
+
+    meta = frame[["run_id", *levels, "level", "seed"]]
+    epochs = record.epochs[record.epochs["run_id"].isin(frame["run_id"]) & record.epochs["key"].isin(EPOCH_METRICS)]
+    epochs = epochs.rename(columns={"key": "metric", "step": "epoch"}).merge(meta, on="run_id")
+    diagnostics = _diagnostics(record.diagnostics[record.diagnostics["run_id"].isin(frame["run_id"])], meta)
+
+    data = StudyData(study_name, question, levels, reference, claims, alpha, seeds, frame,
+                     epochs.reset_index(drop=True), diagnostics, _source(record), notes)
+    _note_missing(data)
+    return data
+
+
+def _diagnostics(diag: pd.DataFrame, meta: pd.DataFrame) -> pd.DataFrame:
+    """``diag.<kind>.layer<k>`` rows -> kind, layer; the fractional epoch of each step joined in."""
+    cols = ["run_id", "step", "epoch", "kind", "layer", "value"]
+    if diag.empty:
+        return pd.DataFrame(columns=[*cols, *meta.columns.drop("run_id")])
+    parts = diag["key"].str.removeprefix("diag.").str.split(".", n=1, expand=True)
+    if parts.shape[1] == 1:
+        parts[1] = None
+    out = diag.assign(kind=parts[0], layer=pd.to_numeric(parts[1].str.removeprefix("layer"), errors="coerce"))
+    epoch = out[out["kind"] == "epoch"][["run_id", "step", "value"]].rename(columns={"value": "epoch"})
+    out = out[out["kind"] != "epoch"].merge(epoch, on=["run_id", "step"], how="left")
+    return out[cols].merge(meta, on="run_id").reset_index(drop=True)
+
+
+def _source(record) -> dict[str, str]:
+    import datetime as dt
+
+    started = dt.datetime.fromtimestamp(record.start_time / 1000).strftime("%Y-%m-%d %H:%M") if record.start_time else ""
+    return {"tracking_uri": record.tracking_uri, "experiment": record.experiment, "parent_run_id": record.parent_run_id,
+            "run_name": record.run_name, "status": record.status, "started": started}
+
+
+def _note_missing(data: StudyData) -> None:
+    """Say what is missing: trials never run, levels without a finished seed, single seeds."""
+    frame = data.trials
+    expected = len(data.seeds) if data.seeds is not None else None
+    for cell in data.cells():
+        mask = np.ones(len(frame), dtype=bool)
+        for f, lvl in cell.items():
+            mask &= frame[f] == lvl
+        rows = frame[mask]
+        name = label_of(cell)
+        if expected is not None and len(rows) < expected:
+            missing = sorted(set(data.seeds) - set(rows["seed"]))
+            data.notes.append(f"level {name!r}: {len(missing)} of {expected} seed(s) never ran "
+                              f"(seed {', '.join(map(str, missing))}): the study was interrupted, stopped by "
+                              "--fail-fast, or run in part")
+        if len(rows) and not (rows["status"] == "finished").any():
+            data.notes.append(f"level {name!r}: no finished seed ({', '.join(sorted(set(rows['status'])))}); "
+                              "it has no statistics and no curves")
+    n = frame[frame["status"] == "finished"].groupby("level").size()
+    if len(n) and n.max() < 2:
+        data.notes.append("every level has at most one finished seed: no intervals, no tests (run with seeds >= 2; "
+                          "5 or more make intervals useful)")
+    if data.diagnostics.empty and len(frame):
+        data.notes.append("no training diagnostics were recorded (diagnostics_every = 0, or runs from before "
+                          "diagnostics existed): the gradient and activation figures are left out")

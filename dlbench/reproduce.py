@@ -1,0 +1,132 @@
+"""`dlbench reproduce RUN_ID`: rebuild a trial from its MLflow run alone, re-run it, compare.
+
+The run holds everything needed: the resolved config (config.json, with the seed), the data
+hash, the plugins with their origins and the environment. The re-run is logged as a new run
+tagged ``dlbench.reproduces`` and compared metric by metric, epoch by epoch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+import torch
+
+from dlbench.errors import UserError
+from dlbench.plugins import Plugins
+from dlbench.provenance import components_used, environment, git_commit
+from dlbench.study import Trial, config_hash
+
+
+@dataclass
+class Verdict:
+    original: str
+    rerun: str
+    reproduced: bool
+    largest: tuple[str, int, float]  # metric, step, absolute difference
+    compared: int  # values compared
+    mismatched_steps: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def trial_from_run(stored, config: dict) -> Trial:
+    levels = {k.removeprefix("dlbench.factor."): v for k, v in stored.tags.items() if k.startswith("dlbench.factor.")}
+    group = config_hash({k: v for k, v in config.items() if k != "seed"})
+    return Trial(index=1, study=stored.tags.get("dlbench.study", "reproduce"), levels=levels or {"level": "?"},
+                 seed=int(config["seed"]), config=config, config_hash=config_hash(config), group_hash=group)
+
+
+def differences(stored, trial: Trial, plugins: Plugins, device: torch.device) -> list[str]:
+    """What differs between the original run's recorded provenance and this machine now."""
+    tags, notes = stored.tags, []
+    if tags.get("dlbench.config_hash") and tags["dlbench.config_hash"] != trial.config_hash:
+        notes.append("config: the recorded config.json does not hash to the run's dlbench.config_hash")
+    commit, dirty = git_commit(Path.cwd())
+    if tags.get("mlflow.source.git.commit") and commit and tags["mlflow.source.git.commit"] != commit:
+        notes.append(f"code: git commit {commit[:10]} here, {tags['mlflow.source.git.commit'][:10]} in the run")
+    if dirty:
+        notes.append("code: the work tree has uncommitted changes")
+    if tags.get("dlbench.git_dirty") == "true":
+        notes.append("code: the original run was made from a dirty tree (its git.diff artifact has the changes)")
+    env = environment(device)
+    for key in ("dlbench.version", "dlbench.torch_version", "dlbench.python_version", "dlbench.device_name",
+                "dlbench.cuda_version", "dlbench.cudnn_version"):
+        if key in tags and env.get(key) != tags[key]:
+            notes.append(f"environment: {key.removeprefix('dlbench.')} {env.get(key)} here, {tags[key]} in the run")
+    try:
+        used = {f"dlbench.plugin.{k}": f"{n} [{o}]" for k, n, o in components_used(trial, plugins.registry)}
+    except UserError as exc:
+        raise UserError(f"run {stored.run_id} used a plugin that is not installed here: {exc}") from None
+    for key, value in used.items():
+        if key in tags and tags[key] != value:
+            notes.append(f"plugin: {key.removeprefix('dlbench.plugin.')} is {value} here, {tags[key]} in the run")
+    if tags.get("dlbench.deterministic") == "false":
+        notes.append("determinism: the original run was not in deterministic mode; expect differences")
+    return notes
+
+
+def compare(original: dict[str, list[tuple[int, float]]], rerun: dict[str, list[tuple[int, float]]],
+            tolerance: float) -> tuple[bool, tuple[str, int, float], int, list[str]]:
+    """Every recorded value against the re-run's at the same metric and step."""
+    largest, compared, mismatched = ("", -1, 0.0), 0, []
+    for key, values in original.items():
+        mine = dict(rerun.get(key, []))
+        if set(mine) != {step for step, _ in values}:
+            mismatched.append(key)
+        for step, value in values:
+            if step not in mine:
+                continue
+            compared += 1
+            diff = 0.0 if (math.isnan(value) and math.isnan(mine[step])) else abs(value - mine[step])
+            if math.isnan(diff):
+                diff = math.inf
+            if diff > largest[2] or largest[1] < 0:
+                largest = (key, step, diff)
+    return (not mismatched and largest[2] <= tolerance), largest, compared, mismatched
+
+
+def reproduce(run_id: str, plugins: Plugins, *, tracking_uri: str, device: torch.device, tolerance: float,
+              data_dir: Path | None, stream: TextIO) -> Verdict:
+    from dlbench.data import DataCache
+    from dlbench.datastore import pointer_for, recorded_md5
+    from dlbench.runner import train_one, set_determinism
+    from dlbench.tracking import StudyContext, Tracker
+    from dlbench.tracking.store import Store
+
+    source = Store(tracking_uri)
+    stored = source.run(run_id)
+    if stored.tags.get("dlbench.role") not in ("trial", "reproduction"):
+        raise UserError(f"run {run_id} is not a dlbench trial run (dlbench.role = "
+                        f"{stored.tags.get('dlbench.role', 'missing')!r}); pass the id of a child run")
+    trial = trial_from_run(stored, source.config(run_id))
+    warnings = differences(stored, trial, plugins, device)
+    deterministic = stored.tags.get("dlbench.deterministic", "true") == "true"
+    set_determinism(deterministic, device)
+
+    context = StudyContext(tags={"dlbench.deterministic": str(deterministic).lower()}, registry=plugins.registry)
+    if data_dir is not None and pointer_for(data_dir).is_file():
+        context.tags["dlbench.data_dvc_md5"] = recorded_md5(pointer_for(data_dir)) or ""
+    tracker = Tracker(tracking_uri, source.experiment_name(stored))
+    tracker.start_reproduction(stored, device, context)
+    plugins.pm.register(tracker, name="dlbench.tracking")
+    try:
+        result = train_one(trial, plugins, DataCache(data_dir), device)
+        plugins.hook.dlbench_trial_end(trial=trial, result=result)
+    finally:
+        plugins.pm.unregister(name="dlbench.tracking")
+    rerun_id = tracker.run_ids[trial.index]
+    if result.status == "failed":
+        raise UserError(f"the re-run of {run_id} failed: {(result.error or '').strip().splitlines()[-1]}")
+
+    recorded_hash = stored.tags.get("dlbench.dataset_hash")
+    new_hash = source.run(rerun_id).tags.get("dlbench.dataset_hash")
+    if recorded_hash and new_hash and recorded_hash != new_hash:
+        warnings.append(f"data: dataset hash {new_hash[:12]} here, {recorded_hash[:12]} in the run")
+    keys = list(stored.metrics)
+    ok, largest, compared, mismatched = compare(source.histories(run_id, keys), source.histories(rerun_id, keys),
+                                                tolerance)
+    tracker.client.set_tag(rerun_id, "dlbench.reproduced", str(ok).lower())
+    tracker.client.set_tag(rerun_id, "dlbench.max_abs_diff", repr(largest[2]))
+    return Verdict(run_id, rerun_id, ok, largest, compared, mismatched, warnings)

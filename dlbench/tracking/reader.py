@@ -1,0 +1,155 @@
+"""Reading a finished study back from MLflow into pandas frames: the one reader of runs.
+
+A report is rebuilt from the store alone: the parent run holds the study file (as an artifact)
+and each child run its trial's tags (study, level, factors, seed, status) and metric histories:
+the per-epoch metrics (step = epoch) and the diagnostics (``diag.*``, step = optimizer step).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from dlbench.errors import UserError, choose_one_of
+
+STUDY_FILTER = "tags.`dlbench.role` = 'study'"
+DIAG_PREFIX = "diag."
+READ_THREADS = 8  # metric histories are read one (run, key) at a time: overlap the round-trips
+
+
+@dataclass
+class StudyRecord:
+    """One ``dlbench run`` invocation as MLflow holds it."""
+
+    tracking_uri: str
+    parent_run_id: str
+    experiment: str
+    run_name: str
+    status: str  # the parent run's MLflow status: FINISHED, FAILED, KILLED, RUNNING
+    start_time: int  # ms since the epoch
+    study_file_name: str | None  # the attached study file, None when it is missing
+    study_file_text: str | None
+    trials: pd.DataFrame  # one row per child run: run_id, study, level, seed, status, factor.<f>, final metrics
+    epochs: pd.DataFrame  # run_id, key, step (the epoch), value
+    diagnostics: pd.DataFrame  # run_id, key, step (the optimizer step), value
+
+
+def _client(tracking_uri: str) -> MlflowClient:
+    return MlflowClient(tracking_uri)
+
+
+def find_study_run(tracking_uri: str, run_id: str | None = None, experiment: str | None = None) -> str:
+    """The parent run id to report on: ``run_id`` itself (checked), else the latest study run of
+    ``experiment``, else the latest study run in the whole store."""
+    client = _client(tracking_uri)
+    try:
+        if run_id:
+            try:
+                run = client.get_run(run_id)
+            except MlflowException:
+                raise UserError(f"--run-id {run_id}: no such run in {tracking_uri}") from None
+            role = run.data.tags.get("dlbench.role")
+            if role == "trial":
+                parent = run.data.tags.get("mlflow.parentRunId")
+                raise UserError(f"--run-id {run_id} is the trial run {run.info.run_name!r}; pass its study "
+                                f"(parent) run: --run-id {parent}")
+            if role != "study":
+                raise UserError(f"--run-id {run_id}: not a dlbench study run (no tag dlbench.role = study)")
+            return run_id
+        if experiment:
+            exp = client.get_experiment_by_name(experiment)
+            if exp is None:
+                names = [e.name for e in client.search_experiments()]
+                raise UserError(f"--experiment {experiment!r}: no such MLflow experiment in {tracking_uri}; "
+                                f"{choose_one_of(experiment, names)}")
+            ids = [exp.experiment_id]
+        else:
+            ids = [e.experiment_id for e in client.search_experiments()]
+        runs = client.search_runs(ids, STUDY_FILTER, order_by=["attributes.start_time DESC"], max_results=1) if ids else []
+    except UserError:
+        raise
+    except Exception as exc:
+        raise UserError(f"cannot read the MLflow tracking store {tracking_uri!r}: {exc}. Check --tracking-uri.") from exc
+    if not runs:
+        where = f"experiment {experiment!r}" if experiment else tracking_uri
+        raise UserError(f"no dlbench study run in {where}; run `dlbench run STUDY.toml` first, or check "
+                        "--tracking-uri / --experiment")
+    return runs[0].info.run_id
+
+
+def read_study_run(tracking_uri: str, run_id: str) -> StudyRecord:
+    """The parent run ``run_id``, its study file and every child run with its metric histories."""
+    client = _client(tracking_uri)
+    parent = client.get_run(run_id)
+    experiment = client.get_experiment(parent.info.experiment_id).name
+    children = _children(client, parent.info.experiment_id, run_id)
+    name, text = _study_file(client, parent)
+
+    rows = [_trial_row(r) for r in children]
+    trials = pd.DataFrame(rows)
+    keys = [(r.info.run_id, k) for r in children for k in r.data.metrics]
+    with ThreadPoolExecutor(READ_THREADS) as pool:
+        histories = list(pool.map(lambda rk: client.get_metric_history(*rk), keys))
+    records = [(run, m.key, m.step, m.value) for (run, _), hist in zip(keys, histories) for m in hist]
+    history = pd.DataFrame(records, columns=["run_id", "key", "step", "value"])
+    history = history.sort_values(["run_id", "key", "step"], kind="stable").drop_duplicates(
+        ["run_id", "key", "step"], keep="last")
+    is_diag = history["key"].str.startswith(DIAG_PREFIX)
+    return StudyRecord(
+        tracking_uri=tracking_uri, parent_run_id=run_id, experiment=experiment, run_name=parent.info.run_name,
+        status=parent.info.status, start_time=parent.info.start_time, study_file_name=name, study_file_text=text,
+        trials=trials, epochs=history[~is_diag].reset_index(drop=True),
+        diagnostics=history[is_diag].reset_index(drop=True))
+
+
+def _children(client: MlflowClient, experiment_id: str, parent_id: str) -> list:
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'",
+                                  max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _study_file(client: MlflowClient, parent) -> tuple[str | None, str | None]:
+    """The study file attached to the parent run (its name as the ``dlbench.study_file`` tag has it)."""
+    path = parent.data.tags.get("dlbench.study_file")
+    if not path:
+        return None, None
+    name = Path(path).name
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            local = client.download_artifacts(parent.info.run_id, name, tmp)
+            return name, Path(local).read_text(encoding="utf-8")
+    except Exception:
+        return name, None
+
+
+def _trial_row(run) -> dict:
+    tags = run.data.tags
+    status = tags.get("dlbench.status") or {"RUNNING": "running", "KILLED": "interrupted"}.get(
+        run.info.status, run.info.status.lower())
+    row = {
+        "run_id": run.info.run_id,
+        "run_name": run.info.run_name,
+        "study": tags.get("dlbench.study", ""),
+        "level": tags.get("dlbench.level", ""),
+        "seed": int(tags.get("dlbench.seed", -1)),
+        "status": status,
+        "trial_index": int(tags.get("dlbench.trial_index", 0)),
+        "epochs_run": int(tags.get("dlbench.epochs_run", 0)),
+        "duration_s": float(tags.get("dlbench.duration_s", "nan")),
+        "config_hash": tags.get("dlbench.config_hash", ""),
+    }
+    row |= {f"factor.{k.removeprefix('dlbench.factor.')}": v for k, v in tags.items()
+            if k.startswith("dlbench.factor.")}
+    row |= {k: v for k, v in run.data.metrics.items() if not k.startswith(DIAG_PREFIX)}
+    return row
