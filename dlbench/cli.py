@@ -195,6 +195,51 @@ def reproduce(run_id: str, tracking_uri: str | None, device: str, plugins_dir: P
     sys.exit(0 if verdict.reproduced else 1)
 
 
+@main.command()
+@click.argument("study_file", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--run-id", default=None, metavar="ID", help="The study (parent) run to report on.")
+@click.option("--experiment", default=None, metavar="NAME",
+              help="Report on the latest study run of this MLflow experiment (a study file's [study] name).")
+@tracking_option
+@plugins_dir_option
+@click.option("--study", "only", multiple=True, metavar="NAME", help="Report only this study (repeatable).")
+@click.option("--reports-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("reports"),
+              show_default=True, help="Where reports/<study>/ folders are written.")
+@click.option("--no-attach", is_flag=True, help="Do not attach the report to the study run as artifacts.")
+@_user_errors
+def report(study_file: Path | None, run_id: str | None, experiment: str | None, tracking_uri: str | None,
+           plugins_dir: Path | None, only: tuple[str, ...], reports_dir: Path, no_attach: bool) -> None:
+    """Build the reports of a study run from MLflow alone, into reports/<study>/.
+
+    Which run: --run-id; else the latest study run of STUDY_FILE (its [study] name is the
+    experiment) or of --experiment; else the latest study run in the store. Each report is
+    also attached to that run as artifacts (reports/<study>/).
+    """
+    from dlbench.errors import UserError
+    from dlbench.plugins import load_plugins
+    from dlbench.report import report_from_mlflow
+    from dlbench.tracking.reader import find_study_run
+
+    if sum(x is not None for x in (study_file, run_id, experiment)) > 1:
+        raise UserError("name the study run once: a STUDY_FILE, --run-id or --experiment")
+    if study_file is not None:
+        from dlbench.config import read_study_file
+
+        sf = read_study_file(study_file)
+        experiment = sf.name
+        plugins_dir = plugins_dir if plugins_dir is not None else sf.path.parent / "plugins"
+    uri = tracking_uri or _default_uri()
+    parent = find_study_run(uri, run_id=run_id, experiment=experiment)
+    registry = load_plugins(plugins_dir if plugins_dir is not None else Path("plugins")).registry
+    folders = report_from_mlflow(uri, parent, reports_dir, list(only) or None, attach=not no_attach,
+                                 registry=registry)
+    if not folders:
+        raise UserError(f"study run {parent} has no trial runs: nothing to report")
+    for folder in folders:
+        click.echo(f"report: {folder / 'index.md'}  ({folder / 'index.html'})")
+    click.echo(f"from MLflow study run {parent} in {uri}" + ("" if no_attach else "; attached to it as artifacts"))
+
+
 @main.group()
 def data() -> None:
     """Prepare the datasets in data/ and check them against data.dvc."""

@@ -165,10 +165,22 @@ def run_study(study_file: StudyFile, trials: list[Trial], plugins: Plugins, *, d
         plugins.pm.unregister(name="dlbench.progress")
         plugins.pm.unregister(name="dlbench.diagnostics")
     if run.results:
-        run.reports = write_reports(study_file, run.results, reports_dir)
-        for folder in run.reports:
-            tracker.log_report(folder)
+        run.reports = _reports_from_mlflow(tracking_uri, run.parent_run_id, trials, reports_dir, stream)
     return run
+
+
+def _reports_from_mlflow(tracking_uri: str, parent_run_id: str, trials: list[Trial], reports_dir: Path,
+                         stream: TextIO) -> list[Path]:
+    """Each study's report, rebuilt from what MLflow now holds (as `dlbench report` does) and
+    attached to the parent run. A failure here loses no result: it says how to retry."""
+    from dlbench.report import report_from_mlflow
+
+    try:
+        return report_from_mlflow(tracking_uri, parent_run_id, reports_dir, trials=trials)
+    except Exception:
+        stream.write(f"the report failed; the runs are safe in MLflow. Rebuild it with `dlbench report --run-id "
+                     f"{parent_run_id} --tracking-uri {tracking_uri}`.\n{traceback.format_exc()}")
+        return []
 
 
 def train_one(trial: Trial, plugins: Plugins, cache: DataCache, device: torch.device,
@@ -199,15 +211,7 @@ def results_frame(results: list[tuple[Trial, TrialResult]]):
 
 
 def write_reports(study_file: StudyFile, results, reports_dir: Path) -> list[Path]:
-    from dlbench.report import write_study_report
+    """Reports from in-memory results, without a tracking store (`run_study` rebuilds them from MLflow)."""
+    from dlbench.report import report_from_results
 
-    frame = results_frame(results)
-    folders = []
-    for study in study_file.studies:
-        if study.name in set(frame["study"]):
-            factors = [f.name for f in study.factors]
-            rows = frame[frame["study"] == study.name].dropna(axis=1, how="all")
-            if "test_accuracy" not in rows:
-                rows = rows.assign(test_accuracy=float("nan"))
-            folders.append(write_study_report(rows, study.name, factors, study.question, reports_dir / study.name))
-    return folders
+    return report_from_results(study_file, results, reports_dir)

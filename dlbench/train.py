@@ -173,7 +173,9 @@ def run_trial(trial: Trial, registry, data: DeviceData, device: torch.device, ho
         result.final, result.epochs_run, first = result.history[-1], resumed["epoch"], resumed["epoch"] + 1
     for epoch in range(first, trial.config["epochs"] + 1):
         if epoch > 0:  # epoch 0 records the initialized model, before any step
-            train_epoch(model, regularizers, optimizer, schedule, data, trial.config["batch_size"])
+            batch_size = trial.config["batch_size"]
+            train_epoch(model, regularizers, optimizer, schedule, data, batch_size, hook, trial,
+                        first_step=(epoch - 1) * math.ceil(len(data.y_train) / batch_size))
         metrics = evaluate(model, data) | {"lr": optimizer.param_groups[0]["lr"]}
         result.history.append(metrics)
         result.final, result.epochs_run = metrics, epoch

@@ -51,6 +51,15 @@ def runs_of(client, experiment: str):
     return client.search_runs([exp.experiment_id], max_results=1000)
 
 
+def counts(stdout: str) -> dict[str, int]:
+    """The closing summary line of `dlbench run`: finished, diverged, failed, not run (and skipped)."""
+    m = re.search(r"(\d+) finished(?: \((\d+) of them already in the store\))?, (\d+) diverged, (\d+) failed, "
+                  r"(\d+) not run", stdout)
+    assert m, f"no summary line in:\n{stdout}"
+    finished, skipped, diverged, failed, not_run = (int(g or 0) for g in m.groups())
+    return {"finished": finished, "skipped": skipped, "diverged": diverged, "failed": failed, "not_run": not_run}
+
+
 def dry_run_table(stdout: str) -> dict[str, str]:
     """run name -> 12-char config hash prefix, from the `--dry-run` table(s).
 
@@ -105,7 +114,7 @@ def tiny(tmp_path_factory) -> TinyRun:
 
 
 def test_run_exits_0_and_summarizes(tiny):
-    assert "12 finished, 0 diverged, 0 failed, 0 not run" in tiny.proc.stdout
+    assert counts(tiny.proc.stdout) == {"finished": 12, "skipped": 0, "diverged": 0, "failed": 0, "not_run": 0}
     assert f"MLflow parent run: {tiny.parent.info.run_id}" in tiny.proc.stdout
     assert "report: reports/dropout/index.md" in tiny.proc.stdout
     assert "report: reports/act_depth/index.md" in tiny.proc.stdout
@@ -237,25 +246,18 @@ def test_reports_attached_to_the_parent_run(tiny):
     assert "reports/dropout/index.md" in paths and "reports/dropout/test_accuracy.png" in paths
 
 
-def test_rerun_adds_a_second_parent_to_the_same_experiment(tiny, tmp_path):
-    # --study runs a subset into the same store; earlier runs stay
-    proc = run_cli(["run", tiny.study, "--study", "dropout", "--tracking-uri", sqlite_uri(tiny.db), "--device",
-                    "cpu", "--reports-dir", tmp_path / "r"], cwd=tiny.root, env=cli_env(autoload=False))
+def test_rerun_skips_trials_already_in_the_store(tiny, tmp_path):
+    # the same command again: every trial already finished (same config hash), nothing retrains
+    before = {r.info.run_id for r in tiny.children}
+    proc = run_cli(["run", tiny.study, "--tracking-uri", sqlite_uri(tiny.db), "--device", "cpu", "--reports-dir",
+                    tmp_path / "r"], cwd=tiny.root, env=cli_env(autoload=False))
     assert proc.returncode == 0, describe_result(proc)
-    assert "4 finished" in proc.stdout
-    parents = [r for r in tiny.runs if r.data.tags.get("dlbench.role") == "study"]
-    assert len(parents) == 2
-    newest = max(parents, key=lambda r: r.info.start_time)
-    assert newest.data.params["num_trials"] == "4"
-    assert (tmp_path / "r" / "dropout" / "index.md").is_file()
-    assert not (tmp_path / "r" / "act_depth").exists()
-    # same configs and seeds as the first run: the same hashes
-    first = {r.info.run_name: r.data.tags["dlbench.config_hash"] for r in tiny.runs
-             if r.data.tags.get("mlflow.parentRunId") != newest.info.run_id and r.data.tags.get("dlbench.role") == "trial"}
-    second = {r.info.run_name: r.data.tags["dlbench.config_hash"] for r in tiny.runs
-              if r.data.tags.get("mlflow.parentRunId") == newest.info.run_id}
-    assert len(second) == 4
-    assert all(first[name] == h for name, h in second.items())
+    assert counts(proc.stdout) == {"finished": 12, "skipped": 12, "diverged": 0, "failed": 0, "not_run": 0}
+    assert {r.info.run_id for r in tiny.children} == before  # no new trial run
+    assert all(r.info.status == "FINISHED" for r in tiny.runs)
+    # the reports are rebuilt from the stored results
+    with open(tmp_path / "r" / "dropout" / "summary.csv", newline="") as f:
+        assert [int(row["n"]) for row in csv.DictReader(f)] == [TINY_SEEDS, TINY_SEEDS]
 
 
 # -- the MLflow UI ------------------------------------------------------------------------------
@@ -490,7 +492,7 @@ def test_a_failing_level_fails_alone(tmp_path):
     proc = run_cli(["run", study, "--tracking-uri", sqlite_uri(db), "--device", "cpu"], cwd=tmp_path,
                    env=cli_env(autoload=False))
     assert proc.returncode == 1, describe_result(proc)
-    assert "2 finished, 0 diverged, 2 failed, 0 not run" in proc.stdout
+    assert counts(proc.stdout) == {"finished": 2, "skipped": 0, "diverged": 0, "failed": 2, "not_run": 0}
     assert "error.txt" in proc.stderr
     assert "Traceback" not in proc.stderr
 
@@ -526,7 +528,7 @@ def test_fail_fast_stops_at_the_first_failure(tmp_path):
     proc = run_cli(["run", study, "--fail-fast", "--tracking-uri", sqlite_uri(tmp_path / "mlflow.db"), "--device",
                     "cpu"], cwd=tmp_path, env=cli_env(autoload=False))
     assert proc.returncode == 1, describe_result(proc)
-    assert "0 finished, 0 diverged, 1 failed, 3 not run" in proc.stdout
+    assert counts(proc.stdout) == {"finished": 0, "skipped": 0, "diverged": 0, "failed": 1, "not_run": 3}
     runs = runs_of(client_for(tmp_path / "mlflow.db"), "failing")
     (parent,) = [r for r in runs if r.data.tags.get("dlbench.role") == "study"]
     assert parent.data.tags["dlbench.trials_not_run"] == "3"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from dlbench.report import figures
-from dlbench.report.data import StudyData, label_of
+from dlbench.report.data import StudyData, column, label_of
 from dlbench.report.document import Document, fmt, fmt_p, latex_table, markdown_table
 from dlbench.report.stats import comparisons, judge_claims, summarize
 
@@ -31,9 +31,10 @@ def write_study_report(data: StudyData, out_dir: Path) -> Path:
     if data.question:
         doc.text(f"**Question:** {data.question}")
     src = data.source
-    doc.text(f"From MLflow: experiment `{src['experiment']}`, study run `{src['run_name']}` "
-             f"(`{src['parent_run_id']}`, started {src['started']}, {src['status'].lower()}) in `{src['tracking_uri']}`. "
-             f"Outcome: the final {_words(METRIC)} of each seed, after the last epoch.")
+    origin = (f"From MLflow: experiment `{src['experiment']}`, study run `{src['run_name']}` "
+              f"(`{src['parent_run_id']}`, started {src['started']}, {src['status'].lower()}) in "
+              f"`{src['tracking_uri']}`." if src["tracking_uri"] else "From in-memory trial results.")
+    doc.text(f"{origin} Outcome: the final {_words(METRIC)} of each seed, after the last epoch.")
     missing = data.trials[data.trials["status"] != "finished"]
     if data.notes or len(missing):
         doc.heading("What is missing")
@@ -52,8 +53,9 @@ def write_study_report(data: StudyData, out_dir: Path) -> Path:
     doc.heading("Files")
     doc.text("Tables: `summary.csv`, `comparisons.csv`" + (", `claims.csv`" if data.claims else "")
              + " (also as `.md` and `.tex`, booktabs). Data behind the figures: `trials.csv` (one row per trial), "
-             "`epochs.csv` (per-epoch metrics), `diagnostics.csv` (per-layer diagnostics by optimizer step). "
-             f"Rebuild with `dlbench report --run-id {src['parent_run_id']} --tracking-uri {src['tracking_uri']}`.")
+             "`epochs.csv` (per-epoch metrics), `diagnostics.csv` (per-layer diagnostics by optimizer step)."
+             + (f" Rebuild with `dlbench report --run-id {src['parent_run_id']} --tracking-uri {src['tracking_uri']}`."
+                if src["tracking_uri"] else ""))
     (out_dir / "index.md").write_text(doc.to_markdown(), encoding="utf-8")
     (out_dir / "index.html").write_text(doc.to_html(), encoding="utf-8")
     return out_dir
@@ -74,7 +76,8 @@ def _export(frame: pd.DataFrame, pretty: pd.DataFrame, out_dir: Path, name: str,
 
 def _levels_section(doc: Document, data: StudyData, out_dir: Path) -> None:
     expected = len(data.seeds) if data.seeds is not None else None
-    table = summarize(_all_cells(data), data.factors, METRIC, expected)
+    table = summarize(_all_cells(data), list(data.columns), METRIC, expected)
+    table = table.rename(columns={column(f): f for f in data.factors})
     pretty = pd.DataFrame({
         **{f: table[f] for f in data.factors},
         "n": table["n"].astype(int),
@@ -99,9 +102,10 @@ def _all_cells(data: StudyData) -> pd.DataFrame:
     for cell in data.cells():
         mask = pd.Series(True, index=frame.index)
         for f, lvl in cell.items():
-            mask &= frame[f] == lvl
+            mask &= frame[column(f)] == lvl
         if not mask.any():
-            extra.append({**cell, "level": label_of(cell), "seed": None, "status": "not run"})
+            extra.append({**{column(f): lvl for f, lvl in cell.items()}, "level": label_of(cell), "seed": None,
+                          "status": "not run"})
     if extra:
         frame = pd.concat([frame, pd.DataFrame(extra)], ignore_index=True)
     order = {label_of(c): i for i, c in enumerate(data.cells())}
@@ -157,7 +161,7 @@ def _figures_section(doc: Document, data: StudyData, out_dir: Path) -> None:
     if data.finished.empty:
         doc.text("No trial finished: there is nothing to plot.")
         return
-    levels, name = data.levels, data.name
+    levels, name = data.columns, data.name
     two = len(data.factors) >= 2
     first, last = data.factors[0], data.factors[-1]
     seeds = int(data.finished.groupby("level").size().max())
@@ -208,12 +212,12 @@ def _diagnostic_figures(doc: Document, data: StudyData, out_dir: Path) -> None:
     diag = data.diagnostics
     if diag.empty:
         return
-    levels, name = data.levels, data.name
+    levels, name = data.columns, data.name
     if (diag["kind"] == "grad_norm").any():
         path = figures.grad_norms(diag, levels, f"{name}: gradient norm per layer", out_dir / "grad_norms.png")
         doc.figure(path, "Gradient norm per layer",
                    "**Gradient norm per layer** (L2 norm of each weight matrix's gradient, log scale) at the first "
-                   "step and at a few points of training; geometric mean over seeds with a 95% band. Read each "
+                   "step and at a few points of training; geometric mean over seeds. Read each "
                    "line from right (output) to left (input): a line falling by orders of magnitude towards the "
                    "input is a vanishing gradient (the first layers barely learn); a rising one is exploding. "
                    "Healthy networks keep the layers within about one order of magnitude of each other.")
@@ -237,20 +241,41 @@ def _diagnostic_figures(doc: Document, data: StudyData, out_dir: Path) -> None:
                    "longer discriminate between examples; a sigmoid layer whose mean moves to 0 or 1 is saturated.")
 
 
-# -- from MLflow ----------------------------------------------------------------------------------
+# -- sources ---------------------------------------------------------------------------------------
+
+
+def report_from_results(study_file, results, reports_dir: Path) -> list[Path]:
+    """Reports from in-memory ``(Trial, TrialResult)`` pairs (no tracking store, no diagnostics)."""
+    from dlbench.report.data import record_from_results, study_data
+
+    record = record_from_results(study_file, results)
+    present = set(record.trials["study"]) if len(record.trials) else set()
+    return [write_study_report(study_data(record, s.name, s), Path(reports_dir) / s.name)
+            for s in study_file.studies if s.name in present]
+
 
 
 def report_from_mlflow(tracking_uri: str, run_id: str, reports_dir: Path, studies: list[str] | None = None,
-                       attach: bool = True) -> list[Path]:
+                       attach: bool = True, trials=None, registry=None) -> list[Path]:
     """Build ``reports_dir/<study>/`` for every study of the MLflow study run ``run_id`` (or the
-    ``studies`` named) from what the store holds, and attach each folder to that run."""
+    ``studies`` named) from what the store holds, and attach each folder to that run.
+
+    The trials of the run are its child runs, plus the earlier runs of trials it skipped as
+    already done: ``trials`` (the expanded trials) names them, else the attached study file is
+    expanded with ``registry`` when one is given.
+    """
     from dlbench.errors import UserError, choose_one_of
     from dlbench.report.data import parse_attached_study_file, study_data
-    from dlbench.tracking.reader import read_study_run
+    from dlbench.tracking.reader import find_study_run, read_study_run
     from dlbench.tracking.writer import attach_report
 
-    record = read_study_run(tracking_uri, run_id)
+    find_study_run(tracking_uri, run_id=run_id)  # a clear error for a wrong id
+    if trials is None and registry is not None:
+        trials = _expand_attached(tracking_uri, run_id, registry)
+    record = read_study_run(tracking_uri, run_id, {t.config_hash: t.study for t in trials or []})
     present = list(dict.fromkeys(record.trials["study"])) if len(record.trials) else []
+    if trials:  # the studies this invocation ran (`dlbench run --study` runs a subset)
+        present = [s for s in dict.fromkeys(t.study for t in trials) if s in present]
     sf, why = parse_attached_study_file(record.study_file_name, record.study_file_text)
     known = {s.name: s for s in sf.studies} if sf is not None else {}
     order = [s for s in known if s in present] + [s for s in present if s not in known]
@@ -270,3 +295,21 @@ def report_from_mlflow(tracking_uri: str, run_id: str, reports_dir: Path, studie
             attach_report(tracking_uri, run_id, folder)
         folders.append(folder)
     return folders
+
+
+def _expand_attached(tracking_uri: str, run_id: str, registry) -> list | None:
+    """The trials of the study file attached to ``run_id`` (None if it is missing or does not
+    expand with these plugins: the report then covers the run's own children only)."""
+    from dlbench.errors import UserError
+    from dlbench.report.data import parse_attached_study_file
+    from dlbench.study import expand
+    from dlbench.tracking.reader import attached_study_file
+
+    name, text, studies = attached_study_file(tracking_uri, run_id)
+    sf, _ = parse_attached_study_file(name, text)
+    if sf is None:
+        return None
+    try:  # the studies that invocation ran (`dlbench run --study` runs a subset)
+        return expand(sf, registry, [s for s in studies if any(x.name == s for x in sf.studies)] or None)
+    except UserError:
+        return None

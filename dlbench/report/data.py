@@ -3,7 +3,11 @@
 Built from a :class:`dlbench.tracking.reader.StudyRecord` (what MLflow holds) and the study file
 attached to the parent run, which gives the question, the level order, the reference levels,
 the seeds expected and the claims. Without a readable study file these are inferred from the
-runs and the report says so.
+runs and the report says so. :func:`record_from_results` makes the same record from in-memory
+trial results (no MLflow; no diagnostics).
+
+In every frame a factor ``f`` is the column ``factor.f`` (as in MLflow's params), so a factor
+may be named like a metric or a column (``lr``, ``test_accuracy``, ``epoch``) without clashing.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -31,15 +36,20 @@ class StudyData:
     claims: list[Claim]
     alpha: float
     seeds: list[int] | None  # the seeds each level should have; None when unknown
-    trials: pd.DataFrame  # one row per trial run: <factors>, level, seed, status, run_id, final metrics
-    epochs: pd.DataFrame  # <factors>, level, seed, run_id, epoch, metric, value
-    diagnostics: pd.DataFrame  # <factors>, level, seed, run_id, step, epoch, kind, layer, value
+    trials: pd.DataFrame  # one row per trial run: factor.<f>, level, seed, status, run_id, final metrics
+    epochs: pd.DataFrame  # factor.<f>, level, seed, run_id, epoch, metric, value
+    diagnostics: pd.DataFrame  # factor.<f>, level, seed, run_id, step, epoch, kind, layer, value
     source: dict[str, str]  # where it was read from: tracking URI, experiment, parent run ...
     notes: list[str] = field(default_factory=list)  # what is missing or was inferred
 
     @property
     def factors(self) -> list[str]:
         return list(self.levels)
+
+    @property
+    def columns(self) -> dict[str, list[str]]:
+        """The levels keyed by their frame column (``factor.<f>``): what the figures take."""
+        return {column(f): lv for f, lv in self.levels.items()}
 
     @property
     def finished(self) -> pd.DataFrame:
@@ -53,6 +63,10 @@ class StudyData:
 
     def level_order(self) -> list[str]:
         return [label_of(c) for c in self.cells()]
+
+
+def column(factor: str) -> str:
+    return f"factor.{factor}"
 
 
 def label_of(cell: dict[str, str]) -> str:
@@ -91,7 +105,7 @@ def study_data(record, study_name: str, study: Study | None, why_no_file: str | 
                      "factor is the reference, and no claims are judged.")
     frame = pd.DataFrame({
         "run_id": trials["run_id"].to_numpy(),
-        **{f: trials.get(f"factor.{f}", pd.Series([None] * len(trials))).astype(str).to_numpy() for f in levels},
+        **{column(f): trials.get(column(f), pd.Series([None] * len(trials))).astype(str).to_numpy() for f in levels},
         "level": trials["level"].to_numpy(),
         "seed": trials["seed"].to_numpy(),
         "status": trials["status"].to_numpy(),
@@ -102,7 +116,7 @@ def study_data(record, study_name: str, study: Study | None, why_no_file: str | 
         frame[m] = trials[m].to_numpy(dtype=float) if m in trials else math.nan
     frame["generalization_gap"] = frame["train_accuracy"] - frame["test_accuracy"]
 
-    meta = frame[["run_id", *levels, "level", "seed"]]
+    meta = frame[["run_id", *map(column, levels), "level", "seed"]]
     epochs = record.epochs[record.epochs["run_id"].isin(frame["run_id"]) & record.epochs["key"].isin(EPOCH_METRICS)]
     epochs = epochs.rename(columns={"key": "metric", "step": "epoch"}).merge(meta, on="run_id")
     diagnostics = _diagnostics(record.diagnostics[record.diagnostics["run_id"].isin(frame["run_id"])], meta)
@@ -142,7 +156,7 @@ def _note_missing(data: StudyData) -> None:
     for cell in data.cells():
         mask = np.ones(len(frame), dtype=bool)
         for f, lvl in cell.items():
-            mask &= frame[f] == lvl
+            mask &= frame[column(f)] == lvl
         rows = frame[mask]
         name = label_of(cell)
         if expected is not None and len(rows) < expected:
@@ -157,6 +171,27 @@ def _note_missing(data: StudyData) -> None:
     if len(n) and n.max() < 2:
         data.notes.append("every level has at most one finished seed: no intervals, no tests (run with seeds >= 2; "
                           "5 or more make intervals useful)")
+    elif len(n) and n.min() == 2:
+        data.notes.append("some levels have only 2 finished seeds: their 95% intervals are very wide (the t quantile "
+                          "for 1 degree of freedom is 12.7); 5 or more seeds make intervals useful")
     if data.diagnostics.empty and len(frame):
         data.notes.append("no training diagnostics were recorded (diagnostics_every = 0, or runs from before "
                           "diagnostics existed): the gradient and activation figures are left out")
+
+
+def record_from_results(study_file, results) -> SimpleNamespace:
+    """A StudyRecord-like view of in-memory ``(Trial, TrialResult)`` pairs: the per-epoch history
+    of each result, no diagnostics; for reports built without a tracking store."""
+    trials, epochs = [], []
+    for trial, result in results:
+        run_id = f"trial-{trial.index}"
+        trials.append({"run_id": run_id, "run_name": trial.run_name, "study": trial.study, "level": trial.level,
+                       "seed": trial.seed, "status": result.status, "trial_index": trial.index,
+                       "epochs_run": result.epochs_run, "duration_s": result.seconds, "config_hash": trial.config_hash,
+                       **{column(f): lvl for f, lvl in trial.levels.items()}, **result.final})
+        epochs += [(run_id, k, epoch, v) for epoch, metrics in enumerate(result.history) for k, v in metrics.items()]
+    return SimpleNamespace(
+        tracking_uri="", parent_run_id="", experiment=study_file.name, run_name=study_file.name, status="",
+        start_time=0, study_file_name=study_file.path.name, study_file_text=study_file.text,
+        trials=pd.DataFrame(trials), epochs=pd.DataFrame(epochs, columns=["run_id", "key", "step", "value"]),
+        diagnostics=pd.DataFrame(columns=["run_id", "key", "step", "value"]))

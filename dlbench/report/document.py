@@ -68,7 +68,7 @@ class Document:
                 if block.caption:
                     out += [f"*{block.caption}*", ""]
             elif kind == "figure":
-                out += [f"![{block.title}]({block.path.name})", "", f"*{block.caption}*", ""]
+                out += [f"![{block.title}]({block.path.name})", "", block.caption, ""]
         return "\n".join(out)
 
     # -- HTML -------------------------------------------------------------------------------

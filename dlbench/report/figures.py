@@ -2,7 +2,8 @@
 as PNG; the caption saying what to look for lives beside it in the index (see ``build.py``).
 
 Bands and intervals are 95% Student-t intervals of the mean over seeds; quantities spanning
-orders of magnitude (gradient norms) are averaged and bounded in log space.
+orders of magnitude (gradient norms) are averaged and bounded in log space. ``levels`` maps each
+factor's frame column (``factor.<name>``) to its level names in study order.
 """
 
 from __future__ import annotations
@@ -35,6 +36,11 @@ METRIC_LABELS = {
 }
 
 
+def _name(col: str) -> str:
+    """A factor's name from its frame column."""
+    return col.removeprefix("factor.")
+
+
 def _theme() -> None:
     sns.set_theme(style="whitegrid", context="paper", font_scale=1.15,
                   rc={"axes.titlesize": 10.5, "figure.titlesize": 12, "legend.frameon": False})
@@ -50,17 +56,51 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _grid(data: pd.DataFrame, **kwargs) -> sns.FacetGrid:
+    """A FacetGrid that lays itself out once, when saved: seaborn re-runs tight_layout after every
+    map and legend, which dominates the time of a many-facet figure."""
+    layout = sns.FacetGrid.tight_layout
+    sns.FacetGrid.tight_layout = lambda self, *args, **kw: self  # the constructor lays out too
+    try:
+        grid = sns.FacetGrid(data, **kwargs)
+    finally:
+        sns.FacetGrid.tight_layout = layout
+    grid.tight_layout = lambda *args, **kw: grid
+    return grid
+
+
+def _save_grid(grid: sns.FacetGrid, path: Path, title: str) -> Path:
+    sns.FacetGrid.tight_layout(grid)
+    grid.figure.suptitle(_title(title, 90), y=1.0, va="bottom")  # above the laid-out facets
+    return _save(grid.figure, path)
+
+
+def _bounds(metric: str) -> tuple[float, float]:
+    """The range a metric's mean can take: an interval is clipped to it (with 2 seeds a t-interval
+    of an accuracy easily runs below 0)."""
+    if metric.endswith("accuracy"):
+        return (0.0, 1.0)
+    if metric == "generalization_gap":
+        return (-1.0, 1.0)
+    if metric.endswith("loss"):
+        return (0.0, math.inf)
+    return (-math.inf, math.inf)
+
+
+def _interval(metric: str):
+    low, high = _bounds(metric)
+
+    def interval(values) -> tuple[float, float]:
+        a, b = t_interval(values)
+        return (max(a, low), min(b, high))
+
+    return interval
+
+
 def _log_mean(v) -> float:
     v = np.asarray(v, dtype=float)
     v = v[np.isfinite(v) & (v > 0)]
     return float(np.exp(np.log(v).mean())) if len(v) else math.nan
-
-
-def _log_interval(v) -> tuple[float, float]:
-    v = np.asarray(v, dtype=float)
-    v = v[np.isfinite(v) & (v > 0)]
-    low, high = t_interval(np.log(v))
-    return (math.exp(low), math.exp(high)) if len(v) else (math.nan, math.nan)
 
 
 def _numeric(values: list[str]) -> bool:
@@ -96,10 +136,10 @@ def _with_rows(frame: pd.DataFrame, levels: dict[str, list[str]]) -> pd.DataFram
 def _facet_titles(grid, levels: dict[str, list[str]]) -> None:
     factors = list(levels)
     if len(factors) == 1:
-        grid.set_titles(col_template=f"{factors[0]} = {{col_name}}")
+        grid.set_titles(col_template=f"{_name(factors[0])} = {{col_name}}")
     else:
-        grid.set_titles(row_template=f"{', '.join(factors[:-1])} = {{row_name}}",
-                        col_template=f"{factors[-1]} = {{col_name}}")
+        grid.set_titles(row_template=f"{', '.join(map(_name, factors[:-1]))} = {{row_name}}",
+                        col_template=f"{_name(factors[-1])} = {{col_name}}")
 
 
 def _mark_empty(grid, present: set) -> None:
@@ -149,18 +189,18 @@ def final_metric(frame: pd.DataFrame, levels: dict[str, list[str]], metric: str,
         common = dict(data=data, x=x, y=metric, order=order, hue=hue, hue_order=hue_order, ax=ax)
         sns.stripplot(**common, dodge=hue is not None, alpha=0.5, size=4.5, jitter=0.08 if hue else 0.12,
                       legend=False, palette="deep" if hue else None, color=None if hue else "0.4", zorder=1)
-        sns.pointplot(**common, errorbar=t_interval, dodge=dodge if hue else False, capsize=0.12,
+        sns.pointplot(**common, errorbar=_interval(metric), dodge=dodge if hue else False, capsize=0.12,
                       markers="D", markersize=6, linestyles="-" if hue else "none", linewidth=1.5,
                       palette="deep" if hue else None, color=None if hue else "black")
     if hue:
-        ax.legend(title=", ".join(factors[:-1]), loc="best")
+        ax.legend(title=", ".join(map(_name, factors[:-1])), loc="best")
     for i, lvl in enumerate(order):
         if not (data[x] == lvl).any():
             ax.text(i, 0.5, "no finished\nseed", transform=ax.get_xaxis_transform(), ha="center", va="center",
                     color="0.5", fontsize=8)
     ax.set_xlim(-0.6, len(order) - 0.4)
     ax.set_title(_title(title, 60))
-    ax.set_xlabel(x)
+    ax.set_xlabel(_name(x))
     ax.set_ylabel(METRIC_LABELS.get(metric, metric.replace("_", " ")))
     if metric == "generalization_gap":
         ax.axhline(0, color="0.3", lw=0.8, ls=":")
@@ -181,14 +221,14 @@ def interaction(frame: pd.DataFrame, levels: dict[str, list[str]], metric: str, 
     palette = dict(zip(levels[first], sns.color_palette("deep", len(levels[first]))))
     if not data.empty:
         sns.lineplot(data=data, x="_x", y=metric, hue=first, hue_order=levels[first], palette=palette,
-                     errorbar=t_interval, err_kws={"alpha": 0.18}, marker="o", markersize=6, ax=ax)
+                     errorbar=_interval(metric), err_kws={"alpha": 0.18}, marker="o", markersize=6, ax=ax)
         sns.scatterplot(data=data, x="_x", y=metric, hue=first, hue_order=levels[first], palette=palette,
                         alpha=0.35, s=14, legend=False, ax=ax, linewidth=0)
-        ax.legend(title=first, loc="best")
+        ax.legend(title=_name(first), loc="best")
     ticks = [float(v) for v in levels[second]] if numeric else list(range(len(levels[second])))
     ax.set_xticks(ticks, levels[second])
     ax.set_title(_title(title, 60))
-    ax.set_xlabel(second + (" (level)" if not numeric else ""))
+    ax.set_xlabel(_name(second))
     ax.set_ylabel(METRIC_LABELS.get(metric, metric))
     return _save(fig, path)
 
@@ -209,8 +249,8 @@ def heatmap(frame: pd.DataFrame, levels: dict[str, list[str]], metric: str, titl
     sns.heatmap(mean.astype(float), annot=text.to_numpy(), fmt="", cmap="viridis", ax=ax, linewidths=0.5,
                 cbar_kws={"label": METRIC_LABELS.get(metric, metric)}, annot_kws={"fontsize": 8.5})
     ax.set_title(_title(title, 60))
-    ax.set_xlabel(second)
-    ax.set_ylabel(first)
+    ax.set_xlabel(_name(second))
+    ax.set_ylabel(_name(first))
     ax.tick_params(axis="y", rotation=0)
     return _save(fig, path)
 
@@ -227,10 +267,10 @@ def learning_curves(epochs: pd.DataFrame, levels: dict[str, list[str]], quantity
     data["split"] = data["metric"].str.removesuffix(f"_{quantity}")
     data = _with_rows(data, levels)
     height, aspect = _facet_size(levels)
-    grid = sns.FacetGrid(_with_rows(data, levels), **_facets(levels), height=height, aspect=aspect,
+    grid = _grid(_with_rows(data, levels), **_facets(levels), height=height, aspect=aspect,
                          sharex=True, sharey=True, margin_titles=len(levels) > 1, despine=False)
     grid.map_dataframe(sns.lineplot, x="epoch", y="value", hue="split", hue_order=splits, palette=SPLIT_COLORS,
-                       errorbar=t_interval, err_kws={"alpha": 0.2}, linewidth=1.4)
+                       errorbar=_interval(quantity), err_kws={"alpha": 0.2}, linewidth=1.4)
     _mark_empty(grid, _present(data, levels))
     _facet_titles(grid, levels)
     grid.set_axis_labels("epoch", METRIC_LABELS[quantity])
@@ -239,8 +279,7 @@ def learning_curves(epochs: pd.DataFrame, levels: dict[str, list[str]], quantity
     if quantity == "loss" and (data["value"] > 0).all() and len(data) and data["value"].max() / max(data["value"].min(), 1e-12) > 30:
         grid.set(yscale="log")
     grid.add_legend(title="split", label_order=splits)
-    grid.figure.suptitle(_title(title, 90), y=1.02)
-    return _save(grid.figure, path)
+    return _save_grid(grid, path, title)
 
 
 # -- diagnostics --------------------------------------------------------------------------------
@@ -277,13 +316,14 @@ def grad_norms(diag: pd.DataFrame, levels: dict[str, list[str]], title: str, pat
     data = _with_rows(snapshots(diag[diag["kind"] == "grad_norm"]), levels)
     data = data[np.isfinite(data["value"]) & (data["value"] > 0)]
     height, aspect = _facet_size(levels)
-    grid = sns.FacetGrid(data, **_facets(levels), height=height, aspect=aspect, sharex=False, sharey=True,
+    grid = _grid(data, **_facets(levels), height=height, aspect=aspect, sharex=False, sharey=True,
                          margin_titles=len(levels) > 1, despine=False)
     whens = list(data["when"].cat.categories) if len(data) else []
     palette = dict(zip(whens, sns.color_palette("viridis_r", len(whens)))) if whens else None
+    # geometric mean over seeds, no bands: the shape across layers is the message, and four
+    # overlapping bands would hide it (the seeds' values are in diagnostics.csv)
     grid.map_dataframe(sns.lineplot, x="layer", y="value", hue="when", hue_order=whens, palette=palette,
-                       estimator=_log_mean, errorbar=_log_interval, err_kws={"alpha": 0.15}, marker="o",
-                       markersize=4, linewidth=1.3)
+                       estimator=_log_mean, errorbar=None, marker="o", markersize=4.5, linewidth=1.5)
     grid.set(yscale="log")
     for ax in grid.axes.flat:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -291,9 +331,8 @@ def grad_norms(diag: pd.DataFrame, levels: dict[str, list[str]], title: str, pat
     _facet_titles(grid, levels)
     grid.set_axis_labels("layer (0 = input side, last = output)", "‖∂loss/∂W‖₂ (log scale)")
     if whens:
-        grid.add_legend(title="when", label_order=whens)
-    grid.figure.suptitle(_title(title, 90), y=1.02)
-    return _save(grid.figure, path)
+        grid.add_legend(title="moment of training", label_order=whens)
+    return _save_grid(grid, path, title)
 
 
 def saturation(diag: pd.DataFrame, levels: dict[str, list[str]], title: str, path: Path) -> Path:
@@ -305,7 +344,7 @@ def saturation(diag: pd.DataFrame, levels: dict[str, list[str]], title: str, pat
     layers = sorted(data["layer"].dropna().unique().astype(int))
     palette = dict(zip(layers, sns.color_palette("flare", len(layers)))) if layers else None
     height, aspect = _facet_size(levels)
-    grid = sns.FacetGrid(data, **_facets(levels), height=height, aspect=aspect, sharex=True, sharey=True,
+    grid = _grid(data, **_facets(levels), height=height, aspect=aspect, sharex=True, sharey=True,
                          margin_titles=len(levels) > 1, despine=False)
     grid.map_dataframe(sns.lineplot, x="epoch", y="value", hue="layer", hue_order=layers, palette=palette,
                        errorbar=None, linewidth=1.3, marker="o", markersize=2.5, markeredgewidth=0)
@@ -313,18 +352,19 @@ def saturation(diag: pd.DataFrame, levels: dict[str, list[str]], title: str, pat
     for key, ax in grid.axes_dict.items():
         kind = kinds.get(key)
         if kind:
-            ax.text(0.02, 0.96, "dead units (ReLU)" if kind == "dead_relu" else "saturated units",
-                    transform=ax.transAxes, ha="left", va="top", fontsize=8, color="0.3")
+            ax.text(0.98, 0.95, "dead units (ReLU)" if kind == "dead_relu" else "saturated units",
+                    transform=ax.transAxes, ha="right", va="top", fontsize=8, color="0.25",
+                    bbox={"boxstyle": "round,pad=0.2", "facecolor": "white", "edgecolor": "0.8", "alpha": 0.85})
     _mark_empty(grid, _present(data, levels))
     _facet_titles(grid, levels)
-    grid.set(ylim=(-3, 103))
+    top = float(data["value"].max()) if len(data) else 100.0
+    grid.set(ylim=(-0.02 * max(top, 5.0), min(103.0, max(5.0, 1.25 * top))))  # room for the label
     for ax in grid.axes.flat:
         ax.yaxis.set_major_formatter(PercentFormatter(decimals=0))
     grid.set_axis_labels("epoch", "units saturated or dead (%)")
     if layers:
         grid.add_legend(title="layer", label_order=[str(x) for x in layers])
-    grid.figure.suptitle(_title(title, 90), y=1.02)
-    return _save(grid.figure, path)
+    return _save_grid(grid, path, title)
 
 
 def activations(diag: pd.DataFrame, levels: dict[str, list[str]], title: str, path: Path) -> Path:
@@ -344,28 +384,34 @@ def activations(diag: pd.DataFrame, levels: dict[str, list[str]], title: str, pa
     layers = sorted(wide["layer"].dropna().unique().astype(int))
     palette = dict(zip(layers, sns.color_palette("crest", len(layers)))) if layers else {}
     height, aspect = _facet_size(levels)
-    grid = sns.FacetGrid(wide, **_facets(levels), height=height, aspect=aspect, sharex=True, sharey=True,
+    grid = _grid(wide, **_facets(levels), height=height, aspect=aspect, sharex=True, sharey=True,
                          margin_titles=len(levels) > 1, despine=False)
 
+    span = float(wide["epoch"].max() - wide["epoch"].min()) if len(wide) else 1.0
+
     def draw(data, color=None, **kwargs):
+        # G&B style: a line per layer for the mean, error bars (± std) at a few moments, each layer
+        # shifted a little so the bars do not hide each other
         ax = plt.gca()
-        for layer, g in data.groupby("layer"):
+        count = data["layer"].nunique()
+        for i, (layer, g) in enumerate(data.groupby("layer")):
             g = g.sort_values("epoch")
             c = palette.get(int(layer), "0.4")
-            ax.plot(g["epoch"], g["act_mean"], color=c, lw=1.3, label=str(int(layer)))
-            ax.fill_between(g["epoch"], g["act_mean"] - g["act_std"], g["act_mean"] + g["act_std"], color=c,
-                            alpha=0.12, lw=0)
+            ax.plot(g["epoch"], g["act_mean"], color=c, lw=1.3)
+            marks = g.iloc[np.unique(np.linspace(0, len(g) - 1, min(len(g), 5)).round().astype(int))]
+            shift = (i - (count - 1) / 2) * 0.015 * span
+            ax.errorbar(marks["epoch"] + shift, marks["act_mean"], yerr=marks["act_std"], fmt="o", color=c,
+                        markersize=3, elinewidth=1.0, capsize=2)
 
     grid.map_dataframe(draw)
     _mark_empty(grid, _present(wide, levels))
     _facet_titles(grid, levels)
-    grid.set_axis_labels("epoch", "activation value (mean ± std)")
+    grid.set_axis_labels("epoch", "activation (mean ± std)")
     if layers:
         handles = [plt.Line2D([], [], color=palette[x], lw=2) for x in layers]
         grid.figure.legend(handles, [str(x) for x in layers], title="layer", loc="center left",
                            bbox_to_anchor=(1.0, 0.5), frameon=False)
-    grid.figure.suptitle(_title(title, 90), y=1.02)
-    return _save(grid.figure, path)
+    return _save_grid(grid, path, title)
 
 
 def _present_key(levels: dict[str, list[str]]):

@@ -141,9 +141,10 @@ def summarize(frame: pd.DataFrame, by: list[str], metric: str, expected: int | N
 
 
 def _values(frame: pd.DataFrame, cell: dict[str, str], metric: str) -> np.ndarray:
+    """The finished seeds' ``metric`` in one cell; factor ``f`` is the column ``factor.f``."""
     mask = frame["status"] == "finished"
     for factor, level in cell.items():
-        mask &= frame[factor].astype(str) == str(level)
+        mask &= frame[f"factor.{factor}"].astype(str) == str(level)
     return _finite(frame.loc[mask, metric]) if metric in frame else np.array([])
 
 
@@ -160,7 +161,8 @@ def comparisons(frame: pd.DataFrame, levels: dict[str, list[str]], reference: di
 
     One factor: every level against the reference. Several: the simple effects, e.g. sigmoid vs
     relu at each depth and each depth vs depth 1 for each activation. Welch 95% intervals and
-    p-values, Holm-corrected across all rows; Hedges' g.
+    p-values, Holm-corrected across all rows; Hedges' g. ``frame`` has one row per trial with
+    ``status``, ``metric`` and a column ``factor.<f>`` per factor.
     """
     rows = []
     factors = list(levels)
@@ -210,15 +212,15 @@ def judge_claims(frame: pd.DataFrame, claims, alpha: float) -> pd.DataFrame:
             why = (f"cannot test: {a!r} has {d.n_a} and {b!r} has {d.n_b} finished seed(s); "
                    "at least 2 per level are needed")
         else:
-            stated = (f"{claim.metric} {a} - {b} = {d.diff:+.4g} ({conf} CI {d.ci_low:+.4g} to {d.ci_high:+.4g}; "
-                      f"{better} is better), Welch p = {d.p:.3g}, Holm-corrected p = {ph:.3g} "
-                      f"over {len(claims)} claim(s), n = {d.n_a} vs {d.n_b}")
             if ph < alpha and gain > 0:
-                verdict, why = "supported", f"{stated}: significant at alpha = {alpha:g} in the claimed direction"
+                verdict, lead = "supported", f"significant at alpha = {alpha:g}, in the claimed direction"
             elif ph < alpha and gain < 0:
-                verdict, why = "contradicted", f"{stated}: significant at alpha = {alpha:g}, in the opposite direction"
+                verdict, lead = "contradicted", f"significant at alpha = {alpha:g}, in the opposite direction"
             else:
-                verdict, why = "inconclusive", f"{stated}: not significant at alpha = {alpha:g}"
+                verdict, lead = "inconclusive", f"not significant at alpha = {alpha:g}"
+            why = (f"{lead}: {a} − {b} = {_signed(d.diff)} ({conf} CI {_signed(d.ci_low)} to {_signed(d.ci_high)}; "
+                   f"{better} {claim.metric} is better), p = {_p(d.p)}, Holm-corrected over {len(claims)} "
+                   f"claim(s) p = {_p(ph)}, n = {d.n_a} vs {d.n_b}")
         rows.append({"claim": str(claim), "level": a, "beats": b, "metric": claim.metric,
                      "higher_is_better": claim.higher_is_better, "n": d.n_a, "n_beats": d.n_b,
                      "mean": d.mean_a, "mean_beats": d.mean_b, "diff": d.diff, "ci_low": d.ci_low,
@@ -227,3 +229,11 @@ def judge_claims(frame: pd.DataFrame, claims, alpha: float) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["claim", "level", "beats", "metric", "higher_is_better", "n", "n_beats",
                                        "mean", "mean_beats", "diff", "ci_low", "ci_high", "p", "p_holm",
                                        "hedges_g", "alpha", "verdict", "why"])
+
+
+def _signed(v: float) -> str:
+    return f"{v:+.3f}".replace("-", "−")
+
+
+def _p(p: float) -> str:
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"

@@ -4,6 +4,10 @@
 reproduction) live beside it.
 """
 
+import os
+
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no tqdm bars in our output
+
 from dlbench.tracking.writer import DEFAULT_TRACKING_URI, StudyContext, Tracker, default_tracking_uri
 
 __all__ = ["DEFAULT_TRACKING_URI", "StudyContext", "Tracker", "default_tracking_uri"]

@@ -7,6 +7,7 @@ the per-epoch metrics (step = epoch) and the diagnostics (``diag.*``, step = opt
 
 from __future__ import annotations
 
+import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from dlbench.errors import UserError, choose_one_of
 STUDY_FILTER = "tags.`dlbench.role` = 'study'"
 DIAG_PREFIX = "diag."
 READ_THREADS = 8  # metric histories are read one (run, key) at a time: overlap the round-trips
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bar for a one-file download
 
 
 @dataclass
@@ -83,15 +85,30 @@ def find_study_run(tracking_uri: str, run_id: str | None = None, experiment: str
     return runs[0].info.run_id
 
 
-def read_study_run(tracking_uri: str, run_id: str) -> StudyRecord:
-    """The parent run ``run_id``, its study file and every child run with its metric histories."""
+def read_study_run(tracking_uri: str, run_id: str, trials: dict[str, str] | None = None) -> StudyRecord:
+    """The parent run ``run_id``, its study file and every child run with its metric histories.
+
+    ``trials`` (config hash -> study) names the trials the study run stands for: those that are
+    not its children (an invocation skips the trials an earlier one finished) are taken from the
+    newest finished or diverged trial run of the experiment with that config hash.
+    """
     client = _client(tracking_uri)
     parent = client.get_run(run_id)
     experiment = client.get_experiment(parent.info.experiment_id).name
-    children = _children(client, parent.info.experiment_id, run_id)
+    children = _children(client, parent.info.experiment_id, f"tags.mlflow.parentRunId = '{run_id}'")
     name, text = _study_file(client, parent)
+    studies = {r.info.run_id: r.data.tags.get("dlbench.study", "") for r in children}
+    missing = set(trials or {}) - {r.data.tags.get("dlbench.config_hash") for r in children}
+    if missing:
+        for run in _children(client, parent.info.experiment_id, "tags.`dlbench.role` = 'trial'"):
+            digest = run.data.tags.get("dlbench.config_hash")
+            done = run.info.status == "FINISHED" or run.data.tags.get("dlbench.status") == "diverged"
+            if digest in missing and done:
+                missing.discard(digest)
+                children.append(run)
+                studies[run.info.run_id] = trials[digest]
 
-    rows = [_trial_row(r) for r in children]
+    rows = [_trial_row(r) | {"study": studies[r.info.run_id]} for r in children]
     trials = pd.DataFrame(rows)
     keys = [(r.info.run_id, k) for r in children for k in r.data.metrics]
     with ThreadPoolExecutor(READ_THREADS) as pool:
@@ -108,11 +125,20 @@ def read_study_run(tracking_uri: str, run_id: str) -> StudyRecord:
         diagnostics=history[is_diag].reset_index(drop=True))
 
 
-def _children(client: MlflowClient, experiment_id: str, parent_id: str) -> list:
+def attached_study_file(tracking_uri: str, run_id: str) -> tuple[str | None, str | None, list[str]]:
+    """The study file attached to a study run (name, text) and the studies that run ran."""
+    client = _client(tracking_uri)
+    parent = client.get_run(run_id)
+    studies = [s for s in parent.data.params.get("studies", "").split(",") if s]
+    return (*_study_file(client, parent), studies)
+
+
+def _children(client: MlflowClient, experiment_id: str, filter_string: str) -> list:
+    """Every run matching the filter, newest first, across result pages."""
     runs, token = [], None
     while True:
-        page = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'",
-                                  max_results=1000, page_token=token)
+        page = client.search_runs([experiment_id], filter_string, max_results=1000,
+                                  order_by=["attributes.start_time DESC"], page_token=token)
         runs.extend(page)
         token = page.token
         if not token:
