@@ -7,9 +7,10 @@ sigmoid). Diagnostics go through the plugin hooks to a sink that keeps them (``-
 the MLflow tracker writing to a fresh SQLite store, for the logging cost). Also measures the
 ``dlbench_after_backward`` call itself when nobody implements it, against a loop without it.
 
-    python benchmarks/diagnostics.py [--epochs 10] [--repeats 5] [--device auto] [--mlflow]
+    python benchmarks/diagnostics.py [--epochs 10] [--repeats 5] [--device auto] [--mlflow] [--threads 1]
 
-Prints the median seconds per variant and its ratio to diagnostics off.
+Prints the median seconds per variant, its ratio to diagnostics off, and the share of the trial's
+time spent inside the observer (timed directly: the overhead, readable on a noisy machine).
 """
 
 from __future__ import annotations
@@ -49,6 +50,23 @@ def study_text(model: str, epochs: int) -> str:
             f"batch_size = 128\n[studies.bench.levels]\n{levels}\n")
 
 
+class TimedDiagnostics(Diagnostics):
+    """The observer, timing itself: the seconds spent inside it (early returns included) are the
+    overhead, measured directly, so it stays readable when the machine is noisy."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seconds = 0.0
+
+    @hookimpl
+    def dlbench_after_backward(self, trial, model, optimizer, step, data):
+        t0 = time.perf_counter()
+        super().dlbench_after_backward(trial, model, optimizer, step, data)
+        if data.x_train.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.seconds += time.perf_counter() - t0
+
+
 class Sink:
     """Keeps what the diagnostics emit, as a tracker would receive it."""
 
@@ -66,8 +84,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--mlflow", action="store_true", help="also log to MLflow (SQLite) in every variant")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="CPU threads for torch (1: steadier timings on a shared machine)")
     args = ap.parse_args()
     device = resolve_device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     print(f"device: {device} ({torch.get_num_threads()} threads), torch {torch.__version__}, "
           f"{args.epochs} epochs, median of {args.repeats}, interleaved")
@@ -80,7 +102,8 @@ def main() -> None:
         data = DataCache().get(plugins.registry.get("dataset", "mnist1d"), {}, trials[0].config["val_fraction"], device)
         sink = Sink()
         plugins.pm.register(sink, name="sink")
-        plugins.pm.register(Diagnostics(plugins.hook, plugins.registry), name="diagnostics")
+        observer = TimedDiagnostics(plugins.hook, plugins.registry)
+        plugins.pm.register(observer, name="diagnostics")
         with tempfile.TemporaryDirectory() as tmp:
             if args.mlflow:
                 from dlbench.tracking import Tracker
@@ -90,15 +113,18 @@ def main() -> None:
                 plugins.pm.register(tracker, name="tracker")
             run_trial(trials[0], plugins.registry, data, device, plugins.hook)  # warm-up
             times = {t.level: [] for t in trials}
+            inside = {t.level: [] for t in trials}  # share of the trial's time spent in the observer
             for _ in range(args.repeats):
                 for trial in trials:
                     sync()
+                    observer.seconds = 0.0
                     t0 = time.perf_counter()
                     run_trial(trial, plugins.registry, data, device, plugins.hook)
                     if args.mlflow:
                         tracker.flush()
                     sync()
                     times[trial.level].append(time.perf_counter() - t0)
+                    inside[trial.level].append(observer.seconds / times[trial.level][-1])
         steps = args.epochs * math.ceil(len(data.y_train) / trials[0].config["batch_size"])
         off = statistics.median(times["every0"])
         print(f"\n{model_name}: {steps} optimizer steps" + (" (+ MLflow SQLite logging)" if args.mlflow else ""))
@@ -106,7 +132,8 @@ def main() -> None:
             n = trial.config["diagnostics_every"]
             med = statistics.median(times[trial.level])
             label = "diagnostics off" if n == 0 else f"every {n:>3} steps ({1 + steps // n} records)"
-            print(f"  {label:<32} {med:7.2f} s   {med / off:.3f}x")
+            share = statistics.median(inside[trial.level])
+            print(f"  {label:<32} {med:7.2f} s   {med / off:.3f}x   in the observer: {100 * share:5.2f}% of the trial")
 
     hook_call_cost(device, args.epochs, args.repeats)
 

@@ -126,6 +126,8 @@ def status(data_dir: Path) -> DataStatus:
     modified = sorted(set(modified))
     if len(modified) > 1:
         modified = [m for m in modified if not m.endswith("/")]
+    elif modified == [f"{data_dir.name}/"]:  # no cache to compare files with: compare datasets
+        modified = differing_datasets(data_dir, pointer) or modified
     return DataStatus(pointer, md5, modified, missing=False)
 
 
@@ -145,7 +147,61 @@ def track(data_dir: Path) -> Path:
         else:
             dvc(root, "init", "--subdir", "-q")
     dvc(root, "add", data_dir.name, "-q")
-    return pointer_for(data_dir)
+    pointer = pointer_for(data_dir)
+    record_datasets(pointer, {p.name: json.loads((p / "meta.json").read_text(encoding="utf-8"))["sha256"]
+                              for p in sorted(data_dir.iterdir()) if (p / "meta.json").is_file()})
+    return pointer
+
+
+# data.dvc's out carries a `meta` table (DVC keeps it across `dvc add`): the prepared datasets and
+# their content hashes, so a fresh clone knows what to regenerate and which dataset differs.
+META_KEY = "dlbench_datasets"
+
+
+def record_datasets(pointer: Path, datasets: dict[str, str]) -> None:
+    lines = [line for line in _without_meta(pointer.read_text(encoding="utf-8").splitlines())]
+    block = ["  meta:", f"    {META_KEY}:", *[f"      {name}: {digest}" for name, digest in datasets.items()]]
+    pointer.write_text("\n".join(lines + block) + "\n", encoding="utf-8")
+
+
+def recorded_datasets(pointer: Path) -> dict[str, str]:
+    out, inside = {}, False
+    for line in pointer.read_text(encoding="utf-8").splitlines():
+        if line.strip() == f"{META_KEY}:":
+            inside = True
+        elif inside and line.startswith("      ") and ":" in line:
+            name, digest = line.strip().split(":", 1)
+            out[name.strip()] = digest.strip()
+        elif inside:
+            inside = False
+    return out
+
+
+def _without_meta(lines: list[str]) -> list[str]:
+    out, skipping = [], False
+    for line in lines:
+        if line == "  meta:":
+            skipping = True
+            continue
+        if skipping and line.startswith("    "):
+            continue
+        skipping = False
+        out.append(line)
+    return out
+
+
+def differing_datasets(data_dir: Path, pointer: Path) -> list[str]:
+    """Dataset folders whose arrays no longer have the recorded content hash (works without a
+    DVC cache, where DVC itself can only say that the folder as a whole differs)."""
+    differ = []
+    for name, digest in recorded_datasets(pointer).items():
+        try:
+            ds = load_dataset(data_dir, name)
+        except UserError:
+            ds = None
+        if ds is None or ds.content_hash() != digest:
+            differ.append(f"{data_dir.name}/{name}/")
+    return differ
 
 
 BUILTIN_PREPARED = ["mnist1d", "digits"]  # what `dlbench data prepare` writes by default
@@ -169,7 +225,7 @@ def check_data(data_dir: Path, registry, *, allow_mismatch: bool, stream) -> dic
             dvc(root, "pull", pointer_for(data_dir).name)
         else:
             stream.write(f"{data_dir} is missing and no DVC remote is configured: regenerating it\n")
-            prepare(registry, data_dir, BUILTIN_PREPARED)
+            prepare(registry, data_dir, list(recorded_datasets(pointer_for(data_dir))) or BUILTIN_PREPARED)
         st = status(data_dir)
         if st.matches:
             track(data_dir)  # fills the local DVC cache; the pointer is unchanged

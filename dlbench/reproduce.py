@@ -91,6 +91,7 @@ def reproduce(run_id: str, plugins: Plugins, *, tracking_uri: str, device: torch
               data_dir: Path | None, stream: TextIO) -> Verdict:
     from dlbench.data import DataCache
     from dlbench.datastore import pointer_for, recorded_md5
+    from dlbench.diagnostics import Diagnostics
     from dlbench.runner import train_one, set_determinism
     from dlbench.tracking import StudyContext, Tracker
     from dlbench.tracking.store import Store
@@ -110,12 +111,15 @@ def reproduce(run_id: str, plugins: Plugins, *, tracking_uri: str, device: torch
         context.tags["dlbench.data_dvc_md5"] = recorded_md5(pointer_for(data_dir)) or ""
     tracker = Tracker(tracking_uri, source.experiment_name(stored))
     tracker.start_reproduction(stored, device, context)
-    plugins.pm.register(tracker, name="dlbench.tracking")
+    observers = {"dlbench.tracking": tracker, "dlbench.diagnostics": Diagnostics(plugins.hook, plugins.registry)}
+    for name, observer in observers.items():
+        plugins.pm.register(observer, name=name)
     try:
         result = train_one(trial, plugins, DataCache(data_dir), device)
         plugins.hook.dlbench_trial_end(trial=trial, result=result)
     finally:
-        plugins.pm.unregister(name="dlbench.tracking")
+        for name in observers:
+            plugins.pm.unregister(name=name)
     rerun_id = tracker.run_ids[trial.index]
     if result.status == "failed":
         raise UserError(f"the re-run of {run_id} failed: {(result.error or '').strip().splitlines()[-1]}")

@@ -216,7 +216,10 @@ class Tracker:
     def dlbench_diagnostics(self, trial: Trial, step: int, values: dict[str, float]) -> None:
         # buffered like the epoch metrics; their step is the optimizer step, not the epoch
         now = int(time.time() * 1000)
-        self._buffer.setdefault(self._child(trial), []).extend(Metric(k, float(v), now, step) for k, v in values.items())
+        run_id = self._child(trial)
+        done = self._logged_steps.get(run_id, {})  # a resumed run: these steps are in the store already
+        self._buffer.setdefault(run_id, []).extend(
+            Metric(k, float(v), now, step) for k, v in values.items() if step > done.get(k, -1))
 
     @hookimpl
     def dlbench_trial_end(self, trial: Trial, result) -> None:
