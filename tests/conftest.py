@@ -15,6 +15,7 @@ minutes on two CPU cores.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -170,6 +171,34 @@ def make_trials(registry):
         return expand(parse_study_file(raw, Path("t.toml")), reg if reg is not None else registry)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def mlflow_template(tmp_path_factory) -> Path:
+    """An empty MLflow SQLite store, created (schema migrated) once for the session.
+
+    Creating the tables takes MLflow ~10 s; end-to-end tests copy this file instead
+    (``new_store``), so each still gets its own real, empty store.
+    """
+    from mlflow.tracking import MlflowClient
+
+    db = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(sqlite_uri(db)).search_experiments()
+    assert db.is_file()
+    return db
+
+
+def copy_store(template: Path, directory: Path) -> Path:
+    """A fresh, empty MLflow store ``directory/mlflow.db``, copied from ``template``."""
+    db = Path(directory) / "mlflow.db"
+    shutil.copyfile(template, db)
+    return db
+
+
+@pytest.fixture
+def new_store(mlflow_template):
+    """``new_store(directory)`` -> path of a fresh, empty MLflow store ``directory/mlflow.db``."""
+    return lambda directory: copy_store(mlflow_template, directory)
 
 
 @pytest.fixture(scope="session")

@@ -155,7 +155,8 @@ def test_invalid_study_name(tmp_path):
 
 
 def test_all_problems_reported_at_once(tmp_path):
-    err = config_error(tmp_path, "[baselin]\n[study]\nseeds = 0\n[studies.s]\nquestin = 'x'\n[studies.s.levels]\na = {}\n")
+    err = config_error(tmp_path, "[baselin]\n[study]\nseeds = 0\n"
+                                 "[studies.s]\nquestin = 'x'\n[studies.s.levels]\na = {}\n")
     assert len(err.problems) == 3
     assert "3 problems" in str(err)
     for p in err.problems:
@@ -181,7 +182,8 @@ def test_good_seeds(tmp_path, seeds, expected):
 
 
 def test_study_seeds_override_file_seeds(tmp_path):
-    sf = read_study_file(write_study(tmp_path, "[study]\nseeds = 5\n[studies.s]\nseeds = [9]\n[studies.s.levels]\na = {}\n"))
+    text = "[study]\nseeds = 5\n[studies.s]\nseeds = [9]\n[studies.s.levels]\na = {}\n"
+    sf = read_study_file(write_study(tmp_path, text))
     assert sf.studies[0].seeds == (9,)
 
 
@@ -281,7 +283,8 @@ def test_reference_to_unknown_factor(tmp_path):
 
 
 def test_reference_sets_the_reference_level(tmp_path):
-    sf = read_study_file(write_study(tmp_path, "[studies.s]\nreference = 'on'\n[studies.s.levels]\noff = {}\non = {}\n"))
+    text = "[studies.s]\nreference = 'on'\n[studies.s.levels]\noff = {}\non = {}\n"
+    sf = read_study_file(write_study(tmp_path, text))
     assert sf.studies[0].reference == {"s": "on"}
 
 

@@ -298,11 +298,11 @@ sharp = { activation = { name = "example_swish", beta = 4 } }
 """
 
 
-def test_entry_point_plugin_runs_a_study_end_to_end(example_site, tmp_path):
+def test_entry_point_plugin_runs_a_study_end_to_end(example_site, tmp_path, new_store):
     from mlflow.tracking import MlflowClient
 
     study = write_study(tmp_path, SWISH_STUDY)
-    db = tmp_path / "mlflow.db"
+    db = new_store(tmp_path)
     proc = run_cli(["run", study, "--tracking-uri", sqlite_uri(db), "--device", "cpu"], cwd=tmp_path,
                    env=example_env(example_site))
     assert proc.returncode == 0, describe_result(proc)

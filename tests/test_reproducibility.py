@@ -241,7 +241,9 @@ wide = { architecture = { width = 32 } }
     proc = start_cli(["run", study, "--tracking-uri", sqlite_uri(db)], tmp_path)
 
     def two_finished() -> bool:
-        if not db.exists():
+        # only read the store once training has begun (a checkpoint exists), so this process never
+        # races the CLI while it creates the database tables
+        if not (tmp_path / ".dlbench" / "checkpoints").is_dir():
             return False
         try:
             return sum(r.info.status == "FINISHED" for r in trial_runs(db, "resume")) >= 2

@@ -217,7 +217,8 @@ def test_plugin_default_written_as_int_hashes_like_the_float(tmp_path):
     # the study file is the same trial and must have the same hash
     write_plugin(tmp_path, "int_default", INT_DEFAULT_PLUGIN)
     local = load_plugins(tmp_path / "plugins", autoload=False).registry
-    omitted = trials_of(tmp_path, "[baseline]\nactivation = 'scaled_tanh'\n[studies.s.levels]\nx = {}\n", local, "a.toml")
+    omitted = trials_of(tmp_path, "[baseline]\nactivation = 'scaled_tanh'\n[studies.s.levels]\nx = {}\n", local,
+                        "a.toml")
     explicit = trials_of(tmp_path, "[baseline]\nactivation = { name = 'scaled_tanh', scale = 1.0 }\n"
                                    "[studies.s.levels]\nx = {}\n", local, "b.toml")
     assert type(omitted[0].config["activation"]["scale"]) is float

@@ -245,7 +245,7 @@ explodes = { optimizer = { name = "sgd", lr = 1e6 } }
 """
 
 
-def test_observer_plugin_sees_the_whole_lifecycle(tmp_path):
+def test_observer_plugin_sees_the_whole_lifecycle(tmp_path, new_store):
     from dlbench.runner import run_study
 
     plugins = load_plugins(None, autoload=False)
@@ -254,7 +254,7 @@ def test_observer_plugin_sees_the_whole_lifecycle(tmp_path):
     sf = read_study_file(write_study(tmp_path, OBSERVED_STUDY))
     trials = expand(sf, plugins.registry)
     out = io.StringIO()
-    run = run_study(sf, trials, plugins, device=CPU, tracking_uri=sqlite_uri(tmp_path / "mlflow.db"),
+    run = run_study(sf, trials, plugins, device=CPU, tracking_uri=sqlite_uri(new_store(tmp_path)),
                     reports_dir=tmp_path / "reports", stream=out)
 
     ok, bad = "obs/ok/seed=0", "obs/explodes/seed=0"

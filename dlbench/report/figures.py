@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
-from matplotlib.ticker import MaxNLocator, PercentFormatter  # noqa: E402
+from matplotlib.ticker import MaxNLocator, NullFormatter, PercentFormatter  # noqa: E402
 
 from dlbench.report.stats import t_interval  # noqa: E402
 
@@ -67,6 +67,13 @@ def _grid(data: pd.DataFrame, **kwargs) -> sns.FacetGrid:
         sns.FacetGrid.tight_layout = layout
     grid.tight_layout = lambda *args, **kw: grid
     return grid
+
+
+def _legend(grid: sns.FacetGrid, title: str, colors: dict, marker: str | None = None) -> None:
+    """One legend right of the facets (seaborn's add_legend redraws the figure twice to place it)."""
+    handles = [plt.Line2D([], [], color=c, lw=1.8, marker=marker, markersize=4) for c in colors.values()]
+    grid.figure.legend(handles, [str(k) for k in colors], title=title, loc="center left",
+                       bbox_to_anchor=(1.0, 0.5), frameon=False)
 
 
 def _save_grid(grid: sns.FacetGrid, path: Path, title: str) -> Path:
@@ -270,7 +277,7 @@ def learning_curves(epochs: pd.DataFrame, levels: dict[str, list[str]], quantity
     grid = _grid(_with_rows(data, levels), **_facets(levels), height=height, aspect=aspect,
                          sharex=True, sharey=True, margin_titles=len(levels) > 1, despine=False)
     grid.map_dataframe(sns.lineplot, x="epoch", y="value", hue="split", hue_order=splits, palette=SPLIT_COLORS,
-                       errorbar=_interval(quantity), err_kws={"alpha": 0.2}, linewidth=1.4)
+                       errorbar=_interval(quantity), err_kws={"alpha": 0.2}, linewidth=1.4, legend=False)
     _mark_empty(grid, _present(data, levels))
     _facet_titles(grid, levels)
     grid.set_axis_labels("epoch", METRIC_LABELS[quantity])
@@ -278,7 +285,7 @@ def learning_curves(epochs: pd.DataFrame, levels: dict[str, list[str]], quantity
         ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=5))
     if quantity == "loss" and (data["value"] > 0).all() and len(data) and data["value"].max() / max(data["value"].min(), 1e-12) > 30:
         grid.set(yscale="log")
-    grid.add_legend(title="split", label_order=splits)
+    _legend(grid, "split", {s: SPLIT_COLORS[s] for s in splits})
     return _save_grid(grid, path, title)
 
 
@@ -301,12 +308,16 @@ def snapshots(diag: pd.DataFrame, count: int = 4) -> pd.DataFrame:
             if step in used:
                 continue
             used.add(step)
-            when = "step 1 (start)" if i == 0 else f"epoch {target:.3g}"
+            when = "step 1 (start)" if i == 0 else _epoch_label(target)
             picked.append(run[run["step"] == step].assign(when=when))
     out = pd.concat(picked, ignore_index=True)
-    order = ["step 1 (start)"] + [f"epoch {t:.3g}" for t in targets[1:]]
+    order = ["step 1 (start)"] + [_epoch_label(t) for t in targets[1:]]
     out["when"] = pd.Categorical(out["when"], categories=[o for o in order if o in set(out["when"])], ordered=True)
     return out
+
+
+def _epoch_label(epoch: float) -> str:
+    return f"epoch {epoch:.1f}".replace(".0", "") if epoch < 100 else f"epoch {epoch:.0f}"
 
 
 def grad_norms(diag: pd.DataFrame, levels: dict[str, list[str]], title: str, path: Path) -> Path:
@@ -323,15 +334,16 @@ def grad_norms(diag: pd.DataFrame, levels: dict[str, list[str]], title: str, pat
     # geometric mean over seeds, no bands: the shape across layers is the message, and four
     # overlapping bands would hide it (the seeds' values are in diagnostics.csv)
     grid.map_dataframe(sns.lineplot, x="layer", y="value", hue="when", hue_order=whens, palette=palette,
-                       estimator=_log_mean, errorbar=None, marker="o", markersize=4.5, linewidth=1.5)
+                       estimator=_log_mean, errorbar=None, marker="o", markersize=4.5, linewidth=1.5, legend=False)
     grid.set(yscale="log")
     for ax in grid.axes.flat:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.yaxis.set_minor_formatter(NullFormatter())  # powers of ten only: a clean log axis
     _mark_empty(grid, _present(data, levels))
     _facet_titles(grid, levels)
     grid.set_axis_labels("layer (0 = input side, last = output)", "‖∂loss/∂W‖₂ (log scale)")
     if whens:
-        grid.add_legend(title="moment of training", label_order=whens)
+        _legend(grid, "moment of training", palette, marker="o")
     return _save_grid(grid, path, title)
 
 
@@ -347,7 +359,7 @@ def saturation(diag: pd.DataFrame, levels: dict[str, list[str]], title: str, pat
     grid = _grid(data, **_facets(levels), height=height, aspect=aspect, sharex=True, sharey=True,
                          margin_titles=len(levels) > 1, despine=False)
     grid.map_dataframe(sns.lineplot, x="epoch", y="value", hue="layer", hue_order=layers, palette=palette,
-                       errorbar=None, linewidth=1.3, marker="o", markersize=2.5, markeredgewidth=0)
+                       errorbar=None, linewidth=1.3, marker="o", markersize=2.5, markeredgewidth=0, legend=False)
     kinds = data.groupby(_present_key(levels))["kind"].first().to_dict() if len(data) else {}
     for key, ax in grid.axes_dict.items():
         kind = kinds.get(key)
@@ -363,7 +375,7 @@ def saturation(diag: pd.DataFrame, levels: dict[str, list[str]], title: str, pat
         ax.yaxis.set_major_formatter(PercentFormatter(decimals=0))
     grid.set_axis_labels("epoch", "units saturated or dead (%)")
     if layers:
-        grid.add_legend(title="layer", label_order=[str(x) for x in layers])
+        _legend(grid, "layer", {str(k): c for k, c in palette.items()})
     return _save_grid(grid, path, title)
 
 
@@ -408,9 +420,7 @@ def activations(diag: pd.DataFrame, levels: dict[str, list[str]], title: str, pa
     _facet_titles(grid, levels)
     grid.set_axis_labels("epoch", "activation (mean ± std)")
     if layers:
-        handles = [plt.Line2D([], [], color=palette[x], lw=2) for x in layers]
-        grid.figure.legend(handles, [str(x) for x in layers], title="layer", loc="center left",
-                           bbox_to_anchor=(1.0, 0.5), frameon=False)
+        _legend(grid, "layer", {str(k): c for k, c in palette.items()})
     return _save_grid(grid, path, title)
 
 
