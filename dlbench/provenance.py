@@ -43,6 +43,7 @@ def environment(device: torch.device) -> dict[str, str]:
         "dlbench.platform": platform.platform(),
         "dlbench.device": str(device),
         "dlbench.device_name": device_name(device),
+        "dlbench.torch_threads": str(torch.get_num_threads()),  # CPU reductions can depend on it
     }
     if device.type == "cuda":
         env["dlbench.cuda_version"] = str(torch.version.cuda)

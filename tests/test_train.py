@@ -99,7 +99,9 @@ def test_evaluate_reports_every_split_in_eval_mode(registry, tiny_data, make_tri
     (trial,) = make_trials({"regularizers": [{"name": "dropout", "p_input": 0.5, "p_hidden": 0.5}]})
     model = built_model(trial, registry, tiny_data)
     model.train()
-    assert evaluate(model, tiny_data) == evaluate(model, tiny_data)  # dropout off at evaluation
+    metrics = evaluate(model, tiny_data)
+    assert set(metrics) == {f"{split}_{m}" for split in ("train", "val", "test") for m in ("loss", "accuracy")}
+    assert metrics == evaluate(model, tiny_data)  # dropout is off at evaluation
     assert not model.training
 
 
