@@ -216,8 +216,6 @@ def report(study_file: Path | None, run_id: str | None, experiment: str | None, 
     also attached to that run as artifacts (reports/<study>/).
     """
     from dlbench.errors import UserError
-    from dlbench.plugins import load_plugins
-    from dlbench.report import report_from_mlflow
     from dlbench.tracking.reader import find_study_run
 
     if sum(x is not None for x in (study_file, run_id, experiment)) > 1:
@@ -230,6 +228,9 @@ def report(study_file: Path | None, run_id: str | None, experiment: str | None, 
         plugins_dir = plugins_dir if plugins_dir is not None else sf.path.parent / "plugins"
     uri = tracking_uri or _default_uri()
     parent = find_study_run(uri, run_id=run_id, experiment=experiment)
+    from dlbench.plugins import load_plugins  # torch, seaborn: only once there is something to report
+    from dlbench.report import report_from_mlflow
+
     registry = load_plugins(plugins_dir if plugins_dir is not None else Path("plugins")).registry
     folders = report_from_mlflow(uri, parent, reports_dir, list(only) or None, attach=not no_attach,
                                  registry=registry)

@@ -225,12 +225,23 @@ def test_reports_are_attached_to_the_parent_run(done):
         assert f"reports/act_depth/{name}" in paths, name
 
 
-def test_report_picks_the_latest_study_run_by_default(done):
-    proc = run_cli(["report", done.study, "--tracking-uri", done.uri, "--reports-dir", done.root / "latest",
-                    "--study", "dropout", "--no-attach"], cwd=done.root, env=cli_env(autoload=False))
+def test_a_rerun_reports_the_trials_it_skipped_and_is_the_latest(done):
+    # `run --study dropout` is a new study run whose trials all finished before: it skips them,
+    # and its report takes them from their earlier runs (matched by config hash)
+    proc = run_cli(["run", done.study, "--study", "dropout", "--tracking-uri", done.uri, "--device", "cpu",
+                    "--reports-dir", "again"], cwd=done.root, env=cli_env(autoload=False))
     assert proc.returncode == 0, describe_result(proc)
-    assert f"from MLflow study run {done.parent_id}" in proc.stdout
-    assert sorted(p.name for p in (done.root / "latest").iterdir()) == ["dropout"]
+    assert "already done" in proc.stdout and "report: again/dropout/index.md" in proc.stdout
+    parent = re.search(r"MLflow parent run: ([0-9a-f]{32})", proc.stdout).group(1)
+    assert parent != done.parent_id
+    assert read_csv(done.root / "again" / "dropout" / "summary.csv") == read_csv(done.folder("dropout") / "summary.csv")
+    assert sorted(p.name for p in (done.root / "again").iterdir()) == ["dropout"]
+    # STUDY_FILE: the latest study run of its experiment, i.e. this one
+    proc = run_cli(["report", done.study, "--tracking-uri", done.uri, "--reports-dir", "latest", "--no-attach"],
+                   cwd=done.root, env=cli_env(autoload=False))
+    assert proc.returncode == 0, describe_result(proc)
+    assert f"from MLflow study run {parent}" in proc.stdout
+    assert read_csv(done.root / "latest" / "dropout" / "claims.csv") == read_csv(done.folder("dropout") / "claims.csv")
 
 
 def test_report_mistakes_are_usage_errors(done):

@@ -129,9 +129,9 @@ def _comparisons_section(doc: Document, data: StudyData, out_dir: Path) -> None:
     caption = (f"Difference in final {_words(METRIC)} from the reference level ("
                + ", ".join(f"{f} = {r}" for f, r in data.reference.items())
                + (", the other factors held fixed" if len(data.factors) > 1 else "")
-               + f"): Welch 95% interval, two-sided Welch t-test p, Holm-corrected across the {testable} "
-               "comparison(s) of this study, and Hedges' g (standardized difference; |g| of 0.2/0.5/0.8 is "
-               "small/medium/large).")
+               + "): Welch 95% interval, two-sided Welch t-test p, "
+               + (f"Holm-corrected across the {testable} tested comparison(s) of this study, " if testable else "")
+               + "and Hedges' g (standardized difference; |g| of 0.2/0.5/0.8 is small/medium/large).")
     _export(table, pretty, out_dir, "comparisons", caption)
     doc.heading("Differences from the reference level")
     doc.table(pretty, caption)
@@ -272,7 +272,9 @@ def report_from_mlflow(tracking_uri: str, run_id: str, reports_dir: Path, studie
     find_study_run(tracking_uri, run_id=run_id)  # a clear error for a wrong id
     if trials is None and registry is not None:
         trials = _expand_attached(tracking_uri, run_id, registry)
-    record = read_study_run(tracking_uri, run_id, {t.config_hash: t.study for t in trials or []})
+    labels = {t.config_hash: {"study": t.study, "level": t.level, **{f"factor.{f}": v for f, v in t.levels.items()}}
+              for t in trials or []}
+    record = read_study_run(tracking_uri, run_id, labels)
     present = list(dict.fromkeys(record.trials["study"])) if len(record.trials) else []
     if trials:  # the studies this invocation ran (`dlbench run --study` runs a subset)
         present = [s for s in dict.fromkeys(t.study for t in trials) if s in present]

@@ -123,7 +123,7 @@ def summarize(frame: pd.DataFrame, by: list[str], metric: str, expected: int | N
     for key, group in frame.groupby(by, sort=False, observed=True):
         key = key if isinstance(key, tuple) else (key,)
         ok = group.loc[group["status"] == "finished", metric].dropna() if metric in group else pd.Series(dtype=float)
-        low, high = t_interval(ok)
+        low, high = t_interval(ok) if len(ok) > 1 else (math.nan, math.nan)  # one seed: no interval
         row = {
             **dict(zip(by, key)),
             "n": len(ok),

@@ -85,19 +85,20 @@ def find_study_run(tracking_uri: str, run_id: str | None = None, experiment: str
     return runs[0].info.run_id
 
 
-def read_study_run(tracking_uri: str, run_id: str, trials: dict[str, str] | None = None) -> StudyRecord:
+def read_study_run(tracking_uri: str, run_id: str, trials: dict[str, dict] | None = None) -> StudyRecord:
     """The parent run ``run_id``, its study file and every child run with its metric histories.
 
-    ``trials`` (config hash -> study) names the trials the study run stands for: those that are
-    not its children (an invocation skips the trials an earlier one finished) are taken from the
-    newest finished or diverged trial run of the experiment with that config hash.
+    ``trials`` (config hash -> ``{"study": ..., "level": ..., "factor.<f>": ...}``) names the trials
+    the study run stands for: those that are not its children (an invocation skips the trials an
+    earlier one finished) are taken from the newest finished or diverged trial run of the
+    experiment with that config hash, labelled as this study labels them.
     """
     client = _client(tracking_uri)
     parent = client.get_run(run_id)
     experiment = client.get_experiment(parent.info.experiment_id).name
     children = _children(client, parent.info.experiment_id, f"tags.mlflow.parentRunId = '{run_id}'")
     name, text = _study_file(client, parent)
-    studies = {r.info.run_id: r.data.tags.get("dlbench.study", "") for r in children}
+    labels = {r.info.run_id: {} for r in children}
     missing = set(trials or {}) - {r.data.tags.get("dlbench.config_hash") for r in children}
     if missing:
         for run in _children(client, parent.info.experiment_id, "tags.`dlbench.role` = 'trial'"):
@@ -106,9 +107,9 @@ def read_study_run(tracking_uri: str, run_id: str, trials: dict[str, str] | None
             if digest in missing and done:
                 missing.discard(digest)
                 children.append(run)
-                studies[run.info.run_id] = trials[digest]
+                labels[run.info.run_id] = trials[digest]
 
-    rows = [_trial_row(r) | {"study": studies[r.info.run_id]} for r in children]
+    rows = [_trial_row(r) | labels[r.info.run_id] for r in children]
     trials = pd.DataFrame(rows)
     keys = [(r.info.run_id, k) for r in children for k in r.data.metrics]
     with ThreadPoolExecutor(READ_THREADS) as pool:
