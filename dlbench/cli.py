@@ -41,6 +41,13 @@ def _user_errors(fn):
     return wrapper
 
 
+def _load_plugins(plugins_dir: Path | None, default: Path):
+    """Plugins with the local folder the user named (which must exist) or the default one (if any)."""
+    from dlbench.plugins import load_plugins
+
+    return load_plugins(plugins_dir if plugins_dir is not None else default, required_dir=plugins_dir is not None)
+
+
 def _default_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
 
@@ -96,11 +103,10 @@ def run(study_file: Path, dry_run: bool, tracking_uri: str | None, device: str, 
     after a crash completes the study without duplicating a run.
     """
     from dlbench.config import read_study_file
-    from dlbench.plugins import load_plugins
     from dlbench.study import expand
 
     sf = read_study_file(study_file)
-    plugins = load_plugins(plugins_dir if plugins_dir is not None else sf.path.parent / "plugins")
+    plugins = _load_plugins(plugins_dir, sf.path.parent / "plugins")
     trials = expand(sf, plugins.registry, list(only) or None)
     if dry_run:
         click.echo(_trial_table(sf, trials))
@@ -177,11 +183,10 @@ def reproduce(run_id: str, tracking_uri: str | None, device: str, plugins_dir: P
 
     Exits 0 when every logged value is reproduced within --tolerance, 1 when not.
     """
-    from dlbench.plugins import load_plugins
     from dlbench.reproduce import reproduce as do_reproduce
     from dlbench.runner import resolve_device
 
-    plugins = load_plugins(plugins_dir if plugins_dir is not None else Path("plugins"))
+    plugins = _load_plugins(plugins_dir, Path("plugins"))
     verdict = do_reproduce(run_id, plugins, tracking_uri=tracking_uri or _default_uri(),
                            device=resolve_device(device), tolerance=tolerance, data_dir=data_dir, stream=sys.stdout)
     for note in verdict.warnings:
@@ -228,10 +233,9 @@ def report(study_file: Path | None, run_id: str | None, experiment: str | None, 
         plugins_dir = plugins_dir if plugins_dir is not None else sf.path.parent / "plugins"
     uri = tracking_uri or _default_uri()
     parent = find_study_run(uri, run_id=run_id, experiment=experiment)
-    from dlbench.plugins import load_plugins  # torch, seaborn: only once there is something to report
     from dlbench.report import report_from_mlflow
 
-    registry = load_plugins(plugins_dir if plugins_dir is not None else Path("plugins")).registry
+    registry = _load_plugins(plugins_dir, Path("plugins")).registry
     folders = report_from_mlflow(uri, parent, reports_dir, list(only) or None, attach=not no_attach,
                                  registry=registry)
     if not folders:
@@ -257,9 +261,8 @@ def data() -> None:
 def data_prepare(data_dir: Path, names: tuple[str, ...], use_dvc: bool, plugins_dir: Path | None) -> None:
     """Write datasets to DATA_DIR (one folder each: .npy arrays and meta.json) and `dvc add` it."""
     from dlbench.datastore import BUILTIN_PREPARED, prepare, track
-    from dlbench.plugins import load_plugins
 
-    plugins = load_plugins(plugins_dir if plugins_dir is not None else Path("plugins"))
+    plugins = _load_plugins(plugins_dir, Path("plugins"))
     for name, folder, digest in prepare(plugins.registry, data_dir, list(names) or BUILTIN_PREPARED):
         click.echo(f"{name}: {folder} (sha256 {digest[:16]}...)")
     if use_dvc:
@@ -294,10 +297,10 @@ def plugins() -> None:
 def plugins_list(plugins_dir: Path | None, kind: str | None) -> None:
     """Print every registered plugin by kind, with its origin and options."""
     from dlbench.errors import UserError, choose_one_of
-    from dlbench.plugins import KINDS, load_plugins
+    from dlbench.plugins import KINDS
     from dlbench.schema import MISSING, describe
 
-    loaded = load_plugins(plugins_dir if plugins_dir is not None else Path("plugins"))
+    loaded = _load_plugins(plugins_dir, Path("plugins"))
     kinds = list(KINDS.values())
     if kind is not None and kind not in kinds:
         raise UserError(f"--kind {kind!r}: {choose_one_of(kind, kinds)}")
@@ -319,9 +322,16 @@ def ui(tracking_uri: str | None, port: int) -> None:
     click.echo(f"MLflow UI for {uri} at http://127.0.0.1:{port} (Ctrl-C to stop)")
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
            "--port", str(port)]
+    server = subprocess.Popen(cmd)
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` must not orphan the server on the port
     try:
-        sys.exit(subprocess.call(cmd))
+        sys.exit(server.wait())
     except KeyboardInterrupt:
+        server.terminate()
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
         sys.exit(0)
 
 

@@ -378,21 +378,28 @@ def resolve(config: dict, registry, where: dict[str, str]) -> tuple[dict, list[s
         else:
             resolved[key] = coerce(config[key], spec.type)
     for key, kind in COMPONENTS.items():
-        resolved[key] = _resolve_component(config[key], kind, registry, f"{where.get(key, 'baseline')}.{key}", problems)
+        resolved[key] = _resolve_component(config[key], kind, registry, key, where, problems)
     regs = config["regularizers"]
     path = f"{where.get('regularizers', 'baseline')}.regularizers"
     if not isinstance(regs, list):
         problems.append(f"{path}: expected a list of regularizers such as [{{ name = \"dropout\" }}], got {_show(regs)}")
         regs = []
-    resolved["regularizers"] = [_resolve_component(r, "regularizer", registry, f"{path}[{i}]", problems)
-                                for i, r in enumerate(regs)]
+    resolved["regularizers"] = [_resolve_component(r, "regularizer", registry, f"regularizers[{i}]",
+                                                   {f"regularizers[{i}]": where.get("regularizers", "baseline")},
+                                                   problems) for i, r in enumerate(regs)]
     names = [r["name"] for r in resolved["regularizers"] if r]
     for dup in sorted({n for n in names if names.count(n) > 1}):
         problems.append(f"{path}: regularizer {dup!r} is listed twice; list each once")
     return resolved, problems
 
 
-def _resolve_component(value, kind: str, registry, path: str, problems: list[str]) -> dict:
+def _resolve_component(value, kind: str, registry, key: str, where: dict[str, str], problems: list[str]) -> dict:
+    def at(option: str | None = None) -> str:
+        """The key path the user wrote this (option of the) component at."""
+        source = (where.get(f"{key}.{option}") if option else None) or where.get(key) or "baseline"
+        return f"{source}.{key}" + (f".{option}" if option else "")
+
+    path = at()
     if not isinstance(value, dict) or not isinstance(value.get("name"), str):
         problems.append(f"{path}: expected a {kind} name or a table with a 'name' key, got {_show(value)}; "
                         f"choose one of: {', '.join(registry.names(kind))}")
@@ -403,21 +410,21 @@ def _resolve_component(value, kind: str, registry, path: str, problems: list[str
         return {}
     component = registry.get(kind, name)
     out = {"name": name}
-    for key in value:
-        if key != "name" and key not in component.options:
-            tail = choose_one_of(key, component.options) if component.options else "it takes no options"
-            problems.append(f"{path}.{key}: {kind} {name!r} has no option {key!r}; {tail}")
+    for option in value:
+        if option != "name" and option not in component.options:
+            tail = choose_one_of(option, component.options) if component.options else "it takes no options"
+            problems.append(f"{at(option)}: {kind} {name!r} has no option {option!r}; {tail}")
     for opt in component.options.values():
         if opt.name in value:
             v = value[opt.name]
             if not conforms(v, opt.annotation):
-                problems.append(f"{path}.{opt.name}: expected {describe(opt.annotation)}, got {_show(v)}")
+                problems.append(f"{at(opt.name)}: expected {describe(opt.annotation)}, got {_show(v)}")
                 continue
             out[opt.name] = coerce(v, opt.annotation)
         elif opt.default is MISSING:
-            problems.append(f"{path}.{opt.name}: {kind} {name!r} requires this option ({describe(opt.annotation)})")
+            problems.append(f"{at(opt.name)}: {kind} {name!r} requires this option ({describe(opt.annotation)})")
         else:
-            out[opt.name] = copy.deepcopy(opt.default)
+            out[opt.name] = coerce(copy.deepcopy(opt.default), opt.annotation)
     return out
 
 

@@ -119,8 +119,10 @@ def make_manager() -> pluggy.PluginManager:
     return pm
 
 
-def load_plugins(plugins_dir: Path | None = None, *, autoload: bool | None = None) -> Plugins:
-    """Load every plugin and fill the registry. ``plugins_dir`` may be missing (then skipped)."""
+def load_plugins(plugins_dir: Path | None = None, *, autoload: bool | None = None,
+                 required_dir: bool = False) -> Plugins:
+    """Load every plugin and fill the registry. A missing ``plugins_dir`` is skipped, unless
+    ``required_dir`` (the user named it with --plugins-dir)."""
     pm = make_manager()
     origins: dict[str, str] = {}
 
@@ -140,18 +142,33 @@ def load_plugins(plugins_dir: Path | None = None, *, autoload: bool | None = Non
         for plugin, dist in pm.list_plugin_distinfo():
             origins[pm.get_name(plugin)] = f"entry point ({dist.project_name} {dist.version})"
 
+    if plugins_dir is not None and required_dir and not Path(plugins_dir).is_dir():
+        raise PluginError(f"--plugins-dir {plugins_dir}: no such directory")
     if plugins_dir is not None and Path(plugins_dir).is_dir():
         for path in sorted(Path(plugins_dir).glob("*.py")):
             if path.name.startswith("_"):
                 continue
             module = _import_local(path)
             name = f"local:{path}"
-            pm.register(module, name=name)
             origins[name] = f"local ({path})"
+            _register(pm, module, name, origins[name])
 
-    pm.check_pending()
+    try:
+        pm.check_pending()  # a hook name no spec declares: most likely a typo
+    except pluggy.PluginValidationError as exc:
+        origin = origins.get(pm.get_name(exc.plugin), "a plugin")
+        raise PluginError(f"{origin}: {exc}. The hooks are listed in dlbench/hookspecs.py "
+                          "(e.g. dlbench_register_activations(register)).") from None
     registry = _fill_registry(pm, origins)
     return Plugins(pm, registry, origins)
+
+
+def _register(pm: pluggy.PluginManager, module, name: str, origin: str) -> None:
+    """Register a plugin module; a hook with the wrong arguments is the plugin author's error."""
+    try:
+        pm.register(module, name=name)
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(f"{origin}: {exc}. See dlbench/hookspecs.py for each hook's arguments.") from None
 
 
 def _import_local(path: Path):
@@ -172,7 +189,7 @@ def _fill_registry(pm: pluggy.PluginManager, origins: dict[str, str]) -> Registr
     for plural, kind in KINDS.items():
         caller = getattr(pm.hook, f"dlbench_register_{plural}")
         # call implementations one by one so each registration carries its plugin's origin
-        for impl in reversed(caller.get_hookimpls()):
+        for impl in caller.get_hookimpls():  # registration order: built-ins first
             origin = origins.get(impl.plugin_name, impl.plugin_name)
 
             def register(name, factory, _kind=kind, _origin=origin):

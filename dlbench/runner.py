@@ -117,9 +117,11 @@ def run_study(study_file: StudyFile, trials: list[Trial], plugins: Plugins, *, d
 
     tracker = Tracker(tracking_uri, study_file.name)
     progress = Progress(len(trials), stream)
-    plugins.pm.register(tracker, name="dlbench.tracking")
+    # pluggy calls the last registered first: the tracker closes a trial's run before the
+    # progress line says it finished
     plugins.pm.register(progress, name="dlbench.progress")
     plugins.pm.register(Diagnostics(plugins.hook, plugins.registry), name="dlbench.diagnostics")
+    plugins.pm.register(tracker, name="dlbench.tracking")
     run = StudyRun(tracker.start_study(study_file, trials, device, context, resume=not force))
     stream.write(f"study {study_file.name!r}: {len(trials)} trials on {device}; "
                  f"MLflow parent run {run.parent_run_id} in {tracking_uri}\n")

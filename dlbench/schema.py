@@ -83,9 +83,11 @@ def conforms(value, annotation) -> bool:
 
 def coerce(value, annotation):
     """Normalize a conforming value: ints given for floats become floats (stable hashes)."""
-    if annotation is float and isinstance(value, int):
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     origin = typing.get_origin(annotation)
+    if origin in (list, tuple) and isinstance(value, list) and typing.get_args(annotation):
+        return [coerce(v, typing.get_args(annotation)[0]) for v in value]
     if origin in (Union, types.UnionType) and float in typing.get_args(annotation):
         if isinstance(value, int) and not isinstance(value, bool) and int not in typing.get_args(annotation):
             return float(value)

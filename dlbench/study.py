@@ -69,7 +69,7 @@ def expand(study_file: StudyFile, registry, only: list[str] | None = None) -> li
 
 def _expand_study(sf: StudyFile, study: Study, registry, problems: list[str], start: int) -> list[Trial]:
     base = merge(sf.baseline, study.overrides)
-    base_where = {k: f"studies.{study.name}.baseline" for k in study.overrides}
+    base_where = sources(study.overrides, f"studies.{study.name}.baseline", {})
     trials = []
     for combo in itertools.product(*[f.level_names for f in study.factors]):
         levels = dict(zip([f.name for f in study.factors], combo))
@@ -79,7 +79,7 @@ def _expand_study(sf: StudyFile, study: Study, registry, problems: list[str], st
             config = merge(config, over)
             prefix = f"studies.{study.name}.levels" if len(study.factors) == 1 and factor.name == study.name \
                 else f"studies.{study.name}.factors.{factor.name}"
-            where.update({k: f"{prefix}.{lname}" for k in over})
+            where = sources(over, f"{prefix}.{lname}", where)
         resolved, found = resolve(config, registry, where)
         problems.extend(found)
         if found:
@@ -89,6 +89,23 @@ def _expand_study(sf: StudyFile, study: Study, registry, problems: list[str], st
             full = {**resolved, "seed": seed}
             trials.append(Trial(start + len(trials), study.name, levels, seed, full, config_hash(full), group))
     return trials
+
+
+def sources(override: dict, path: str, where: dict[str, str]) -> dict[str, str]:
+    """Update ``where`` (which key path last set each setting) with what ``override`` sets.
+
+    A table merged into the baseline's sets only its own options (``optimizer.momentum``); a
+    value that replaces the setting (a scalar, a list, a table naming another plugin) sets it
+    whole, so an error in an option the override did not write still points at the baseline.
+    """
+    where = dict(where)
+    for key, value in override.items():
+        if isinstance(value, dict) and "name" not in value:
+            where.update({f"{key}.{option}": path for option in value})
+        else:
+            where = {k: v for k, v in where.items() if not k.startswith(f"{key}.")}
+            where[key] = path
+    return where
 
 
 def flatten(config: dict, prefix: str = "") -> dict[str, str]:
