@@ -92,10 +92,12 @@ def main() -> None:
 @click.option("--checkpoint-dir", type=click.Path(file_okay=False, path_type=Path),
               default=Path(".dlbench/checkpoints"), show_default=True,
               help="Epoch-end checkpoints of running trials, for resuming after a crash.")
+@click.option("--checkpoint-every", default=10.0, show_default=True, type=click.FloatRange(min=0.0),
+              metavar="SECONDS", help="Save a running trial's checkpoint at the first epoch end this long after the last.")
 @_user_errors
 def run(study_file: Path, dry_run: bool, tracking_uri: str | None, device: str, plugins_dir: Path | None,
         only: tuple[str, ...], reports_dir: Path, fail_fast: bool, force: bool, deterministic: bool,
-        data_dir: Path, allow_data_mismatch: bool, checkpoint_dir: Path) -> None:
+        data_dir: Path, allow_data_mismatch: bool, checkpoint_dir: Path, checkpoint_every: float) -> None:
     """Run every trial of STUDY_FILE, log it to MLflow and write the report.
 
     Trials that already finished in the store (same config hash) are skipped, and trials left
@@ -120,6 +122,7 @@ def run(study_file: Path, dry_run: bool, tracking_uri: str | None, device: str, 
         result = run_study(sf, trials, plugins, device=dev, tracking_uri=tracking_uri or _default_uri(),
                            reports_dir=reports_dir, stream=sys.stdout, fail_fast=fail_fast, force=force,
                            deterministic=deterministic, data_dir=data_dir, checkpoint_dir=checkpoint_dir,
+                           checkpoint_every=checkpoint_every,
                            allow_data_mismatch=allow_data_mismatch)
     except KeyboardInterrupt:
         click.echo("\nInterrupted: the finished trials are in MLflow; the running one is marked KILLED.", err=True)

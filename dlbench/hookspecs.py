@@ -143,5 +143,12 @@ def dlbench_diagnostics(trial: Trial, step: int, values: dict[str, float]) -> No
 
 
 @hookspec
+def dlbench_checkpoint(trial: Trial, epoch: int) -> None:
+    """The loop is about to save the trial's checkpoint after ``epoch``: make everything observed
+    so far durable (the MLflow tracker flushes its buffer), because a resumed trial continues
+    after this epoch and will not emit its earlier events again."""
+
+
+@hookspec
 def dlbench_trial_end(trial: Trial, result: TrialResult) -> None:
     """A trial finished, diverged or failed (``result.status``), with its final metrics."""

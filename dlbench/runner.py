@@ -95,7 +95,8 @@ def stored_result(run) -> TrialResult:
 def run_study(study_file: StudyFile, trials: list[Trial], plugins: Plugins, *, device: torch.device,
               tracking_uri: str, reports_dir: Path, stream: TextIO, fail_fast: bool = False,
               force: bool = False, deterministic: bool = True, data_dir: Path | None = None,
-              checkpoint_dir: Path = Path(".dlbench/checkpoints"), allow_data_mismatch: bool = False) -> StudyRun:
+              checkpoint_dir: Path = Path(".dlbench/checkpoints"), checkpoint_every: float = 10.0,
+              allow_data_mismatch: bool = False) -> StudyRun:
     """Run the trials not already in the store; resume those a dead process left behind.
 
     Without ``force``, a trial whose config hash already FINISHED (or diverged) in the
@@ -131,7 +132,7 @@ def run_study(study_file: StudyFile, trials: list[Trial], plugins: Plugins, *, d
     try:
         for trial in trials:
             action, previous = plan(existing.get(trial.config_hash, []), force)
-            checkpoints = Checkpoints(checkpoint_dir / f"{trial.config_hash}.pt")
+            checkpoints = Checkpoints(checkpoint_dir / f"{trial.config_hash}.pt", checkpoint_every)
             if action in ("skip", "busy"):
                 if action == "skip":
                     run.skipped += 1

@@ -110,8 +110,13 @@ class Checkpoints:
     states plus the metric history, so a killed trial resumes where it stopped and ends with the
     same metrics as an uninterrupted run. Written atomically (a kill never leaves half a file)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, every_seconds: float = 10.0):
         self.path = Path(path)
+        self.every_seconds = every_seconds  # a checkpoint costs a store flush: not every short epoch
+        self._last = time.monotonic()
+
+    def due(self) -> bool:
+        return time.monotonic() - self._last >= self.every_seconds
 
     def save(self, epoch: int, model, optimizer, schedule, regularizers, result: TrialResult) -> None:
         state = {
@@ -125,6 +130,7 @@ class Checkpoints:
         tmp = self.path.with_suffix(".tmp")
         torch.save(state, tmp)
         os.replace(tmp, self.path)
+        self._last = time.monotonic()
 
     def restore(self, model, optimizer, schedule, regularizers) -> dict | None:
         """Load the checkpoint into the objects; returns its epoch and history, or None."""
@@ -151,8 +157,10 @@ def run_trial(trial: Trial, registry, data: DeviceData, device: torch.device, ho
               checkpoints: Checkpoints | None = None) -> TrialResult:
     """Train one trial and return its result; exceptions propagate (the runner records them).
 
-    With ``checkpoints``, the state is saved at every epoch end and a trial that finds a
-    checkpoint resumes after its epoch, replaying the recorded epochs to the observers first.
+    With ``checkpoints``, the state is saved at epoch ends (at most every ``every_seconds``) and a
+    trial that finds a checkpoint resumes after its epoch, replaying the recorded epochs to the
+    observers first; observers flush at each checkpoint (``dlbench_checkpoint``), so nothing they
+    recorded before it is lost.
     """
     started = time.perf_counter()
     seed_everything(trial.seed)
@@ -185,7 +193,8 @@ def run_trial(trial: Trial, registry, data: DeviceData, device: torch.device, ho
             break
         if epoch > 0 and any([reg.should_stop(epoch, metrics) for reg in regularizers]):
             break
-        if checkpoints:
+        if checkpoints and checkpoints.due():
+            hook.dlbench_checkpoint(trial=trial, epoch=epoch)
             checkpoints.save(epoch, model, optimizer, schedule, regularizers, result)
     if checkpoints:
         checkpoints.clear()

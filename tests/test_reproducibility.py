@@ -238,7 +238,7 @@ wide = { architecture = { width = 32 } }
 """)
     write_plugin(tmp_path, "slow", SLOW_OBSERVER)
     db = tmp_path / "m.db"
-    proc = start_cli(["run", study, "--tracking-uri", sqlite_uri(db)], tmp_path)
+    proc = start_cli(["run", study, "--tracking-uri", sqlite_uri(db), "--checkpoint-every", "0"], tmp_path)
 
     def two_finished() -> bool:
         # only read the store once training has begun (a checkpoint exists), so this process never
@@ -287,7 +287,8 @@ only = {}
     assert proc.returncode == 0, describe_result(proc)
 
     checkpoints = killed / ".dlbench" / "checkpoints"
-    proc = start_cli(["run", "study.toml", "--tracking-uri", sqlite_uri(killed / "m.db")], killed)
+    proc = start_cli(["run", "study.toml", "--tracking-uri", sqlite_uri(killed / "m.db"), "--checkpoint-every", "0"],
+                     killed)
     # kill once a few epochs are checkpointed: mid-trial, and often mid-epoch
     kill_when(proc, lambda: any(checkpoints.glob("*.pt")) and _checkpoint_epoch(checkpoints) >= 3)
     proc = run_cli(["run", "study.toml", "--tracking-uri", sqlite_uri(killed / "m.db")], cwd=killed)

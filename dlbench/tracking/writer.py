@@ -222,6 +222,10 @@ class Tracker:
             Metric(k, float(v), now, step) for k, v in values.items() if step > done.get(k, -1))
 
     @hookimpl
+    def dlbench_checkpoint(self, trial: Trial, epoch: int) -> None:
+        self.flush()
+
+    @hookimpl
     def dlbench_trial_end(self, trial: Trial, result) -> None:
         run_id = self._child(trial)
         self.flush()
