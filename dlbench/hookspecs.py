@@ -145,8 +145,8 @@ def dlbench_diagnostics(trial: Trial, step: int, values: dict[str, float]) -> No
 @hookspec
 def dlbench_checkpoint(trial: Trial, epoch: int) -> None:
     """The loop is about to save the trial's checkpoint after ``epoch``: make everything observed
-    so far durable (the MLflow tracker flushes its buffer), because a resumed trial continues
-    after this epoch and will not emit its earlier events again."""
+    so far durable (the MLflow tracker flushes its buffer): a trial resumed from this checkpoint
+    does not run its earlier steps again, so what they emitted would be lost."""
 
 
 @hookspec
