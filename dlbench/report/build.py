@@ -162,7 +162,7 @@ def _figures_section(doc: Document, data: StudyData, out_dir: Path) -> None:
         doc.text("No trial finished: there is nothing to plot.")
         return
     levels, name = data.columns, data.name
-    two = len(data.factors) >= 2
+    two = len(data.factors) == 2  # interaction and heatmap: exactly two factors (more would be pooled)
     first, last = data.factors[0], data.factors[-1]
     seeds = int(data.finished.groupby("level").size().max())
 
@@ -172,7 +172,8 @@ def _figures_section(doc: Document, data: StudyData, out_dir: Path) -> None:
                "diamond is the mean with its 95% Student-t interval. Look at whether the intervals of two levels "
                "overlap and at the spread of the seeds: a difference smaller than that spread needs more seeds "
                "(the statistics tables above say whether it is significant)."
-               + (f" Lines join the levels of {last} for each {', '.join(data.factors[:-1])}." if two else ""))
+               + (f" Lines join the levels of {last} for each {', '.join(data.factors[:-1])}."
+                  if len(data.factors) > 1 else ""))
     if two:
         path = figures.interaction(data.trials, levels, METRIC, f"{name}: test accuracy vs {data.factors[1]}, by {first}",
                                    out_dir / "interaction.png")

@@ -102,7 +102,14 @@ def markdown_table(frame: pd.DataFrame) -> str:
 
 def latex_table(frame: pd.DataFrame, caption: str = "", label: str = "") -> str:
     """A booktabs table (needs ``\\usepackage{booktabs}``); text cells escaped for LaTeX."""
-    align = "".join("l" if frame[c].map(_is_text).any() else "r" for c in frame.columns)
+    long = [c for c in frame.columns if frame[c].map(lambda v: len(str(v))).max() > 40] if len(frame) else []
+
+    def spec(c) -> str:  # long text wraps in a paragraph column sharing 3/4 of the line
+        if c in long:
+            return rf"p{{{0.75 / len(long):.2f}\linewidth}}"
+        return "l" if frame[c].map(_is_text).any() else "r"
+
+    align = "".join(spec(c) for c in frame.columns)
     lines = [r"\begin{table}[ht]", r"\centering"]
     if caption:
         lines.append(rf"\caption{{{latex_escape(caption)}}}")
@@ -119,7 +126,8 @@ def latex_table(frame: pd.DataFrame, caption: str = "", label: str = "") -> str:
 def latex_escape(text: str) -> str:
     specials = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-                "−": "$-$", "±": r"$\pm$", "≥": r"$\geq$", "≤": r"$\leq$", "α": r"$\alpha$", "–": "--"}
+                "−": "$-$", "±": r"$\pm$", "≥": r"$\geq$", "≤": r"$\leq$", "α": r"$\alpha$", "–": "--",
+                "<": "$<$", ">": "$>$"}
     return "".join(specials.get(ch, ch) for ch in text)
 
 

@@ -77,6 +77,12 @@ def _legend(grid: sns.FacetGrid, title: str, colors: dict, marker: str | None = 
 
 
 def _save_grid(grid: sns.FacetGrid, path: Path, title: str) -> Path:
+    rows = len({round(ax.get_position().y0, 3) for ax in grid.axes.flat})
+    if rows > 1:  # one y label for all rows: a long label per row runs into the next
+        label = grid.axes.flat[0].get_ylabel()
+        for ax in grid.axes.flat:
+            ax.set_ylabel("")
+        grid.figure.supylabel(label, x=0.0, ha="left", fontsize=plt.rcParams["axes.labelsize"])
     sns.FacetGrid.tight_layout(grid)
     grid.figure.suptitle(_title(title, 90), y=1.0, va="bottom")  # above the laid-out facets
     return _save(grid.figure, path)

@@ -218,9 +218,10 @@ def judge_claims(frame: pd.DataFrame, claims, alpha: float) -> pd.DataFrame:
                 verdict, lead = "contradicted", f"significant at alpha = {alpha:g}, in the opposite direction"
             else:
                 verdict, lead = "inconclusive", f"not significant at alpha = {alpha:g}"
+            family = f"{len(claims)} claims" if len(claims) > 1 else "1 claim"
             why = (f"{lead}: {a} − {b} = {_signed(d.diff)} ({conf} CI {_signed(d.ci_low)} to {_signed(d.ci_high)}; "
-                   f"{better} {claim.metric} is better), p = {_p(d.p)}, Holm-corrected over {len(claims)} "
-                   f"claim(s) p = {_p(ph)}, n = {d.n_a} vs {d.n_b}")
+                   f"{better} {claim.metric} is better), Welch {_p(d.p)}, Holm-corrected over {family} {_p(ph)}, "
+                   f"n = {d.n_a} vs {d.n_b}")
         rows.append({"claim": str(claim), "level": a, "beats": b, "metric": claim.metric,
                      "higher_is_better": claim.higher_is_better, "n": d.n_a, "n_beats": d.n_b,
                      "mean": d.mean_a, "mean_beats": d.mean_b, "diff": d.diff, "ci_low": d.ci_low,
@@ -236,4 +237,4 @@ def _signed(v: float) -> str:
 
 
 def _p(p: float) -> str:
-    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"

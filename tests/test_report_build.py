@@ -1,0 +1,140 @@
+"""The report builder on synthetic studies, in process: layouts (many levels, three factors),
+diagnostics, a study file that no longer parses, and the claim schema of study files."""
+
+from __future__ import annotations
+
+import itertools
+import re
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dlbench.config import parse_study_file
+from dlbench.errors import ConfigError
+from dlbench.report.build import write_study_report
+from dlbench.report.data import study_data
+
+EPOCHS = 3
+
+
+def synthetic_record(levels: dict[str, list[str]], seeds: int, failed: set[str] = frozenset(),
+                     diagnostics: bool = True, study: str = "s") -> SimpleNamespace:
+    """A StudyRecord-like object: trials, per-epoch metrics and per-layer diagnostics."""
+    rng = np.random.default_rng(0)
+    trials, epochs, diag = [], [], []
+    cells = [dict(zip(levels, combo)) for combo in itertools.product(*levels.values())]
+    for index, cell in enumerate(cells):
+        label = next(iter(cell.values())) if len(cell) == 1 else ",".join(f"{f}={v}" for f, v in cell.items())
+        for seed in range(seeds):
+            run_id = f"run{index}-{seed}"
+            ok = label not in failed
+            acc = 0.5 + 0.05 * index + 0.01 * rng.standard_normal()
+            final = {"train_accuracy": acc + 0.1, "test_accuracy": acc, "val_accuracy": acc, "train_loss": 1 - acc,
+                     "test_loss": 1.2 - acc, "val_loss": 1.2 - acc} if ok else {}
+            trials.append({"run_id": run_id, "study": study, "level": label, "seed": seed,
+                           "status": "finished" if ok else "failed", "trial_index": index * seeds + seed + 1,
+                           "epochs_run": EPOCHS if ok else 0, "config_hash": f"h{index}{seed}",
+                           **{f"factor.{f}": v for f, v in cell.items()}, **final})
+            if not ok:
+                continue
+            for epoch in range(EPOCHS + 1):
+                epochs += [(run_id, k, epoch, v * epoch / EPOCHS) for k, v in final.items()]
+            if diagnostics:
+                for step in (1, 5, 10, 15):
+                    values = {"diag.epoch": step / 5, "diag.lr": 0.01}
+                    for k in range(3):
+                        values |= {f"diag.grad_norm.layer{k}": 10.0 ** (k - 3), f"diag.weight_norm.layer{k}": 1.0 + k}
+                    for k in range(2):
+                        values |= {f"diag.act_mean.layer{k}": 0.5, f"diag.act_std.layer{k}": 0.1,
+                                   f"diag.dead_relu.layer{k}": 0.1 * k * step / 15}
+                    diag += [(run_id, key, step, v) for key, v in values.items()]
+    frame = lambda rows: pd.DataFrame(rows, columns=["run_id", "key", "step", "value"])  # noqa: E731
+    return SimpleNamespace(tracking_uri="sqlite:///x.db", parent_run_id="p" * 32, experiment="exp", run_name="exp",
+                           status="FINISHED", start_time=0, study_file_name=None, study_file_text=None,
+                           trials=pd.DataFrame(trials), epochs=frame(epochs), diagnostics=frame(diag))
+
+
+def study_of(text: str):
+    import tomllib
+
+    (study,) = parse_study_file(tomllib.loads(text), Path("s.toml"), text).studies
+    return study
+
+
+def pngs(folder: Path) -> set[str]:
+    return {p.name for p in folder.glob("*.png") if p.stat().st_size > 0}
+
+
+def test_one_factor_with_many_levels_and_a_failed_level(tmp_path):
+    levels = {"s": ["a", "b", "c", "d", "e", "f"]}  # more than 4 levels: wrapped facets
+    record = synthetic_record(levels, seeds=3, failed={"c"})
+    study = study_of("[studies.s]\nclaims = [{ level = 'f', beats = 'a' }, { level = 'c', beats = 'a' }]\n"
+                     "[studies.s.levels]\n" + "".join(f"{x} = {{}}\n" for x in levels["s"]))
+    folder = write_study_report(study_data(record, "s", study), tmp_path / "s")
+    assert pngs(folder) == {"test_accuracy.png", "learning_curves.png", "loss_curves.png", "generalization_gap.png",
+                            "grad_norms.png", "saturation.png", "activations.png"}
+    index = (folder / "index.md").read_text()
+    assert "level 'c': no finished seed (failed)" in index
+    claims = pd.read_csv(folder / "claims.csv")
+    assert claims["verdict"].tolist() == ["supported", "inconclusive"]
+    html = (folder / "index.html").read_text()
+    assert len(re.findall(r'src="data:image/png;base64,', html)) == 7
+
+
+def test_three_factors_skip_the_two_factor_figures(tmp_path):
+    levels = {"a": ["x", "y"], "b": ["1", "2"], "c": ["p", "q"]}
+    study = study_of("[studies.s.factors.a]\nx = {}\ny = {}\n[studies.s.factors.b]\n1 = {}\n2 = {}\n"
+                     "[studies.s.factors.c]\np = {}\nq = {}\n")
+    folder = write_study_report(study_data(synthetic_record(levels, seeds=2), "s", study), tmp_path / "s")
+    assert "interaction.png" not in pngs(folder) and "heatmap.png" not in pngs(folder)
+    assert {"test_accuracy.png", "grad_norms.png", "learning_curves.png"} <= pngs(folder)
+    comparisons = pd.read_csv(folder / "comparisons.csv")
+    assert len(comparisons) == 3 * 4  # each factor's other level, at each of the 4 combinations of the rest
+
+
+def test_without_the_study_file_or_diagnostics_the_report_says_so(tmp_path):
+    record = synthetic_record({"s": ["off", "on"]}, seeds=2, diagnostics=False)
+    data = study_data(record, "s", None, "the study file is not attached to the parent run")
+    folder = write_study_report(data, tmp_path / "s")
+    index = (folder / "index.md").read_text()
+    assert "the study file is not attached to the parent run: the levels were inferred from the runs" in index
+    assert "no training diagnostics were recorded" in index
+    assert "grad_norms.png" not in pngs(folder) and "test_accuracy.png" in pngs(folder)
+    assert pd.read_csv(folder / "summary.csv")["s"].tolist() == ["off", "on"]
+
+
+@pytest.mark.parametrize("claims, problem", [
+    ("[{ level = 'onn', beats = 'off' }]",
+     "studies.d.claims[0].level: unknown level 'onn' of factor 'd'; did you mean 'on'? choose one of: off, on"),
+    ("[{ level = 'on', beats = 'off', metric = 'test_acc' }]",
+     "studies.d.claims[0].metric: unknown metric string 'test_acc'; did you mean 'test_accuracy'?"),
+    ("[{ level = 'on', beats = 'on' }]", "studies.d.claims[0]: a level cannot beat itself ('on')"),
+    ("[{ level = 'on' }]", "studies.d.claims[0].beats: missing"),
+    ("[{ level = 'on', beats = 'off', by = 0.1 }]", "studies.d.claims[0].by: unknown key; choose one of: beats, level, metric"),
+    ("'on beats off'", "studies.d.claims: expected an array of claims"),
+])
+def test_claims_are_validated_with_the_key_path(claims, problem):
+    text = f"[studies.d]\nclaims = {claims}\n[studies.d.levels]\noff = {{}}\non = {{}}\n"
+    with pytest.raises(ConfigError) as err:
+        study_of(text)
+    assert any(problem in p for p in err.value.problems), err.value.problems
+
+
+def test_claims_of_a_two_factor_study_name_every_factor():
+    base = "[studies.ad.factors.act]\nrelu = {}\nsigmoid = {}\n[studies.ad.factors.depth]\n1 = {}\n8 = {}\n"
+    study = study_of("[study]\nalpha = 0.01\n[studies.ad]\nclaims = [{ level = { act = 'relu', depth = 8 }, "
+                     "beats = 'act=sigmoid,depth=8', metric = 'test_loss' }]\n" + base)
+    (claim,) = study.claims
+    assert claim.level == {"act": "relu", "depth": "8"} and claim.beats == {"act": "sigmoid", "depth": "8"}
+    assert not claim.higher_is_better and study.alpha == 0.01
+    with pytest.raises(ConfigError) as err:
+        study_of("[studies.ad]\nalpha = 5\nclaims = [{ level = { act = 'relu' }, beats = { act = 'tanh', depth = 8 } }]\n"
+                 + base)
+    assert err.value.problems == [
+        "studies.ad.alpha: expected a significance level between 0 and 1 such as 0.05, got integer 5",
+        "studies.ad.claims[0].level: name a level of every factor of the study (missing: depth)",
+        "studies.ad.claims[0].beats.act: unknown level 'tanh' of factor 'act'; choose one of: relu, sigmoid",
+    ]
