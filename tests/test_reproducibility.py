@@ -161,6 +161,22 @@ def test_missing_data_is_regenerated_and_must_match_the_recorded_hash(tmp_path, 
     assert run.inputs.dataset_inputs and run.inputs.dataset_inputs[0].dataset.name == "digits"
 
 
+def test_missing_data_is_pulled_from_a_configured_dvc_remote(tmp_path, prepared):
+    project = tmp_path / "p"
+    subprocess.run(["cp", "-r", str(prepared), str(project)], check=True)
+    dvc = [sys.executable, "-m", "dvc"]
+    subprocess.run([*dvc, "remote", "add", "-d", "store", str(tmp_path / "remote")], cwd=project, check=True)
+    subprocess.run([*dvc, "push", "-q"], cwd=project, check=True)
+    subprocess.run(["rm", "-rf", str(project / "data"), str(project / ".dvc" / "cache")], check=True)
+    study = write_study(project, DIGITS_STUDY)
+    proc = run_cli(["run", study, "--tracking-uri", sqlite_uri(project / "m.db")], cwd=project)
+    assert proc.returncode == 0, describe_result(proc)
+    assert "pulling it from the DVC remote" in proc.stdout
+    assert (project / "data" / "digits" / "x_train.npy").is_file()
+    (run,) = trial_runs(project / "m.db", "repro")
+    assert run.data.tags["dlbench.data_matches_dvc"] == "true"
+
+
 # -- provenance and reproduce ---------------------------------------------------------------------
 
 
