@@ -18,6 +18,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from dlbench.errors import UserError, choose_one_of
+from dlbench.tracking.store import search_all
 
 STUDY_FILTER = "tags.`dlbench.role` = 'study'"
 DIAG_PREFIX = "diag."
@@ -96,12 +97,12 @@ def read_study_run(tracking_uri: str, run_id: str, trials: dict[str, dict] | Non
     client = _client(tracking_uri)
     parent = client.get_run(run_id)
     experiment = client.get_experiment(parent.info.experiment_id).name
-    children = _children(client, parent.info.experiment_id, f"tags.mlflow.parentRunId = '{run_id}'")
+    children = search_all(client, parent.info.experiment_id, f"tags.mlflow.parentRunId = '{run_id}'")
     name, text = _study_file(client, parent)
     labels = {r.info.run_id: {} for r in children}
     missing = set(trials or {}) - {r.data.tags.get("dlbench.config_hash") for r in children}
     if missing:
-        for run in _children(client, parent.info.experiment_id, "tags.`dlbench.role` = 'trial'"):
+        for run in search_all(client, parent.info.experiment_id, "tags.`dlbench.role` = 'trial'"):
             digest = run.data.tags.get("dlbench.config_hash")
             done = run.info.status == "FINISHED" or run.data.tags.get("dlbench.status") == "diverged"
             if digest in missing and done:
@@ -132,18 +133,6 @@ def attached_study_file(tracking_uri: str, run_id: str) -> tuple[str | None, str
     parent = client.get_run(run_id)
     studies = [s for s in parent.data.params.get("studies", "").split(",") if s]
     return (*_study_file(client, parent), studies)
-
-
-def _children(client: MlflowClient, experiment_id: str, filter_string: str) -> list:
-    """Every run matching the filter, newest first, across result pages."""
-    runs, token = [], None
-    while True:
-        page = client.search_runs([experiment_id], filter_string, max_results=1000,
-                                  order_by=["attributes.start_time DESC"], page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
 
 
 def _study_file(client: MlflowClient, parent) -> tuple[str | None, str | None]:

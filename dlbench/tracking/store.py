@@ -53,16 +53,20 @@ def _stored(run) -> StoredRun:
                      dict(run.data.params), dict(run.data.metrics))
 
 
-def search(client: MlflowClient, experiment_id: str, filter_string: str) -> list[StoredRun]:
-    """Every run matching the filter, newest first, across result pages."""
+def search_all(client: MlflowClient, experiment_id: str, filter_string: str) -> list:
+    """Every MLflow run matching the filter, newest first, across result pages."""
     runs, token = [], None
     while True:
         page = client.search_runs([experiment_id], filter_string=filter_string, max_results=1000,
                                   order_by=["attributes.start_time DESC"], page_token=token)
-        runs += [_stored(r) for r in page]
+        runs.extend(page)
         token = page.token
         if not token:
             return runs
+
+
+def search(client: MlflowClient, experiment_id: str, filter_string: str) -> list[StoredRun]:
+    return [_stored(r) for r in search_all(client, experiment_id, filter_string)]
 
 
 def trial_runs(client: MlflowClient, experiment_id: str) -> dict[str, list[StoredRun]]:
