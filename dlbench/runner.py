@@ -201,18 +201,6 @@ def train_one(trial: Trial, plugins: Plugins, cache: DataCache, device: torch.de
         return TrialResult(status="failed", error="".join(traceback.format_exception(exc)))
 
 
-def results_frame(results: list[tuple[Trial, TrialResult]]):
-    """One row per trial: study, factors, level, seed, status, final metrics."""
-    import pandas as pd
-
-    rows = []
-    for trial, result in results:
-        rows.append({"study": trial.study, **trial.levels, "level": trial.level, "seed": trial.seed,
-                     "status": result.status, "epochs_run": result.epochs_run,
-                     "config_hash": trial.config_hash, **result.final})
-    return pd.DataFrame(rows)
-
-
 def write_reports(study_file: StudyFile, results, reports_dir: Path) -> list[Path]:
     """Reports from in-memory results, without a tracking store (`run_study` rebuilds them from MLflow)."""
     from dlbench.report import report_from_results
