@@ -15,4 +15,12 @@ __version__ = "0.1.0"
 
 hookimpl = pluggy.HookimplMarker("dlbench")
 
-__all__ = ["hookimpl", "__version__"]
+__all__ = ["hookimpl", "stackable", "__version__"]
+
+
+def __getattr__(name):  # ``from dlbench import stackable`` without importing torch at ``import dlbench``
+    if name == "stackable":
+        from dlbench.stacking import stackable
+
+        return stackable
+    raise AttributeError(f"module 'dlbench' has no attribute {name!r}")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-DEVICE_HELP = "auto (a GPU when there is one), cpu, cuda or cuda:N."
+DEVICE_HELP = "auto (every GPU when there is one), cpu, cuda (every GPU) or cuda:N (that one)."
 
 
 class UsageProblem(click.ClickException):
@@ -50,6 +50,23 @@ def _load_plugins(plugins_dir: Path | None, default: Path):
 
 def _default_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+
+
+class AutoInt(click.ParamType):
+    """A positive integer, or ``auto`` (None: decided from the machine)."""
+
+    name = "auto|N"
+
+    def convert(self, value, param, ctx):
+        if value is None or value == "auto":
+            return None
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            number = 0
+        if number < 1:
+            self.fail(f"{value!r}: use auto or a whole number >= 1", param, ctx)
+        return number
 
 
 tracking_option = click.option(
@@ -94,15 +111,23 @@ def main() -> None:
               help="Epoch-end checkpoints of running trials, for resuming after a crash.")
 @click.option("--checkpoint-every", default=10.0, show_default=True, type=click.FloatRange(min=0.0),
               metavar="SECONDS", help="Save a running trial's checkpoint at the first epoch end this long after the last.")
+@click.option("--jobs", "-j", default="auto", show_default=True, type=AutoInt(),
+              help="Worker processes training trials at once (1: all in this process). auto: one per CPU core, "
+                   "two per GPU, never more than there is work.")
+@click.option("--stack-size", default="auto", show_default=True, type=AutoInt(),
+              help="Most trials trained together as one stacked model (1: none). auto: 8 on a CPU, 128 on a GPU.")
 @_user_errors
 def run(study_file: Path, dry_run: bool, tracking_uri: str | None, device: str, plugins_dir: Path | None,
         only: tuple[str, ...], reports_dir: Path, fail_fast: bool, force: bool, deterministic: bool,
-        data_dir: Path, allow_data_mismatch: bool, checkpoint_dir: Path, checkpoint_every: float) -> None:
+        data_dir: Path, allow_data_mismatch: bool, checkpoint_dir: Path, checkpoint_every: float,
+        jobs: int | None, stack_size: int | None) -> None:
     """Run every trial of STUDY_FILE, log it to MLflow and write the report.
 
     Trials that already finished in the store (same config hash) are skipped, and trials left
     running by a killed process resume from their last epoch, so re-running the same command
-    after a crash completes the study without duplicating a run.
+    after a crash completes the study without duplicating a run. Trials that share a training
+    loop (the seeds of a level, levels differing in numbers such as a learning rate) train
+    together as one stacked model; --dry-run shows the stacks.
     """
     from dlbench.config import read_study_file
     from dlbench.study import expand
@@ -110,20 +135,24 @@ def run(study_file: Path, dry_run: bool, tracking_uri: str | None, device: str, 
     sf = read_study_file(study_file)
     plugins = _load_plugins(plugins_dir, sf.path.parent / "plugins")
     trials = expand(sf, plugins.registry, list(only) or None)
+
+    from dlbench.runner import resolve_devices, run_study
+
+    devices = resolve_devices(device)
     if dry_run:
-        click.echo(_trial_table(sf, trials))
+        from dlbench.stacking import DEFAULT_MAX_STACK, plan
+
+        works = plan(trials, plugins.registry, stack_size or DEFAULT_MAX_STACK[devices[0].type])
+        click.echo(_trial_table(sf, trials, works))
         return
-
-    from dlbench.runner import resolve_device, run_study
-
-    dev = resolve_device(device)
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` closes runs like Ctrl-C does
     try:
-        result = run_study(sf, trials, plugins, device=dev, tracking_uri=tracking_uri or _default_uri(),
+        result = run_study(sf, trials, plugins, device=devices[0], devices=devices,
+                           tracking_uri=tracking_uri or _default_uri(),
                            reports_dir=reports_dir, stream=sys.stdout, fail_fast=fail_fast, force=force,
                            deterministic=deterministic, data_dir=data_dir, checkpoint_dir=checkpoint_dir,
                            checkpoint_every=checkpoint_every,
-                           allow_data_mismatch=allow_data_mismatch)
+                           allow_data_mismatch=allow_data_mismatch, jobs=jobs, stack_size=stack_size)
     except KeyboardInterrupt:
         click.echo("\nInterrupted: the finished trials are in MLflow; the running one is marked KILLED.", err=True)
         sys.exit(130)
@@ -142,20 +171,33 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def _trial_table(sf, trials) -> str:
-    """One table per study: the trials with what varies between them (the study's factors)."""
+def _trial_table(sf, trials, works) -> str:
+    """One table per study: the trials with what varies between them (the study's factors) and
+    the stack each trains in; then why the trials that train alone do."""
+    stack_of, alone = {}, []
+    for number, work in enumerate(works, start=1):
+        for t in work.members:
+            stack_of[t.index] = f"S{number} ({len(work.members)})" if work.stacked else "alone"
+        if not work.stacked:
+            alone.append(f"  #{work.members[0].index} {work.members[0].run_name}: {work.alone_because}")
     blocks = []
     for study in dict.fromkeys(t.study for t in trials):
         group = [t for t in trials if t.study == study]
         varied = _varied_keys(group)
-        header = ["#", "level", "seed", "config_hash", *varied]
-        rows = [[str(t.index), t.level, str(t.seed), t.config_hash[:12], *[_flat(t).get(k, "") for k in varied]]
-                for t in group]
+        header = ["#", "level", "seed", "config_hash", "stack", *varied]
+        rows = [[str(t.index), t.level, str(t.seed), t.config_hash[:12], stack_of[t.index],
+                 *[_flat(t).get(k, "") for k in varied]] for t in group]
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
         blocks.append(f"study {study!r} ({len(group)} trials)\n" + "\n".join(lines))
+    stacks = sum(w.stacked for w in works)
+    summary = (f"{len(works)} units of work: {stacks} stacks (S<n> (members): trained together as one model) "
+               f"and {len(alone)} trials alone")
+    if alone:
+        summary += ":\n" + "\n".join(alone)
     studies = len({t.study for t in trials})
-    return "\n\n".join(blocks) + f"\n\n{len(trials)} trials in {studies} studies from {sf.path} (dry run: nothing trained)"
+    return ("\n\n".join(blocks) + f"\n\n{summary}\n\n{len(trials)} trials in {studies} studies from {sf.path} "
+            "(dry run: nothing trained)")
 
 
 def _flat(trial) -> dict[str, str]:

@@ -78,9 +78,8 @@ class Diagnostics:
         self.hook = hook
         self.registry = registry
         self.probe_size = probe_size
-        self._every = 0
-        self._layers: list[nn.Module] = []
-        self._activations: list[nn.Module] = []
+        # per trial being watched (several at once when trials train stacked): every, layers, activations
+        self._watched: dict[int, tuple[int, list[nn.Module], list[nn.Module]]] = {}
 
     def _activation_type(self, trial) -> type | None:
         spec = trial.config.get("activation")
@@ -92,41 +91,44 @@ class Diagnostics:
 
     @hookimpl
     def dlbench_trial_start(self, trial, model, info) -> None:
-        self._every = int(trial.config.get("diagnostics_every", 0) or 0)
-        if self._every:
-            self._layers = weight_layers(model)
-            self._activations = activation_layers(model, self._activation_type(trial))
+        every = int(trial.config.get("diagnostics_every", 0) or 0)
+        if every:
+            self._watched[trial.index] = (every, weight_layers(model),
+                                          activation_layers(model, self._activation_type(trial)))
 
     @hookimpl
     def dlbench_after_backward(self, trial, model, optimizer, step: int, data) -> None:
-        if not self._every or (step != 1 and step % self._every):
+        every = self._watched.get(trial.index, (0,))[0]
+        if not every or (step != 1 and step % every):
             return
-        values = self.measure(model, optimizer, data)
+        values = self.measure(model, optimizer, data, trial.index)
         steps_per_epoch = math.ceil(len(data.y_train) / trial.config["batch_size"])
         values["diag.epoch"] = step / steps_per_epoch
         self.hook.dlbench_diagnostics(trial=trial, step=step, values=values)
 
     @hookimpl
     def dlbench_trial_end(self, trial, result) -> None:
-        self._every, self._layers, self._activations = 0, [], []
+        self._watched.pop(trial.index, None)
 
-    def measure(self, model: nn.Module, optimizer, data) -> dict[str, float]:
+    def measure(self, model: nn.Module, optimizer, data, key: int) -> dict[str, float]:
         """Every diagnostic of the model as it is now: one device sync for all of them."""
+        _, layers, activations = self._watched[key]
         names: list[str] = []
         tensors: list[torch.Tensor] = []
         nan = torch.tensor(math.nan, device=data.x_train.device)
-        for k, layer in enumerate(self._layers):
+        for k, layer in enumerate(layers):
             grad = layer.weight.grad
             names += [f"diag.grad_norm.layer{k}", f"diag.weight_norm.layer{k}"]
             tensors += [grad.detach().norm() if grad is not None else nan, layer.weight.detach().norm()]
-        names_acts, tensors_acts = self._activation_stats(model, data.x_train[:self.probe_size])
+        names_acts, tensors_acts = self._activation_stats(model, activations, data.x_train[:self.probe_size])
         names += names_acts
         tensors += tensors_acts
         values = dict(zip(names, torch.stack([t.float() for t in tensors]).tolist())) if tensors else {}
         values["diag.lr"] = float(optimizer.param_groups[0]["lr"])
         return values
 
-    def _activation_stats(self, model: nn.Module, probe: torch.Tensor) -> tuple[list[str], list[torch.Tensor]]:
+    def _activation_stats(self, model: nn.Module, activations: list[nn.Module],
+                          probe: torch.Tensor) -> tuple[list[str], list[torch.Tensor]]:
         names: list[str] = []
         tensors: list[torch.Tensor] = []
 
@@ -141,9 +143,9 @@ class Diagnostics:
                     tensors.append(sat[1])
             return hook
 
-        if not self._activations:
+        if not activations:
             return names, tensors
-        handles = [m.register_forward_hook(record(k)) for k, m in enumerate(self._activations)]
+        handles = [m.register_forward_hook(record(k)) for k, m in enumerate(activations)]
         was_training = model.training
         try:
             model.eval()

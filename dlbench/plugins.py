@@ -107,6 +107,10 @@ class Plugins:
     pm: pluggy.PluginManager
     registry: Registry
     origins: dict[str, str]  # plugin name -> origin
+    # how they were loaded, so a worker process loads the same ones
+    plugins_dir: Path | None = None
+    autoload: bool = True
+    required_dir: bool = False
 
     @property
     def hook(self):
@@ -160,7 +164,7 @@ def load_plugins(plugins_dir: Path | None = None, *, autoload: bool | None = Non
         raise PluginError(f"{origin}: {exc}. The hooks are listed in dlbench/hookspecs.py "
                           "(e.g. dlbench_register_activations(register)).") from None
     registry = _fill_registry(pm, origins)
-    return Plugins(pm, registry, origins)
+    return Plugins(pm, registry, origins, plugins_dir, autoload, required_dir)
 
 
 def _register(pm: pluggy.PluginManager, module, name: str, origin: str) -> None:

@@ -4,6 +4,11 @@ The training loop calls every method of every regularizer of a trial, in the ord
 listed in the study file; the defaults do nothing. So dropout overrides ``wrap_model``, an L2
 penalty ``penalty``, gradient clipping ``before_step``, max-norm ``after_step``, input noise
 ``transform_batch`` and early stopping ``should_stop``.
+
+To train in a stack (see ``dlbench/stacking.py``), a regularizer that acts during the step says
+how it acts on N members at once: ``stacked(members)`` returns a :class:`StackedRegularizer`
+built from the members' instances (one per trial, possibly with different option values).
+One that only decides when to stop stacks as it is: each member asks its own instance.
 """
 
 from __future__ import annotations
@@ -37,6 +42,17 @@ class Regularizer:
         """Whether to stop training after this epoch (early stopping)."""
         return False
 
+    @classmethod
+    def stacked(cls, members: list[Regularizer]) -> StackedRegularizer:
+        """The same regularizer acting on a stack of N members (``members[i]`` is member i's
+        instance). Override it to let trials using this regularizer train stacked."""
+        raise NotImplementedError(f"{cls.__name__} has no stacked form")
+
+    def stack_key(self) -> object:
+        """What must be equal between the members of a stack besides the non-numeric options
+        (for instance whether dropout is on at all, which changes the model's modules)."""
+        return ()
+
     def state_dict(self) -> dict:
         """What a checkpoint must keep to resume (by default: the plain attributes)."""
         return dict(vars(self))
@@ -48,3 +64,42 @@ class Regularizer:
 def weights(model: nn.Module) -> list[nn.Parameter]:
     """The weight matrices/kernels of a model (not biases or norm scales): what penalties act on."""
     return [p for n, p in model.named_parameters() if p.dim() > 1]
+
+
+class StackedRegularizer:
+    """A regularizer over a stack of N members: stacked parameters have the member axis first
+    (``params`` maps each parameter's name to its [N, ...] tensor), batches are [N, B, ...],
+    penalties are [N] (one per member). The defaults do nothing."""
+
+    def __init__(self, members: list[Regularizer]):
+        self.members = members
+
+    def values(self, attribute: str, like: torch.Tensor) -> torch.Tensor:
+        """The members' ``attribute`` as an [N] float tensor on ``like``'s device."""
+        return torch.tensor([float(getattr(m, attribute)) for m in self.members], device=like.device)
+
+    def transform_batch(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x, y
+
+    def penalty(self, params: dict[str, torch.Tensor]) -> torch.Tensor | float:
+        return 0.0
+
+    def before_step(self, params: dict[str, torch.Tensor]) -> None:
+        pass
+
+    def after_step(self, params: dict[str, torch.Tensor]) -> None:
+        pass
+
+    def select(self, keep: list[int]) -> None:
+        """Keep only the members at ``keep``: rebuilt from their instances by default."""
+        self.__init__([self.members[i] for i in keep])
+
+
+def stacked_weights(params: dict[str, torch.Tensor]) -> list[torch.Tensor]:
+    """The stacked weight matrices/kernels (what ``weights`` gives for one model, per member)."""
+    return [p for p in params.values() if p.dim() > 2]
+
+
+def per_member(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """An [N] tensor shaped to broadcast against a stacked tensor [N, ...]."""
+    return value.view(-1, *([1] * (like.dim() - 1)))

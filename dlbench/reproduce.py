@@ -14,6 +14,7 @@ from typing import TextIO
 
 import torch
 
+from dlbench import hookimpl
 from dlbench.errors import UserError
 from dlbench.plugins import Plugins
 from dlbench.provenance import components_used, environment, git_commit
@@ -92,7 +93,8 @@ def reproduce(run_id: str, plugins: Plugins, *, tracking_uri: str, device: torch
     from dlbench.data import DataCache
     from dlbench.datastore import pointer_for, recorded_md5
     from dlbench.diagnostics import Diagnostics
-    from dlbench.runner import train_one, set_determinism
+    from dlbench.executor import execute
+    from dlbench.runner import set_determinism
     from dlbench.tracking import StudyContext, Tracker
     from dlbench.tracking.store import Store
 
@@ -103,6 +105,7 @@ def reproduce(run_id: str, plugins: Plugins, *, tracking_uri: str, device: torch
                         f"{stored.tags.get('dlbench.role', 'missing')!r}); pass the id of a child run")
     trial = trial_from_run(stored, source.config(run_id))
     warnings = differences(stored, trial, plugins, device)
+    work, trial = _as_it_ran(source, stored, trial, warnings)
     deterministic = stored.tags.get("dlbench.deterministic", "true") == "true"
     set_determinism(deterministic, device)
 
@@ -111,15 +114,17 @@ def reproduce(run_id: str, plugins: Plugins, *, tracking_uri: str, device: torch
         context.tags["dlbench.data_dvc_md5"] = recorded_md5(pointer_for(data_dir)) or ""
     tracker = Tracker(tracking_uri, source.experiment_name(stored))
     tracker.start_reproduction(stored, device, context)
-    observers = {"dlbench.tracking": tracker, "dlbench.diagnostics": Diagnostics(plugins.hook, plugins.registry)}
+    observers = {"dlbench.tracking": OnlyTrial(trial.index, tracker),
+                 "dlbench.diagnostics": Diagnostics(plugins.hook, plugins.registry)}
     for name, observer in observers.items():
         plugins.pm.register(observer, name=name)
     try:
-        result = train_one(trial, plugins, DataCache(data_dir), device)
-        plugins.hook.dlbench_trial_end(trial=trial, result=result)
+        results = dict((t.index, r) for t, r in execute(work, plugins.registry, plugins.hook, DataCache(data_dir),
+                                                        device, checkpoint_dir=None))
     finally:
         for name in observers:
             plugins.pm.unregister(name=name)
+    result = results[trial.index]
     rerun_id = tracker.run_ids[trial.index]
     if result.status == "failed":
         raise UserError(f"the re-run of {run_id} failed: {(result.error or '').strip().splitlines()[-1]}")
@@ -134,3 +139,57 @@ def reproduce(run_id: str, plugins: Plugins, *, tracking_uri: str, device: torch
     tracker.client.set_tag(rerun_id, "dlbench.reproduced", str(ok).lower())
     tracker.client.set_tag(rerun_id, "dlbench.max_abs_diff", repr(largest[2]))
     return Verdict(run_id, rerun_id, ok, largest, compared, mismatched, warnings)
+
+
+def _as_it_ran(source, stored, trial: Trial, warnings: list[str]):
+    """The unit of work the trial ran in: alone, or its whole stack again (the members recorded
+    in its stack.json, in order), which makes the re-run bit-exact. Returns (work, the trial)."""
+    from dataclasses import replace
+
+    from dlbench.stacking import Work, stack_id
+
+    size = int(stored.tags.get("dlbench.stack_size", "1"))
+    if size <= 1:
+        return Work((trial,), stack_id([trial])), trial
+    record = source.artifact_json(stored.run_id, "stack.json")
+    position = int(stored.tags.get("dlbench.stack_member", "0"))
+    members = [replace(trial_from_run(stored, config), index=i + 1) for i, config in enumerate(record["members"])]
+    target = replace(trial, index=position + 1)
+    members[position] = target
+    work = Work(tuple(members), stack_id(members))
+    if work.stack_id != record.get("stack_id"):
+        warnings.append(f"stack: the recorded members hash to {work.stack_id}, not {record.get('stack_id')}")
+    return work, target
+
+
+class OnlyTrial:
+    """Passes one trial's lifecycle events to ``observer``: a stack re-runs every member, but
+    only the reproduced one is logged."""
+
+    def __init__(self, index: int, observer):
+        self.index, self.observer = index, observer
+
+    @hookimpl
+    def dlbench_trial_start(self, trial, model, info):
+        if trial.index == self.index:
+            self.observer.dlbench_trial_start(trial=trial, model=model, info=info)
+
+    @hookimpl
+    def dlbench_epoch_end(self, trial, epoch, metrics):
+        if trial.index == self.index:
+            self.observer.dlbench_epoch_end(trial=trial, epoch=epoch, metrics=metrics)
+
+    @hookimpl
+    def dlbench_diagnostics(self, trial, step, values):
+        if trial.index == self.index:
+            self.observer.dlbench_diagnostics(trial=trial, step=step, values=values)
+
+    @hookimpl
+    def dlbench_checkpoint(self, trial, epoch):
+        if trial.index == self.index:
+            self.observer.dlbench_checkpoint(trial=trial, epoch=epoch)
+
+    @hookimpl
+    def dlbench_trial_end(self, trial, result):
+        if trial.index == self.index:
+            self.observer.dlbench_trial_end(trial=trial, result=result)

@@ -1,7 +1,8 @@
-"""Run a study file: expand, train every trial on one device, track, report.
+"""Run a study file: expand, plan the units of work (stacks), train them, track, report.
 
-The executor for one machine. Trials run one after another in this process, so the dataset is
-built once and stays on the device for all of them.
+The executor for one machine: units run one after another in this process (``--jobs 1``; the
+dataset is built once and stays on the device), or in worker processes over the machine's cores
+or GPUs (``workers.py``), with this process the one writer to the tracking store.
 """
 
 from __future__ import annotations
@@ -18,11 +19,14 @@ from dlbench.config import StudyFile
 from dlbench.data import DataCache
 from dlbench.diagnostics import Diagnostics
 from dlbench.errors import UserError
+from dlbench.executor import checkpoint_path, execute
 from dlbench.plugins import Plugins
 from dlbench.progress import Progress
-from dlbench.study import Trial
 from dlbench.provenance import git_commit, git_diff, installed_packages
-from dlbench.train import Checkpoints, TrialResult, run_trial
+from dlbench.stacking import DEFAULT_MAX_STACK, Work, plan
+from dlbench.study import Trial
+from dlbench.train import TrialResult
+from dlbench.workers import default_jobs
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -47,6 +51,15 @@ def resolve_device(spec: str) -> torch.device:
     return device
 
 
+def resolve_devices(spec: str) -> list[torch.device]:
+    """The devices a study runs on: ``auto`` and ``cuda`` mean every visible GPU (or the CPU
+    for ``auto`` when there is none); ``cuda:N`` and ``cpu`` name one."""
+    device = resolve_device(spec)
+    if spec in ("auto", "cuda") and device.type == "cuda":
+        return [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
+    return [device]
+
+
 @dataclass
 class StudyRun:
     parent_run_id: str
@@ -67,7 +80,7 @@ def set_determinism(on: bool, device: torch.device) -> None:
     torch.backends.cudnn.benchmark = not on
 
 
-def plan(previous: list, force: bool):
+def plan_trial(previous: list, force: bool):
     """What to do with a trial given its earlier runs (newest first): ``("new", None)``,
     ``("skip", run)`` when it finished or diverged, ``("busy", run)`` when a live process runs
     it, ``("resume", run)`` when it was left RUNNING by a dead process or KILLED."""
@@ -96,16 +109,53 @@ def run_study(study_file: StudyFile, trials: list[Trial], plugins: Plugins, *, d
               tracking_uri: str, reports_dir: Path, stream: TextIO, fail_fast: bool = False,
               force: bool = False, deterministic: bool = True, data_dir: Path | None = None,
               checkpoint_dir: Path = Path(".dlbench/checkpoints"), checkpoint_every: float = 10.0,
-              allow_data_mismatch: bool = False) -> StudyRun:
+              allow_data_mismatch: bool = False, jobs: int | None = None, stack_size: int | None = None,
+              devices: list[torch.device] | None = None) -> StudyRun:
     """Run the trials not already in the store; resume those a dead process left behind.
 
     Without ``force``, a trial whose config hash already FINISHED (or diverged) in the
     experiment is skipped, and one left RUNNING by a dead process (or KILLED) continues in its
     own run from its last epoch checkpoint, so every trial has exactly one run.
+
+    Trials that can share a training loop train stacked (at most ``stack_size`` together;
+    default by device, 1: never); the units of work run in this process (``jobs`` 1) or in
+    ``jobs`` worker processes over ``devices`` (default: ``device`` alone); ``None``: as many as
+    the machine has room for.
     """
     from dlbench.tracking import StudyContext, Tracker  # mlflow is heavy: imported only when a study runs
 
     set_determinism(deterministic, device)
+    max_stack = stack_size or DEFAULT_MAX_STACK[device.type]
+    devices = devices or [device]
+    jobs = jobs or default_jobs(device, len(plan(trials, plugins.registry, max_stack)))
+    # workers start first: they import torch and load plugins and data while this process opens the store
+    pool = _start_pool(jobs, devices, plugins, data_dir, deterministic, checkpoint_dir, checkpoint_every) \
+        if jobs > 1 else None
+    try:
+        return _run(study_file, trials, plugins, device, tracking_uri, reports_dir, stream, fail_fast, force,
+                    deterministic, data_dir, checkpoint_dir, checkpoint_every, allow_data_mismatch, max_stack, pool,
+                    StudyContext, Tracker)
+    finally:
+        if pool is not None:
+            pool.close(now=True)
+
+
+def _start_pool(jobs, devices, plugins, data_dir, deterministic, checkpoint_dir, checkpoint_every):
+    from dlbench.workers import WorkerPool, WorkerSetup
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    setup = WorkerSetup(
+        plugins_dir=str(plugins.plugins_dir) if plugins.plugins_dir else None,
+        plugins_dir_required=plugins.required_dir, autoload=plugins.autoload,
+        data_dir=str(data_dir) if data_dir else None, deterministic=deterministic,
+        threads=max(1, cores // jobs) if devices[0].type == "cpu" else 1,
+        checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None, checkpoint_every=checkpoint_every)
+    return WorkerPool(jobs, [str(d) for d in devices], setup)
+
+
+def _run(study_file, trials, plugins, device, tracking_uri, reports_dir, stream, fail_fast, force, deterministic,
+         data_dir, checkpoint_dir, checkpoint_every, allow_data_mismatch, max_stack, pool, StudyContext,
+         Tracker) -> StudyRun:
     context = StudyContext(tags={"dlbench.deterministic": str(deterministic).lower()}, registry=plugins.registry)
     if data_dir is not None:
         from dlbench.datastore import check_data
@@ -118,45 +168,22 @@ def run_study(study_file: StudyFile, trials: list[Trial], plugins: Plugins, *, d
 
     tracker = Tracker(tracking_uri, study_file.name)
     progress = Progress(len(trials), stream)
-    # pluggy calls the last registered first: the tracker closes a trial's run before the
-    # progress line says it finished
-    plugins.pm.register(progress, name="dlbench.progress")
-    plugins.pm.register(Diagnostics(plugins.hook, plugins.registry), name="dlbench.diagnostics")
-    plugins.pm.register(tracker, name="dlbench.tracking")
     run = StudyRun(tracker.start_study(study_file, trials, device, context, resume=not force))
-    stream.write(f"study {study_file.name!r}: {len(trials)} trials on {device}; "
+    workers = f" in {len(pool.workers)} worker processes" if pool else ""
+    stream.write(f"study {study_file.name!r}: {len(trials)} trials on {device}{workers}; "
                  f"MLflow parent run {run.parent_run_id} in {tracking_uri}\n")
-    existing = {} if force else tracker.existing_trials()
-    cache = DataCache(data_dir)
+    works = _works(trials, tracker, run, plugins, force, max_stack, checkpoint_dir, stream)
     status = "KILLED"
     try:
-        for trial in trials:
-            action, previous = plan(existing.get(trial.config_hash, []), force)
-            checkpoints = Checkpoints(checkpoint_dir / f"{trial.config_hash}.pt", checkpoint_every)
-            if action in ("skip", "busy"):
-                if action == "skip":
-                    run.skipped += 1
-                    run.results.append((trial, stored_result(previous)))
-                else:
-                    run.busy += 1
-                what = "already done" if action == "skip" else "is running in another live process"
-                stream.write(f"[{trial.index}/{len(trials)}] {trial.run_name}  skipped: run {previous.run_id} {what}\n")
-                continue
-            if action == "resume":
-                tracker.adopt(trial, previous)
-                stream.write(f"[{trial.index}/{len(trials)}] {trial.run_name}  resuming run {previous.run_id} "
-                             f"(left {previous.status} by process {previous.tags.get('dlbench.pid', '?')})\n")
-            else:
-                checkpoints.clear()  # a checkpoint without its run (or --force) must not leak into a new run
-            try:
-                result = train_one(trial, plugins, cache, device, checkpoints)
-            except KeyboardInterrupt:  # Ctrl-C: the trial's run is closed as KILLED, not left RUNNING
-                plugins.hook.dlbench_trial_end(trial=trial, result=TrialResult(status="interrupted"))
-                raise
-            plugins.hook.dlbench_trial_end(trial=trial, result=result)
-            run.results.append((trial, result))
-            if fail_fast and result.status == "failed":
-                break
+        if pool is not None:
+            def on_result(trial, result):
+                run.results.append((trial, result))
+
+            pool.run(sorted(works, key=lambda w: -w.cost), [tracker, progress], on_result,
+                     stop=lambda: fail_fast and run.count("failed") > 0)
+        else:
+            _run_inline(works, run, plugins, tracker, progress, device, data_dir, checkpoint_dir, checkpoint_every,
+                        fail_fast)
         status = "FAILED" if run.count("failed") else "FINISHED"
     finally:
         summary = {s: run.count(s) for s in ("finished", "diverged", "failed")}
@@ -164,12 +191,67 @@ def run_study(study_file: StudyFile, trials: list[Trial], plugins: Plugins, *, d
         summary["running_elsewhere"] = run.busy
         summary["not_run"] = len(trials) - len(run.results) - run.busy
         tracker.end_study(status, summary)
-        plugins.pm.unregister(name="dlbench.tracking")
-        plugins.pm.unregister(name="dlbench.progress")
-        plugins.pm.unregister(name="dlbench.diagnostics")
     if run.results:
         run.reports = _reports_from_mlflow(tracking_uri, run.parent_run_id, trials, reports_dir, stream)
     return run
+
+
+def _works(trials, tracker, run: StudyRun, plugins, force: bool, max_stack: int, checkpoint_dir: Path,
+           stream) -> list[Work]:
+    """The units of work: trials to resume from a stack's checkpoint (the same members again),
+    then every other trial to run, stacked where they can. Finished ones are skipped."""
+    existing = {} if force else tracker.existing_trials()
+    resumed_stacks: dict[str, list[tuple[int, Trial]]] = {}
+    to_plan, resuming = [], set()
+    for trial in trials:
+        action, previous = plan_trial(existing.get(trial.config_hash, []), force)
+        if action in ("skip", "busy"):
+            if action == "skip":
+                run.skipped += 1
+                run.results.append((trial, stored_result(previous)))
+            else:
+                run.busy += 1
+            what = "already done" if action == "skip" else "is running in another live process"
+            stream.write(f"[{trial.index}/{len(trials)}] {trial.run_name}  skipped: run {previous.run_id} {what}\n")
+            continue
+        if action == "resume":
+            tracker.adopt(trial, previous)
+            resuming.add(trial.index)
+            stream.write(f"[{trial.index}/{len(trials)}] {trial.run_name}  resuming run {previous.run_id} "
+                         f"(left {previous.status} by process {previous.tags.get('dlbench.pid', '?')})\n")
+            sid = previous.tags.get("dlbench.stack_id")
+            if sid and (checkpoint_dir / f"stack-{sid}.pt").is_file():
+                resumed_stacks.setdefault(sid, []).append((int(previous.tags.get("dlbench.stack_member", 0)), trial))
+                continue
+        to_plan.append(trial)
+    works = [Work(tuple(t for _, t in sorted(members, key=lambda m: m[0])), sid)
+             for sid, members in resumed_stacks.items()]
+    for work in plan(to_plan, plugins.registry, max_stack):
+        if not any(t.index in resuming for t in work.members):
+            checkpoint_path(checkpoint_dir, work).unlink(missing_ok=True)  # a stale file must not leak in
+        works.append(work)
+    return works
+
+
+def _run_inline(works, run, plugins, tracker, progress, device, data_dir, checkpoint_dir, checkpoint_every,
+                fail_fast) -> None:
+    """Every unit in this process, one after another: the dataset stays on the device for all."""
+    # pluggy calls the last registered first: the tracker closes a trial's run before the
+    # progress line says it finished
+    plugins.pm.register(progress, name="dlbench.progress")
+    plugins.pm.register(Diagnostics(plugins.hook, plugins.registry), name="dlbench.diagnostics")
+    plugins.pm.register(tracker, name="dlbench.tracking")
+    cache = DataCache(data_dir)
+    try:
+        for work in works:
+            run.results.extend(execute(work, plugins.registry, plugins.hook, cache, device, checkpoint_dir,
+                                       checkpoint_every))
+            if fail_fast and run.count("failed"):
+                break
+    finally:
+        plugins.pm.unregister(name="dlbench.tracking")
+        plugins.pm.unregister(name="dlbench.progress")
+        plugins.pm.unregister(name="dlbench.diagnostics")
 
 
 def _reports_from_mlflow(tracking_uri: str, parent_run_id: str, trials: list[Trial], reports_dir: Path,
@@ -184,21 +266,6 @@ def _reports_from_mlflow(tracking_uri: str, parent_run_id: str, trials: list[Tri
         stream.write(f"the report failed; the runs are safe in MLflow. Rebuild it with `dlbench report --run-id "
                      f"{parent_run_id} --tracking-uri {tracking_uri}`.\n{traceback.format_exc()}")
         return []
-
-
-def train_one(trial: Trial, plugins: Plugins, cache: DataCache, device: torch.device,
-             checkpoints: Checkpoints | None = None) -> TrialResult:
-    """Train one trial; any exception becomes a failed result with its traceback."""
-    try:
-        cfg = trial.config
-        dataset = plugins.registry.get("dataset", cfg["dataset"]["name"])
-        options = {k: v for k, v in cfg["dataset"].items() if k != "name"}
-        data = cache.get(dataset, options, cfg["val_fraction"], device)
-        return run_trial(trial, plugins.registry, data, device, plugins.hook, checkpoints)
-    except KeyboardInterrupt:
-        raise
-    except Exception as exc:
-        return TrialResult(status="failed", error="".join(traceback.format_exception(exc)))
 
 
 def write_reports(study_file: StudyFile, results, reports_dir: Path) -> list[Path]:

@@ -8,6 +8,7 @@ The whole dataset is already on the device (see ``data.py``); batches are index 
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import random
@@ -39,6 +40,13 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # seeds the CPU and every CUDA device
+
+
+def data_order_generator(seed: int, device: torch.device) -> torch.Generator:
+    """The trial's own stream of batch orders, apart from the global RNG (init, dropout): a
+    trial draws the same batches alone or in a stack, whatever its model consumed before."""
+    derived = int.from_bytes(hashlib.sha256(f"data-order/{seed}".encode()).digest()[:7], "big")
+    return torch.Generator(device=device).manual_seed(derived)
 
 
 def make(registry, kind: str, spec: dict, *args):
@@ -81,11 +89,13 @@ def evaluate(model: torch.nn.Module, data: DeviceData) -> dict[str, float]:
 
 
 def train_epoch(model, regularizers, optimizer, schedule, data: DeviceData, batch_size: int,
-                hook=None, trial: Trial | None = None, first_step: int = 0) -> None:
+                hook=None, trial: Trial | None = None, first_step: int = 0,
+                order_generator: torch.Generator | None = None) -> None:
     """One pass over the training set. ``first_step`` counts the optimizer steps taken before."""
     model.train()
     n = len(data.y_train)
-    order = torch.randperm(n, device=data.x_train.device)  # drawn on the device: no host round-trip
+    # drawn on the device: no host round-trip
+    order = torch.randperm(n, device=data.x_train.device, generator=order_generator)
     for step, idx in enumerate(order.split(batch_size), start=first_step + 1):
         x, y = data.x_train[idx], data.y_train[idx]
         for reg in regularizers:
@@ -118,39 +128,59 @@ class Checkpoints:
     def due(self) -> bool:
         return time.monotonic() - self._last >= self.every_seconds
 
-    def save(self, epoch: int, model, optimizer, schedule, regularizers, result: TrialResult) -> None:
-        state = {
-            "epoch": epoch, "history": result.history, "status": result.status,
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-            "regularizers": [reg.state_dict() for reg in regularizers],
-            "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-        }
+    def write(self, state: dict) -> None:
+        """Save ``state`` with the RNG states, atomically."""
+        state = {**state, "rng": rng_state()}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
         torch.save(state, tmp)
         os.replace(tmp, self.path)
         self._last = time.monotonic()
 
-    def restore(self, model, optimizer, schedule, regularizers) -> dict | None:
-        """Load the checkpoint into the objects; returns its epoch and history, or None."""
+    def read(self) -> dict | None:
+        """The saved state (RNG states restored), or None when there is none."""
         if not self.path.is_file():
             return None
         state = torch.load(self.path, map_location="cpu", weights_only=False)  # our own file
+        set_rng_state(state["rng"])
+        return state
+
+    def save(self, epoch: int, model, optimizer, schedule, regularizers, result: TrialResult,
+             order_generator: torch.Generator) -> None:
+        self.write({
+            "epoch": epoch, "history": result.history, "status": result.status,
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
+            "regularizers": [reg.state_dict() for reg in regularizers], "order": order_generator.get_state(),
+        })
+
+    def restore(self, model, optimizer, schedule, regularizers, order_generator: torch.Generator) -> dict | None:
+        """Load the checkpoint into the objects; returns its epoch and history, or None."""
+        state = self.read()
+        if state is None:
+            return None
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         for reg, reg_state in zip(regularizers, state["regularizers"]):
             reg.load_state_dict(reg_state)
-        random.setstate(state["rng"]["python"])
-        np.random.set_state(state["rng"]["numpy"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if state["rng"]["cuda"]:
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        order_generator.set_state(state["order"])
         return state
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
+
+
+def rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def run_trial(trial: Trial, registry, data: DeviceData, device: torch.device, hook,
@@ -165,7 +195,8 @@ def run_trial(trial: Trial, registry, data: DeviceData, device: torch.device, ho
     started = time.perf_counter()
     seed_everything(trial.seed)
     model, regularizers, optimizer, schedule = build(trial, registry, data, device)
-    resumed = checkpoints.restore(model, optimizer, schedule, regularizers) if checkpoints else None
+    order = data_order_generator(trial.seed, device)
+    resumed = checkpoints.restore(model, optimizer, schedule, regularizers, order) if checkpoints else None
     info = {"device": str(device), "dataset_hash": data.content_hash, "dataset": trial.config["dataset"]["name"],
             "dataset_source": data.source,
             "num_params": sum(p.numel() for p in model.parameters()),
@@ -183,7 +214,7 @@ def run_trial(trial: Trial, registry, data: DeviceData, device: torch.device, ho
         if epoch > 0:  # epoch 0 records the initialized model, before any step
             batch_size = trial.config["batch_size"]
             train_epoch(model, regularizers, optimizer, schedule, data, batch_size, hook, trial,
-                        first_step=(epoch - 1) * math.ceil(len(data.y_train) / batch_size))
+                        first_step=(epoch - 1) * math.ceil(len(data.y_train) / batch_size), order_generator=order)
         metrics = evaluate(model, data) | {"lr": optimizer.param_groups[0]["lr"]}
         result.history.append(metrics)
         result.final, result.epochs_run = metrics, epoch
@@ -195,7 +226,7 @@ def run_trial(trial: Trial, registry, data: DeviceData, device: torch.device, ho
             break
         if checkpoints and checkpoints.due():
             hook.dlbench_checkpoint(trial=trial, epoch=epoch)
-            checkpoints.save(epoch, model, optimizer, schedule, regularizers, result)
+            checkpoints.save(epoch, model, optimizer, schedule, regularizers, result, order)
     if checkpoints:
         checkpoints.clear()
     result.seconds = time.perf_counter() - started

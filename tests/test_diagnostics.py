@@ -108,7 +108,7 @@ def test_dead_units_and_saturation_on_known_weights(make_trials, registry, tiny_
         model.blocks[0][0].bias.fill_(-1e3)  # every unit of layer 0 negative for every input: dead
     diag = Diagnostics(hook=None, registry=registry)
     diag.dlbench_trial_start(trial=relu, model=model, info={})
-    values = diag.measure(model, optimizer, tiny_data)
+    values = diag.measure(model, optimizer, tiny_data, relu.index)
     assert values["diag.dead_relu.layer0"] == 1.0
     assert values["diag.act_mean.layer0"] == 0.0 and values["diag.act_std.layer0"] == 0.0
     assert math.isnan(values["diag.grad_norm.layer0"])  # no backward yet: no gradient to measure
@@ -119,7 +119,7 @@ def test_dead_units_and_saturation_on_known_weights(make_trials, registry, tiny_
     with torch.no_grad():
         model.blocks[0][0].weight.mul_(1e4)  # pre-activations far from 0: sigmoid pinned at 0 or 1
     diag.dlbench_trial_start(trial=sigmoid, model=model, info={})
-    values = diag.measure(model, optimizer, tiny_data)
+    values = diag.measure(model, optimizer, tiny_data, sigmoid.index)
     assert values["diag.act_saturation.layer0"] > 0.95
 
 

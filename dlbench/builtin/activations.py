@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from dlbench import hookimpl
+from dlbench.stacking import stackable
 
 
 @hookimpl
@@ -13,7 +14,7 @@ def dlbench_register_activations(register):
         ("relu", relu), ("sigmoid", sigmoid), ("tanh", tanh), ("leaky_relu", leaky_relu),
         ("elu", elu), ("gelu", gelu), ("silu", silu), ("softsign", softsign), ("identity", identity),
     ]:
-        register(name, factory)
+        register(name, stackable(factory))  # elementwise, no state: every one stacks
 
 
 def relu() -> nn.Module:

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from dlbench import hookimpl
+from dlbench.stacking import stackable
 from dlbench.slots import Slot
 
 
@@ -43,6 +44,7 @@ class MLP(nn.Module):
         return self.head(x)
 
 
+@stackable  # Linear layers and elementwise activations: vmap batches them
 def mlp(input_shape, num_classes, activation, *, depth: int = 2, width: int = 256, bias: bool = True) -> nn.Module:
     """Multilayer perceptron with ``depth`` hidden layers of ``width`` units (depth 0: linear).
 

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from dlbench import hookimpl
-from dlbench.regularizer import Regularizer, weights
+from dlbench.regularizer import Regularizer, StackedRegularizer, per_member, stacked_weights, weights
 from dlbench.slots import slots
 
 
@@ -24,12 +24,29 @@ def _probability(name: str, key: str, p: float) -> None:
         raise ValueError(f"{name}: {key} must be in [0, 1), got {p}")
 
 
+class DropoutLayer(nn.Module):
+    """Inverted dropout with ``p`` held as a buffer, so members of a stack may differ in p:
+    in training, keep each unit when u >= p (u uniform in [0, 1)) and scale by 1/(1-p)."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.register_buffer("p", torch.tensor(float(p)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return x
+        return x * (torch.rand_like(x) >= self.p) / (1.0 - self.p)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p.item():g}" if self.p.device.type != "meta" else "p=?"
+
+
 class Dropout(Regularizer):
     """Inverted dropout (Srivastava et al. 2014): zero units with probability p, scale by 1/(1-p).
 
     Scaling at training time (not test time) keeps the expected activation equal in both, so
     evaluation uses the full network unchanged. ``p_input`` acts on the input slot, ``p_hidden``
-    on every hidden slot of the architecture.
+    on every hidden slot of the architecture. Stacks: each member draws its own masks.
     """
 
     def __init__(self, *, p_input: float = 0.2, p_hidden: float = 0.5):
@@ -43,11 +60,18 @@ class Dropout(Regularizer):
             raise ValueError(f"dropout: {type(model).__name__} exposes no slots (dlbench.slots.Slot) to put dropout in")
         for s in inputs:
             if self.p_input:
-                s.fill(nn.Dropout(self.p_input))
+                s.fill(DropoutLayer(self.p_input))
         for s in hidden:
             if self.p_hidden:
-                s.fill(nn.Dropout(self.p_hidden))
+                s.fill(DropoutLayer(self.p_hidden))
         return model
+
+    def stack_key(self) -> object:
+        return (self.p_input > 0, self.p_hidden > 0)  # which slots hold a dropout layer
+
+    @classmethod
+    def stacked(cls, members):
+        return StackedRegularizer(members)  # the layers are in the model, p a buffer per member
 
 
 class L2(Regularizer):
@@ -61,6 +85,10 @@ class L2(Regularizer):
     def penalty(self, model: nn.Module) -> torch.Tensor:
         return 0.5 * self.weight * sum(w.pow(2).sum() for w in weights(model))
 
+    @classmethod
+    def stacked(cls, members):
+        return StackedPenalty(members, lambda w: w.pow(2), scale=0.5)
+
 
 class L1(Regularizer):
     """L1 penalty: adds lambda * sum(|w|) over weights, which drives weights to exact zeros."""
@@ -72,6 +100,26 @@ class L1(Regularizer):
 
     def penalty(self, model: nn.Module) -> torch.Tensor:
         return self.weight * sum(w.abs().sum() for w in weights(model))
+
+    @classmethod
+    def stacked(cls, members):
+        return StackedPenalty(members, torch.abs, scale=1.0)
+
+
+class StackedPenalty(StackedRegularizer):
+    """scale * weight_i * sum over member i's weights of f(w): one value per member."""
+
+    def __init__(self, members, f, scale: float):
+        super().__init__(members)
+        self.f, self.scale = f, scale
+
+    def select(self, keep):
+        self.members = [self.members[i] for i in keep]
+
+    def penalty(self, params):
+        ws = stacked_weights(params)
+        total = sum(self.f(w).flatten(1).sum(1) for w in ws)
+        return self.scale * self.values("weight", ws[0]) * total
 
 
 class MaxNorm(Regularizer):
@@ -92,6 +140,20 @@ class MaxNorm(Regularizer):
             scale = (self.max_norm / norms).clamp(max=1.0)
             w.mul_(scale.view(-1, *([1] * (w.dim() - 1))))
 
+    @classmethod
+    def stacked(cls, members):
+        return StackedMaxNorm(members)
+
+
+class StackedMaxNorm(StackedRegularizer):
+    @torch.no_grad()
+    def after_step(self, params):
+        for w in stacked_weights(params):
+            c = self.values("max_norm", w).view(-1, 1)
+            norms = w.flatten(2).norm(dim=2).clamp(min=1e-12)  # [N, units]
+            scale = (c / norms).clamp(max=1.0)
+            w.mul_(scale.view(*scale.shape, *([1] * (w.dim() - 2))))
+
 
 class GradClip(Regularizer):
     """Gradient clipping by global norm (Pascanu et al. 2013), against exploding gradients."""
@@ -104,6 +166,22 @@ class GradClip(Regularizer):
     def before_step(self, model: nn.Module) -> None:
         nn.utils.clip_grad_norm_(model.parameters(), self.max_norm)
 
+    @classmethod
+    def stacked(cls, members):
+        return StackedGradClip(members)
+
+
+class StackedGradClip(StackedRegularizer):
+    """``clip_grad_norm_`` per member: each member's global gradient norm, its own max_norm."""
+
+    @torch.no_grad()
+    def before_step(self, params):
+        grads = [p.grad for p in params.values() if p.grad is not None]
+        total = torch.stack([g.flatten(1).pow(2).sum(1) for g in grads]).sum(0).sqrt()  # [N]
+        coef = (self.values("max_norm", total) / (total + 1e-6)).clamp(max=1.0)
+        for g in grads:
+            g.mul_(per_member(coef, g))
+
 
 class InputNoise(Regularizer):
     """Gaussian input noise (Bishop 1995: equivalent to Tikhonov regularization for small noise)."""
@@ -115,6 +193,15 @@ class InputNoise(Regularizer):
 
     def transform_batch(self, x, y):
         return x + self.std * torch.randn_like(x), y
+
+    @classmethod
+    def stacked(cls, members):
+        return StackedInputNoise(members)
+
+
+class StackedInputNoise(StackedRegularizer):
+    def transform_batch(self, x, y):
+        return x + per_member(self.values("std", x), x) * torch.randn_like(x), y
 
 
 class EarlyStopping(Regularizer):

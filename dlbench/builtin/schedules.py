@@ -11,13 +11,14 @@ import math
 from torch.optim.lr_scheduler import LambdaLR
 
 from dlbench import hookimpl
+from dlbench.stacking import stackable
 
 
 @hookimpl
 def dlbench_register_schedules(register):
     for name, factory in [("constant", constant), ("linear", linear), ("step", step),
                           ("inverse_time", inverse_time), ("cosine", cosine)]:
-        register(name, factory)
+        register(name, stackable(factory))  # each a function of the step alone: they stack
 
 
 def _check_fraction(name: str, key: str, value: float, upper_open: bool = False) -> None:

@@ -118,11 +118,15 @@ class Store:
 
     def config(self, run_id: str) -> dict:
         """The resolved config a trial run recorded (its config.json artifact)."""
+        return self.artifact_json(run_id, "config.json")
+
+    def artifact_json(self, run_id: str, name: str) -> dict:
+        """A JSON artifact of a run (config.json, stack.json)."""
         import json
         import tempfile
 
         with tempfile.TemporaryDirectory() as tmp:
-            path = self.client.download_artifacts(run_id, "config.json", tmp)
+            path = self.client.download_artifacts(run_id, name, tmp)
             return json.loads(Path(path).read_text(encoding="utf-8"))
 
     def histories(self, run_id: str, keys) -> dict[str, list[tuple[int, float]]]:

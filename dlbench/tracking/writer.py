@@ -198,6 +198,11 @@ class Tracker:
             return
         tags = {"dlbench.dataset_hash": info["dataset_hash"], "dlbench.num_params": str(info["num_params"]),
                 **self._context.plugin_tags(trial)}
+        stack = info.get("stack")
+        tags["dlbench.stack_size"] = str(stack["size"] if stack else 1)  # how it ran: `reproduce` does the same
+        if stack:
+            tags |= {"dlbench.stack_id": stack["id"], "dlbench.stack_member": str(stack["member"])}
+            self.client.log_dict(run_id, {"stack_id": stack["id"], "members": stack["members"]}, "stack.json")
         self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         self.client.log_text(run_id, repr(model), "model.txt")
         self._log_dataset(run_id, info)

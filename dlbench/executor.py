@@ -1,0 +1,66 @@
+"""Running one unit of work (a trial, or a stack of trials) in this process.
+
+:func:`execute` is what the inline executor calls for each unit and what every worker process
+calls for the units it is handed (``workers.py``): it loads the data, trains, and ends every
+member exactly once through ``dlbench_trial_end``: finished, diverged, failed (with the
+traceback) or, on Ctrl-C, interrupted.
+"""
+
+from __future__ import annotations
+
+import traceback
+from pathlib import Path
+
+import torch
+
+from dlbench.data import DataCache
+from dlbench.stacking import Work
+from dlbench.study import Trial
+from dlbench.train import Checkpoints, TrialResult, run_trial
+from dlbench.train_stack import CannotStack, run_stack
+
+
+def checkpoint_path(checkpoint_dir: Path, work: Work) -> Path:
+    """Where a unit's epoch-end checkpoint lives: one file per trial, or per stack."""
+    name = f"stack-{work.stack_id}.pt" if work.stacked else f"{work.members[0].config_hash}.pt"
+    return Path(checkpoint_dir) / name
+
+
+def execute(work: Work, registry, hook, cache: DataCache, device: torch.device, checkpoint_dir: Path | None,
+            checkpoint_every: float = 10.0) -> list[tuple[Trial, TrialResult]]:
+    """Train ``work``; return each member's result (``dlbench_trial_end`` already called)."""
+    ended: dict[int, tuple[Trial, TrialResult]] = {}
+
+    def finish(trial: Trial, result: TrialResult) -> None:
+        ended[trial.index] = (trial, result)
+        hook.dlbench_trial_end(trial=trial, result=result)
+
+    def checkpoints(unit: Work) -> Checkpoints | None:
+        return Checkpoints(checkpoint_path(checkpoint_dir, unit), checkpoint_every) if checkpoint_dir else None
+
+    try:
+        cfg = work.members[0].config
+        dataset = registry.get("dataset", cfg["dataset"]["name"])
+        options = {k: v for k, v in cfg["dataset"].items() if k != "name"}
+        data = cache.get(dataset, options, cfg["val_fraction"], device)
+        if work.stacked:
+            try:
+                run_stack(work, registry, data, device, hook, finish, checkpoints(work))
+            except CannotStack:  # found when the models were built, before any hook: one at a time
+                for trial in work.members:
+                    alone = Work((trial,), work.stack_id)
+                    finish(trial, run_trial(trial, registry, data, device, hook, checkpoints(alone)))
+        else:
+            (trial,) = work.members
+            finish(trial, run_trial(trial, registry, data, device, hook, checkpoints(work)))
+    except KeyboardInterrupt:  # Ctrl-C: the trials' runs are closed as KILLED, resumable
+        for trial in work.members:
+            if trial.index not in ended:
+                finish(trial, TrialResult(status="interrupted"))
+        raise
+    except Exception as exc:
+        error = "".join(traceback.format_exception(exc))
+        for trial in work.members:
+            if trial.index not in ended:
+                finish(trial, TrialResult(status="failed", error=error))
+    return [ended[t.index] for t in work.members]

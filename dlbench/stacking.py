@@ -1,0 +1,222 @@
+"""Which trials train together as one stacked model, and the plugin contract that says so.
+
+A *stack* is N trials trained at once: their parameters stacked along a leading member axis
+and the architecture's forward pass vectorized with ``torch.func.vmap``, so one batched kernel
+does the work of N small ones. Each member keeps its own seed, initialization, data order,
+dropout masks, hyperparameters, MLflow run, checkpointed state and verdict. Trials stack when
+their configs can share one training loop:
+
+* the same dataset, validation split, epochs, batch size and diagnostics interval;
+* the same architecture and activation with the same options (same shapes), both declared
+  stackable (``@stackable``: the forward pass is a pure function of parameters, buffers and
+  input, so ``vmap`` may batch it);
+* the same optimizer with the same non-numeric options; its numeric options (lr, momentum,
+  betas, weight decay, ...) may differ per member. The optimizer declares its stacked update
+  with ``@stackable(stacked=StackedX)`` (a :class:`StackedOptimizer`);
+* a stackable schedule (the learning rate depends on the step alone), any options per member;
+* the same regularizers in the same order, each with a ``stacked`` form
+  (:meth:`dlbench.regularizer.Regularizer.stacked`) and equal ``stack_key()``;
+* any initializer: initializers run per member, on the member's own model, before stacking
+  (so greedy layer-wise pretraining stacks too).
+
+Anything else trains alone, and ``dlbench run --dry-run`` says why.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from dlbench.study import Trial
+
+STACKABLE = "dlbench_stackable"  # attribute a factory carries when it is declared stackable
+STACKED = "dlbench_stacked"  # an optimizer factory's StackedOptimizer class
+# Largest stack by default. On a CPU a stack buys little (the step is compute-bound; workers
+# use the cores), so stacks stay small enough to share out; on a GPU the step is launch-bound
+# and a stack of 100 costs about what one trial costs.
+DEFAULT_MAX_STACK = {"cpu": 8, "cuda": 128}
+
+
+def stackable(factory=None, *, stacked=None):
+    """Declare a plugin factory stackable (see the module docstring for what that promises).
+
+    ``@stackable`` on an architecture, activation or schedule factory; ``@stackable(stacked=
+    StackedSGD)`` on an optimizer factory, naming the class that updates stacked parameters.
+    """
+    def mark(f):
+        setattr(f, STACKABLE, True)
+        if stacked is not None:
+            setattr(f, STACKED, stacked)
+        return f
+
+    return mark(factory) if factory is not None else mark
+
+
+def is_stackable(factory) -> bool:
+    return bool(getattr(factory, STACKABLE, False))
+
+
+class StackedOptimizer:
+    """The update rule of an elementwise optimizer over stacked parameters.
+
+    ``options`` holds the optimizer's options as the study set them, one value per member:
+    numbers as float tensors of shape [N] on the device (they may differ per member),
+    anything else as the single value every member shares. Every state tensor has the member
+    axis first, so dropping members (:meth:`select`) is an index. ``step(params, lr)`` gets
+    the stacked parameters (gradients in ``.grad``) and the members' learning rates [N].
+    """
+
+    def __init__(self, options: dict):
+        self.options = options
+        self.state: dict[str, list[torch.Tensor | None]] = {}
+        self.steps = 0
+
+    @staticmethod
+    def per_member(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """An [N] tensor shaped to broadcast against a stacked parameter [N, ...]."""
+        return value.view(-1, *([1] * (like.dim() - 1)))
+
+    def buffer(self, name: str, index: int, like: torch.Tensor, init=torch.zeros_like) -> torch.Tensor:
+        """State tensor ``name`` of parameter ``index`` (created by ``init(like)`` on first use)."""
+        slots = self.state.setdefault(name, [])
+        while len(slots) <= index:
+            slots.append(None)
+        if slots[index] is None:
+            slots[index] = init(like)
+        return slots[index]
+
+    def step(self, params: list[torch.Tensor], lr: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def select(self, keep: torch.Tensor) -> None:
+        """Keep only the members at ``keep`` (indices), in that order."""
+        self.options = {k: v[keep] if isinstance(v, torch.Tensor) else v for k, v in self.options.items()}
+        self.state = {k: [t[keep] if t is not None else None for t in ts] for k, ts in self.state.items()}
+
+    def state_dict(self) -> dict:
+        return {"state": self.state, "steps": self.steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.state, self.steps = state["state"], state["steps"]
+
+
+# -- the planner --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Work:
+    """One unit of work for an executor: one trial, or a stack of trials trained together."""
+
+    members: tuple[Trial, ...]
+    stack_id: str  # names the stack's checkpoint and tags its members' runs
+    alone_because: str = ""  # for a single trial: why it does not stack (shown by --dry-run)
+
+    @property
+    def stacked(self) -> bool:
+        return len(self.members) > 1
+
+    @property
+    def cost(self) -> float:
+        """Relative cost, for handing the longest work out first."""
+        cfg = self.members[0].config
+        return cfg["epochs"] * (len(self.members) ** 0.5 if self.stacked else 1) / cfg["batch_size"]
+
+
+def stack_id(trials) -> str:
+    return hashlib.sha256("".join(t.config_hash for t in trials).encode()).hexdigest()[:16]
+
+
+@dataclass
+class _Group:
+    key: str
+    members: list[Trial] = field(default_factory=list)
+
+
+def plan(trials: list[Trial], registry, max_size: int) -> list[Work]:
+    """Group ``trials`` into stacks of at most ``max_size`` (1: no stacking), in first-seen order.
+
+    A group larger than ``max_size`` is split into near-equal stacks (10 with a limit of 8
+    gives 5 + 5, not 8 + 2).
+    """
+    groups: dict[str, _Group] = {}
+    works: list[Work | _Group] = []
+    for trial in trials:
+        key, reason = stack_key(trial, registry) if max_size > 1 else (None, "stacking is off (--stack-size 1)")
+        if key is None:
+            works.append(Work((trial,), stack_id([trial]), reason))
+            continue
+        if key not in groups:
+            groups[key] = _Group(key)
+            works.append(groups[key])
+        groups[key].members.append(trial)
+    out: list[Work] = []
+    for item in works:
+        if isinstance(item, Work):
+            out.append(item)
+            continue
+        members = item.members
+        if len(members) == 1:
+            out.append(Work((members[0],), stack_id(members), "no other trial shares its loop"))
+            continue
+        parts = math.ceil(len(members) / max_size)
+        size = math.ceil(len(members) / parts)
+        for i in range(0, len(members), size):
+            chunk = tuple(members[i:i + size])
+            out.append(Work(chunk, stack_id(chunk), "" if len(chunk) > 1 else "no other trial shares its loop"))
+    return out
+
+
+def stack_key(trial: Trial, registry) -> tuple[str | None, str]:
+    """(key, "") when the trial can stack (trials with equal keys stack together), else
+    (None, the reason it cannot)."""
+    cfg = trial.config
+    key: dict = {k: cfg.get(k) for k in ("dataset", "val_fraction", "epochs", "batch_size", "diagnostics_every")}
+    for kind in ("architecture", "activation"):
+        component = registry.get(kind, cfg[kind]["name"])
+        if not is_stackable(component.factory):
+            return None, f"{kind} {component.name!r} [{component.origin}] does not declare itself stackable"
+        key[kind] = cfg[kind]
+    schedule = registry.get("schedule", cfg["schedule"]["name"])
+    if not is_stackable(schedule.factory):
+        return None, f"schedule {schedule.name!r} [{schedule.origin}] does not declare itself stackable"
+    optimizer = registry.get("optimizer", cfg["optimizer"]["name"])
+    if getattr(optimizer.factory, STACKED, None) is None:
+        return None, f"optimizer {optimizer.name!r} [{optimizer.origin}] has no stacked update"
+    key["optimizer"] = _shared_options(cfg["optimizer"])
+    key["regularizers"] = []
+    for spec in cfg["regularizers"]:
+        component = registry.get("regularizer", spec["name"])
+        cls = component.factory
+        if not (isinstance(cls, type) and _overrides_stacked(cls)) and not _acts_only_on_stopping(cls):
+            return None, f"regularizer {component.name!r} [{component.origin}] has no stacked form"
+        try:
+            extra = cls(**{k: v for k, v in spec.items() if k != "name"}).stack_key()
+        except Exception as exc:  # a bad option: the trial alone will report it where it trains
+            return None, f"regularizer {component.name!r} could not be built ({exc})"
+        key["regularizers"].append([_shared_options(spec), repr(extra)])
+    return json.dumps(key, sort_keys=True, default=str), ""
+
+
+def _shared_options(spec: dict) -> dict:
+    """The options every member of a stack must share: all but the numbers."""
+    return {k: v for k, v in spec.items() if isinstance(v, (bool, str, list, type(None)))}
+
+
+def _overrides_stacked(cls) -> bool:
+    from dlbench.regularizer import Regularizer
+
+    return isinstance(cls, type) and issubclass(cls, Regularizer) and cls.stacked.__func__ is not Regularizer.stacked.__func__
+
+
+def _acts_only_on_stopping(cls) -> bool:
+    """A regularizer that only decides when to stop (early stopping) stacks without a stacked form."""
+    from dlbench.regularizer import Regularizer
+
+    if not (isinstance(cls, type) and issubclass(cls, Regularizer)):
+        return False
+    per_step = ("wrap_model", "transform_batch", "penalty", "before_step", "after_step")
+    return all(getattr(cls, m) is getattr(Regularizer, m) for m in per_step)

@@ -1,0 +1,280 @@
+"""A stack: N trials trained at once as one model with stacked parameters (see ``stacking.py``).
+
+Each member is built exactly as it would be alone (its seed, its architecture, regularizers
+and initializer, greedy pretraining included), then the members' parameters are stacked along a
+leading axis and one ``torch.func.vmap`` of the architecture's forward pass trains them all:
+one batched kernel where there were N small ones. A member draws its own batches (its data-order
+generator, as alone), its own dropout masks, uses its own hyperparameters and learning-rate
+schedule, and leaves the stack when it diverges or stops early; the others go on.
+
+A member agrees with the same trial trained alone to float32 rounding up to its first random
+draw inside the model (dropout, input noise): identical initial weights, batches and epoch-0
+metrics. Its masks come from the stack's shared generator, so with dropout a member is another
+draw from the same distribution: means over seeds agree, single values do not. Re-running the same
+stack (``dlbench reproduce`` does, from the members recorded in ``stack.json``) is bit-exact.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call, stack_module_state, vmap
+
+from dlbench.data import DeviceData
+from dlbench.stacking import STACKED, Work
+from dlbench.study import Trial, canonical_json
+from dlbench.train import EVAL_CHUNK, Checkpoints, TrialResult, build, data_order_generator, seed_everything
+
+
+class CannotStack(Exception):
+    """The members' models turned out not to share one structure: train them one at a time."""
+
+
+class _Member:
+    """One trial inside a stack: its solo model (for diagnostics and state), regularizers, result."""
+
+    def __init__(self, trial: Trial, model, regularizers, optimizer, schedule, device):
+        self.trial, self.model, self.regularizers = trial, model, regularizers
+        self.optimizer, self.schedule = optimizer, schedule
+        self.order = data_order_generator(trial.seed, device)
+        self.result = TrialResult(status="finished")
+        self.lrs: list[float] = []
+
+
+class _LrView:
+    """What an after-backward observer reads of a member's optimizer: its current learning rate."""
+
+    def __init__(self, lr: float):
+        self.param_groups = [{"lr": lr}]
+
+
+def run_stack(work: Work, registry, data: DeviceData, device: torch.device, hook, finish,
+              checkpoints: Checkpoints | None = None) -> None:
+    """Train the members of ``work`` together; ``finish(trial, result)`` is called for each
+    member as it leaves the stack (finished, diverged, stopped early) and at the end.
+
+    Raises :class:`CannotStack` before any hook is called when the members' models differ in
+    structure; any other exception propagates (the executor marks the members failed).
+    """
+    started = time.perf_counter()
+    cfg = work.members[0].config
+    members = []
+    for trial in work.members:
+        seed_everything(trial.seed)
+        members.append(_Member(trial, *build(trial, registry, data, device), device))
+    _check_same_structure(members)
+    seed_everything(int(work.stack_id[:8], 16))  # the stack's own stream: dropout masks, noise
+
+    steps_per_epoch = math.ceil(len(data.y_train) / cfg["batch_size"])
+    _learning_rates(members, cfg["epochs"] * steps_per_epoch)
+    params, buffers = stack_module_state([m.model for m in members])
+    base = copy.deepcopy(members[0].model).to("meta")  # structure only; weights come from the stack
+
+    def forward(p, b, x):
+        return functional_call(base, (p, b), (x,))
+
+    train_forward = vmap(forward, randomness="different")  # x: [N, B, ...], one batch per member
+    eval_forward = vmap(forward, in_dims=(0, 0, None), randomness="different")  # x shared
+    optimizer = _stacked_optimizer(members, registry, device)
+    stacked_regs = [type(r).stacked([m.regularizers[k] for m in members])
+                    for k, r in enumerate(members[0].regularizers)]
+    lr_table = torch.tensor([m.lrs for m in members], device=device)  # [N, steps + 1]
+
+    first = 0
+    resumed = checkpoints.read() if checkpoints else None
+    if resumed is not None and resumed["members"] != [m.trial.config_hash for m in members]:
+        resumed = None  # saved by another composition of the stack: start over
+    if resumed is not None:
+        params = {k: v.to(device).requires_grad_() for k, v in resumed["params"].items()}
+        buffers = {k: v.to(device) for k, v in resumed["buffers"].items()}
+        optimizer.load_state_dict(_to(resumed["optimizer"], device))
+        for m, state in zip(members, resumed["per_member"]):
+            for reg, reg_state in zip(m.regularizers, state["regularizers"]):
+                reg.load_state_dict(reg_state)
+            m.order.set_state(state["order"])
+            m.result.history = state["history"]
+        first = resumed["epoch"] + 1
+
+    for i, m in enumerate(members):
+        info = {"device": str(device), "dataset_hash": data.content_hash, "dataset": cfg["dataset"]["name"],
+                "dataset_source": data.source, "num_params": sum(p.numel() for p in m.model.parameters()),
+                "resumed_from_epoch": resumed["epoch"] if resumed else None,
+                "stack": {"id": work.stack_id, "size": len(work.members), "member": i,
+                          "members": [t.config for t in work.members]}}
+        hook.dlbench_trial_start(trial=m.trial, model=m.model, info=info)
+        for epoch, metrics in enumerate(m.result.history):  # a resumed member replays what it had
+            hook.dlbench_epoch_end(trial=m.trial, epoch=epoch, metrics=metrics)
+        if m.result.history:
+            m.result.final, m.result.epochs_run = m.result.history[-1], resumed["epoch"]
+
+    every = int(cfg.get("diagnostics_every", 0) or 0)
+    for epoch in range(first, cfg["epochs"] + 1):
+        if epoch > 0:
+            base.train()
+            n = len(data.y_train)
+            orders = torch.stack([torch.randperm(n, device=device, generator=m.order) for m in members])
+            for j, idx in enumerate(orders.split(cfg["batch_size"], dim=1)):
+                step = (epoch - 1) * steps_per_epoch + j + 1
+                x, y = data.x_train[idx], data.y_train[idx]  # [N, B, ...]: each member its own batch
+                for reg in stacked_regs:
+                    x, y = reg.transform_batch(x, y)
+                logits = train_forward(params, buffers, x)
+                losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(len(members), -1)
+                losses = losses.mean(1)
+                for reg in stacked_regs:
+                    losses = losses + reg.penalty(params)
+                for p in params.values():
+                    p.grad = None
+                losses.sum().backward()  # member i's parameters get the gradient of its own loss
+                if every and (step == 1 or step % every == 0):
+                    _observe_gradients(members, params, buffers, hook, step, data)
+                for reg in stacked_regs:
+                    reg.before_step(params)
+                optimizer.step(list(params.values()), lr_table[:, step - 1])
+                for reg in stacked_regs:
+                    reg.after_step(params)
+        base.eval()
+        metrics = _evaluate(eval_forward, params, buffers, data, len(members))  # one device sync
+        leaving = []
+        for i, m in enumerate(members):
+            row = metrics[i] | {"lr": m.lrs[epoch * steps_per_epoch]}
+            m.result.history.append(row)
+            m.result.final, m.result.epochs_run = row, epoch
+            hook.dlbench_epoch_end(trial=m.trial, epoch=epoch, metrics=row)
+            if not math.isfinite(row["train_loss"]):
+                m.result.status = "diverged"
+                leaving.append(i)
+            elif epoch > 0 and any([reg.should_stop(epoch, row) for reg in m.regularizers]):
+                leaving.append(i)
+        if leaving:
+            for i in leaving:
+                members[i].result.seconds = time.perf_counter() - started
+                finish(members[i].trial, members[i].result)
+            keep = [i for i in range(len(members)) if i not in leaving]
+            if not keep:
+                break
+            members, params, buffers, lr_table = _select(keep, members, params, buffers, lr_table)
+            optimizer.select(torch.tensor(keep, device=device))
+            for reg in stacked_regs:
+                reg.select(keep)
+        if checkpoints and epoch < cfg["epochs"] and checkpoints.due():
+            for m in members:
+                hook.dlbench_checkpoint(trial=m.trial, epoch=epoch)
+            checkpoints.write({
+                "epoch": epoch, "members": [m.trial.config_hash for m in members],
+                "params": {k: v.detach() for k, v in params.items()}, "buffers": buffers,
+                "optimizer": optimizer.state_dict(),
+                "per_member": [{"regularizers": [r.state_dict() for r in m.regularizers],
+                                "order": m.order.get_state(), "history": m.result.history} for m in members],
+            })
+    else:
+        for m in members:
+            m.result.seconds = time.perf_counter() - started
+            finish(m.trial, m.result)
+    if checkpoints:
+        checkpoints.clear()
+
+
+def _check_same_structure(members: list[_Member]) -> None:
+    def shapes(model):
+        return [(k, tuple(v.shape), v.dtype) for k, v in [*model.named_parameters(), *model.named_buffers()]]
+
+    reference = shapes(members[0].model)
+    for m in members[1:]:
+        if shapes(m.model) != reference:
+            raise CannotStack(f"{m.trial.run_name} builds a model with other parameters than "
+                              f"{members[0].trial.run_name}")
+
+
+def _learning_rates(members: list[_Member], total_steps: int) -> None:
+    """Each member's learning rate before every step, from its own schedule object (a function of
+    the step alone, as a stackable schedule promises), computed once per distinct schedule."""
+    cache: dict[str, list[float]] = {}
+    for m in members:
+        key = canonical_json({"schedule": m.trial.config["schedule"], "lr": m.optimizer.param_groups[0]["lr"]})
+        if key not in cache:
+            lrs = [m.optimizer.param_groups[0]["lr"]]
+            with warnings.catch_warnings():  # stepping the schedule without optimizer steps is the point
+                warnings.simplefilter("ignore")
+                for _ in range(total_steps):
+                    m.schedule.step()
+                    lrs.append(m.optimizer.param_groups[0]["lr"])
+            cache[key] = lrs
+        m.lrs = cache[key]
+
+
+def _stacked_optimizer(members: list[_Member], registry, device):
+    spec = members[0].trial.config["optimizer"]
+    cls = getattr(registry.get("optimizer", spec["name"]).factory, STACKED)
+    options = {}
+    for key, value in spec.items():
+        if key == "name":
+            continue
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            options[key] = torch.tensor([float(m.trial.config["optimizer"][key]) for m in members], device=device)
+        else:
+            options[key] = value
+    return cls(options)
+
+
+def _observe_gradients(members, params, buffers, hook, step: int, data) -> None:
+    """Show each member's own model, with the stack's current weights and gradients, to the
+    after-backward observers (diagnostics). Only at diagnostics steps: copying costs."""
+    with torch.no_grad():
+        for i, m in enumerate(members):
+            for name, p in m.model.named_parameters():
+                p.copy_(params[name][i])
+                p.grad = params[name].grad[i] if params[name].grad is not None else None
+            for name, b in m.model.named_buffers():
+                b.copy_(buffers[name][i])
+    for m in members:
+        hook.dlbench_after_backward(trial=m.trial, model=m.model, optimizer=_LrView(m.lrs[step - 1]),
+                                    step=step, data=data)
+        for p in m.model.parameters():
+            p.grad = None
+
+
+@torch.no_grad()
+def _evaluate(eval_forward, params, buffers, data: DeviceData, n: int) -> list[dict[str, float]]:
+    """Loss and accuracy of every member on every split (eval mode), one device sync for all."""
+    names, columns = [], []
+    chunk = max(256, EVAL_CHUNK // n)  # bounded memory: n members see each chunk at once
+    for split, (x, y) in data.splits().items():
+        loss_sum = torch.zeros(n, device=x.device)
+        correct = torch.zeros(n, device=x.device)
+        for xb, yb in zip(x.split(chunk), y.split(chunk)):
+            logits = eval_forward(params, buffers, xb)  # [n, b, classes]
+            loss_sum += F.cross_entropy(logits.flatten(0, 1), yb.repeat(n), reduction="none").view(n, -1).sum(1)
+            correct += (logits.argmax(2) == yb).sum(1)
+        names += [f"{split}_loss", f"{split}_accuracy"]
+        columns += [loss_sum / len(y), correct / len(y)]
+    rows = torch.stack(columns, 1).tolist()  # CPU-GPU sync point
+    return [dict(zip(names, row)) for row in rows]
+
+
+def _select(keep, members, params, buffers, lr_table):
+    index = torch.tensor(keep, device=lr_table.device)
+    params = {k: v.detach()[index].requires_grad_() for k, v in params.items()}
+    buffers = {k: v[index] for k, v in buffers.items()}
+    return [members[i] for i in keep], params, buffers, lr_table[index]
+
+
+def _to(state, device):
+    if isinstance(state, torch.Tensor):
+        return state.to(device)
+    if isinstance(state, dict):
+        return {k: _to(v, device) for k, v in state.items()}
+    if isinstance(state, list):
+        return [_to(v, device) for v in state]
+    return state
+
+
+def stack_record(work: Work) -> str:
+    """The ``stack.json`` a member's run carries: every member's config, in stack order."""
+    return json.dumps({"stack_id": work.stack_id, "members": [t.config for t in work.members]}, indent=1)

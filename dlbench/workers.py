@@ -1,0 +1,265 @@
+"""Worker processes: every core and every GPU busy, one writer to the tracking store.
+
+Each worker is spawned once per study run, imports dlbench, loads the plugins and the data
+once, and trains the units of work (trials or stacks) the parent hands it, one at a time, on
+its device with its share of the CPU threads. What the parent's observers need (the MLflow
+tracker, the progress line) comes back as events over a queue, so only the parent writes to
+the store: no concurrent schema migration, no "database is locked". Observers that need the
+model itself (the training diagnostics, a third party's ``dlbench_after_backward``) run in
+the worker, next to the model.
+
+A worker that dies (killed, out of memory) fails only the trials it was training: they are
+marked FAILED with the reason and a new worker takes the remaining work.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue
+import signal
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from dlbench import hookimpl
+from dlbench.stacking import Work
+from dlbench.train import TrialResult
+
+POLL_S = 0.5  # how often the parent looks for dead workers while it waits for events
+
+
+@dataclass(frozen=True)
+class WorkerSetup:
+    """What a worker needs to rebuild the parent's world: plugins, data, determinism, checkpoints."""
+
+    plugins_dir: str | None
+    plugins_dir_required: bool
+    autoload: bool
+    data_dir: str | None
+    deterministic: bool
+    threads: int
+    checkpoint_dir: str | None
+    checkpoint_every: float
+
+
+class ModelText:
+    """The model as the parent's observers see it: its printed form (the tracker logs it)."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+class Forwarder:
+    """In a worker: sends the lifecycle events of its trials to the parent."""
+
+    def __init__(self, worker: int, events, acks):
+        self.worker, self.events, self.acks = worker, events, acks
+
+    @hookimpl
+    def dlbench_trial_start(self, trial, model, info) -> None:
+        self.events.put(("start", self.worker, trial.index, (repr(model), info)))
+
+    @hookimpl
+    def dlbench_epoch_end(self, trial, epoch, metrics) -> None:
+        self.events.put(("epoch", self.worker, trial.index, (epoch, metrics)))
+
+    @hookimpl
+    def dlbench_diagnostics(self, trial, step, values) -> None:
+        self.events.put(("diag", self.worker, trial.index, (step, values)))
+
+    @hookimpl
+    def dlbench_checkpoint(self, trial, epoch) -> None:
+        # the checkpoint is written only once the parent has made what came before durable
+        self.events.put(("checkpoint", self.worker, trial.index, epoch))
+        self.acks.get()
+
+    @hookimpl
+    def dlbench_trial_end(self, trial, result) -> None:
+        self.events.put(("end", self.worker, trial.index, result))
+
+
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this worker when the parent dies (even by kill -9)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _worker_main(worker: int, device: str, setup: WorkerSetup, tasks, events, acks) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a forked worker inherits the CLI's handler: drop it
+    _die_with_parent()
+    try:
+        from dlbench.data import DataCache
+        from dlbench.diagnostics import Diagnostics
+        from dlbench.executor import execute
+        from dlbench.plugins import load_plugins
+        from dlbench.runner import set_determinism
+
+        torch.set_num_threads(setup.threads)
+        dev = torch.device(device)
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        set_determinism(setup.deterministic, dev)
+        plugins = load_plugins(Path(setup.plugins_dir) if setup.plugins_dir else None, autoload=setup.autoload,
+                               required_dir=setup.plugins_dir_required)
+        plugins.pm.register(Diagnostics(plugins.hook, plugins.registry), name="dlbench.diagnostics")
+        plugins.pm.register(Forwarder(worker, events, acks), name="dlbench.forwarder")
+        cache = DataCache(Path(setup.data_dir) if setup.data_dir else None)
+        checkpoint_dir = Path(setup.checkpoint_dir) if setup.checkpoint_dir else None
+    except Exception as exc:
+        events.put(("broken", worker, None, "".join(traceback.format_exception(exc))))
+        return
+    events.put(("ready", worker, None, None))
+    while (item := tasks.get()) is not None:
+        execute(item, plugins.registry, plugins.hook, cache, dev, checkpoint_dir, setup.checkpoint_every)
+        events.put(("done", worker, None, None))
+
+
+class _Worker:
+    def __init__(self, ctx, number: int, device: str, setup: WorkerSetup, events):
+        self.number, self.device = number, device
+        self.tasks, self.acks = ctx.Queue(), ctx.Queue()
+        self.process = ctx.Process(target=_worker_main, name=f"dlbench-worker-{number}", daemon=True,
+                                   args=(number, device, setup, self.tasks, events, self.acks))
+        self.process.start()
+        self.work: Work | None = None
+
+
+class WorkerPool:
+    """``jobs`` worker processes over ``devices`` (round robin), started at once so that their
+    imports overlap with the parent's own start-up (the tracking store)."""
+
+    def __init__(self, jobs: int, devices: list[str], setup: WorkerSetup):
+        # On a CPU, fork: a worker starts in milliseconds with torch and the plugins already
+        # imported (this runs before the parent has computed anything, so no OpenMP pool exists
+        # to be copied half-alive). With CUDA, spawn: a CUDA context does not survive a fork.
+        cpu_only = all(d.startswith("cpu") for d in devices) and "fork" in mp.get_all_start_methods()
+        self._ctx = mp.get_context("fork" if cpu_only else "spawn")
+        self.devices, self.setup = devices, setup
+        self.events = self._ctx.Queue()
+        self._started = 0
+        self.workers = [self._spawn() for _ in range(jobs)]
+
+    def _spawn(self) -> _Worker:
+        worker = _Worker(self._ctx, self._started, self.devices[self._started % len(self.devices)], self.setup,
+                         self.events)
+        self._started += 1
+        return worker
+
+    def run(self, works: list[Work], observers: list, on_result, stop=lambda: False) -> None:
+        """Train every unit; call each observer's lifecycle hooks for every event (in the order
+        given) and ``on_result(trial, result)`` when a trial ends. On Ctrl-C, every trial handed
+        out and not ended is ended as interrupted (its run KILLED, resumable), then it re-raises."""
+        todo = list(works)
+        trials = {t.index: t for w in works for t in w.members}
+        ended: set[int] = set()
+        by_number = {w.number: w for w in self.workers}
+
+        def call(hook: str, **kwargs) -> None:
+            for observer in observers:
+                method = getattr(observer, hook, None)
+                if method is not None:
+                    method(**kwargs)
+
+        def end(index: int, result: TrialResult) -> None:
+            if index in ended:
+                return
+            ended.add(index)
+            call("dlbench_trial_end", trial=trials[index], result=result)
+            on_result(trials[index], result)
+
+        def hand_out(worker: _Worker) -> None:
+            if stop():  # --fail-fast: what is running finishes, nothing new starts
+                todo.clear()
+            worker.work = todo.pop(0) if todo else None
+            if worker.work is not None:
+                worker.tasks.put(worker.work)
+
+        try:
+            self._loop(todo, by_number, call, end, hand_out, trials)
+        except KeyboardInterrupt:
+            for worker in by_number.values():
+                for trial in worker.work.members if worker.work is not None else ():
+                    end(trial.index, TrialResult(status="interrupted"))
+            raise
+
+    def _loop(self, todo, by_number, call, end, hand_out, trials) -> None:
+        while todo or any(w.work is not None for w in by_number.values()):
+            try:
+                kind, number, index, payload = self.events.get(timeout=POLL_S)
+            except queue.Empty:
+                for worker in list(by_number.values()):
+                    if not worker.process.is_alive():
+                        self._replace(worker, by_number, end, spare=bool(todo))
+                if not by_number:
+                    raise RuntimeError("every worker process died; see the errors above") from None
+                continue
+            worker = by_number.get(number)
+            if kind == "ready":
+                hand_out(worker)
+            elif kind == "broken":
+                del by_number[number]
+                raise RuntimeError(f"worker {number} could not start:\n{payload}")
+            elif kind == "done":
+                hand_out(worker)
+            elif kind == "start":
+                text, info = payload
+                call("dlbench_trial_start", trial=trials[index], model=ModelText(text), info=info)
+            elif kind == "epoch":
+                call("dlbench_epoch_end", trial=trials[index], epoch=payload[0], metrics=payload[1])
+            elif kind == "diag":
+                call("dlbench_diagnostics", trial=trials[index], step=payload[0], values=payload[1])
+            elif kind == "checkpoint":
+                call("dlbench_checkpoint", trial=trials[index], epoch=payload)
+                worker.acks.put(True)
+            elif kind == "end":
+                end(index, payload)
+
+    def _replace(self, worker: _Worker, by_number: dict, end, spare: bool) -> None:
+        """A worker died: fail what it was training (the others go on); start another when
+        there is work left (``spare``)."""
+        del by_number[worker.number]
+        if worker.work is not None:
+            reason = (f"worker process {worker.process.pid} on {worker.device} died (exit code "
+                      f"{worker.process.exitcode}) while training this trial; its other work went to a new worker")
+            for trial in worker.work.members:
+                end(trial.index, TrialResult(status="failed", error=reason))
+        if spare:
+            fresh = self._spawn()
+            self.workers.append(fresh)
+            by_number[fresh.number] = fresh
+
+    def close(self, now: bool = False) -> None:
+        """Stop every worker: idle ones finish at once; with ``now`` (Ctrl-C) busy ones are
+        terminated, their trials already ended as interrupted by :meth:`run`."""
+        for worker in self.workers:
+            if worker.process.is_alive():
+                try:
+                    worker.tasks.put(None)
+                except (OSError, ValueError):
+                    pass
+        for worker in self.workers:
+            worker.process.join(timeout=0 if now else 5)
+            if worker.process.is_alive():
+                worker.process.terminate()
+                worker.process.join(timeout=5)
+            if worker.process.is_alive():
+                worker.process.kill()
+
+
+def default_jobs(device: torch.device, units: int) -> int:
+    """``--jobs auto``: one worker per core on a CPU (small trials gain more from cores than
+    from torch's threads), two per GPU (one trains while the other's host code runs)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    per_device = 2 * max(1, torch.cuda.device_count()) if device.type == "cuda" else cores
+    return max(1, min(per_device, cores, units))

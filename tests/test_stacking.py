@@ -1,0 +1,279 @@
+"""Stacked trials: which trials stack, and a stacked member agrees with the trial trained alone.
+
+The guarantee tested here (and stated in the README): a member of a stack starts from exactly the
+weights and draws exactly the batches it would alone, so its epoch-0 metrics agree to float32
+rounding (1e-6) and, without random regularizers, every later epoch too (1e-4 over these short
+runs: the batched kernels round differently); with dropout its masks are another draw, so means
+over seeds agree, single runs do not. The same stack run twice is bit-identical.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from dlbench import hookimpl
+from dlbench.executor import execute
+from dlbench.plugins import load_plugins
+from dlbench.stacking import Work, plan, stack_id, stack_key
+from dlbench.train import Checkpoints, run_trial
+from dlbench.train_stack import run_stack
+
+CPU = torch.device("cpu")
+FIRST_EPOCH_TOL = 1e-6
+EPOCH_TOL = 1e-4
+
+
+class Recorder:
+    """Records every lifecycle event by trial index."""
+
+    def __init__(self):
+        self.events = []
+
+    @hookimpl
+    def dlbench_trial_start(self, trial, model, info):
+        self.events.append(("start", trial.index, info))
+
+    @hookimpl
+    def dlbench_epoch_end(self, trial, epoch, metrics):
+        self.events.append(("epoch", trial.index, epoch))
+
+    @hookimpl
+    def dlbench_diagnostics(self, trial, step, values):
+        self.events.append(("diag", trial.index, step))
+
+    @hookimpl
+    def dlbench_trial_end(self, trial, result):
+        self.events.append(("end", trial.index, result.status))
+
+
+class NoHooks:
+    def __getattr__(self, name):
+        return lambda **kwargs: None
+
+
+def stacked(trials, registry, data, hook=None, checkpoints=None):
+    """Train ``trials`` as one stack; their results by trial index."""
+    results = {}
+    run_stack(Work(tuple(trials), stack_id(trials)), registry, data, CPU, hook or NoHooks(),
+              lambda t, r: results.__setitem__(t.index, r), checkpoints)
+    return results
+
+
+def alone(trial, registry, data):
+    return run_trial(trial, registry, data, CPU, NoHooks())
+
+
+def assert_agree(a, b, tol_first=FIRST_EPOCH_TOL, tol=EPOCH_TOL):
+    assert len(a.history) == len(b.history)
+    for epoch, (x, y) in enumerate(zip(a.history, b.history)):
+        assert set(x) == set(y)
+        for key in x:
+            limit = tol_first if epoch == 0 else tol
+            assert x[key] == pytest.approx(y[key], rel=limit, abs=limit), (epoch, key, x[key], y[key])
+
+
+# -- the planner --------------------------------------------------------------------------------
+
+
+def test_seeds_of_a_level_stack_and_levels_differing_in_numbers_too(make_trials, registry):
+    trials = make_trials({"epochs": 2}, levels={"slow": {"optimizer": {"lr": 0.001}}, "fast": {}}, seeds=3)
+    works = plan(trials, registry, max_size=8)
+    assert len(works) == 1 and [t.index for t in works[0].members] == [1, 2, 3, 4, 5, 6]
+
+
+def test_different_shapes_or_optimizers_do_not_stack(make_trials, registry):
+    trials = make_trials(levels={"narrow": {}, "wide": {"architecture": {"width": 32}},
+                                 "sgd": {"optimizer": {"name": "sgd"}}}, seeds=2)
+    works = plan(trials, registry, max_size=8)
+    assert [[t.level for t in w.members] for w in works] == [["narrow"] * 2, ["wide"] * 2, ["sgd"] * 2]
+
+
+def test_a_large_group_splits_into_near_equal_stacks(make_trials, registry):
+    trials = make_trials(seeds=10)
+    assert [len(w.members) for w in plan(trials, registry, max_size=8)] == [5, 5]
+    assert all(not w.stacked and "off" in w.alone_because for w in plan(trials, registry, max_size=1))
+
+
+def test_a_component_that_never_said_it_stacks_trains_alone_and_says_why(make_trials):
+    class Plain:
+        @hookimpl
+        def dlbench_register_architectures(self, register):
+            def plain_mlp(input_shape, num_classes, activation, *, width: int = 8):
+                """A third party's MLP that does not declare itself stackable."""
+                return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(math.prod(input_shape), num_classes))
+
+            register("plain_mlp", plain_mlp)
+
+    plugins = load_plugins(None, autoload=False)
+    plugins.pm.register(Plain())
+    from dlbench.plugins import _fill_registry
+
+    registry = _fill_registry(plugins.pm, plugins.origins)
+    trials = make_trials({"architecture": {"name": "plain_mlp"}}, seeds=2, reg=registry)
+    key, reason = stack_key(trials[0], registry)
+    assert key is None and "architecture 'plain_mlp'" in reason and "stackable" in reason
+    works = plan(trials, registry, max_size=8)
+    assert len(works) == 2 and all("stackable" in w.alone_because for w in works)
+
+
+def test_dropout_on_and_off_do_not_share_a_model_structure(make_trials, registry):
+    trials = make_trials(levels={"p3": {"regularizers": [{"name": "dropout", "p_input": 0.0, "p_hidden": 0.3}]},
+                                 "p5": {"regularizers": [{"name": "dropout", "p_input": 0.0, "p_hidden": 0.5}]},
+                                 "in": {"regularizers": [{"name": "dropout", "p_input": 0.1, "p_hidden": 0.5}]}})
+    assert [[t.level for t in w.members] for w in plan(trials, registry, 8)] == [["p3", "p5"], ["in"]]
+
+
+# -- a member agrees with the trial alone -------------------------------------------------------
+
+
+@pytest.mark.parametrize("optimizer", [
+    {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 1e-3},
+    {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": True},
+    {"name": "adam", "lr": 0.01, "weight_decay": 1e-3},
+    {"name": "adamw", "lr": 0.01},
+    {"name": "rmsprop", "lr": 0.003, "momentum": 0.5},
+    {"name": "adagrad", "lr": 0.05},
+])
+def test_every_stacked_optimizer_agrees_with_torch_optim(optimizer, make_trials, registry, tiny_data):
+    trials = make_trials({"optimizer": optimizer, "epochs": 3}, seeds=[0, 1, 2])
+    together = stacked(trials, registry, tiny_data)
+    for trial in trials:
+        assert_agree(together[trial.index], alone(trial, registry, tiny_data))
+
+
+def test_members_with_their_own_hyperparameters_and_schedules(make_trials, registry, tiny_data):
+    trials = make_trials({"optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9}, "epochs": 3},
+                         levels={"a": {}, "b": {"optimizer": {"lr": 0.02, "momentum": 0.0}},
+                                 "c": {"schedule": {"name": "cosine", "warmup_fraction": 0.2}},
+                                 "d": {"schedule": {"name": "linear"}, "initializer": "xavier"}})
+    assert len(plan(trials, registry, 8)) == 1
+    together = stacked(trials, registry, tiny_data)
+    for trial in trials:
+        assert_agree(together[trial.index], alone(trial, registry, tiny_data))
+    assert len({r.history[-1]["lr"] for r in together.values()}) == 4
+
+
+@pytest.mark.parametrize("regularizer", [
+    {"name": "l2", "weight": 1e-2}, {"name": "l1", "weight": 1e-3}, {"name": "max_norm", "max_norm": 0.5},
+    {"name": "grad_clip", "max_norm": 0.1},
+])
+def test_deterministic_regularizers_agree_with_the_trial_alone(regularizer, make_trials, registry, tiny_data):
+    trials = make_trials({"regularizers": [regularizer], "epochs": 2}, seeds=[0, 1])
+    together = stacked(trials, registry, tiny_data)
+    for trial in trials:
+        assert_agree(together[trial.index], alone(trial, registry, tiny_data))
+
+
+def test_greedy_pretraining_runs_per_member_before_stacking(make_trials, registry, tiny_data):
+    trials = make_trials({"activation": "sigmoid", "architecture": {"depth": 2},
+                          "initializer": {"name": "greedy_autoencoder", "epochs": 1}}, seeds=[0, 1])
+    together = stacked(trials, registry, tiny_data)
+    for trial in trials:
+        assert_agree(together[trial.index], alone(trial, registry, tiny_data))
+
+
+def test_dropout_members_draw_their_own_masks_and_the_stack_repeats_exactly(make_trials, registry, tiny_data):
+    trials = make_trials({"regularizers": [{"name": "dropout", "p_input": 0.1, "p_hidden": 0.3},
+                                           {"name": "input_noise", "std": 0.1}], "epochs": 2}, seeds=[0, 1])
+    first, second = stacked(trials, registry, tiny_data), stacked(trials, registry, tiny_data)
+    assert [r.history for r in first.values()] == [r.history for r in second.values()]  # bit for bit
+    solo = alone(trials[0], registry, tiny_data)
+    assert_agree(type(solo)("finished", history=first[1].history[:1]), type(solo)("finished", history=solo.history[:1]))
+    assert first[1].history[-1]["train_loss"] != solo.history[-1]["train_loss"]  # masks: another draw
+
+
+def test_means_over_seeds_agree_with_dropout(make_trials, registry, tiny_data):
+    trials = make_trials({"regularizers": [{"name": "dropout", "p_input": 0.0, "p_hidden": 0.3}], "epochs": 4},
+                         seeds=list(range(8)))
+    together = stacked(trials, registry, tiny_data)
+    mean = lambda values: sum(values) / len(values)  # noqa: E731
+    stacked_acc = mean([together[t.index].final["train_accuracy"] for t in trials])
+    alone_acc = mean([alone(t, registry, tiny_data).final["train_accuracy"] for t in trials])
+    assert abs(stacked_acc - alone_acc) < 0.05, (stacked_acc, alone_acc)
+
+
+# -- members leave the stack ---------------------------------------------------------------------
+
+
+def test_a_diverging_member_is_dropped_and_the_others_go_on(make_trials, registry, tiny_data):
+    trials = make_trials({"optimizer": {"name": "sgd", "lr": 0.1}, "epochs": 4},
+                         levels={"ok": {}, "boom": {"optimizer": {"lr": 1e6}}}, seeds=[0, 1])
+    recorder = Recorder()
+    together = stacked(trials, registry, tiny_data, hook=recorder)
+    status = {t.level: together[t.index].status for t in trials}
+    assert status == {"ok": "finished", "boom": "diverged"}
+    for trial in trials:
+        if trial.level == "ok":
+            assert together[trial.index].epochs_run == 4
+            assert_agree(together[trial.index], alone(trial, registry, tiny_data))
+    ends = [e for e in recorder.events if e[0] == "end"]
+    assert sorted(e[1] for e in ends) == [t.index for t in trials]  # each member ends exactly once
+    assert ends[0][2] == "diverged"  # and the diverged ones leave first
+
+
+def test_early_stopping_is_per_member(make_trials, registry, tiny_data):
+    trials = make_trials({"epochs": 6}, levels={
+        "patient": {"regularizers": [{"name": "early_stopping", "patience": 5, "min_delta": 100.0}]},
+        "impatient": {"regularizers": [{"name": "early_stopping", "patience": 1, "min_delta": 100.0}]}})
+    together = stacked(trials, registry, tiny_data)
+    assert {t.level: together[t.index].epochs_run for t in trials} == {"patient": 6, "impatient": 2}
+
+
+def test_diagnostics_per_member_at_the_diagnostics_steps(make_trials, plugins, registry, tiny_data):
+    from dlbench.diagnostics import Diagnostics
+
+    trials = make_trials({"diagnostics_every": 3, "epochs": 1}, seeds=[0, 1])
+    recorder = Recorder()
+    plugins.pm.register(recorder, name="test.recorder")
+    plugins.pm.register(Diagnostics(plugins.hook, registry), name="test.diagnostics")
+    try:
+        stacked(trials, registry, tiny_data, hook=plugins.hook)
+    finally:
+        plugins.pm.unregister(name="test.recorder")
+        plugins.pm.unregister(name="test.diagnostics")
+    steps = {i: [e[2] for e in recorder.events if e[0] == "diag" and e[1] == i] for i in (1, 2)}
+    assert steps[1] == steps[2] == [1, 3, 6]  # 7 steps an epoch: step 1, then every 3rd
+
+
+# -- resume and failure --------------------------------------------------------------------------
+
+
+class StopAfter:
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    @hookimpl
+    def dlbench_epoch_end(self, trial, epoch, metrics):
+        if epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+def test_a_stack_resumes_from_its_checkpoint_bit_for_bit(tmp_path, make_trials, plugins, registry, tiny_data):
+    trials = make_trials({"regularizers": [{"name": "dropout", "p_input": 0.0, "p_hidden": 0.3}], "epochs": 4},
+                         seeds=[0, 1])
+    uninterrupted = stacked(trials, registry, tiny_data)
+    path = tmp_path / "stack.pt"
+    stopper = StopAfter(2)
+    plugins.pm.register(stopper, name="test.stopper")
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            stacked(trials, registry, tiny_data, hook=plugins.hook, checkpoints=Checkpoints(path, every_seconds=0))
+    finally:
+        plugins.pm.unregister(name="test.stopper")
+    assert path.is_file()
+    resumed = stacked(trials, registry, tiny_data, checkpoints=Checkpoints(path, every_seconds=0))
+    assert [r.history for r in resumed.values()] == [r.history for r in uninterrupted.values()]
+    assert not path.exists()  # done: the checkpoint is gone
+
+
+def test_a_raising_stack_fails_every_member_with_the_traceback(make_trials, registry, tiny_data):
+    from dlbench.data import DataCache
+
+    trials = make_trials({"optimizer": {"name": "sgd", "nesterov": True, "momentum": 0.0}}, seeds=[0, 1])
+    recorder = Recorder()
+    results = execute(Work(tuple(trials), stack_id(trials)), registry, recorder, DataCache(None), CPU, None)
+    assert [r.status for _, r in results] == ["failed", "failed"]
+    assert "nesterov" in results[0][1].error
