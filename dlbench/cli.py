@@ -177,7 +177,7 @@ def _trial_table(sf, trials, works) -> str:
     stack_of, alone = {}, []
     for number, work in enumerate(works, start=1):
         for t in work.members:
-            stack_of[t.index] = f"S{number} ({len(work.members)})" if work.stacked else "alone"
+            stack_of[t.index] = f"S{number}({len(work.members)})" if work.stacked else "alone"
         if not work.stacked:
             alone.append(f"  #{work.members[0].index} {work.members[0].run_name}: {work.alone_because}")
     blocks = []
@@ -191,7 +191,7 @@ def _trial_table(sf, trials, works) -> str:
         lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
         blocks.append(f"study {study!r} ({len(group)} trials)\n" + "\n".join(lines))
     stacks = sum(w.stacked for w in works)
-    summary = (f"{len(works)} units of work: {stacks} stacks (S<n> (members): trained together as one model) "
+    summary = (f"{len(works)} units of work: {stacks} stacks (S<n>(members): trained together as one model) "
                f"and {len(alone)} trials alone")
     if alone:
         summary += ":\n" + "\n".join(alone)

@@ -46,7 +46,20 @@ class Regularizer:
     def stacked(cls, members: list[Regularizer]) -> StackedRegularizer:
         """The same regularizer acting on a stack of N members (``members[i]`` is member i's
         instance). Override it to let trials using this regularizer train stacked."""
+        if cls.acts_only_on_stopping():
+            return StackedRegularizer(members)  # each member asks its own instance whether to stop
         raise NotImplementedError(f"{cls.__name__} has no stacked form")
+
+    @classmethod
+    def can_stack(cls) -> bool:
+        """Whether trials using it may train stacked: it overrides ``stacked``, or acts only on
+        the stopping decision."""
+        return cls.stacked.__func__ is not Regularizer.stacked.__func__ or cls.acts_only_on_stopping()
+
+    @classmethod
+    def acts_only_on_stopping(cls) -> bool:
+        per_step = ("wrap_model", "transform_batch", "penalty", "before_step", "after_step")
+        return all(getattr(cls, m) is getattr(Regularizer, m) for m in per_step)
 
     def stack_key(self) -> object:
         """What must be equal between the members of a stack besides the non-numeric options

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from dlbench.regularizer import Regularizer
 from dlbench.study import Trial
 
 STACKABLE = "dlbench_stackable"  # attribute a factory carries when it is declared stackable
@@ -191,7 +192,7 @@ def stack_key(trial: Trial, registry) -> tuple[str | None, str]:
     for spec in cfg["regularizers"]:
         component = registry.get("regularizer", spec["name"])
         cls = component.factory
-        if not (isinstance(cls, type) and _overrides_stacked(cls)) and not _acts_only_on_stopping(cls):
+        if not (isinstance(cls, type) and issubclass(cls, Regularizer) and cls.can_stack()):
             return None, f"regularizer {component.name!r} [{component.origin}] has no stacked form"
         try:
             extra = cls(**{k: v for k, v in spec.items() if k != "name"}).stack_key()
@@ -204,19 +205,3 @@ def stack_key(trial: Trial, registry) -> tuple[str | None, str]:
 def _shared_options(spec: dict) -> dict:
     """The options every member of a stack must share: all but the numbers."""
     return {k: v for k, v in spec.items() if isinstance(v, (bool, str, list, type(None)))}
-
-
-def _overrides_stacked(cls) -> bool:
-    from dlbench.regularizer import Regularizer
-
-    return isinstance(cls, type) and issubclass(cls, Regularizer) and cls.stacked.__func__ is not Regularizer.stacked.__func__
-
-
-def _acts_only_on_stopping(cls) -> bool:
-    """A regularizer that only decides when to stop (early stopping) stacks without a stacked form."""
-    from dlbench.regularizer import Regularizer
-
-    if not (isinstance(cls, type) and issubclass(cls, Regularizer)):
-        return False
-    per_step = ("wrap_model", "transform_batch", "penalty", "before_step", "after_step")
-    return all(getattr(cls, m) is getattr(Regularizer, m) for m in per_step)
