@@ -99,7 +99,9 @@ def main() -> None:
 @click.option("--study", "only", multiple=True, metavar="NAME", help="Run only this study of the file (repeatable).")
 @click.option("--reports-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("reports"),
               show_default=True, help="Where reports/<study>/ folders are written.")
-@click.option("--fail-fast", is_flag=True, help="Stop at the first trial that fails.")
+@click.option("--fail-fast", is_flag=True,
+              help="Stop at the first trial that fails (in file order: --jobs defaults to 1; with --jobs N, "
+                   "the work already running finishes).")
 @click.option("--force", is_flag=True, help="Re-run trials that already finished in the store (new runs).")
 @click.option("--deterministic/--nondeterministic", default=True, show_default=True,
               help="Deterministic kernels: the same config and seed give bit-identical metrics.")

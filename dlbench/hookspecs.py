@@ -14,6 +14,44 @@ Two families:
   tracking, diagnostics) can follow a trial without the loop knowing about them.
 
 Built-in components are registered through exactly these hooks (see ``dlbench/builtin``).
+
+**Stacking.** Trials that share a training loop train together as one stacked model (parameters
+stacked along a member axis, the forward pass batched by ``torch.func.vmap``; see
+``dlbench/stacking.py``). A component takes part only when it says how; anything else trains
+alone and ``dlbench run --dry-run`` names it:
+
+* architecture, activation, schedule: decorate the factory with ``@dlbench.stackable`` when its
+  module's forward is a pure function of parameters, buffers and input (no in-place buffer
+  updates such as BatchNorm's running statistics, no ``.item()``, no data-dependent Python
+  branches), or, for a schedule, when the learning rate depends on the step alone;
+* optimizer: ``@stackable(stacked=MyStacked)``, where ``MyStacked`` subclasses
+  ``dlbench.stacking.StackedOptimizer`` and updates stacked parameters with every numeric option
+  given as one value per member;
+* regularizer: a ``stacked(members)`` classmethod returning a
+  ``dlbench.regularizer.StackedRegularizer`` (one that only decides when to stop needs none);
+* initializer, dataset: nothing to do (initializers run per member before stacking).
+
+Example, a stackable activation and optimizer::
+
+    from dlbench import hookimpl, stackable
+    from dlbench.stacking import StackedOptimizer
+
+    @stackable
+    def swish(*, beta: float = 1.0) -> nn.Module:
+        '''Swish x * sigmoid(beta x) (Ramachandran et al. 2017).'''
+        return Swish(beta)
+
+    class StackedSignSGD(StackedOptimizer):
+        @torch.no_grad()
+        def step(self, params, lr):                  # lr: [N], one per member
+            for p in params:                         # p: [N, ...], p.grad likewise
+                p.sub_(self.per_member(lr, p) * p.grad.sign())
+            self.steps += 1
+
+    @stackable(stacked=StackedSignSGD)
+    def sign_sgd(params, *, lr: float = 0.01) -> torch.optim.Optimizer:
+        '''signSGD (Bernstein et al. 2018).'''
+        return SignSGD(params, lr=lr)
 """
 
 from __future__ import annotations
@@ -128,7 +166,9 @@ def dlbench_after_backward(trial: Trial, model: Any, optimizer: Any, step: int, 
 
     Called on every training batch, so an implementation returns at once on the steps it skips
     and must not consume random numbers or touch the gradients (training must not change
-    because someone watched). ``data`` is the trial's ``dlbench.data.DeviceData``, for probe
+    because someone watched). For a trial trained in a stack it is called only at the
+    diagnostics steps (step 1 and every ``diagnostics_every``), with the trial's own model
+    holding its current weights and gradients copied out of the stack. ``data`` is the trial's ``dlbench.data.DeviceData``, for probe
     batches. The built-in ``dlbench.diagnostics.Diagnostics`` records per-layer statistics here.
     """
 

@@ -127,7 +127,8 @@ def run_study(study_file: StudyFile, trials: list[Trial], plugins: Plugins, *, d
     set_determinism(deterministic, device)
     max_stack = stack_size or DEFAULT_MAX_STACK[device.type]
     devices = devices or [device]
-    jobs = jobs or default_jobs(device, len(plan(trials, plugins.registry, max_stack)))
+    if jobs is None:  # --fail-fast stops at the first failure in file order: one unit at a time
+        jobs = 1 if fail_fast else default_jobs(device, len(plan(trials, plugins.registry, max_stack)))
     # workers start first: they import torch and load plugins and data while this process opens the store
     pool = _start_pool(jobs, devices, plugins, data_dir, deterministic, checkpoint_dir, checkpoint_every) \
         if jobs > 1 else None

@@ -20,6 +20,7 @@ import copy
 import json
 import math
 import time
+import traceback
 import warnings
 
 import torch
@@ -59,15 +60,22 @@ def run_stack(work: Work, registry, data: DeviceData, device: torch.device, hook
     """Train the members of ``work`` together; ``finish(trial, result)`` is called for each
     member as it leaves the stack (finished, diverged, stopped early) and at the end.
 
-    Raises :class:`CannotStack` before any hook is called when the members' models differ in
-    structure; any other exception propagates (the executor marks the members failed).
+    A member whose build raises (its initializer, say) is finished as failed and the others
+    train. Raises :class:`CannotStack` before any other hook is called when the members' models
+    differ in structure; an exception while training propagates (the executor marks the
+    remaining members failed with its traceback).
     """
     started = time.perf_counter()
     cfg = work.members[0].config
     members = []
     for trial in work.members:
         seed_everything(trial.seed)
-        members.append(_Member(trial, *build(trial, registry, data, device), device))
+        try:
+            members.append(_Member(trial, *build(trial, registry, data, device), device))
+        except Exception as exc:  # a member whose plugins raise fails alone; the others train
+            finish(trial, TrialResult(status="failed", error="".join(traceback.format_exception(exc))))
+    if not members:
+        return
     _check_same_structure(members)
     seed_everything(int(work.stack_id[:8], 16))  # the stack's own stream: dropout masks, noise
 

@@ -557,8 +557,11 @@ def test_sigterm_closes_the_running_trial_as_killed(tmp_path, new_store):
 
     study = write_study(tmp_path, LONG_STUDY)
     db = new_store(tmp_path)
+    # one trial at a time in the dlbench process: seed 0 finishes before seed 1 starts
+    # (stacks and workers under SIGTERM: tests/test_workers.py)
     proc = subprocess.Popen([sys.executable, "-m", "dlbench.cli", "run", str(study), "--tracking-uri", sqlite_uri(db),
-                             "--device", "cpu"], cwd=tmp_path, env=cli_env(autoload=False), stdout=subprocess.PIPE,
+                             "--device", "cpu", "--jobs", "1", "--stack-size", "1"], cwd=tmp_path,
+                            env=cli_env(autoload=False), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     client = client_for(db)
     try:

@@ -287,3 +287,14 @@ def test_a_raising_stack_fails_every_member_with_the_traceback(make_trials, regi
     results = execute(Work(tuple(trials), stack_id(trials)), registry, recorder, DataCache(None), CPU, None)
     assert [r.status for _, r in results] == ["failed", "failed"]
     assert "nesterov" in results[0][1].error
+
+
+def test_a_member_whose_build_raises_fails_alone(make_trials, registry, tiny_data):
+    trials = make_trials({"epochs": 2}, levels={
+        "ok": {}, "bad": {"initializer": {"name": "greedy_autoencoder", "corruption": 1.5}}}, seeds=[0, 1])
+    assert len(plan(trials, registry, 8)) == 1  # initializers run per member: one stack
+    together = stacked(trials, registry, tiny_data)
+    assert {t.level: together[t.index].status for t in trials} == {"ok": "finished", "bad": "failed"}
+    assert "corruption" in together[trials[2].index].error
+    for trial in trials[:2]:
+        assert_agree(together[trial.index], alone(trial, registry, tiny_data))

@@ -149,3 +149,42 @@ def test_a_worker_that_dies_fails_only_its_trials(tmp_path):
     assert status["doomed"] == {"FAILED"} and len(doomed) >= 1
     text = Path(client.download_artifacts(doomed[0].info.run_id, "error.txt", str(tmp_path))).read_text()
     assert "died" in text and "exit code -9" in text
+
+
+def test_sigterm_with_workers_kills_the_running_trials_then_the_rerun_completes(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    study = write_study(tmp_path, STUDY.replace("epochs = 2", "epochs = 300"))
+    db = tmp_path / "m.db"
+    args = ["run", str(study), "--tracking-uri", sqlite_uri(db), "--jobs", "2", "--checkpoint-every", "0"]
+    proc = subprocess.Popen([sys.executable, "-m", "dlbench.cli", *args], cwd=tmp_path, env=cli_env(autoload=False),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not list((tmp_path / ".dlbench" / "checkpoints").glob("stack-*.pt")):  # both workers training
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no stack ever checkpointed"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130 and "Traceback" not in stderr, f"{stdout}\n{stderr}"
+    runs, _ = trial_runs(db, "par")
+    assert runs and {r.info.status for r in runs} == {"KILLED"}, [(r.info.run_name, r.info.status) for r in runs]
+
+    short = write_study(tmp_path, STUDY.replace("epochs = 2", "epochs = 300"))  # the same study again
+    proc = run_cli(["run", short, "--tracking-uri", sqlite_uri(db), "--jobs", "2"], cwd=tmp_path,
+                   env=cli_env(autoload=False), timeout=900)
+    assert proc.returncode == 0, describe_result(proc)
+    assert "resuming run" in proc.stdout
+    runs, _ = trial_runs(db, "par")
+    assert len(runs) == 9 and len({r.data.tags["dlbench.config_hash"] for r in runs}) == 9
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert any(r.data.tags.get("dlbench.resumed_from_epoch") for r in runs)

@@ -24,7 +24,7 @@ def _probability(name: str, key: str, p: float) -> None:
         raise ValueError(f"{name}: {key} must be in [0, 1), got {p}")
 
 
-class DropoutLayer(nn.Module):
+class InvertedDropout(nn.Module):
     """Inverted dropout with ``p`` held as a buffer, so members of a stack may differ in p:
     in training, keep each unit when u >= p (u uniform in [0, 1)) and scale by 1/(1-p)."""
 
@@ -60,10 +60,10 @@ class Dropout(Regularizer):
             raise ValueError(f"dropout: {type(model).__name__} exposes no slots (dlbench.slots.Slot) to put dropout in")
         for s in inputs:
             if self.p_input:
-                s.fill(DropoutLayer(self.p_input))
+                s.fill(InvertedDropout(self.p_input))
         for s in hidden:
             if self.p_hidden:
-                s.fill(DropoutLayer(self.p_hidden))
+                s.fill(InvertedDropout(self.p_hidden))
         return model
 
     def stack_key(self) -> object:
