@@ -61,6 +61,12 @@ class Regularizer:
         per_step = ("wrap_model", "transform_batch", "penalty", "before_step", "after_step")
         return all(getattr(cls, m) is getattr(Regularizer, m) for m in per_step)
 
+    def stack_model(self, model: nn.Module) -> nn.Module:
+        """Adapt a member's model (already wrapped and initialized) before it joins a stack:
+        modules holding a per-member value as a Python number (``nn.Dropout(p)``) must hold it
+        as a buffer, which stacks. By default the model is left as it is."""
+        return model
+
     def stack_key(self) -> object:
         """What must be equal between the members of a stack besides the non-numeric options
         (for instance whether dropout is on at all, which changes the model's modules)."""

@@ -8,13 +8,14 @@ or GPUs (``workers.py``), with this process the one writer to the tracking store
 from __future__ import annotations
 
 import os
-import traceback
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
 import torch
 
+from dlbench.background_reports import BackgroundReports
 from dlbench.config import StudyFile
 from dlbench.data import DataCache
 from dlbench.diagnostics import Diagnostics
@@ -132,6 +133,12 @@ def run_study(study_file: StudyFile, trials: list[Trial], plugins: Plugins, *, d
     # workers start first: they import torch and load plugins and data while this process opens the store
     pool = _start_pool(jobs, devices, plugins, data_dir, deterministic, checkpoint_dir, checkpoint_every) \
         if jobs > 1 else None
+    if pool is not None and (force or _fresh_store(tracking_uri)):
+        # nothing can be skipped or resumed: train while this process creates the store (seconds)
+        early = hand_out_order(plan(trials, plugins.registry, max_stack))
+        for work in early:
+            checkpoint_path(checkpoint_dir, work).unlink(missing_ok=True)
+        pool.prestart(early)
     try:
         return _run(study_file, trials, plugins, device, tracking_uri, reports_dir, stream, fail_fast, force,
                     deterministic, data_dir, checkpoint_dir, checkpoint_every, allow_data_mismatch, max_stack, pool,
@@ -139,6 +146,26 @@ def run_study(study_file: StudyFile, trials: list[Trial], plugins: Plugins, *, d
     finally:
         if pool is not None:
             pool.close(now=True)
+
+
+def hand_out_order(works: list[Work]) -> list[Work]:
+    """The order workers take the units in: study by study, the studies with the most levels
+    first (their reports, the largest, are drawn while the others train, and the last study's
+    report, drawn after training, is a small one), the longest units first within a study (so
+    no long unit is left for the end while the other workers idle)."""
+    levels: dict[str, set[str]] = {}
+    for w in works:
+        for t in w.members:
+            levels.setdefault(t.study, set()).add(t.level)
+    first_seen = {study: i for i, study in enumerate(levels)}
+    return sorted(works, key=lambda w: (-len(levels[w.members[0].study]), first_seen[w.members[0].study], -w.cost))
+
+
+def _fresh_store(tracking_uri: str) -> bool:
+    """A SQLite store whose file does not exist yet: it holds no runs to skip or resume."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return False
+    return not Path(tracking_uri.removeprefix("sqlite:///")).exists()
 
 
 def _start_pool(jobs, devices, plugins, data_dir, deterministic, checkpoint_dir, checkpoint_every):
@@ -174,26 +201,42 @@ def _run(study_file, trials, plugins, device, tracking_uri, reports_dir, stream,
     stream.write(f"study {study_file.name!r}: {len(trials)} trials on {device}{workers}; "
                  f"MLflow parent run {run.parent_run_id} in {tracking_uri}\n")
     works = _works(trials, tracker, run, plugins, force, max_stack, checkpoint_dir, stream)
+    reports = BackgroundReports(tracking_uri, run.parent_run_id, trials, reports_dir)
+    pending = Counter(t.study for w in works for t in w.members)
+
+    def on_result(trial, result):
+        run.results.append((trial, result))
+        pending[trial.study] -= 1
+        if pending[trial.study] == 0:  # the study is done: its report builds while the others train
+            tracker.flush()
+            reports.submit(trial.study)
+
     status = "KILLED"
     try:
+        for study in dict.fromkeys(t.study for t in trials):
+            if not pending[study] and any(t.study == study for t, _ in run.results):
+                reports.submit(study)  # every trial already in the store
         if pool is not None:
-            def on_result(trial, result):
-                run.results.append((trial, result))
-
-            pool.run(sorted(works, key=lambda w: -w.cost), [tracker, progress], on_result,
+            pool.run(hand_out_order(works), [tracker, progress], on_result,
                      stop=lambda: fail_fast and run.count("failed") > 0)
         else:
-            _run_inline(works, run, plugins, tracker, progress, device, data_dir, checkpoint_dir, checkpoint_every,
-                        fail_fast)
+            _run_inline(works, on_result, plugins, tracker, progress, device, data_dir, checkpoint_dir,
+                        checkpoint_every, stop=lambda: fail_fast and run.count("failed") > 0)
         status = "FAILED" if run.count("failed") else "FINISHED"
+    except BaseException:
+        reports.close()
+        raise
     finally:
         summary = {s: run.count(s) for s in ("finished", "diverged", "failed")}
         summary["skipped"] = run.skipped
         summary["running_elsewhere"] = run.busy
         summary["not_run"] = len(trials) - len(run.results) - run.busy
         tracker.end_study(status, summary)
+    if pool is not None:
+        pool.close()  # idle now: free the cores for the reports
     if run.results:
-        run.reports = _reports_from_mlflow(tracking_uri, run.parent_run_id, trials, reports_dir, stream)
+        studies = [s for s in dict.fromkeys(t.study for t in trials) if any(t.study == s for t, _ in run.results)]
+        run.reports = reports.wait(studies, stream)
     return run
 
 
@@ -234,8 +277,8 @@ def _works(trials, tracker, run: StudyRun, plugins, force: bool, max_stack: int,
     return works
 
 
-def _run_inline(works, run, plugins, tracker, progress, device, data_dir, checkpoint_dir, checkpoint_every,
-                fail_fast) -> None:
+def _run_inline(works, on_result, plugins, tracker, progress, device, data_dir, checkpoint_dir, checkpoint_every,
+                stop) -> None:
     """Every unit in this process, one after another: the dataset stays on the device for all."""
     # pluggy calls the last registered first: the tracker closes a trial's run before the
     # progress line says it finished
@@ -245,28 +288,15 @@ def _run_inline(works, run, plugins, tracker, progress, device, data_dir, checkp
     cache = DataCache(data_dir)
     try:
         for work in works:
-            run.results.extend(execute(work, plugins.registry, plugins.hook, cache, device, checkpoint_dir,
-                                       checkpoint_every))
-            if fail_fast and run.count("failed"):
+            for trial, result in execute(work, plugins.registry, plugins.hook, cache, device, checkpoint_dir,
+                                         checkpoint_every):
+                on_result(trial, result)
+            if stop():
                 break
     finally:
         plugins.pm.unregister(name="dlbench.tracking")
         plugins.pm.unregister(name="dlbench.progress")
         plugins.pm.unregister(name="dlbench.diagnostics")
-
-
-def _reports_from_mlflow(tracking_uri: str, parent_run_id: str, trials: list[Trial], reports_dir: Path,
-                         stream: TextIO) -> list[Path]:
-    """Each study's report, rebuilt from what MLflow now holds (as `dlbench report` does) and
-    attached to the parent run. A failure here loses no result: it says how to retry."""
-    from dlbench.report import report_from_mlflow
-
-    try:
-        return report_from_mlflow(tracking_uri, parent_run_id, reports_dir, trials=trials)
-    except Exception:
-        stream.write(f"the report failed; the runs are safe in MLflow. Rebuild it with `dlbench report --run-id "
-                     f"{parent_run_id} --tracking-uri {tracking_uri}`.\n{traceback.format_exc()}")
-        return []
 
 
 def write_reports(study_file: StudyFile, results, reports_dir: Path) -> list[Path]:

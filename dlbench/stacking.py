@@ -36,10 +36,12 @@ from dlbench.study import Trial
 
 STACKABLE = "dlbench_stackable"  # attribute a factory carries when it is declared stackable
 STACKED = "dlbench_stacked"  # an optimizer factory's StackedOptimizer class
-# Largest stack by default. On a CPU a stack buys little (the step is compute-bound; workers
-# use the cores), so stacks stay small enough to share out; on a GPU the step is launch-bound
-# and a stack of 100 costs about what one trial costs.
-DEFAULT_MAX_STACK = {"cpu": 8, "cuda": 128}
+# Largest stack by default. On a GPU a step of a small model is launch-bound and a stack of 100
+# costs about what one trial costs. On a CPU the step is compute-bound: measured on 2 cores
+# (benchmarks/stacking.py, benchmarks/study.py), a stack is at best 1.1x one trial at a time and
+# slower for deep narrow models (vmap's per-operation cost), while workers use the cores: no
+# stacks by default there (`--stack-size N` asks for them).
+DEFAULT_MAX_STACK = {"cpu": 1, "cuda": 128}
 
 
 def stackable(factory=None, *, stacked=None):
@@ -146,7 +148,7 @@ def plan(trials: list[Trial], registry, max_size: int) -> list[Work]:
     groups: dict[str, _Group] = {}
     works: list[Work | _Group] = []
     for trial in trials:
-        key, reason = stack_key(trial, registry) if max_size > 1 else (None, "stacking is off (--stack-size 1)")
+        key, reason = stack_key(trial, registry) if max_size > 1 else (None, "stacking is off (--stack-size 1, the default on a CPU)")
         if key is None:
             works.append(Work((trial,), stack_id([trial]), reason))
             continue

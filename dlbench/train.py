@@ -8,7 +8,6 @@ The whole dataset is already on the device (see ``data.py``); batches are index 
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import random
@@ -41,12 +40,6 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed)
     torch.manual_seed(seed)  # seeds the CPU and every CUDA device
 
-
-def data_order_generator(seed: int, device: torch.device) -> torch.Generator:
-    """The trial's own stream of batch orders, apart from the global RNG (init, dropout): a
-    trial draws the same batches alone or in a stack, whatever its model consumed before."""
-    derived = int.from_bytes(hashlib.sha256(f"data-order/{seed}".encode()).digest()[:7], "big")
-    return torch.Generator(device=device).manual_seed(derived)
 
 
 def make(registry, kind: str, spec: dict, *args):
@@ -89,13 +82,11 @@ def evaluate(model: torch.nn.Module, data: DeviceData) -> dict[str, float]:
 
 
 def train_epoch(model, regularizers, optimizer, schedule, data: DeviceData, batch_size: int,
-                hook=None, trial: Trial | None = None, first_step: int = 0,
-                order_generator: torch.Generator | None = None) -> None:
+                hook=None, trial: Trial | None = None, first_step: int = 0) -> None:
     """One pass over the training set. ``first_step`` counts the optimizer steps taken before."""
     model.train()
     n = len(data.y_train)
-    # drawn on the device: no host round-trip
-    order = torch.randperm(n, device=data.x_train.device, generator=order_generator)
+    order = torch.randperm(n, device=data.x_train.device)  # drawn on the device: no host round-trip
     for step, idx in enumerate(order.split(batch_size), start=first_step + 1):
         x, y = data.x_train[idx], data.y_train[idx]
         for reg in regularizers:
@@ -145,15 +136,14 @@ class Checkpoints:
         set_rng_state(state["rng"])
         return state
 
-    def save(self, epoch: int, model, optimizer, schedule, regularizers, result: TrialResult,
-             order_generator: torch.Generator) -> None:
+    def save(self, epoch: int, model, optimizer, schedule, regularizers, result: TrialResult) -> None:
         self.write({
             "epoch": epoch, "history": result.history, "status": result.status,
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-            "regularizers": [reg.state_dict() for reg in regularizers], "order": order_generator.get_state(),
+            "regularizers": [reg.state_dict() for reg in regularizers],
         })
 
-    def restore(self, model, optimizer, schedule, regularizers, order_generator: torch.Generator) -> dict | None:
+    def restore(self, model, optimizer, schedule, regularizers) -> dict | None:
         """Load the checkpoint into the objects; returns its epoch and history, or None."""
         state = self.read()
         if state is None:
@@ -163,7 +153,6 @@ class Checkpoints:
         schedule.load_state_dict(state["schedule"])
         for reg, reg_state in zip(regularizers, state["regularizers"]):
             reg.load_state_dict(reg_state)
-        order_generator.set_state(state["order"])
         return state
 
     def clear(self) -> None:
@@ -195,8 +184,7 @@ def run_trial(trial: Trial, registry, data: DeviceData, device: torch.device, ho
     started = time.perf_counter()
     seed_everything(trial.seed)
     model, regularizers, optimizer, schedule = build(trial, registry, data, device)
-    order = data_order_generator(trial.seed, device)
-    resumed = checkpoints.restore(model, optimizer, schedule, regularizers, order) if checkpoints else None
+    resumed = checkpoints.restore(model, optimizer, schedule, regularizers) if checkpoints else None
     info = {"device": str(device), "dataset_hash": data.content_hash, "dataset": trial.config["dataset"]["name"],
             "dataset_source": data.source,
             "num_params": sum(p.numel() for p in model.parameters()),
@@ -214,7 +202,7 @@ def run_trial(trial: Trial, registry, data: DeviceData, device: torch.device, ho
         if epoch > 0:  # epoch 0 records the initialized model, before any step
             batch_size = trial.config["batch_size"]
             train_epoch(model, regularizers, optimizer, schedule, data, batch_size, hook, trial,
-                        first_step=(epoch - 1) * math.ceil(len(data.y_train) / batch_size), order_generator=order)
+                        first_step=(epoch - 1) * math.ceil(len(data.y_train) / batch_size))
         metrics = evaluate(model, data) | {"lr": optimizer.param_groups[0]["lr"]}
         result.history.append(metrics)
         result.final, result.epochs_run = metrics, epoch
@@ -226,8 +214,16 @@ def run_trial(trial: Trial, registry, data: DeviceData, device: torch.device, ho
             break
         if checkpoints and checkpoints.due():
             hook.dlbench_checkpoint(trial=trial, epoch=epoch)
-            checkpoints.save(epoch, model, optimizer, schedule, regularizers, result, order)
+            checkpoints.save(epoch, model, optimizer, schedule, regularizers, result)
     if checkpoints:
         checkpoints.clear()
     result.seconds = time.perf_counter() - started
     return result
+
+
+def order_generator_after_build(device: torch.device) -> torch.Generator:
+    """A generator continuing the global stream where it stands now (after a trial's model was
+    built and initialized): it draws the batch orders a trial trained alone draws next."""
+    generator = torch.Generator(device=device)
+    generator.set_state(torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state())
+    return generator

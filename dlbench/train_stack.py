@@ -4,7 +4,7 @@ Each member is built exactly as it would be alone (its seed, its architecture, r
 and initializer, greedy pretraining included), then the members' parameters are stacked along a
 leading axis and one ``torch.func.vmap`` of the architecture's forward pass trains them all:
 one batched kernel where there were N small ones. A member draws its own batches (its data-order
-generator, as alone), its own dropout masks, uses its own hyperparameters and learning-rate
+generator, continuing the stream where its build left it, as alone), its own dropout masks, uses its own hyperparameters and learning-rate
 schedule, and leaves the stack when it diverges or stops early; the others go on.
 
 A member agrees with the same trial trained alone to float32 rounding up to its first random
@@ -30,7 +30,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from dlbench.data import DeviceData
 from dlbench.stacking import STACKED, Work
 from dlbench.study import Trial, canonical_json
-from dlbench.train import EVAL_CHUNK, Checkpoints, TrialResult, build, data_order_generator, seed_everything
+from dlbench.train import EVAL_CHUNK, Checkpoints, TrialResult, build, order_generator_after_build, seed_everything
 
 
 class CannotStack(Exception):
@@ -43,7 +43,7 @@ class _Member:
     def __init__(self, trial: Trial, model, regularizers, optimizer, schedule, device):
         self.trial, self.model, self.regularizers = trial, model, regularizers
         self.optimizer, self.schedule = optimizer, schedule
-        self.order = data_order_generator(trial.seed, device)
+        self.order = order_generator_after_build(device)  # its batches: those it would draw alone
         self.result = TrialResult(status="finished")
         self.lrs: list[float] = []
 
@@ -76,6 +76,9 @@ def run_stack(work: Work, registry, data: DeviceData, device: torch.device, hook
             finish(trial, TrialResult(status="failed", error="".join(traceback.format_exception(exc))))
     if not members:
         return
+    for k, reg in enumerate(members[0].regularizers):  # e.g. dropout: p as a buffer, one per member
+        for m in members:
+            m.model = reg.stack_model(m.model)
     _check_same_structure(members)
     seed_everything(int(work.stack_id[:8], 16))  # the stack's own stream: dropout masks, noise
 

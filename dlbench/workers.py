@@ -150,6 +150,16 @@ class WorkerPool:
         self._started = 0
         self.workers = [self._spawn() for _ in range(jobs)]
 
+    def prestart(self, works: list[Work]) -> None:
+        """Hand each worker its first unit now, before the parent is ready to record anything:
+        their events wait in the queue until :meth:`run` (only for a store that is known to be
+        empty, so that nothing handed out here could have been skipped or resumed)."""
+        queue_ = list(works)
+        for worker in self.workers:
+            if queue_ and worker.work is None:
+                worker.work = queue_.pop(0)
+                worker.tasks.put(worker.work)
+
     def _spawn(self) -> _Worker:
         worker = _Worker(self._ctx, self._started, self.devices[self._started % len(self.devices)], self.setup,
                          self.events)
@@ -160,7 +170,8 @@ class WorkerPool:
         """Train every unit; call each observer's lifecycle hooks for every event (in the order
         given) and ``on_result(trial, result)`` when a trial ends. On Ctrl-C, every trial handed
         out and not ended is ended as interrupted (its run KILLED, resumable), then it re-raises."""
-        todo = list(works)
+        running = {w.work.stack_id for w in self.workers if w.work is not None}  # handed out by prestart
+        todo = [w for w in works if w.stack_id not in running]
         trials = {t.index: t for w in works for t in w.members}
         ended: set[int] = set()
         by_number = {w.number: w for w in self.workers}
@@ -206,7 +217,8 @@ class WorkerPool:
                 continue
             worker = by_number.get(number)
             if kind == "ready":
-                hand_out(worker)
+                if worker.work is None:  # a prestarted worker is busy already
+                    hand_out(worker)
             elif kind == "broken":
                 del by_number[number]
                 raise RuntimeError(f"worker {number} could not start:\n{payload}")

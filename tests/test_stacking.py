@@ -298,3 +298,15 @@ def test_a_member_whose_build_raises_fails_alone(make_trials, registry, tiny_dat
     assert "corruption" in together[trials[2].index].error
     for trial in trials[:2]:
         assert_agree(together[trial.index], alone(trial, registry, tiny_data))
+
+
+def test_members_keep_their_own_dropout_probability(make_trials, registry, tiny_data):
+    trials = make_trials({"epochs": 3, "optimizer": {"name": "adam", "lr": 0.01}},
+                         levels={"low": {"regularizers": [{"name": "dropout", "p_input": 0.0, "p_hidden": 0.01}]},
+                                 "high": {"regularizers": [{"name": "dropout", "p_input": 0.0, "p_hidden": 0.9}]}})
+    assert len(plan(trials, registry, 8)) == 1
+    together = stacked(trials, registry, tiny_data)
+    low, high = (together[t.index].final["train_loss"] for t in trials)
+    solo_low, solo_high = (alone(t, registry, tiny_data).final["train_loss"] for t in trials)
+    assert low == pytest.approx(solo_low, rel=0.05) and high == pytest.approx(solo_high, rel=0.1)
+    assert high > low * 1.1  # member 1 trained with p = 0.9, not with member 0's 0.01

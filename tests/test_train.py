@@ -11,7 +11,6 @@ from conftest import TINY_BASELINE, sqlite_uri, write_study
 from torch import nn
 
 from dlbench import hookimpl
-from dlbench.builtin.regularizers import InvertedDropout
 from dlbench.config import read_study_file
 from dlbench.data import to_device
 from dlbench.plugins import load_plugins
@@ -138,10 +137,10 @@ def test_dropout_fills_input_and_hidden_slots(registry, tiny_data, make_trials):
     (inp,) = slots(model, "input")
     hidden = slots(model, "hidden")
     assert len(hidden) == 2
-    assert isinstance(inp.inner, InvertedDropout) and float(inp.inner.p) == pytest.approx(0.1)
+    assert isinstance(inp.inner, nn.Dropout) and inp.inner.p == 0.1
     for s in hidden:
-        assert isinstance(s.inner, InvertedDropout) and float(s.inner.p) == pytest.approx(0.3)
-    assert sum(isinstance(m, InvertedDropout) for m in model.modules()) == 3
+        assert isinstance(s.inner, nn.Dropout) and s.inner.p == 0.3
+    assert sum(isinstance(m, nn.Dropout) for m in model.modules()) == 3
     # the input slot comes first in the forward pass
     order = [m for m in model.modules() if isinstance(m, Slot)]
     assert order[0] is inp
@@ -151,13 +150,13 @@ def test_dropout_with_zero_input_probability_leaves_input_slot_empty(registry, t
     (trial,) = make_trials({"regularizers": [{"name": "dropout", "p_input": 0.0, "p_hidden": 0.5}]})
     model = built_model(trial, registry, tiny_data)
     assert isinstance(slots(model, "input")[0].inner, nn.Identity)
-    assert isinstance(slots(model, "hidden")[0].inner, InvertedDropout)
+    assert isinstance(slots(model, "hidden")[0].inner, nn.Dropout)
 
 
 def test_no_dropout_without_the_regularizer(registry, tiny_data, make_trials):
     (trial,) = make_trials()
     model = built_model(trial, registry, tiny_data)
-    assert not any(isinstance(m, (nn.Dropout, InvertedDropout)) for m in model.modules())
+    assert not any(isinstance(m, nn.Dropout) for m in model.modules())
 
 
 def test_dropout_is_random_in_training_and_deterministic_in_eval(registry, tiny_data, make_trials):

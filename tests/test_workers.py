@@ -36,7 +36,8 @@ def parallel(tmp_path_factory):
     root = tmp_path_factory.mktemp("parallel")
     study = write_study(root, STUDY)
     out = {}
-    for name, args in {"workers": ["--jobs", "2"], "inline": ["--jobs", "1", "--stack-size", "1"]}.items():
+    ways = {"workers": ["--jobs", "2", "--stack-size", "8"], "inline": ["--jobs", "1", "--stack-size", "1"]}
+    for name, args in ways.items():
         db = root / f"{name}.db"
         proc = run_cli(["run", study, "--tracking-uri", sqlite_uri(db), "--reports-dir", root / f"reports-{name}",
                         *args], cwd=root, env=cli_env(autoload=False))
@@ -109,13 +110,15 @@ def test_dry_run_shows_the_stacks_and_why_a_trial_trains_alone(tmp_path):
         def dlbench_register_schedules(register):
             register("plain", plain)
     """)
-    proc = run_cli(["run", study, "--dry-run"], cwd=tmp_path, env=cli_env(autoload=False))
+    proc = run_cli(["run", study, "--dry-run", "--stack-size", "8"], cwd=tmp_path, env=cli_env(autoload=False))
     assert proc.returncode == 0, describe_result(proc)
     assert "S1(6)" in proc.stdout and "S2(3)" in proc.stdout
     assert "2 stacks" in proc.stdout and "3 trials alone" in proc.stdout
     assert "schedule 'plain' [local" in proc.stdout and "does not declare itself stackable" in proc.stdout
     one = run_cli(["run", study, "--dry-run", "--stack-size", "1"], cwd=tmp_path, env=cli_env(autoload=False))
     assert "0 stacks" in one.stdout and "stacking is off" in one.stdout, describe_result(one)
+    default = run_cli(["run", study, "--dry-run", "--device", "cpu"], cwd=tmp_path, env=cli_env(autoload=False))
+    assert "0 stacks" in default.stdout, describe_result(default)  # on a CPU, workers and no stacks by default
 
 
 def test_a_worker_that_dies_fails_only_its_trials(tmp_path):
@@ -160,7 +163,8 @@ def test_sigterm_with_workers_kills_the_running_trials_then_the_rerun_completes(
 
     study = write_study(tmp_path, STUDY.replace("epochs = 2", "epochs = 300"))
     db = tmp_path / "m.db"
-    args = ["run", str(study), "--tracking-uri", sqlite_uri(db), "--jobs", "2", "--checkpoint-every", "0"]
+    args = ["run", str(study), "--tracking-uri", sqlite_uri(db), "--jobs", "2", "--stack-size", "8",
+            "--checkpoint-every", "0"]
     proc = subprocess.Popen([sys.executable, "-m", "dlbench.cli", *args], cwd=tmp_path, env=cli_env(autoload=False),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
@@ -180,7 +184,7 @@ def test_sigterm_with_workers_kills_the_running_trials_then_the_rerun_completes(
     assert runs and {r.info.status for r in runs} == {"KILLED"}, [(r.info.run_name, r.info.status) for r in runs]
 
     short = write_study(tmp_path, STUDY.replace("epochs = 2", "epochs = 300"))  # the same study again
-    proc = run_cli(["run", short, "--tracking-uri", sqlite_uri(db), "--jobs", "2"], cwd=tmp_path,
+    proc = run_cli(["run", short, "--tracking-uri", sqlite_uri(db), "--jobs", "2", "--stack-size", "8"], cwd=tmp_path,
                    env=cli_env(autoload=False), timeout=900)
     assert proc.returncode == 0, describe_result(proc)
     assert "resuming run" in proc.stdout

@@ -25,8 +25,8 @@ def _probability(name: str, key: str, p: float) -> None:
 
 
 class InvertedDropout(nn.Module):
-    """Inverted dropout with ``p`` held as a buffer, so members of a stack may differ in p:
-    in training, keep each unit when u >= p (u uniform in [0, 1)) and scale by 1/(1-p)."""
+    """``nn.Dropout`` for a stack: ``p`` held as a buffer, so members may differ in p. In
+    training, keep each unit when u >= p (u uniform in [0, 1)) and scale by 1/(1-p)."""
 
     def __init__(self, p: float):
         super().__init__()
@@ -60,10 +60,18 @@ class Dropout(Regularizer):
             raise ValueError(f"dropout: {type(model).__name__} exposes no slots (dlbench.slots.Slot) to put dropout in")
         for s in inputs:
             if self.p_input:
-                s.fill(InvertedDropout(self.p_input))
+                s.fill(nn.Dropout(self.p_input))
         for s in hidden:
             if self.p_hidden:
-                s.fill(InvertedDropout(self.p_hidden))
+                s.fill(nn.Dropout(self.p_hidden))
+        return model
+
+    def stack_model(self, model: nn.Module) -> nn.Module:
+        device = next(model.parameters()).device
+        for parent in list(model.modules()):  # every nn.Dropout, wherever a slot put it
+            for name, child in list(parent.named_children()):
+                if type(child) is nn.Dropout:
+                    setattr(parent, name, InvertedDropout(child.p).to(device))
         return model
 
     def stack_key(self) -> object:

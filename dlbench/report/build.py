@@ -275,7 +275,7 @@ def report_from_mlflow(tracking_uri: str, run_id: str, reports_dir: Path, studie
         trials = _expand_attached(tracking_uri, run_id, registry)
     labels = {t.config_hash: {"study": t.study, "level": t.level, **{f"factor.{f}": v for f, v in t.levels.items()}}
               for t in trials or []}
-    record = read_study_run(tracking_uri, run_id, labels)
+    record = read_study_run(tracking_uri, run_id, labels, studies)
     present = list(dict.fromkeys(record.trials["study"])) if len(record.trials) else []
     if trials:  # the studies this invocation ran (`dlbench run --study` runs a subset)
         present = [s for s in dict.fromkeys(t.study for t in trials) if s in present]

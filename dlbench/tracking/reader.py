@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,11 +17,11 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from dlbench.errors import UserError, choose_one_of
-from dlbench.tracking.store import search_all
+from dlbench.tracking.store import histories_of_runs, search_all
 
 STUDY_FILTER = "tags.`dlbench.role` = 'study'"
 DIAG_PREFIX = "diag."
-READ_THREADS = 8  # metric histories are read one (run, key) at a time: overlap the round-trips
+READ_THREADS = 8  # over HTTP, metric histories are read one (run, key) at a time: overlap the round-trips
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bar for a one-file download
 
 
@@ -86,8 +85,10 @@ def find_study_run(tracking_uri: str, run_id: str | None = None, experiment: str
     return runs[0].info.run_id
 
 
-def read_study_run(tracking_uri: str, run_id: str, trials: dict[str, dict] | None = None) -> StudyRecord:
-    """The parent run ``run_id``, its study file and every child run with its metric histories.
+def read_study_run(tracking_uri: str, run_id: str, trials: dict[str, dict] | None = None,
+                   studies: list[str] | None = None) -> StudyRecord:
+    """The parent run ``run_id``, its study file and every child run (of ``studies``, when named)
+    with its metric histories.
 
     ``trials`` (config hash -> ``{"study": ..., "level": ..., "factor.<f>": ...}``) names the trials
     the study run stands for: those that are not its children (an invocation skips the trials an
@@ -98,6 +99,9 @@ def read_study_run(tracking_uri: str, run_id: str, trials: dict[str, dict] | Non
     parent = client.get_run(run_id)
     experiment = client.get_experiment(parent.info.experiment_id).name
     children = search_all(client, parent.info.experiment_id, f"tags.mlflow.parentRunId = '{run_id}'")
+    if studies is not None:
+        children = [r for r in children if r.data.tags.get("dlbench.study") in studies]
+        trials = {h: label for h, label in (trials or {}).items() if label.get("study") in studies}
     name, text = _study_file(client, parent)
     labels = {r.info.run_id: {} for r in children}
     missing = set(trials or {}) - {r.data.tags.get("dlbench.config_hash") for r in children}
@@ -112,10 +116,7 @@ def read_study_run(tracking_uri: str, run_id: str, trials: dict[str, dict] | Non
 
     rows = [_trial_row(r) | labels[r.info.run_id] for r in children]
     trials = pd.DataFrame(rows)
-    keys = [(r.info.run_id, k) for r in children for k in r.data.metrics]
-    with ThreadPoolExecutor(READ_THREADS) as pool:
-        histories = list(pool.map(lambda rk: client.get_metric_history(*rk), keys))
-    records = [(run, m.key, m.step, m.value) for (run, _), hist in zip(keys, histories) for m in hist]
+    records = histories_of_runs(client, {r.info.run_id: list(r.data.metrics) for r in children}, READ_THREADS)
     history = pd.DataFrame(records, columns=["run_id", "key", "step", "value"])
     history = history.sort_values(["run_id", "key", "step"], kind="stable").drop_duplicates(
         ["run_id", "key", "step"], keep="last")
