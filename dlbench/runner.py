@@ -133,7 +133,8 @@ def run_study(study_file: StudyFile, trials: list[Trial], plugins: Plugins, *, d
     # workers start first: they import torch and load plugins and data while this process opens the store
     pool = _start_pool(jobs, devices, plugins, data_dir, deterministic, checkpoint_dir, checkpoint_every) \
         if jobs > 1 else None
-    if pool is not None and (force or _fresh_store(tracking_uri)):
+    data_in_place = data_dir is None or Path(data_dir).is_dir()  # else the data check writes it first
+    if pool is not None and data_in_place and (force or _fresh_store(tracking_uri)):
         # nothing can be skipped or resumed: train while this process creates the store (seconds)
         early = hand_out_order(plan(trials, plugins.registry, max_stack))
         for work in early:

@@ -29,6 +29,7 @@ from dlbench.stacking import Work
 from dlbench.train import TrialResult
 
 POLL_S = 0.5  # how often the parent looks for dead workers while it waits for events
+START_METHOD_ENV = "DLBENCH_WORKER_START"  # fork or spawn, to override the choice (the tests use spawn on a CPU)
 
 
 @dataclass(frozen=True)
@@ -144,7 +145,8 @@ class WorkerPool:
         # imported (this runs before the parent has computed anything, so no OpenMP pool exists
         # to be copied half-alive). With CUDA, spawn: a CUDA context does not survive a fork.
         cpu_only = all(d.startswith("cpu") for d in devices) and "fork" in mp.get_all_start_methods()
-        self._ctx = mp.get_context("fork" if cpu_only else "spawn")
+        method = os.environ.get(START_METHOD_ENV) or ("fork" if cpu_only else "spawn")
+        self._ctx = mp.get_context(method)
         self.devices, self.setup = devices, setup
         self.events = self._ctx.Queue()
         self._started = 0

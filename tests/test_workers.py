@@ -192,3 +192,33 @@ def test_sigterm_with_workers_kills_the_running_trials_then_the_rerun_completes(
     assert len(runs) == 9 and len({r.data.tags["dlbench.config_hash"] for r in runs}) == 9
     assert {r.info.status for r in runs} == {"FINISHED"}
     assert any(r.data.tags.get("dlbench.resumed_from_epoch") for r in runs)
+
+
+def test_spawned_workers_as_on_a_gpu(tmp_path):
+    """On a GPU the workers are spawned, not forked: the same study through that start-up path."""
+    study = write_study(tmp_path, STUDY)
+    db = tmp_path / "m.db"
+    proc = run_cli(["run", study, "--tracking-uri", sqlite_uri(db), "--jobs", "2", "--stack-size", "4"],
+                   cwd=tmp_path, env=cli_env({"DLBENCH_WORKER_START": "spawn"}, autoload=False))
+    assert proc.returncode == 0, describe_result(proc)
+    runs, _ = trial_runs(db, "par")
+    assert len(runs) == 9 and {r.info.status for r in runs} == {"FINISHED"}
+    # narrow and fast (6 members, at most 4 a stack: 3 + 3) and wide (3)
+    assert {r.data.tags["dlbench.stack_size"] for r in runs} == {"3"}
+    assert len({r.data.tags["dlbench.stack_id"] for r in runs}) == 3
+
+
+def test_devices_and_jobs_for_several_gpus(monkeypatch):
+    import torch
+
+    from dlbench import runner, workers
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    assert [str(d) for d in runner.resolve_devices("cuda")] == ["cuda:0", "cuda:1", "cuda:2"]
+    assert [str(d) for d in runner.resolve_devices("auto")] == ["cuda:0", "cuda:1", "cuda:2"]
+    assert [str(d) for d in runner.resolve_devices("cuda:2")] == ["cuda:2"]
+    monkeypatch.setattr(workers.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert workers.default_jobs(torch.device("cuda", 0), units=100) == 6  # two per GPU
+    assert workers.default_jobs(torch.device("cuda", 0), units=4) == 4  # never more than the work
+    assert workers.default_jobs(torch.device("cpu"), units=100) == 16  # one per core
