@@ -25,14 +25,17 @@ def _build(tracking_uri: str, parent_run_id: str, reports_dir: str, study: str, 
 class BackgroundReports:
     """One report thread for the study run, started with the first study that is done."""
 
-    def __init__(self, tracking_uri: str, parent_run_id: str, trials, reports_dir: Path):
+    def __init__(self, tracking_uri: str, parent_run_id: str, trials, reports_dir: Path, background: bool = True):
         self.tracking_uri, self.parent_run_id = tracking_uri, parent_run_id
         self.trials, self.reports_dir = trials, Path(reports_dir)
+        # When this process trains (--jobs 1), a report thread would take the GIL from the
+        # training loop and slow it down more than it gains: the reports then wait for the end.
+        self.background = background
         self._pool: ThreadPoolExecutor | None = None
         self._jobs: dict[str, Future] = {}
 
-    def submit(self, study: str) -> None:
-        if study in self._jobs:
+    def submit(self, study: str, now: bool = False) -> None:
+        if study in self._jobs or not (self.background or now):
             return
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dlbench-report")
@@ -44,7 +47,7 @@ class BackgroundReports:
         """Every study's report folder, in ``studies`` order (submitting those not yet done).
         A failure loses no result: it says how to rebuild the report."""
         for study in studies:
-            self.submit(study)
+            self.submit(study, now=True)
         folders: list[Path] = []
         try:
             for study in studies:

@@ -202,7 +202,7 @@ def _run(study_file, trials, plugins, device, tracking_uri, reports_dir, stream,
     stream.write(f"study {study_file.name!r}: {len(trials)} trials on {device}{workers}; "
                  f"MLflow parent run {run.parent_run_id} in {tracking_uri}\n")
     works = _works(trials, tracker, run, plugins, force, max_stack, checkpoint_dir, stream)
-    reports = BackgroundReports(tracking_uri, run.parent_run_id, trials, reports_dir)
+    reports = BackgroundReports(tracking_uri, run.parent_run_id, trials, reports_dir, background=pool is not None)
     pending = Counter(t.study for w in works for t in w.members)
 
     def on_result(trial, result):

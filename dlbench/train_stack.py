@@ -76,7 +76,7 @@ def run_stack(work: Work, registry, data: DeviceData, device: torch.device, hook
             finish(trial, TrialResult(status="failed", error="".join(traceback.format_exception(exc))))
     if not members:
         return
-    for k, reg in enumerate(members[0].regularizers):  # e.g. dropout: p as a buffer, one per member
+    for reg in members[0].regularizers:  # e.g. dropout: p as a buffer, one per member
         for m in members:
             m.model = reg.stack_model(m.model)
     _check_same_structure(members)
@@ -112,11 +112,11 @@ def run_stack(work: Work, registry, data: DeviceData, device: torch.device, hook
             m.result.history = state["history"]
         first = resumed["epoch"] + 1
 
-    for i, m in enumerate(members):
+    for m in members:
         info = {"device": str(device), "dataset_hash": data.content_hash, "dataset": cfg["dataset"]["name"],
                 "dataset_source": data.source, "num_params": sum(p.numel() for p in m.model.parameters()),
                 "resumed_from_epoch": resumed["epoch"] if resumed else None,
-                "stack": {"id": work.stack_id, "size": len(work.members), "member": i,
+                "stack": {"id": work.stack_id, "size": len(work.members), "member": work.members.index(m.trial),
                           "members": [t.config for t in work.members]}}
         hook.dlbench_trial_start(trial=m.trial, model=m.model, info=info)
         for epoch, metrics in enumerate(m.result.history):  # a resumed member replays what it had

@@ -10,6 +10,7 @@ over seeds agree, single runs do not. The same stack run twice is bit-identical.
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
@@ -21,9 +22,20 @@ from dlbench.stacking import Work, plan, stack_id, stack_key
 from dlbench.train import Checkpoints, run_trial
 from dlbench.train_stack import run_stack
 
-CPU = torch.device("cpu")
+# DLBENCH_TEST_DEVICE=cuda runs these on a GPU (benchmarks/gpu_check.sh does)
+DEVICE = torch.device(os.environ.get("DLBENCH_TEST_DEVICE", "cpu"))
 FIRST_EPOCH_TOL = 1e-6
 EPOCH_TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def tiny_data(registry):
+    """The tiny MNIST-1D of conftest, on the device these tests run on."""
+    from dlbench.data import to_device
+    from dlbench.runner import set_determinism
+
+    set_determinism(True, DEVICE)
+    return to_device(registry.get("dataset", "mnist1d").factory(num_samples=600), 0.1, DEVICE)
 
 
 class Recorder:
@@ -67,13 +79,13 @@ def stacked(trials, registry, data, hook=None, checkpoints=None):
         results[trial.index] = result
         order.append(trial.index)
 
-    run_stack(Work(tuple(trials), stack_id(trials)), registry, data, CPU, hook or NoHooks(), finish, checkpoints)
+    run_stack(Work(tuple(trials), stack_id(trials)), registry, data, DEVICE, hook or NoHooks(), finish, checkpoints)
     assert sorted(order) == sorted(t.index for t in trials)  # every member ends exactly once
     return {i: results[i] for i in order}  # in the order they left the stack
 
 
 def alone(trial, registry, data):
-    return run_trial(trial, registry, data, CPU, NoHooks())
+    return run_trial(trial, registry, data, DEVICE, NoHooks())
 
 
 def assert_agree(a, b, tol_first=FIRST_EPOCH_TOL, tol=EPOCH_TOL):
@@ -284,7 +296,7 @@ def test_a_raising_stack_fails_every_member_with_the_traceback(make_trials, regi
 
     trials = make_trials({"optimizer": {"name": "sgd", "nesterov": True, "momentum": 0.0}}, seeds=[0, 1])
     recorder = Recorder()
-    results = execute(Work(tuple(trials), stack_id(trials)), registry, recorder, DataCache(None), CPU, None)
+    results = execute(Work(tuple(trials), stack_id(trials)), registry, recorder, DataCache(None), DEVICE, None)
     assert [r.status for _, r in results] == ["failed", "failed"]
     assert "nesterov" in results[0][1].error
 
