@@ -346,6 +346,7 @@ def plugins_list(plugins_dir: Path | None, kind: str | None) -> None:
     from dlbench.errors import UserError, choose_one_of
     from dlbench.plugins import KINDS
     from dlbench.schema import MISSING, describe
+    from dlbench.stacking import component_stacks
 
     loaded = _load_plugins(plugins_dir, Path("plugins"))
     kinds = list(KINDS.values())
@@ -354,7 +355,8 @@ def plugins_list(plugins_dir: Path | None, kind: str | None) -> None:
     for k in kinds if kind is None else [kind]:
         click.secho(f"{k}s", bold=True)
         for c in (c for c in loaded.registry if c.kind == k):
-            click.echo(f"  {c.name:<20} [{c.origin}]  {c.description}")
+            stacks = {True: "  (stacks)", False: "  (trains alone)", None: ""}[component_stacks(c)]
+            click.echo(f"  {c.name:<20} [{c.origin}]  {c.description}{stacks}")
             for opt in c.options.values():
                 default = "required" if opt.default is MISSING else f"default {opt.default!r}"
                 click.echo(f"  {'':<20}   {opt.name}: {describe(opt.annotation)}, {default}")

@@ -63,6 +63,19 @@ def is_stackable(factory) -> bool:
     return bool(getattr(factory, STACKABLE, False))
 
 
+def component_stacks(component) -> bool | None:
+    """Whether a registered component can train in a stack (None: the question does not apply,
+    as for datasets and initializers, which never stand in the way)."""
+    if component.kind in ("architecture", "activation", "schedule"):
+        return is_stackable(component.factory)
+    if component.kind == "optimizer":
+        return getattr(component.factory, STACKED, None) is not None
+    if component.kind == "regularizer":
+        cls = component.factory
+        return isinstance(cls, type) and issubclass(cls, Regularizer) and cls.can_stack()
+    return None
+
+
 class StackedOptimizer:
     """The update rule of an elementwise optimizer over stacked parameters.
 

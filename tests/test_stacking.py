@@ -322,3 +322,15 @@ def test_members_keep_their_own_dropout_probability(make_trials, registry, tiny_
     solo_low, solo_high = (alone(t, registry, tiny_data).final["train_loss"] for t in trials)
     assert low == pytest.approx(solo_low, rel=0.05) and high == pytest.approx(solo_high, rel=0.1)
     assert high > low * 1.1  # member 1 trained with p = 0.9, not with member 0's 0.01
+
+
+def test_every_built_in_component_stacks_and_plugins_list_says_so(registry):
+    from click.testing import CliRunner
+
+    from dlbench.cli import main
+    from dlbench.stacking import component_stacks
+
+    alone = [f"{c.kind} {c.name}" for c in registry if c.origin == "built-in" and component_stacks(c) is False]
+    assert alone == []
+    out = CliRunner().invoke(main, ["plugins", "list", "--kind", "regularizer"]).output
+    assert out.count("(stacks)") == len(registry.names("regularizer")) >= 7
