@@ -123,13 +123,11 @@ def run_study(study_file: StudyFile, trials: list[Trial], plugins: Plugins, *, d
     ``jobs`` worker processes over ``devices`` (default: ``device`` alone); ``None``: as many as
     the machine has room for.
     """
-    from dlbench.tracking import StudyContext, Tracker  # mlflow is heavy: imported only when a study runs
-
     set_determinism(deterministic, device)
     max_stack = stack_size or DEFAULT_MAX_STACK[device.type]
     devices = devices or [device]
     if jobs is None:  # --fail-fast stops at the first failure in file order: one unit at a time
-        jobs = 1 if fail_fast else default_jobs(device, len(plan(trials, plugins.registry, max_stack)))
+        jobs = 1 if fail_fast else default_jobs(device, len(plan(trials, plugins.registry, max_stack)), len(devices))
     # workers start first: they import torch and load plugins and data while this process opens the store
     pool = _start_pool(jobs, devices, plugins, data_dir, deterministic, checkpoint_dir, checkpoint_every) \
         if jobs > 1 else None
@@ -142,8 +140,7 @@ def run_study(study_file: StudyFile, trials: list[Trial], plugins: Plugins, *, d
         pool.prestart(early)
     try:
         return _run(study_file, trials, plugins, device, tracking_uri, reports_dir, stream, fail_fast, force,
-                    deterministic, data_dir, checkpoint_dir, checkpoint_every, allow_data_mismatch, max_stack, pool,
-                    StudyContext, Tracker)
+                    deterministic, data_dir, checkpoint_dir, checkpoint_every, allow_data_mismatch, max_stack, pool)
     finally:
         if pool is not None:
             pool.close(now=True)
@@ -183,8 +180,9 @@ def _start_pool(jobs, devices, plugins, data_dir, deterministic, checkpoint_dir,
 
 
 def _run(study_file, trials, plugins, device, tracking_uri, reports_dir, stream, fail_fast, force, deterministic,
-         data_dir, checkpoint_dir, checkpoint_every, allow_data_mismatch, max_stack, pool, StudyContext,
-         Tracker) -> StudyRun:
+         data_dir, checkpoint_dir, checkpoint_every, allow_data_mismatch, max_stack, pool) -> StudyRun:
+    from dlbench.tracking import StudyContext, Tracker  # mlflow is heavy: imported only when a study runs
+
     context = StudyContext(tags={"dlbench.deterministic": str(deterministic).lower()}, registry=plugins.registry)
     if data_dir is not None:
         from dlbench.datastore import check_data

@@ -271,9 +271,9 @@ class WorkerPool:
                 worker.process.kill()
 
 
-def default_jobs(device: torch.device, units: int) -> int:
+def default_jobs(device: torch.device, units: int, gpus: int = 1) -> int:
     """``--jobs auto``: one worker per core on a CPU (small trials gain more from cores than
-    from torch's threads), two per GPU (one trains while the other's host code runs)."""
+    from torch's threads), two per GPU used (one trains while the other's host code runs)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    per_device = 2 * max(1, torch.cuda.device_count()) if device.type == "cuda" else cores
+    per_device = 2 * gpus if device.type == "cuda" else cores
     return max(1, min(per_device, cores, units))

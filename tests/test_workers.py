@@ -219,6 +219,7 @@ def test_devices_and_jobs_for_several_gpus(monkeypatch):
     assert [str(d) for d in runner.resolve_devices("auto")] == ["cuda:0", "cuda:1", "cuda:2"]
     assert [str(d) for d in runner.resolve_devices("cuda:2")] == ["cuda:2"]
     monkeypatch.setattr(workers.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
-    assert workers.default_jobs(torch.device("cuda", 0), units=100) == 6  # two per GPU
-    assert workers.default_jobs(torch.device("cuda", 0), units=4) == 4  # never more than the work
+    assert workers.default_jobs(torch.device("cuda", 0), units=100, gpus=3) == 6  # two per GPU
+    assert workers.default_jobs(torch.device("cuda", 0), units=100) == 2  # --device cuda:N: one GPU
+    assert workers.default_jobs(torch.device("cuda", 0), units=4, gpus=3) == 4  # never more than the work
     assert workers.default_jobs(torch.device("cpu"), units=100) == 16  # one per core
