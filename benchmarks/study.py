@@ -10,14 +10,15 @@ Ways: ``default`` (--jobs auto, stacks), ``jobs1`` (--jobs 1: stacks in one proc
 (--jobs 1 --stack-size 1: one process, one trial at a time, as before stacks and workers);
 ``--baseline-tree DIR`` adds ``baseline``: the dlbench source tree in DIR (e.g. a git worktree
 of an older commit) run the same way, for a before/after on the same machine in the same run.
-Prints the median wall time of each, the spread, and each way's speed-up over the first.
+Prints the median wall time of each, the spread, each way's speed-up over the first, and the CPU
+time every process of the run used (a steadier figure on a machine whose speed drifts).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import shutil
+import resource
 import statistics
 import subprocess
 import sys
@@ -29,7 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 WAYS = {"default": [], "jobs1": ["--jobs", "1"], "serial": ["--jobs", "1", "--stack-size", "1"]}
 
 
-def run_once(study: Path, extra: list[str], pythonpath: str | None, device: str) -> float:
+def run_once(study: Path, extra: list[str], pythonpath: str | None, device: str) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the whole process tree: user + system)."""
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ, PYTHONUNBUFFERED="1", MPLBACKEND="Agg")
         env.pop("MLFLOW_TRACKING_URI", None)
@@ -37,12 +39,14 @@ def run_once(study: Path, extra: list[str], pythonpath: str | None, device: str)
             env["PYTHONPATH"] = pythonpath
         cmd = [sys.executable, "-m", "dlbench.cli", "run", str(study), "--tracking-uri", f"sqlite:///{tmp}/m.db",
                "--reports-dir", f"{tmp}/reports", "--checkpoint-dir", f"{tmp}/ckpt", "--device", device, *extra]
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
         proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
         seconds = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
         if proc.returncode != 0:
             sys.exit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-        return seconds
+        return seconds, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def main() -> None:
@@ -60,17 +64,21 @@ def main() -> None:
     if args.baseline_tree:
         ways = {"baseline": ([], str(args.baseline_tree.resolve())), **ways}
     times: dict[str, list[float]] = {k: [] for k in ways}
+    cpu: dict[str, list[float]] = {k: [] for k in ways}
     for r in range(args.repeats):
         for name, (extra, pythonpath) in ways.items():
-            times[name].append(run_once(args.study.resolve(), extra, pythonpath, args.device))
-            print(f"  repeat {r + 1}: {name:<9} {times[name][-1]:6.1f} s", flush=True)
+            wall, used = run_once(args.study.resolve(), extra, pythonpath, args.device)
+            times[name].append(wall)
+            cpu[name].append(used)
+            print(f"  repeat {r + 1}: {name:<9} {wall:6.1f} s  ({used:.0f} CPU s)", flush=True)
     first = next(iter(ways))
     print(f"\n`dlbench run {args.study.name}` whole (fresh store, reports included), {os.cpu_count()} CPUs, "
           f"median of {args.repeats}:")
     for name, values in times.items():
         med = statistics.median(values)
         print(f"  {name:<9} {med:6.1f} s  ({min(values):.1f}-{max(values):.1f})  "
-              f"{statistics.median(times[first]) / med:.2f}x vs {first}")
+              f"{statistics.median(times[first]) / med:.2f}x vs {first};  "
+              f"CPU {statistics.median(cpu[name]):.0f} s (user + system, every process)")
 
 
 if __name__ == "__main__":
