@@ -17,7 +17,6 @@ from dlbench.data import DataCache
 from dlbench.stacking import Work
 from dlbench.study import Trial
 from dlbench.train import Checkpoints, TrialResult, run_trial
-from dlbench.train_stack import CannotStack, run_stack
 
 
 def checkpoint_path(checkpoint_dir: Path, work: Work) -> Path:
@@ -44,6 +43,8 @@ def execute(work: Work, registry, hook, cache: DataCache, device: torch.device, 
         options = {k: v for k, v in cfg["dataset"].items() if k != "name"}
         data = cache.get(dataset, options, cfg["val_fraction"], device)
         if work.stacked:
+            from dlbench.train_stack import CannotStack, run_stack  # torch.func only where stacks train
+
             try:
                 run_stack(work, registry, data, device, hook, finish, checkpoints(work))
             except CannotStack:  # found when the models were built, before any hook: one at a time
