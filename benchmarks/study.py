@@ -1,8 +1,8 @@
 """A whole `dlbench run` as a user runs it, in several ways, measured side by side.
 
 Each way runs `dlbench run STUDY` as a fresh process with a fresh SQLite store and reports
-folder (imports, the data check, the store, training and the reports all counted), in the
-repository root so the prepared ``data/`` is used. The ways are interleaved over repetitions.
+folder (imports, the data check, the store, training and the reports all counted) on the
+repository's prepared ``data/``. The ways are interleaved over repetitions.
 
     python benchmarks/study.py [--study ablation.toml] [--repeats 2] [--baseline-tree DIR] [--ways ...]
 
@@ -38,10 +38,13 @@ def run_once(study: Path, extra: list[str], pythonpath: str | None, device: str)
         if pythonpath:
             env["PYTHONPATH"] = pythonpath
         cmd = [sys.executable, "-m", "dlbench.cli", "run", str(study), "--tracking-uri", f"sqlite:///{tmp}/m.db",
-               "--reports-dir", f"{tmp}/reports", "--checkpoint-dir", f"{tmp}/ckpt", "--device", device, *extra]
+               "--reports-dir", f"{tmp}/reports", "--checkpoint-dir", f"{tmp}/ckpt", "--data-dir", str(REPO / "data"),
+               "--device", device, *extra]
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         start = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+        # cwd outside the repository: `python -m` puts the cwd first on sys.path, and the
+        # baseline's PYTHONPATH must win over this checkout's dlbench
+        proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True)
         seconds = time.perf_counter() - start
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         if proc.returncode != 0:
