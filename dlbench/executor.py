@@ -20,8 +20,10 @@ from dlbench.train import Checkpoints, TrialResult, run_trial
 
 
 def checkpoint_path(checkpoint_dir: Path, work: Work) -> Path:
-    """Where a unit's epoch-end checkpoint lives: one file per trial, or per stack."""
-    name = f"stack-{work.stack_id}.pt" if work.stacked else f"{work.members[0].config_hash}.pt"
+    """Where a unit's epoch-end checkpoint lives: one file per trial (its study and config hash:
+    two studies may hold the same config, trained at once by two workers), or per stack."""
+    trial = work.members[0]
+    name = f"stack-{work.stack_id}.pt" if work.stacked else f"{trial.study}-{trial.config_hash}.pt"
     return Path(checkpoint_dir) / name
 
 

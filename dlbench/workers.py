@@ -172,8 +172,8 @@ class WorkerPool:
         """Train every unit; call each observer's lifecycle hooks for every event (in the order
         given) and ``on_result(trial, result)`` when a trial ends. On Ctrl-C, every trial handed
         out and not ended is ended as interrupted (its run KILLED, resumable), then it re-raises."""
-        running = {w.work.stack_id for w in self.workers if w.work is not None}  # handed out by prestart
-        todo = [w for w in works if w.stack_id not in running]
+        running = [w.work for w in self.workers if w.work is not None]  # handed out by prestart
+        todo = [w for w in works if w not in running]  # by members: two units may share a stack id
         trials = {t.index: t for w in works for t in w.members}
         ended: set[int] = set()
         by_number = {w.number: w for w in self.workers}

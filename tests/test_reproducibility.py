@@ -246,8 +246,10 @@ def test_reproduce_unknown_run_is_a_usage_error(finished_run):
 
 
 def test_kill_9_mid_study_then_rerun_gives_every_trial_exactly_once(tmp_path):
-    study = write_study(tmp_path, TINY_BASELINE.replace("[baseline]", '[study]\nname = "resume"\nseeds = 3\n\n'
-                                                       "[baseline]") + """
+    # 20 epochs of at least 0.15 s: the study outlasts the store's creation (workers start
+    # training before it exists), so the kill lands mid-study
+    study = write_study(tmp_path, TINY_BASELINE.replace("epochs = 2", "epochs = 20").replace(
+        "[baseline]", '[study]\nname = "resume"\nseeds = 3\n\n[baseline]') + """
 [studies.width.levels]
 narrow = {}
 wide = { architecture = { width = 32 } }
