@@ -50,7 +50,7 @@ def execute(work: Work, registry, hook, cache: DataCache, device: torch.device, 
             try:
                 run_stack(work, registry, data, device, hook, finish, checkpoints(work))
             except CannotStack:  # found when the models were built, before any hook: one at a time
-                for trial in work.members:
+                for trial in [t for t in work.members if t.index not in ended]:  # a failed build ended already
                     alone = Work((trial,), work.stack_id)
                     finish(trial, run_trial(trial, registry, data, device, hook, checkpoints(alone)))
         else:
