@@ -167,9 +167,9 @@ def _fresh_store(tracking_uri: str) -> bool:
 
 
 def _start_pool(jobs, devices, plugins, data_dir, deterministic, checkpoint_dir, checkpoint_every):
-    from dlbench.workers import WorkerPool, WorkerSetup
+    from dlbench.workers import WorkerPool, WorkerSetup, cpu_cores
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = cpu_cores()
     setup = WorkerSetup(
         plugins_dir=str(plugins.plugins_dir) if plugins.plugins_dir else None,
         plugins_dir_required=plugins.required_dir, autoload=plugins.autoload,

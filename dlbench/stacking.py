@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from dlbench.regularizer import Regularizer
+from dlbench.regularizer import Regularizer, per_member
 from dlbench.study import Trial
 
 STACKABLE = "dlbench_stackable"  # attribute a factory carries when it is declared stackable
@@ -91,10 +91,7 @@ class StackedOptimizer:
         self.state: dict[str, list[torch.Tensor | None]] = {}
         self.steps = 0
 
-    @staticmethod
-    def per_member(value: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """An [N] tensor shaped to broadcast against a stacked parameter [N, ...]."""
-        return value.view(-1, *([1] * (like.dim() - 1)))
+    per_member = staticmethod(per_member)  # an [N] tensor shaped to broadcast against a stacked [N, ...]
 
     def buffer(self, name: str, index: int, like: torch.Tensor, init=torch.zeros_like) -> torch.Tensor:
         """State tensor ``name`` of parameter ``index`` (created by ``init(like)`` on first use)."""

@@ -17,7 +17,6 @@ stack (``dlbench reproduce`` does, from the members recorded in ``stack.json``) 
 from __future__ import annotations
 
 import copy
-import json
 import math
 import time
 import traceback
@@ -285,7 +284,3 @@ def _to(state, device):
         return [_to(v, device) for v in state]
     return state
 
-
-def stack_record(work: Work) -> str:
-    """The ``stack.json`` a member's run carries: every member's config, in stack order."""
-    return json.dumps({"stack_id": work.stack_id, "members": [t.config for t in work.members]}, indent=1)

@@ -271,9 +271,14 @@ class WorkerPool:
                 worker.process.kill()
 
 
+def cpu_cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def default_jobs(device: torch.device, units: int, gpus: int = 1) -> int:
     """``--jobs auto``: one worker per core on a CPU (small trials gain more from cores than
     from torch's threads), two per GPU used (one trains while the other's host code runs)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = cpu_cores()
     per_device = 2 * gpus if device.type == "cuda" else cores
     return max(1, min(per_device, cores, units))
