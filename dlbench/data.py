@@ -1,18 +1,29 @@
-"""Datasets as arrays, the validation split, and the whole dataset as tensors on the device.
+"""Datasets as arrays, their on-disk format, the validation split, and the whole dataset as
+tensors on the device.
 
 Small datasets are held on the trial's device in full; the training loop draws batches by
 indexing with a random permutation made on the device (no DataLoader, no workers, no copies).
+
+On disk (``dlbench data prepare``), one folder per dataset, ``data/<name>/``, holds
+``x_train.npy``, ``y_train.npy``, ``x_test.npy``, ``y_test.npy`` (``np.save``: byte-identical
+for identical arrays, so a regenerated dataset has the hash ``data.dvc`` recorded) and
+``meta.json`` (name, number of classes, the options it was made with, the SHA-256 content hash
+of the arrays). Versioning that folder with DVC is ``datastore.py``'s job.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from dlbench.errors import UserError
+
+ARRAYS = ("x_train", "y_train", "x_test", "y_test")
 VAL_SPLIT_SEED = 0  # the validation split is the same for every trial seed: seeds vary training only
 
 
@@ -39,6 +50,31 @@ class Dataset:
             h.update(f"{a.dtype.str}{a.shape}".encode())
             h.update(a.tobytes())
         return h.hexdigest()
+
+
+def save_dataset(ds: Dataset, data_dir: Path, options: dict) -> Path:
+    folder = Path(data_dir) / ds.name
+    folder.mkdir(parents=True, exist_ok=True)
+    for key in ARRAYS:
+        np.save(folder / f"{key}.npy", np.ascontiguousarray(getattr(ds, key)), allow_pickle=False)
+    meta = {"name": ds.name, "num_classes": ds.num_classes, "options": options, "sha256": ds.content_hash(),
+            "shapes": {k: list(getattr(ds, k).shape) for k in ARRAYS}}
+    (folder / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return folder
+
+
+def load_dataset(data_dir: Path, name: str) -> Dataset | None:
+    """The prepared dataset ``name`` from ``data_dir``, or None when it was not prepared."""
+    folder = Path(data_dir) / name
+    if not (folder / "meta.json").is_file():
+        return None
+    try:
+        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+        arrays = {k: np.load(folder / f"{k}.npy", allow_pickle=False) for k in ARRAYS}
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{folder}: the prepared dataset cannot be read ({exc}); run `dlbench data prepare` "
+                        "to write it again") from None
+    return Dataset(name=meta["name"], num_classes=int(meta["num_classes"]), **arrays)
 
 
 @dataclass(frozen=True)
@@ -109,8 +145,6 @@ class DataCache:
     def _load(self, component, options: dict) -> tuple[Dataset, str]:
         defaults = {o.name: o.default for o in component.options.values()}
         if self.data_dir is not None and options == defaults:
-            from dlbench.datastore import load_dataset
-
             prepared = load_dataset(self.data_dir, component.name)
             if prepared is not None:
                 return prepared, str((self.data_dir / component.name).resolve())

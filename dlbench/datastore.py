@@ -1,9 +1,5 @@
-"""Prepared datasets on disk (``data/``) and their versioning with DVC (``data.dvc``).
-
-Format: one folder per dataset, ``data/<name>/``, holding ``x_train.npy``, ``y_train.npy``,
-``x_test.npy``, ``y_test.npy`` (``np.save``: byte-identical for identical arrays, so a
-regenerated dataset has the hash ``data.dvc`` recorded) and ``meta.json`` (name, number of
-classes, the options it was made with, the SHA-256 content hash of the arrays).
+"""Prepared datasets (``data/``, in the format of ``data.py``) and their versioning with DVC
+(``data.dvc``).
 
 ``data.dvc`` is a real ``dvc add data`` pointer, committed with ``.dvc/``; ``data/`` is
 git-ignored. DVC is driven through its command line (``python -m dvc``), as a user would.
@@ -17,38 +13,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from dlbench.data import Dataset
+from dlbench.data import load_dataset, save_dataset
 from dlbench.errors import UserError
 
-ARRAYS = ("x_train", "y_train", "x_test", "y_test")
 DEFAULT_DATA_DIR = Path("data")
-
-
-def save_dataset(ds: Dataset, data_dir: Path, options: dict) -> Path:
-    folder = data_dir / ds.name
-    folder.mkdir(parents=True, exist_ok=True)
-    for key in ARRAYS:
-        np.save(folder / f"{key}.npy", np.ascontiguousarray(getattr(ds, key)), allow_pickle=False)
-    meta = {"name": ds.name, "num_classes": ds.num_classes, "options": options, "sha256": ds.content_hash(),
-            "shapes": {k: list(getattr(ds, k).shape) for k in ARRAYS}}
-    (folder / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    return folder
-
-
-def load_dataset(data_dir: Path, name: str) -> Dataset | None:
-    """The prepared dataset ``name`` from ``data_dir``, or None when it was not prepared."""
-    folder = Path(data_dir) / name
-    if not (folder / "meta.json").is_file():
-        return None
-    try:
-        meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-        arrays = {k: np.load(folder / f"{k}.npy", allow_pickle=False) for k in ARRAYS}
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{folder}: the prepared dataset cannot be read ({exc}); run `dlbench data prepare` "
-                        "to write it again") from None
-    return Dataset(name=meta["name"], num_classes=int(meta["num_classes"]), **arrays)
 
 
 def prepare(registry, data_dir: Path, names: list[str]) -> list[tuple[str, Path, str]]:
