@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -12,20 +14,49 @@ import torch
 import dlbench
 
 
+@dataclass(frozen=True)
+class CodeVersion:
+    """The git commit the code ran at, or why there is none (a source archive has no ``.git``)."""
+
+    commit: str | None
+    dirty: bool | None
+    why_none: str = ""
+
+    def tags(self) -> dict[str, str]:
+        """Provenance tags: ``dlbench.git_commit`` is the commit, or ``none (why)``."""
+        if self.commit is None:
+            return {"dlbench.git_commit": f"none ({self.why_none})"}
+        return {"mlflow.source.git.commit": self.commit, "dlbench.git_commit": self.commit,
+                "dlbench.git_dirty": str(self.dirty).lower()}
+
+
+def code_version(where: Path) -> CodeVersion:
+    """The commit and dirty flag of the git work tree containing ``where``, or why there is none."""
+    def git(*args: str) -> tuple[str | None, str]:
+        try:
+            out = subprocess.run(["git", *args], cwd=where, capture_output=True, text=True, timeout=10,
+                                 env={**os.environ, "LC_ALL": "C"})  # messages in English, to tell them apart
+        except (OSError, subprocess.SubprocessError) as exc:
+            return None, f"git cannot run here ({exc})"
+        return (out.stdout.strip(), "") if out.returncode == 0 else (None, out.stderr.strip())
+
+    commit, error = git("rev-parse", "--verify", "HEAD")
+    if commit is None:
+        if "not a git repository" in error:
+            why = f"no git repository: {Path(where).resolve()} is not in a git work tree, as in a source archive"
+        elif "Needed a single revision" in error:
+            why = "the git repository has no commit yet"
+        else:
+            why = (error.splitlines() or ["git failed"])[0]
+        return CodeVersion(None, None, why)
+    status, _ = git("status", "--porcelain", "--untracked-files=no")
+    return CodeVersion(commit, bool(status))
+
+
 def git_commit(where: Path) -> tuple[str | None, bool | None]:
     """(commit, dirty) of the git work tree containing ``where``, or (None, None) outside one."""
-    def git(*args: str) -> str | None:
-        try:
-            out = subprocess.run(["git", *args], cwd=where, capture_output=True, text=True, timeout=10)
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return out.stdout.strip() if out.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
-    if commit is None:
-        return None, None
-    status = git("status", "--porcelain", "--untracked-files=no")
-    return commit, bool(status)
+    version = code_version(where)
+    return version.commit, version.dirty
 
 
 def device_name(device: torch.device) -> str:

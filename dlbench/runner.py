@@ -23,7 +23,7 @@ from dlbench.errors import UserError
 from dlbench.executor import checkpoint_path, execute
 from dlbench.plugins import Plugins
 from dlbench.progress import Progress
-from dlbench.provenance import git_commit, git_diff, installed_packages
+from dlbench.provenance import code_version, git_diff, installed_packages
 from dlbench.stacking import DEFAULT_MAX_STACK, Work, plan
 from dlbench.study import Trial
 from dlbench.train import TrialResult
@@ -189,8 +189,9 @@ def _run(study_file, trials, plugins, device, tracking_uri, reports_dir, stream,
 
         context.tags |= check_data(data_dir, plugins.registry, allow_mismatch=allow_data_mismatch, stream=stream)
     context.artifacts["requirements.txt"] = installed_packages()
-    _, dirty = git_commit(study_file.path.resolve().parent)
-    if dirty:
+    code = code_version(study_file.path.resolve().parent)  # the commit, or why there is none
+    context.tags |= code.tags()
+    if code.dirty:
         context.artifacts["git.diff"] = git_diff(study_file.path.resolve().parent)
 
     tracker = Tracker(tracking_uri, study_file.name)
