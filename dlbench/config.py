@@ -14,8 +14,10 @@ baseline's table instead of merging (options of ``sgd`` do not carry over to ``a
 from __future__ import annotations
 
 import copy
+import json
 import re
 import tomllib
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,7 +86,11 @@ CLAIM_METRICS = {f"{split}_{m}": m == "accuracy" for split in ("test", "val", "t
 CLAIM_METRICS["generalization_gap"] = False  # train minus test accuracy: lower is better
 DEFAULT_ALPHA = 0.05
 RESERVED_FACTOR_NAMES = {"study", "level", "seed", "status", "epochs_run", "config_hash"}  # report columns
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+# Study, factor and level names: any text of 1 to MAX_NAME characters without control characters
+# or line breaks, and no space at either end. They reach file names only through
+# dlbench.paths.folder_name and MLflow keys only through dlbench.tracking.keys.
+MAX_NAME = 200
+BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")  # a TOML bare key: written without quotes
 
 
 @dataclass(frozen=True)
@@ -148,6 +154,27 @@ class StudyFile:
     text: str
 
 
+def name_problem(name) -> str | None:
+    """Why ``name`` cannot name a study, factor or level, or None when it can."""
+    if not isinstance(name, str):
+        return f"expected a name (a string), got {_show(name)}"
+    if not name.strip():
+        return "a name cannot be empty or only spaces"
+    if len(name) > MAX_NAME:
+        return f"a name holds at most {MAX_NAME} characters; this one has {len(name)}"
+    bad = sorted({c for c in name if unicodedata.category(c) in ("Cc", "Zl", "Zp")})
+    if bad:
+        return f"a name cannot hold control characters or line breaks ({', '.join(map(repr, bad))})"
+    if name != name.strip():
+        return "a name cannot start or end with a space"
+    return None
+
+
+def toml_key(name: str) -> str:
+    """``name`` as a key in a TOML key path: bare when it can be, else quoted."""
+    return name if BARE_KEY.match(name) else json.dumps(name, ensure_ascii=False)
+
+
 def read_study_file(path: str | Path) -> StudyFile:
     """Parse and structurally validate a study file (plugin names are checked at expansion)."""
     path = Path(path)
@@ -169,8 +196,9 @@ def parse_study_file(raw: dict, path: Path, text: str = "") -> StudyFile:
     meta = _table(raw, "study", "study", problems)
     _unknown_keys(meta, STUDY_META_KEYS, "study.", problems)
     name = meta.get("name", path.stem)
-    if not isinstance(name, str) or not NAME_RE.match(name):
-        problems.append(f"study.name: expected a name of letters, digits and _ . + - , got {_show(name)}")
+    problem = name_problem(name)
+    if problem:
+        problems.append(f"study.name: {problem} (any text of 1 to {MAX_NAME} characters)")
         name = path.stem
     description = meta.get("description", "")
     default_seeds = _seeds(meta.get("seeds", 3), "study.seeds", problems)
@@ -186,9 +214,10 @@ def parse_study_file(raw: dict, path: Path, text: str = "") -> StudyFile:
                         "[studies.dropout] with [studies.dropout.levels] off = {} and on = {...}")
     studies = []
     for sname, sraw in studies_raw.items():
-        where = f"studies.{sname}"
-        if not NAME_RE.match(sname):
-            problems.append(f"{where}: a study name may hold letters, digits and _ . + - only")
+        where = f"studies.{toml_key(sname)}"
+        problem = name_problem(sname)
+        if problem:
+            problems.append(f"{where}: {problem} (a study name is any text of 1 to {MAX_NAME} characters)")
         if not isinstance(sraw, dict):
             problems.append(f"{where}: expected a table, got {_show(sraw)}")
             continue
@@ -202,7 +231,7 @@ def parse_study_file(raw: dict, path: Path, text: str = "") -> StudyFile:
 
 def _parse_study(name: str, raw: dict, default_seeds: tuple[int, ...], problems: list[str],
                  default_alpha: float = DEFAULT_ALPHA) -> Study | None:
-    where = f"studies.{name}"
+    where = f"studies.{toml_key(name)}"
     _unknown_keys(raw, STUDY_KEYS, f"{where}.", problems)
     seeds = _seeds(raw["seeds"], f"{where}.seeds", problems) if "seeds" in raw else default_seeds
     overrides = _table(raw, "baseline", f"{where}.baseline", problems)
@@ -217,18 +246,24 @@ def _parse_study(name: str, raw: dict, default_seeds: tuple[int, ...], problems:
         level_where = {name: f"{where}.levels"}
     else:
         factors_raw = _table(raw, "factors", f"{where}.factors", problems)
-        level_where = {f: f"{where}.factors.{f}" for f in factors_raw}
+        level_where = {f: f"{where}.factors.{toml_key(f)}" for f in factors_raw}
         if not factors_raw:
             problems.append(f"{where}.factors: empty; add [{where}.factors.<factor>] tables of levels")
     factors = []
     for fname, levels in factors_raw.items():
         fw = level_where[fname]
+        problem = name_problem(fname) if "factors" in raw else None  # one factor: the study's name
+        if problem:
+            problems.append(f"{fw}: {problem}")
         if fname in RESERVED_FACTOR_NAMES:
             problems.append(f"{fw}: {fname!r} cannot name a factor (reserved: {', '.join(sorted(RESERVED_FACTOR_NAMES))})")
         if not isinstance(levels, dict) or not levels:
             problems.append(f"{fw}: expected a table of named levels, each a table of overrides, got {_show(levels)}")
             continue
         for lname, over in levels.items():
+            problem = name_problem(lname)
+            if problem:
+                problems.append(f"{fw}.{toml_key(lname)}: {problem}")
             if not isinstance(over, dict):
                 problems.append(f"{fw}.{lname}: a level is a table of overrides (use {{}} for the baseline itself), "
                                 f"got {_show(over)}")

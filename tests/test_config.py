@@ -150,8 +150,28 @@ def test_unknown_baseline_key_suggests_and_lists_allowed(tmp_path):
 
 
 def test_invalid_study_name(tmp_path):
-    err = config_error(tmp_path, '[study]\nname = "my study"\n' + LEVELS)
-    assert one_problem(err).startswith("study.name:")
+    err = config_error(tmp_path, '[study]\nname = "my\\tstudy"\n' + LEVELS)
+    assert one_problem(err).startswith("study.name: a name cannot hold control characters or line breaks ('\\t')")
+    err = config_error(tmp_path, f'[study]\nname = "{"x" * 201}"\n' + LEVELS)
+    assert "at most 200 characters; this one has 201" in one_problem(err)
+
+
+def test_names_may_be_any_text_but_control_characters(tmp_path):
+    """Spaces, quotes, slashes, non-ASCII and 200 characters name a study, factor or level;
+    blank names, control characters and spaces at either end do not, each error at its key."""
+    text = ('[study]\nname = "a \\"b\\" \'c\' / ü"\n'
+            '[studies."../x"]\n[studies."../x".factors."f 1"]\n"ü/\'q\'" = {}\n'
+            f'[studies."{"é" * 200}".levels]\n".." = {{}}\n')
+    sf = read_study_file(write_study(tmp_path, text))
+    assert sf.name == "a \"b\" 'c' / ü"
+    assert [s.name for s in sf.studies] == ["../x", "é" * 200]
+    assert sf.studies[0].factors[0].name == "f 1" and sf.studies[0].factors[0].level_names == ["ü/'q'"]
+    bad = '[studies." s"]\n[studies." s".factors.""]\na = {}\n[studies.t.levels]\n"a\\nb" = {}\n'
+    err = config_error(tmp_path, bad)
+    assert sorted(err.problems) == [
+        'studies." s".factors."": a name cannot be empty or only spaces',
+        'studies." s": a name cannot start or end with a space (a study name is any text of 1 to 200 characters)',
+        "studies.t.levels.\"a\\nb\": a name cannot hold control characters or line breaks ('\\n')"]
 
 
 def test_all_problems_reported_at_once(tmp_path):
