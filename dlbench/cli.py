@@ -138,15 +138,21 @@ def run(study_file: Path, dry_run: bool, tracking_uri: str | None, device: str, 
     plugins = _load_plugins(plugins_dir, sf.path.parent / "plugins")
     trials = expand(sf, plugins.registry, list(only) or None)
 
+    from dlbench.preflight import preflight
     from dlbench.runner import resolve_devices, run_study
 
     devices = resolve_devices(device)
+    # every distinct component built once on a tiny batch: a plugin that raises stops us here,
+    # before any worker trains or any run is logged
+    checked = preflight(sf, trials, plugins.registry, data_dir=data_dir)
     if dry_run:
         from dlbench.stacking import DEFAULT_MAX_STACK, plan
 
         works = plan(trials, plugins.registry, stack_size or DEFAULT_MAX_STACK[devices[0].type])
         click.echo(_trial_table(sf, trials, works))
+        click.echo(str(checked))
         return
+    click.echo(str(checked))
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` closes runs like Ctrl-C does
     try:
         result = run_study(sf, trials, plugins, device=devices[0], devices=devices,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from dlbench.config import Study, StudyFile, merge, resolve
 from dlbench.errors import ConfigError, choose_one_of
@@ -25,6 +25,9 @@ class Trial:
     config: dict  # fully resolved, includes "seed"
     config_hash: str
     group_hash: str
+    # the key path of the study file that last set each setting (see ``sources``), so a problem
+    # found after expansion (the preflight) points at the line the user wrote
+    where: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def level(self) -> str:
@@ -87,7 +90,7 @@ def _expand_study(sf: StudyFile, study: Study, registry, problems: list[str], st
         group = config_hash(resolved)
         for seed in study.seeds:
             full = {**resolved, "seed": seed}
-            trials.append(Trial(start + len(trials), study.name, levels, seed, full, config_hash(full), group))
+            trials.append(Trial(start + len(trials), study.name, levels, seed, full, config_hash(full), group, where))
     return trials
 
 

@@ -12,6 +12,7 @@ import math
 import os
 import random
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,19 +49,37 @@ def make(registry, kind: str, spec: dict, *args):
     return component.factory(*args, **{k: v for k, v in spec.items() if k != "name"})
 
 
-def build(trial: Trial, registry, data: DeviceData, device: torch.device):
-    """Model (regularizers applied, initialized, on the device), regularizers, optimizer, schedule."""
+def build(trial: Trial, registry, data: DeviceData, device: torch.device, blame=lambda *keys: nullcontext()):
+    """Model (regularizers applied, initialized, on the device), regularizers, optimizer, schedule.
+
+    ``blame(key)`` wraps each component's part of the build (``key``: the config key that set the
+    component up, such as ``optimizer`` or ``regularizers[0]``); the preflight passes one that
+    attributes an exception to its key (see ``preflight.py``).
+    """
     cfg = trial.config
-    model = make(registry, "architecture", cfg["architecture"], data.input_shape, data.num_classes,
-                 lambda: make(registry, "activation", cfg["activation"]))
-    regularizers = [make(registry, "regularizer", spec) for spec in cfg["regularizers"]]
-    for reg in regularizers:
-        model = reg.wrap_model(model)
-    model.to(device)
-    make(registry, "initializer", cfg["initializer"], model, data)
-    optimizer = make(registry, "optimizer", cfg["optimizer"], model.parameters())
+
+    def activation():
+        with blame("activation"):
+            return make(registry, "activation", cfg["activation"])
+
+    with blame("architecture"):
+        model = make(registry, "architecture", cfg["architecture"], data.input_shape, data.num_classes, activation)
+    regularizers = []
+    for i, spec in enumerate(cfg["regularizers"]):
+        with blame(f"regularizers[{i}]"):
+            regularizers.append(make(registry, "regularizer", spec))
+    for i, reg in enumerate(regularizers):
+        with blame(f"regularizers[{i}]"):
+            model = reg.wrap_model(model)
+    with blame("architecture"):
+        model.to(device)
+    with blame("initializer"):
+        make(registry, "initializer", cfg["initializer"], model, data)
+    with blame("optimizer"):
+        optimizer = make(registry, "optimizer", cfg["optimizer"], model.parameters())
     steps = cfg["epochs"] * math.ceil(len(data.y_train) / cfg["batch_size"])
-    schedule = make(registry, "schedule", cfg["schedule"], optimizer, steps)
+    with blame("schedule"):
+        schedule = make(registry, "schedule", cfg["schedule"], optimizer, steps)
     return model, regularizers, optimizer, schedule
 
 

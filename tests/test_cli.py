@@ -384,6 +384,7 @@ def test_dry_run_prints_the_trials_and_touches_nothing(tmp_path):
     assert all(re.fullmatch(r"[0-9a-f]{12}", h) for h in table.values())
     assert f"12 trials in 2 studies from {study}" in proc.stdout
     assert "dry run: nothing trained" in proc.stdout
+    assert "preflight: checked 9 distinct components in 5 distinct configs on a tiny batch" in proc.stdout
     assert sorted(p.name for p in tmp_path.iterdir()) == ["study.toml"]  # no mlflow.db, mlruns, reports
 
 
@@ -466,12 +467,27 @@ def test_bad_device_is_a_user_error(tmp_path, device, expected):
 # -- a trial that fails -------------------------------------------------------------------------
 
 
+# Raises from its second training step: past the preflight's one step, so the trial itself fails.
 EXPLODING_PLUGIN = """
+import math
+import torch
 from dlbench import hookimpl
 
+class Exploding(torch.nn.Module):
+    def __init__(self, input_shape, num_classes):
+        super().__init__()
+        self.linear = torch.nn.Linear(math.prod(input_shape), num_classes)
+        self.steps = 0
+
+    def forward(self, x):
+        self.steps += self.training
+        if self.steps > 1:
+            raise RuntimeError("exploding architecture: boom in training")
+        return self.linear(x.flatten(1))
+
 def exploding(input_shape, num_classes, activation):
-    \"\"\"An architecture that cannot be built (a test plugin).\"\"\"
-    raise RuntimeError("exploding architecture: boom at build time")
+    \"\"\"An architecture that raises from its second training step (a test plugin).\"\"\"
+    return Exploding(input_shape, num_classes)
 
 @hookimpl
 def dlbench_register_architectures(register):
@@ -516,7 +532,7 @@ def test_a_failing_level_fails_alone(tmp_path, new_store):
         assert bad.data.params["architecture.name"] == "exploding"
         err = Path(client.download_artifacts(bad.info.run_id, "error.txt", str(tmp_path / f"dl{seed}")))
         text = err.read_text()
-        assert "Traceback" in text and "RuntimeError: exploding architecture: boom at build time" in text
+        assert "Traceback" in text and "RuntimeError: exploding architecture: boom in training" in text
     with open(tmp_path / "reports" / "arch" / "summary.csv", newline="") as f:
         summary = {row["arch"]: row for row in csv.DictReader(f)}
     assert int(summary["mlp"]["n"]) == 2 and int(summary["mlp"]["failed"]) == 0

@@ -340,21 +340,29 @@ def _checkpoint_epoch(folder: Path) -> int:
 
 def test_raising_plugin_and_diverging_trial_leave_the_rest_intact(tmp_path):
     write_plugin(tmp_path, "broken", """
+        import torch
         from dlbench import hookimpl
 
-        def exploding(model, data):
-            \"\"\"An initializer that always raises.\"\"\"
-            raise RuntimeError("boom from a plugin")
+        class Exploding(torch.optim.SGD):
+            def step(self, closure=None):
+                self.steps = getattr(self, "steps", 0) + 1
+                if self.steps > 1:  # past the preflight's one step: the trial itself fails
+                    raise RuntimeError("boom from a plugin")
+                return super().step(closure)
+
+        def exploding(params, *, lr: float = 0.05):
+            \"\"\"SGD whose second step raises.\"\"\"
+            return Exploding(params, lr=lr)
 
         @hookimpl
-        def dlbench_register_initializers(register):
+        def dlbench_register_optimizers(register):
             register("exploding", exploding)
     """)
     study = write_study(tmp_path, TINY_BASELINE.replace("[baseline]", '[study]\nname = "iso"\nseeds = 1\n\n'
                                                        "[baseline]") + """
 [studies.iso.levels]
 ok = {}
-raises = { initializer = "exploding" }
+raises = { optimizer = "exploding" }
 diverges = { optimizer = { name = "sgd", lr = 1e30 } }
 """)
     proc = run_cli(["run", study, "--tracking-uri", sqlite_uri(tmp_path / "m.db")], cwd=tmp_path)

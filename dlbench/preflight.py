@@ -1,0 +1,244 @@
+"""The preflight: every distinct configuration of a study built once on a tiny batch, before any
+trial trains, so that whatever a plugin raises shows up in seconds and names the key of the study
+file that configured it.
+
+What is checked, once per distinct config (the seeds of a level share one): the dataset (made by
+its plugin or read from ``data/``, once per distinct dataset), then on the first ``TINY``
+examples of each split ``train.build`` exactly as a trial calls it (the architecture with its
+activation, each regularizer and its ``wrap_model``, the initializer with its own options, greedy
+pretraining included, the optimizer and the schedule), then one training step as ``train_epoch``
+takes it (``transform_batch``, forward, ``penalty``, backward, ``before_step``, the optimizer's
+and the schedule's step, ``after_step``), an evaluation in eval mode and ``should_stop``.
+
+It runs on the CPU in this process, before any worker receives work, with one torch thread,
+and leaves the random states and the thread count as it found them (the determinism flags it
+does not touch: they matter on a GPU): the trials run exactly as they would without it. A loss
+that is not finite is no problem here (a diverging trial is a result). Not checked: what fails
+only later in training, on the full data, on a GPU, or in a stack's stacked optimizer or
+regularizer; such a trial still fails alone at run time, with its traceback in ``error.txt``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import random
+import time
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dlbench.config import StudyFile
+from dlbench.data import DataCache, DeviceData
+from dlbench.errors import UserError
+from dlbench.regularizer import Regularizer
+from dlbench.study import Trial, canonical_json
+from dlbench.train import build, evaluate
+
+TINY = 16  # examples per split of the tiny input
+CPU = torch.device("cpu")
+COMPONENT_KEYS = ["dataset", "architecture", "activation", "initializer", "optimizer", "schedule"]
+
+
+class PreflightError(UserError):
+    """Components of a study that raised when built on a tiny batch, each named by its key path."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        noun = "problem" if len(problems) == 1 else "problems"
+        super().__init__(f"{source}: {len(problems)} {noun} building the study's components and taking one step "
+                         f"on a tiny batch (nothing was run or logged):\n{lines}")
+
+
+@dataclass(frozen=True)
+class Checked:
+    configs: int
+    components: int
+    seconds: float
+
+    def __str__(self) -> str:
+        return (f"preflight: checked {self.components} distinct components in {self.configs} distinct configs "
+                f"on a tiny batch in {self.seconds:.1f} s")
+
+
+class _Failure(Exception):
+    """An exception of a plugin, with the config keys of the components it is blamed on."""
+
+    def __init__(self, keys: tuple[str, ...], doing: str):
+        super().__init__(keys, doing)
+        self.keys, self.doing = keys, doing
+
+
+@contextmanager
+def blame(*keys: str, doing: str = "when built") -> Iterator[None]:
+    """Attribute an exception raised inside to the components set up at ``keys``; the innermost
+    blame wins (an activation raising inside the architecture's factory is the activation's)."""
+    try:
+        yield
+    except _Failure:
+        raise
+    except Exception as exc:
+        raise _Failure(keys, doing) from exc
+
+
+def preflight(study_file: StudyFile, trials: list[Trial], registry, data_dir=None) -> Checked:
+    """Check every distinct config of ``trials``; raise :class:`PreflightError` naming every
+    component that raised (all of them, not only the first), else say what was checked."""
+    started = time.perf_counter()
+    groups: dict[str, list[Trial]] = {}
+    for trial in trials:
+        groups.setdefault(trial.group_hash, []).append(trial)
+    problems: dict[str, list[Trial]] = {}
+    cache = DataCache(data_dir)
+    with _untouched_global_state():
+        for group in groups.values():
+            failure = check(group[0], registry, cache)
+            for trial in group if failure is not None else []:  # the same config may be set up in several places
+                problems.setdefault(describe(failure, trial, registry), []).append(trial)
+    if problems:
+        raise PreflightError(str(study_file.path), [f"{text} [{_levels(ts)}]" for text, ts in problems.items()])
+    return Checked(len(groups), _distinct_components(g[0] for g in groups.values()), time.perf_counter() - started)
+
+
+def check(trial: Trial, registry, cache: DataCache) -> _Failure | None:
+    """Build ``trial``'s config on a tiny batch and take one step; the failure, if any."""
+    cfg = trial.config
+    try:
+        with blame("dataset"):
+            dataset = registry.get("dataset", cfg["dataset"]["name"])
+            options = {k: v for k, v in cfg["dataset"].items() if k != "name"}
+            data = tiny(cache.get(dataset, options, cfg["val_fraction"], CPU))
+        random.seed(trial.seed)
+        np.random.seed(trial.seed)
+        torch.default_generator.manual_seed(trial.seed)  # the CPU's alone: a GPU stays uninitialized
+        one_step(*build(trial, registry, data, CPU, blame=blame), data)
+    except _Failure as failure:
+        return failure
+    return None
+
+
+def tiny(data: DeviceData) -> DeviceData:
+    """The first ``TINY`` examples of each split."""
+    return replace(data, x_train=data.x_train[:TINY], y_train=data.y_train[:TINY], x_val=data.x_val[:TINY],
+                   y_val=data.y_val[:TINY], x_test=data.x_test[:TINY], y_test=data.y_test[:TINY])
+
+
+def one_step(model, regularizers, optimizer, schedule, data: DeviceData) -> None:
+    """One training step on the whole tiny training split as ``train.train_epoch`` takes it, each
+    part blamed on the components acting in it; then an evaluation and the stopping question."""
+    regs = [(f"regularizers[{i}]", reg) for i, reg in enumerate(regularizers)]
+    model_keys = ("architecture", "activation",
+                  *[key for key, reg in regs if type(reg).wrap_model is not Regularizer.wrap_model])
+    model.train()
+    x, y = data.x_train, data.y_train
+    for key, reg in regs:
+        with blame(key, doing="in transform_batch"):
+            x, y = reg.transform_batch(x, y)
+    with blame(*model_keys, doing="in the forward pass"):
+        loss = F.cross_entropy(model(x), y)
+    for key, reg in regs:
+        with blame(key, doing="in penalty"):
+            loss = loss + reg.penalty(model)
+    with blame("optimizer", doing="in zero_grad"):
+        optimizer.zero_grad(set_to_none=True)
+    with blame(*model_keys, doing="in the backward pass"):
+        loss.backward()
+    for key, reg in regs:
+        with blame(key, doing="in before_step"):
+            reg.before_step(model)
+    with blame("optimizer", doing="in its step"):
+        optimizer.step()
+    with blame("schedule", doing="in its step"):
+        schedule.step()
+    for key, reg in regs:
+        with blame(key, doing="in after_step"):
+            reg.after_step(model)
+    with blame(*model_keys, doing="in evaluation (eval mode)"):
+        metrics = evaluate(model, data) | {"lr": optimizer.param_groups[0]["lr"]}
+    for key, reg in regs:
+        with blame(key, doing="in should_stop"):
+            reg.should_stop(1, metrics)
+
+
+def describe(failure: _Failure, trial: Trial, registry) -> str:
+    """``<key path>: <kind> '<name>' [<origin>] raised <Type>: <message> (<when>, at <file>:<line>)``."""
+    exc = failure.__cause__
+    parts, files = [], set()
+    for key in failure.keys:
+        kind, spec = _component(trial.config, key)
+        component = registry.get(kind, spec["name"])
+        parts.append(f"{key_path(trial, key)} ({kind} {spec['name']!r} [{component.origin}])")
+        files.add(_source_file(component.factory))
+    at = [f"{_shown(fs.filename)}:{fs.lineno}" for fs in traceback.extract_tb(exc.__traceback__) if fs.filename in files]
+    where = f", at {at[-1]}" if at else ""
+    message = str(exc).strip().replace("\n", " ") or "(no message)"
+    return f"{' and '.join(parts)} raised {type(exc).__name__}: {message} ({failure.doing}{where})"
+
+
+def key_path(trial: Trial, key: str) -> str:
+    """Where the study file set up the component at ``key`` (``optimizer``, ``regularizers[0]``):
+    ``studies.dropout.levels.on.regularizers[0]``, ``baseline.optimizer``, or the options a level
+    or a study's baseline changed with the table they change (``studies.s.levels.fast.optimizer.lr
+    with baseline.optimizer``)."""
+    where = trial.where
+    if key.startswith("regularizers["):
+        return f"{where.get('regularizers', 'baseline')}.{key}"
+    options = [f"{source}.{k}" for k, source in where.items() if k.startswith(f"{key}.")]
+    whole = f"{where.get(key, 'baseline')}.{key}"
+    return f"{', '.join(options)} with {whole}" if options else whole
+
+
+def _component(config: dict, key: str) -> tuple[str, dict]:
+    if key.startswith("regularizers["):
+        return "regularizer", config["regularizers"][int(key[len("regularizers["):-1])]
+    return key, config[key]
+
+
+def _source_file(factory) -> str | None:
+    try:
+        return inspect.getsourcefile(inspect.unwrap(factory))
+    except (TypeError, OSError):
+        return None
+
+
+def _shown(path: str) -> str:
+    """A path relative to the working directory when it lies below it."""
+    relative = os.path.relpath(path)
+    return path if relative.startswith("..") else relative
+
+
+def _levels(trials: list[Trial]) -> str:
+    """Which trials a problem stops: their levels, a few named."""
+    levels = list(dict.fromkeys(f"{t.study}/{t.level}" for t in trials))
+    shown = ", ".join(levels[:3]) + (f" and {len(levels) - 3} more levels" if len(levels) > 3 else "")
+    return f"{len(trials)} trial{'s' if len(trials) != 1 else ''}: {shown}"
+
+
+def _distinct_components(trials) -> int:
+    specs = set()
+    for trial in trials:
+        specs.update((key, canonical_json(trial.config[key])) for key in COMPONENT_KEYS)
+        specs.update(("regularizer", canonical_json(spec)) for spec in trial.config["regularizers"])
+    return len(specs)
+
+
+@contextmanager
+def _untouched_global_state() -> Iterator[None]:
+    """One torch thread inside; the random states (Python, NumPy, the CPU's torch generator) and
+    the thread count restored after."""
+    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+        torch.set_num_threads(threads)
