@@ -165,8 +165,10 @@ def run(study_file: Path, dry_run: bool, tracking_uri: str | None, device: str, 
         click.echo("\nInterrupted: the finished trials are in MLflow; the running one is marked KILLED.", err=True)
         sys.exit(130)
     finished, diverged, failed = (result.count(s) for s in ("finished", "diverged", "failed"))
-    click.echo(f"\n{finished} finished ({result.skipped} of them already in the store), {diverged} diverged, "
-               f"{failed} failed, {len(trials) - len(result.results)} not run. "
+    others = f", {result.by_others} by other processes" if result.by_others else ""
+    elsewhere = f", {result.busy} still running in another process" if result.busy else ""
+    click.echo(f"\n{finished} finished ({result.skipped} of them already in the store{others}), {diverged} diverged, "
+               f"{failed} failed, {len(trials) - len(result.results) - result.busy} not run{elsewhere}. "
                f"MLflow parent run: {result.parent_run_id}")
     for folder in result.reports:
         click.echo(f"report: {folder / 'index.md'}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -24,7 +25,7 @@ from dlbench.executor import checkpoint_path, execute
 from dlbench.plugins import Plugins
 from dlbench.progress import Progress
 from dlbench.provenance import code_version, git_diff, installed_packages
-from dlbench.stacking import DEFAULT_MAX_STACK, Work, plan
+from dlbench.stacking import DEFAULT_MAX_STACK, Work, plan, stack_id
 from dlbench.study import Trial
 from dlbench.train import TrialResult
 from dlbench.workers import default_jobs
@@ -66,8 +67,13 @@ class StudyRun:
     parent_run_id: str
     results: list[tuple[Trial, TrialResult]] = field(default_factory=list)  # skipped ones included
     reports: list[Path] = field(default_factory=list)
-    skipped: int = 0  # already finished in the store
-    busy: int = 0  # being run by another live process
+    skipped: int = 0  # already finished in the store when this process planned the study
+    by_others: int = 0  # ended by other processes working on the study at the same time
+    elsewhere: list[Trial] = field(default_factory=list)  # being run by another live process
+
+    @property
+    def busy(self) -> int:
+        return len(self.elsewhere)
 
     def count(self, status: str) -> int:
         return sum(r.status == status for _, r in self.results)
@@ -118,6 +124,10 @@ def run_study(study_file: StudyFile, trials: list[Trial], plugins: Plugins, *, d
     experiment is skipped, and one left RUNNING by a dead process (or KILLED) continues in its
     own run from its last epoch checkpoint, so every trial has exactly one run.
 
+    Processes started at once on one store share the work: one parent run (the first creates
+    it, the others join it), each trial claimed by one process at dispatch (``claim``), a
+    trial another live process runs left to it; the last process to leave ends the parent run.
+
     Trials that can share a training loop train stacked (at most ``stack_size`` together;
     default by device, 1: never); the units of work run in this process (``jobs`` 1) or in
     ``jobs`` worker processes over ``devices`` (default: ``device`` alone); ``None``: as many as
@@ -131,16 +141,25 @@ def run_study(study_file: StudyFile, trials: list[Trial], plugins: Plugins, *, d
     # workers start first: they import torch and load plugins and data while this process opens the store
     pool = _start_pool(jobs, devices, plugins, data_dir, deterministic, checkpoint_dir, checkpoint_every) \
         if jobs > 1 else None
-    data_in_place = data_dir is None or Path(data_dir).is_dir()  # else the data check writes it first
-    if pool is not None and data_in_place and (force or _fresh_store(tracking_uri)):
-        # nothing can be skipped or resumed: train while this process creates the store (seconds)
-        early = hand_out_order(plan(trials, plugins.registry, max_stack))
-        for work in early:
-            checkpoint_path(checkpoint_dir, work).unlink(missing_ok=True)
-        pool.prestart(early)
+    from dlbench.tracking.lock import store_lock  # imports mlflow: after the workers forked
+
     try:
-        return _run(study_file, trials, plugins, device, tracking_uri, reports_dir, stream, fail_fast, force,
-                    deterministic, data_dir, checkpoint_dir, checkpoint_every, allow_data_mismatch, max_stack, pool)
+        with ExitStack() as startup:
+            # One process at a time opens the store, joins (or creates) the study's parent run and
+            # claims its first units; _run closes ``startup`` then. The one that finds no store
+            # creates it: nothing can be skipped, resumed or taken by another process yet, so its
+            # workers train at once while it creates the store (seconds).
+            lock = startup.enter_context(store_lock(tracking_uri))
+            early: list[Work] = []
+            data_in_place = data_dir is None or Path(data_dir).is_dir()  # else the data check writes it first
+            if pool is not None and data_in_place and (force or _fresh_store(tracking_uri)):
+                units = hand_out_order(plan(trials, plugins.registry, max_stack))
+                for work in units:
+                    checkpoint_path(checkpoint_dir, work).unlink(missing_ok=True)
+                early = pool.prestart(units)
+            return _run(study_file, trials, plugins, device, tracking_uri, reports_dir, stream, fail_fast, force,
+                        deterministic, data_dir, checkpoint_dir, checkpoint_every, allow_data_mismatch, max_stack,
+                        pool, lock, startup, early)
     finally:
         if pool is not None:
             pool.close(now=True)
@@ -180,7 +199,8 @@ def _start_pool(jobs, devices, plugins, data_dir, deterministic, checkpoint_dir,
 
 
 def _run(study_file, trials, plugins, device, tracking_uri, reports_dir, stream, fail_fast, force, deterministic,
-         data_dir, checkpoint_dir, checkpoint_every, allow_data_mismatch, max_stack, pool) -> StudyRun:
+         data_dir, checkpoint_dir, checkpoint_every, allow_data_mismatch, max_stack, pool, lock, startup,
+         early) -> StudyRun:
     from dlbench.tracking import StudyContext, Tracker  # mlflow is heavy: imported only when a study runs
 
     context = StudyContext(tags={"dlbench.deterministic": str(deterministic).lower()}, registry=plugins.registry)
@@ -194,92 +214,176 @@ def _run(study_file, trials, plugins, device, tracking_uri, reports_dir, stream,
     if code.dirty:
         context.artifacts["git.diff"] = git_diff(study_file.path.resolve().parent)
 
-    tracker = Tracker(tracking_uri, study_file.name)
+    tracker = Tracker(tracking_uri, study_file.name, lock=lock)
     progress = Progress(len(trials), stream)
     run = StudyRun(tracker.start_study(study_file, trials, device, context, resume=not force))
     workers = f" in {len(pool.workers)} worker processes" if pool else ""
     stream.write(f"study {study_file.name!r}: {len(trials)} trials on {device}{workers}; "
                  f"MLflow parent run {run.parent_run_id} in {tracking_uri}\n")
     works = _works(trials, tracker, run, plugins, force, max_stack, checkpoint_dir, stream)
+    for work in early:  # training already: new by construction (this process created the store, or --force)
+        for trial in work.members:
+            tracker.open_run(trial)
+    startup.close()  # the store lock: other processes may now join and claim
     reports = BackgroundReports(tracking_uri, run.parent_run_id, trials, reports_dir, background=pool is not None)
     pending = Counter(t.study for w in works for t in w.members)
+    drawn: list[str] = []  # the studies whose report this process draws
+
+    def settle(study: str) -> None:
+        """This process has nothing left of ``study``: its report builds while the others train,
+        unless another process still trains some of its trials (that one draws it when done)."""
+        tracker.flush()
+        others = tracker.running_elsewhere({t.config_hash for t in trials if t.study == study})
+        if others:
+            stream.write(f"study {study!r}: process {others[0].tags.get('dlbench.pid', '?')} still trains "
+                         f"{len(others)} of its trials and draws its report\n")
+            return
+        drawn.append(study)
+        reports.submit(study)
 
     def on_result(trial, result):
         run.results.append((trial, result))
         pending[trial.study] -= 1
-        if pending[trial.study] == 0:  # the study is done: its report builds while the others train
-            tracker.flush()
-            reports.submit(trial.study)
+        if pending[trial.study] == 0:
+            settle(trial.study)
+
+    def take(work: Work) -> Work | None:
+        """Claim ``work`` as it is handed out; what another process took or finished meanwhile is not ours."""
+        unit, taken = claim(work, tracker, force, checkpoint_dir, stream, len(trials))
+        for trial, action, previous in taken:
+            if action == "busy":
+                run.elsewhere.append(trial)
+                pending[trial.study] -= 1
+                if pending[trial.study] == 0:
+                    settle(trial.study)
+            else:
+                run.by_others += 1
+                on_result(trial, stored_result(previous))
+        return unit
 
     status = "KILLED"
     try:
         for study in dict.fromkeys(t.study for t in trials):
-            if not pending[study] and any(t.study == study for t, _ in run.results):
-                reports.submit(study)  # every trial already in the store
+            if not pending[study]:
+                settle(study)  # every trial already in the store, or in another process's hands
         if pool is not None:
-            pool.run(hand_out_order(works), [tracker, progress], on_result,
+            pool.run(hand_out_order(works), [tracker, progress], on_result, take,
                      stop=lambda: fail_fast and run.count("failed") > 0)
         else:
-            _run_inline(works, on_result, plugins, tracker, progress, device, data_dir, checkpoint_dir,
+            _run_inline(works, take, on_result, plugins, tracker, progress, device, data_dir, checkpoint_dir,
                         checkpoint_every, stop=lambda: fail_fast and run.count("failed") > 0)
-        status = "FAILED" if run.count("failed") else "FINISHED"
+        status = "FINISHED"
     except BaseException:
         reports.close()
         raise
     finally:
-        summary = {s: run.count(s) for s in ("finished", "diverged", "failed")}
-        summary["skipped"] = run.skipped
-        summary["running_elsewhere"] = run.busy
-        summary["not_run"] = len(trials) - len(run.results) - run.busy
-        tracker.end_study(status, summary)
+        with tracker.lock:
+            _ended_elsewhere(run, tracker)
+            if status == "FINISHED" and run.count("failed"):
+                status = "FAILED"
+            summary = {s: run.count(s) for s in ("finished", "diverged", "failed")}
+            summary["skipped"] = run.skipped
+            summary["by_other_processes"] = run.by_others
+            summary["running_elsewhere"] = run.busy
+            summary["not_run"] = len(trials) - len(run.results) - run.busy
+            tracker.end_study(status, summary)
     if pool is not None:
         pool.close()  # idle now: free the cores for the reports
-    if run.results:
-        studies = [s for s in dict.fromkeys(t.study for t in trials) if any(t.study == s for t, _ in run.results)]
-        run.reports = reports.wait(studies, stream)
+    if drawn:
+        run.reports = reports.wait([s for s in dict.fromkeys(t.study for t in trials) if s in drawn], stream)
     return run
 
 
 def _works(trials, tracker, run: StudyRun, plugins, force: bool, max_stack: int, checkpoint_dir: Path,
            stream) -> list[Work]:
     """The units of work: trials to resume from a stack's checkpoint (the same members again),
-    then every other trial to run, stacked where they can. Finished ones are skipped."""
+    then every other trial to run, stacked where they can. Finished ones are skipped, and those
+    another live process runs are left to it; each unit is claimed as it is handed out."""
     existing = {} if force else tracker.existing_trials()
     resumed_stacks: dict[str, list[tuple[int, Trial]]] = {}
-    to_plan, resuming = [], set()
+    to_plan = []
     for trial in trials:
         action, previous = plan_trial(existing.get(trial.config_hash, []), force)
+        if action == "skip":
+            run.skipped += 1
+            run.results.append((trial, stored_result(previous)))
+        elif action == "busy":
+            run.elsewhere.append(trial)
         if action in ("skip", "busy"):
-            if action == "skip":
-                run.skipped += 1
-                run.results.append((trial, stored_result(previous)))
-            else:
-                run.busy += 1
-            what = "already done" if action == "skip" else "is running in another live process"
-            stream.write(f"[{trial.index}/{len(trials)}] {trial.run_name}  skipped: run {previous.run_id} {what}\n")
+            _say(stream, trial, len(trials), action, previous)
             continue
-        if action == "resume":
-            tracker.adopt(trial, previous)
-            resuming.add(trial.index)
-            stream.write(f"[{trial.index}/{len(trials)}] {trial.run_name}  resuming run {previous.run_id} "
-                         f"(left {previous.status} by process {previous.tags.get('dlbench.pid', '?')})\n")
-            sid = previous.tags.get("dlbench.stack_id")
-            if sid and (checkpoint_dir / f"stack-{sid}.pt").is_file():
-                resumed_stacks.setdefault(sid, []).append((int(previous.tags.get("dlbench.stack_member", 0)), trial))
-                continue
+        sid = previous.tags.get("dlbench.stack_id") if action == "resume" else None
+        if sid and (checkpoint_dir / f"stack-{sid}.pt").is_file():
+            resumed_stacks.setdefault(sid, []).append((int(previous.tags.get("dlbench.stack_member", 0)), trial))
+            continue
         to_plan.append(trial)
     works = [Work(tuple(t for _, t in sorted(members, key=lambda m: m[0])), sid)
              for sid, members in resumed_stacks.items()]
-    for work in plan(to_plan, plugins.registry, max_stack):
-        if not any(t.index in resuming for t in work.members):
-            checkpoint_path(checkpoint_dir, work).unlink(missing_ok=True)  # a stale file must not leak in
-        works.append(work)
-    return works
+    return works + plan(to_plan, plugins.registry, max_stack)
 
 
-def _run_inline(works, on_result, plugins, tracker, progress, device, data_dir, checkpoint_dir, checkpoint_every,
-                stop) -> None:
-    """Every unit in this process, one after another: the dataset stays on the device for all."""
+def claim(work: Work, tracker, force: bool, checkpoint_dir: Path, stream, total: int):
+    """Take ``work`` for this process, under the store lock: re-read its members' runs, leave
+    out the members another process has finished or is running since the plan, open a run
+    (RUNNING, with this process's pid) for each of the others, or adopt the one a dead process
+    left. Returns the unit to train (None: nothing left of it) and (trial, "skip" or "busy",
+    the other process's run) for each member left out."""
+    with tracker.lock:
+        existing = {} if force else tracker.existing_trials({t.config_hash for t in work.members})
+        actions = {t.index: plan_trial(existing.get(t.config_hash, []), force) for t in work.members}
+        for trial in work.members:
+            action, previous = actions[trial.index]
+            if action == "resume":
+                tracker.adopt(trial, previous)
+            elif action == "new":
+                tracker.open_run(trial)
+    taken = [(t, *actions[t.index]) for t in work.members if actions[t.index][0] in ("skip", "busy")]
+    for trial in work.members:
+        _say(stream, trial, total, *actions[trial.index])
+    mine = tuple(t for t in work.members if actions[t.index][0] in ("new", "resume"))
+    if not mine:
+        return None, taken
+    unit = work if len(mine) == len(work.members) else Work(mine, stack_id(mine), work.alone_because)
+    if not any(actions[t.index][0] == "resume" for t in mine):
+        checkpoint_path(checkpoint_dir, unit).unlink(missing_ok=True)  # a stale file must not leak in
+    return unit, taken
+
+
+def _say(stream, trial: Trial, total: int, action: str, previous) -> None:
+    """One line for a trial this process does not start afresh."""
+    if action in ("skip", "busy"):
+        what = "already done" if action == "skip" else "is running in another live process"
+        stream.write(f"[{trial.index}/{total}] {trial.run_name}  skipped: run {previous.run_id} {what}\n")
+    elif action == "resume":
+        stream.write(f"[{trial.index}/{total}] {trial.run_name}  resuming run {previous.run_id} "
+                     f"(left {previous.status} by process {previous.tags.get('dlbench.pid', '?')})\n")
+
+
+def _ended_elsewhere(run: StudyRun, tracker) -> None:
+    """The trials other processes were running: those they have ended since count as results
+    of this study run (as the store has them); those still running stay theirs."""
+    if not run.elsewhere:
+        return
+    found = tracker.existing_trials({t.config_hash for t in run.elsewhere})
+    still = []
+    for trial in run.elsewhere:
+        previous = found.get(trial.config_hash, [])
+        action, done = plan_trial(previous, False)
+        if action == "busy":
+            still.append(trial)
+            continue
+        if action != "skip" and previous and previous[0].status == "FAILED":
+            done = previous[0]  # it raised there
+        if done is not None:
+            run.by_others += 1
+            run.results.append((trial, stored_result(done)))
+    run.elsewhere = still
+
+
+def _run_inline(works, take, on_result, plugins, tracker, progress, device, data_dir, checkpoint_dir,
+                checkpoint_every, stop) -> None:
+    """Every unit in this process, one after another (each claimed by ``take`` as it starts;
+    None: another process has it): the dataset stays on the device for all."""
     # pluggy calls the last registered first: the tracker closes a trial's run before the
     # progress line says it finished
     plugins.pm.register(progress, name="dlbench.progress")
@@ -288,6 +392,8 @@ def _run_inline(works, on_result, plugins, tracker, progress, device, data_dir, 
     cache = DataCache(data_dir)
     try:
         for work in works:
+            if (work := take(work)) is None:
+                continue
             for trial, result in execute(work, plugins.registry, plugins.hook, cache, device, checkpoint_dir,
                                          checkpoint_every):
                 on_result(trial, result)

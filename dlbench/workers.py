@@ -152,15 +152,17 @@ class WorkerPool:
         self._started = 0
         self.workers = [self._spawn() for _ in range(jobs)]
 
-    def prestart(self, works: list[Work]) -> None:
+    def prestart(self, works: list[Work]) -> list[Work]:
         """Hand each worker its first unit now, before the parent is ready to record anything:
         their events wait in the queue until :meth:`run` (only for a store that is known to be
-        empty, so that nothing handed out here could have been skipped or resumed)."""
+        empty, so that nothing handed out here could have been skipped, resumed or claimed by
+        another process). Returns the units handed out."""
         queue_ = list(works)
         for worker in self.workers:
             if queue_ and worker.work is None:
                 worker.work = queue_.pop(0)
                 worker.tasks.put(worker.work)
+        return [w.work for w in self.workers if w.work is not None]
 
     def _spawn(self) -> _Worker:
         worker = _Worker(self._ctx, self._started, self.devices[self._started % len(self.devices)], self.setup,
@@ -168,10 +170,13 @@ class WorkerPool:
         self._started += 1
         return worker
 
-    def run(self, works: list[Work], observers: list, on_result, stop=lambda: False) -> None:
+    def run(self, works: list[Work], observers: list, on_result, claim=lambda work: work,
+            stop=lambda: False) -> None:
         """Train every unit; call each observer's lifecycle hooks for every event (in the order
-        given) and ``on_result(trial, result)`` when a trial ends. On Ctrl-C, every trial handed
-        out and not ended is ended as interrupted (its run KILLED, resumable), then it re-raises."""
+        given) and ``on_result(trial, result)`` when a trial ends. A unit is handed out as
+        ``claim(unit)`` returns it (None: skip it; another process has it). On Ctrl-C, every
+        trial handed out and not ended is ended as interrupted (its run KILLED, resumable),
+        then it re-raises."""
         running = [w.work for w in self.workers if w.work is not None]  # handed out by prestart
         todo = [w for w in works if w not in running]  # by members: two units may share a stack id
         trials = {t.index: t for w in works for t in w.members}
@@ -194,7 +199,9 @@ class WorkerPool:
         def hand_out(worker: _Worker) -> None:
             if stop():  # --fail-fast: what is running finishes, nothing new starts
                 todo.clear()
-            worker.work = todo.pop(0) if todo else None
+            worker.work = None
+            while todo and worker.work is None:
+                worker.work = claim(todo.pop(0))
             if worker.work is not None:
                 worker.tasks.put(worker.work)
 

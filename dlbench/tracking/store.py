@@ -29,23 +29,28 @@ class StoredRun:
     def process_alive(self) -> bool:
         """Whether the process that owns this RUNNING run still runs (pid on this host, else
         a recent heartbeat)."""
-        host, pid = self.tags.get("dlbench.host"), self.tags.get("dlbench.pid")
-        if host == socket.gethostname() and pid and pid.isdigit():
-            if int(pid) == os.getpid():
-                return True
-            cmdline = Path(f"/proc/{pid}/cmdline")
-            if cmdline.exists():
-                try:
-                    return b"dlbench" in cmdline.read_bytes()  # a reused pid is someone else's
-                except OSError:
-                    return False
+        return process_alive(self.tags.get("dlbench.host", ""), self.tags.get("dlbench.pid", ""),
+                             self.tags.get("dlbench.heartbeat", ""))
+
+
+def process_alive(host: str, pid: str, heartbeat: str = "") -> bool:
+    """Whether dlbench process ``pid`` of ``host`` still runs: looked up when it is on this host
+    (a pid reused by another program does not count), else judged by its last heartbeat."""
+    if host == socket.gethostname() and pid and pid.isdigit():
+        if int(pid) == os.getpid():
+            return True
+        cmdline = Path(f"/proc/{pid}/cmdline")
+        if cmdline.exists():
             try:
-                os.kill(int(pid), 0)
-                return True
-            except (ProcessLookupError, PermissionError, OSError):
+                return b"dlbench" in cmdline.read_bytes()  # a reused pid is someone else's
+            except OSError:
                 return False
-        beat = self.tags.get("dlbench.heartbeat", "")
-        return beat.replace(".", "", 1).isdigit() and time.time() - float(beat) < HEARTBEAT_STALE_S
+        try:
+            os.kill(int(pid), 0)
+            return True
+        except (ProcessLookupError, PermissionError, OSError):
+            return False
+    return heartbeat.replace(".", "", 1).isdigit() and time.time() - float(heartbeat) < HEARTBEAT_STALE_S
 
 
 def _stored(run) -> StoredRun:
@@ -69,11 +74,22 @@ def search(client: MlflowClient, experiment_id: str, filter_string: str) -> list
     return [_stored(r) for r in search_all(client, experiment_id, filter_string)]
 
 
-def trial_runs(client: MlflowClient, experiment_id: str) -> dict[str, list[StoredRun]]:
-    """Trial runs of an experiment by config hash, newest first."""
+def trial_runs(client: MlflowClient, experiment_id: str, config_hashes=None,
+               running: bool = False) -> dict[str, list[StoredRun]]:
+    """Trial runs of an experiment by config hash, newest first: all of them, or those of
+    ``config_hashes`` (a few: one query each), or the RUNNING ones (``running``)."""
+    role = "tags.`dlbench.role` = 'trial'"
+    if running:
+        role += " and attributes.status = 'RUNNING'"
+    if config_hashes is not None and len(config_hashes) <= 8:
+        runs = [r for h in config_hashes for r in search(client, experiment_id,
+                                                         f"{role} and tags.`dlbench.config_hash` = '{h}'")]
+    else:
+        runs = search(client, experiment_id, role)
     by_hash: dict[str, list[StoredRun]] = {}
-    for run in search(client, experiment_id, "tags.`dlbench.role` = 'trial'"):
-        by_hash.setdefault(run.config_hash, []).append(run)
+    for run in sorted(runs, key=lambda r: r.start_time, reverse=True):
+        if config_hashes is None or run.config_hash in config_hashes:
+            by_hash.setdefault(run.config_hash, []).append(run)
     return by_hash
 
 

@@ -18,11 +18,13 @@ from pathlib import Path
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.data.sources import LocalArtifactDatasetSource
 from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from dlbench import hookimpl
 from dlbench.errors import UserError
 from dlbench.tracking import store
+from dlbench.tracking.lock import StoreLock, store_lock
 from dlbench.provenance import command_line, components_used, environment, git_commit
 from dlbench.study import Trial, flatten
 
@@ -47,9 +49,9 @@ def attach_report(tracking_uri: str, run_id: str, directory: Path) -> None:
 class Tracker:
     """Logs a study to MLflow. Register it with the plugin manager for the study's duration."""
 
-    def __init__(self, tracking_uri: str, experiment: str, flush_seconds: float = 5.0):
+    def __init__(self, tracking_uri: str, experiment: str, flush_seconds: float = 5.0, lock: StoreLock | None = None):
         self.tracking_uri = tracking_uri
-        self.client = MlflowClient(tracking_uri)
+        self.lock = lock or store_lock(tracking_uri)  # other dlbench processes may share the store
         self.experiment = experiment
         self.flush_seconds = flush_seconds
         self.parent_id: str | None = None
@@ -63,32 +65,52 @@ class Tracker:
         self.role = "trial"  # "reproduction" for `dlbench reproduce` re-runs (never resumed or skipped to)
         self.extra_child_tags: dict[str, str] = {}
         try:
-            exp = self.client.get_experiment_by_name(experiment)
-            self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
+            with self.lock:  # the first client of a new SQLite file creates its tables
+                self.client = MlflowClient(tracking_uri)
+                self.experiment_id = self._experiment_id(experiment)
         except Exception as exc:
             raise UserError(f"cannot open the MLflow tracking store {tracking_uri!r}: {exc}. Check --tracking-uri "
                             "(e.g. sqlite:///mlflow.db, a directory, or http://127.0.0.1:5000 of a running "
                             "`mlflow server`).") from exc
+
+    def _experiment_id(self, name: str) -> str:
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        try:
+            return self.client.create_experiment(name)
+        except MlflowException:  # another process created it first (a server store: no lock)
+            exp = self.client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+            return exp.experiment_id
 
     # -- the study (parent run) --------------------------------------------------------------
 
     def start_study(self, study_file, trials: list[Trial], device, context: StudyContext | None = None,
                     resume: bool = False) -> str:
         """Open the parent run: the latest one of the same study (same trials) when ``resume``,
-        so a re-run after a crash continues it, else a new one."""
+        so a re-run after a crash continues it and processes started together share it, else a
+        new one. Its tag ``dlbench.processes`` lists the processes working on it (host:pid)."""
         self._device = device
         self._context = context or StudyContext()
         commit, dirty = git_commit(study_file.path.resolve().parent)
         self._commit = commit
         study_hash = study_hash_of(trials)
-        previous = store.latest_parent(self.client, self.experiment_id, study_hash) if resume else None
-        if previous is not None:
-            self.parent_id = previous.run_id
-            self.client.update_run(self.parent_id, status="RUNNING")
-            runs = int(previous.tags.get("dlbench.invocations", "1")) + 1
-            self.client.log_batch(self.parent_id, tags=[RunTag("dlbench.invocations", str(runs)),
-                                                        RunTag("dlbench.command", command_line())])
-            return self.parent_id
+        with self.lock:  # one parent run for processes started at once: the first creates it, the others join
+            previous = store.latest_parent(self.client, self.experiment_id, study_hash) if resume else None
+            if previous is not None:
+                self.parent_id = previous.run_id
+                self.client.update_run(self.parent_id, status="RUNNING")
+                runs = int(previous.tags.get("dlbench.invocations", "1")) + 1
+                working = dict.fromkeys([*_working(previous.tags), _this_process()])
+                self.client.log_batch(self.parent_id, tags=[RunTag("dlbench.invocations", str(runs)),
+                                                            RunTag("dlbench.command", command_line()),
+                                                            RunTag("dlbench.processes", ",".join(working))])
+                return self.parent_id
+            return self._new_parent(study_file, trials, study_hash, commit, dirty)
+
+    def _new_parent(self, study_file, trials: list[Trial], study_hash: str, commit, dirty: bool) -> str:
         tags = {
             "mlflow.runName": study_file.name,
             "mlflow.source.name": str(study_file.path),
@@ -98,7 +120,8 @@ class Tracker:
             "dlbench.study_hash": study_hash,
             "dlbench.invocations": "1",
             "dlbench.command": command_line(),
-            **environment(device),
+            "dlbench.processes": _this_process(),
+            **environment(self._device),
         }
         if commit:
             tags |= {"mlflow.source.git.commit": commit, "dlbench.git_dirty": str(dirty).lower()}
@@ -120,9 +143,18 @@ class Tracker:
         self.extra_child_tags = {"dlbench.reproduces": original.run_id,
                                  "mlflow.note.content": f"Re-run of {original.run_id} by `dlbench reproduce`."}
 
-    def existing_trials(self) -> dict[str, list[store.StoredRun]]:
-        """Trial runs already in this experiment, by config hash (newest first)."""
-        return store.trial_runs(self.client, self.experiment_id)
+    def existing_trials(self, config_hashes=None) -> dict[str, list[store.StoredRun]]:
+        """Trial runs already in this experiment, by config hash (newest first): all, or those
+        of ``config_hashes``. The runs this tracker opened are left out."""
+        found = store.trial_runs(self.client, self.experiment_id, config_hashes)
+        mine = set(self.run_ids.values())
+        return {h: [r for r in runs if r.run_id not in mine] for h, runs in found.items()}
+
+    def running_elsewhere(self, config_hashes) -> list[store.StoredRun]:
+        """The RUNNING trial runs of ``config_hashes`` that another live process is training."""
+        found = store.trial_runs(self.client, self.experiment_id, running=True)
+        mine = set(self.run_ids.values())
+        return [r for h in config_hashes for r in found.get(h, []) if r.run_id not in mine and r.process_alive()]
 
     def adopt(self, trial: Trial, previous: store.StoredRun) -> str:
         """Continue ``previous`` (left RUNNING by a dead process, or KILLED) for ``trial``: the
@@ -142,10 +174,20 @@ class Tracker:
         return {"dlbench.host": socket.gethostname(), "dlbench.pid": str(os.getpid()),
                 "dlbench.heartbeat": f"{time.time():.0f}"}
 
-    def end_study(self, status: str, summary: dict[str, int]) -> None:
-        tags = [RunTag(f"dlbench.trials_{k}", str(v)) for k, v in summary.items()]
-        self.client.log_batch(self.parent_id, tags=tags)
-        self.client.set_terminated(self.parent_id, status)
+    def end_study(self, status: str, summary: dict[str, int]) -> bool:
+        """Leave the parent run; the last process working on it ends it with ``status`` and
+        ``summary`` (its tags ``dlbench.trials_*``). Returns whether this process was the last:
+        while another one works on the study, the parent stays RUNNING."""
+        with self.lock:
+            parent = self.client.get_run(self.parent_id)
+            others = [p for p in _working(parent.data.tags) if p != _this_process()]
+            if others:
+                self.client.set_tag(self.parent_id, "dlbench.processes", ",".join(others))
+                return False
+            tags = [RunTag(f"dlbench.trials_{k}", str(v)) for k, v in summary.items()]
+            self.client.log_batch(self.parent_id, tags=tags + [RunTag("dlbench.processes", "")])
+            self.client.set_terminated(self.parent_id, status)
+            return True
 
     def log_report(self, directory: Path) -> None:
         """Attach a built report folder to the parent run."""
@@ -153,7 +195,9 @@ class Tracker:
 
     # -- trials (child runs), as hook implementations -------------------------------------------
 
-    def _child(self, trial: Trial) -> str:
+    def open_run(self, trial: Trial) -> str:
+        """The trial's run: made now (RUNNING, with this process's host and pid: others see it
+        as taken) unless it was made or adopted already."""
         if trial.index in self.run_ids:
             return self.run_ids[trial.index]
         tags = {
@@ -192,7 +236,7 @@ class Tracker:
 
     @hookimpl
     def dlbench_trial_start(self, trial: Trial, model, info: dict) -> None:
-        run_id = self._child(trial)
+        run_id = self.open_run(trial)
         if info.get("resumed_from_epoch") is not None:
             self.client.set_tag(run_id, "dlbench.resumed_from_epoch", str(info["resumed_from_epoch"]))
             return
@@ -210,7 +254,7 @@ class Tracker:
     @hookimpl
     def dlbench_epoch_end(self, trial: Trial, epoch: int, metrics: dict[str, float]) -> None:
         now = int(time.time() * 1000)
-        run_id = self._child(trial)
+        run_id = self.open_run(trial)
         done = self._logged_steps.get(run_id, {})
         self._buffer.setdefault(run_id, []).extend(
             Metric(k, float(v), now, epoch) for k, v in metrics.items() if epoch > done.get(k, -1))
@@ -221,7 +265,7 @@ class Tracker:
     def dlbench_diagnostics(self, trial: Trial, step: int, values: dict[str, float]) -> None:
         # buffered like the epoch metrics; their step is the optimizer step, not the epoch
         now = int(time.time() * 1000)
-        run_id = self._child(trial)
+        run_id = self.open_run(trial)
         done = self._logged_steps.get(run_id, {})  # a resumed run: these steps are in the store already
         self._buffer.setdefault(run_id, []).extend(
             Metric(k, float(v), now, step) for k, v in values.items() if step > done.get(k, -1))
@@ -232,7 +276,7 @@ class Tracker:
 
     @hookimpl
     def dlbench_trial_end(self, trial: Trial, result) -> None:
-        run_id = self._child(trial)
+        run_id = self.open_run(trial)
         self.flush()
         tags = [RunTag("dlbench.status", result.status), RunTag("dlbench.duration_s", f"{result.seconds:.2f}"),
                 RunTag("dlbench.epochs_run", str(result.epochs_run))]
@@ -273,6 +317,18 @@ class StudyContext:
         if self.registry is None:
             return {}
         return {f"dlbench.plugin.{kind}": f"{name} [{origin}]" for kind, name, origin in components_used(trial, self.registry)}
+
+
+def _this_process() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _working(tags: dict[str, str]) -> list[str]:
+    """The processes (host:pid) a parent run lists as working on it, less those of this host
+    that have ended (one on another host counts until it leaves)."""
+    here = socket.gethostname()
+    listed = [p.rsplit(":", 1) for p in tags.get("dlbench.processes", "").split(",") if ":" in p]
+    return [f"{host}:{pid}" for host, pid in listed if host != here or store.process_alive(host, pid)]
 
 
 def study_hash_of(trials: list[Trial]) -> str:
