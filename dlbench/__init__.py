@@ -1,6 +1,6 @@
 """dlbench: deep-learning ablation studies you can trust.
 
-Plugins import ``hookimpl`` from here::
+Plugins import ``hookimpl`` (and ``Range``, ``Length`` for their options' domains) from here::
 
     from dlbench import hookimpl
 
@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 
 hookimpl = pluggy.HookimplMarker("dlbench")
 
-__all__ = ["hookimpl", "stackable", "__version__"]
+__all__ = ["hookimpl", "stackable", "Range", "Length", "__version__"]
 
 
 def __getattr__(name):  # ``from dlbench import stackable`` without importing torch at ``import dlbench``
@@ -23,4 +23,8 @@ def __getattr__(name):  # ``from dlbench import stackable`` without importing to
         from dlbench.stacking import stackable
 
         return stackable
+    if name in ("Range", "Length"):  # option domains: ``lr: Annotated[float, Range(gt=0)]``
+        from dlbench import schema
+
+        return getattr(schema, name)
     raise AttributeError(f"module 'dlbench' has no attribute {name!r}")

@@ -20,10 +20,12 @@ import tomllib
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from dlbench.errors import ConfigError, choose_one_of
-from dlbench.schema import MISSING, coerce, conforms, describe
+from dlbench.schema import MISSING, Range, check, coerce, describe
+from dlbench.schema import show as _show
+from dlbench.textfile import read_text
 
 # Component settings: the key in a study file -> the plugin kind it names.
 COMPONENTS = {
@@ -36,31 +38,16 @@ COMPONENTS = {
 }
 
 
-@dataclass(frozen=True)
-class Number:
-    type: type
-    low: float
-    high: float | None = None
-    high_open: bool = False
-
-    def check(self, value) -> str | None:
-        if not conforms(value, self.type):
-            return f"expected {describe(self.type)}, got {_show(value)}"
-        if value < self.low or (self.high is not None and (value >= self.high if self.high_open else value > self.high)):
-            upper = "" if self.high is None else f" and {'<' if self.high_open else '<='} {self.high}"
-            return f"must be >= {self.low}{upper}, got {value!r}"
-        return None
-
-
+# The core settings, typed as plugin options are (dlbench.schema).
 SCALARS = {
-    "epochs": Number(int, 1),
-    "batch_size": Number(int, 1),
-    "val_fraction": Number(float, 0.0, 1.0, high_open=True),
-    "diagnostics_every": Number(int, 0),
+    "epochs": Annotated[int, Range(ge=1)],
+    "batch_size": Annotated[int, Range(ge=1)],
+    "val_fraction": Annotated[float, Range(ge=0, lt=1)],
+    "diagnostics_every": Annotated[int, Range(ge=0)],
 }
 
 # What a study file may leave out. The embedded dataset and a plain MLP make the smallest study
-# file an empty one.
+# file one study of one level: [studies.s.levels] followed by a = {}.
 DEFAULT_BASELINE: dict[str, Any] = {
     "dataset": "mnist1d",
     "architecture": "mlp",
@@ -85,6 +72,8 @@ CLAIM_KEYS = ["level", "beats", "metric"]
 CLAIM_METRICS = {f"{split}_{m}": m == "accuracy" for split in ("test", "val", "train") for m in ("accuracy", "loss")}
 CLAIM_METRICS["generalization_gap"] = False  # train minus test accuracy: lower is better
 DEFAULT_ALPHA = 0.05
+MAX_SEEDS = 10_000  # a count beyond is a typo, not a study
+MAX_SEED = 2**32 - 1  # NumPy's seeds are 32-bit
 RESERVED_FACTOR_NAMES = {"study", "level", "seed", "status", "epochs_run", "config_hash"}  # report columns
 # Study, factor and level names: any text of 1 to MAX_NAME characters without control characters
 # or line breaks, and no space at either end. They reach file names only through
@@ -178,19 +167,23 @@ def toml_key(name: str) -> str:
 def read_study_file(path: str | Path) -> StudyFile:
     """Parse and structurally validate a study file (plugin names are checked at expansion)."""
     path = Path(path)
-    if not path.is_file():
-        hint = " (it is a directory)" if path.is_dir() else ""
-        raise ConfigError(str(path), [f"no such study file{hint}; pass the path of a TOML file such as ablation.toml"])
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path)
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(path), [f"invalid TOML: {exc}. See https://toml.io for the syntax."]) from None
+    except RecursionError:
+        raise ConfigError(str(path), ["invalid TOML: arrays or inline tables nested too deeply to parse; "
+                                      "a study file nests a few levels at most"]) from None
+    except ValueError:  # an integer literal beyond Python's 4300 digits
+        raise ConfigError(str(path), ["invalid TOML: an integer of thousands of digits; TOML integers are 64-bit "
+                                      "(-2^63 to 2^63 - 1)"]) from None
     return parse_study_file(raw, path, text)
 
 
 def parse_study_file(raw: dict, path: Path, text: str = "") -> StudyFile:
     problems: list[str] = []
+    _huge_integers(raw, "", problems)
     _unknown_keys(raw, TOP_KEYS, "", problems)
 
     meta = _table(raw, "study", "study", problems)
@@ -406,12 +399,12 @@ def resolve(config: dict, registry, where: dict[str, str]) -> tuple[dict, list[s
     """
     problems: list[str] = []
     resolved: dict[str, Any] = {}
-    for key, spec in SCALARS.items():
-        msg = spec.check(config[key])
-        if msg:
-            problems.append(f"{where.get(key, 'baseline')}.{key}: {msg}")
+    for key, annotation in SCALARS.items():
+        problem = check(config[key], annotation, f"{where.get(key, 'baseline')}.{key}")
+        if problem:
+            problems.append(problem)
         else:
-            resolved[key] = coerce(config[key], spec.type)
+            resolved[key] = coerce(config[key], annotation)
     for key, kind in COMPONENTS.items():
         resolved[key] = _resolve_component(config[key], kind, registry, key, where, problems)
     regs = config["regularizers"]
@@ -452,8 +445,9 @@ def _resolve_component(value, kind: str, registry, key: str, where: dict[str, st
     for opt in component.options.values():
         if opt.name in value:
             v = value[opt.name]
-            if not conforms(v, opt.annotation):
-                problems.append(f"{at(opt.name)}: expected {describe(opt.annotation)}, got {_show(v)}")
+            problem = check(v, opt.annotation, at(opt.name))
+            if problem:
+                problems.append(problem)
                 continue
             out[opt.name] = coerce(v, opt.annotation)
         elif opt.default is MISSING:
@@ -481,15 +475,27 @@ def _unknown_keys(table: dict, allowed: list[str], prefix: str, problems: list[s
 
 
 def _seeds(value, path: str, problems: list[str]) -> tuple[int, ...]:
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+    def integer(s) -> bool:
+        return isinstance(s, int) and not isinstance(s, bool)
+
+    if integer(value) and 1 <= value <= MAX_SEEDS:
         return tuple(range(value))
-    if (isinstance(value, list) and value and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value)
+    if (isinstance(value, list) and value and all(integer(s) and 0 <= s <= MAX_SEED for s in value)
             and len(set(value)) == len(value)):
         return tuple(value)
-    problems.append(f"{path}: expected a seed count >= 1 or a list of distinct non-negative integers, got {_show(value)}")
+    problems.append(f"{path}: expected a seed count from 1 to {MAX_SEEDS} or a list of distinct integers from 0 to "
+                    f"{MAX_SEED}, got {_show(value)}")
     return (0,)
 
 
-def _show(value) -> str:
-    kind = {bool: "boolean", int: "integer", float: "float", str: "string", list: "array", dict: "table"}
-    return f"{kind.get(type(value), type(value).__name__)} {value!r}"
+def _huge_integers(value, path: str, problems: list[str]) -> None:
+    """TOML integers are 64-bit, but tomllib reads any: a larger one is a typo (and no float holds it)."""
+    if isinstance(value, dict):
+        for key, v in value.items():
+            _huge_integers(v, f"{path}.{key}" if path else key, problems)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _huge_integers(v, f"{path}[{i}]", problems)
+    elif isinstance(value, int) and not -2**63 <= value < 2**63:
+        problems.append(f"{path}: an integer of {len(str(abs(value)))} digits is beyond TOML's 64-bit integers "
+                        "(-2^63 to 2^63 - 1)")

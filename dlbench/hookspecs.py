@@ -5,10 +5,35 @@ Two families:
 * **Registration hooks** (``dlbench_register_<kind>``) hand the plugin a ``register`` callback.
   ``register(name, factory)`` adds one component. The factory is a plain function or class; its
   *keyword-only* parameters are the options a study file may set, and their annotations and
-  defaults are the schema dlbench validates against (``int``, ``float``, ``bool``, ``str``,
-  ``Literal[...]``, ``X | None``, ``list[X]``). The positional parameters are the call contract of
-  the kind, listed in each hook below. The first line of the docstring is the description shown
-  by ``dlbench plugins list``; cite the source of the technique there.
+  defaults are the schema dlbench validates against. The positional parameters are the call
+  contract of the kind, listed in each hook below. The first line of the docstring is the
+  description shown by ``dlbench plugins list``; cite the source of the technique there.
+
+**Options.** An option's type is one a TOML study file can give: ``bool``, ``int``, ``float``
+(an integer is accepted and made a float), ``str``, ``Literal[...]`` of those, ``list[X]``, a
+union such as ``X | None`` (TOML has no null: ``None`` can only be the default), or no annotation
+(any value, unchecked). Its domain is declared with ``typing.Annotated`` and dlbench's
+constraints: ``Range(gt=, ge=, lt=, le=)`` for an ``int`` or ``float`` (at most one lower and one
+upper bound; NaN and infinities are in no range) and ``Length(min=, max=)`` for a ``list`` or
+``str``. A value outside the type or the domain is reported before anything trains, at the key
+path the user wrote (``studies.lr.levels.high.optimizer.lr: must be > 0, got -1.0``), so the
+factory need not check it again. A factory with an option of any other type (``dict``, a class,
+``torch.Tensor``, a callable, ``tuple``, a name imported only under ``TYPE_CHECKING``), or a
+default outside its own type and domain, is refused when it registers. Example::
+
+    from typing import Annotated, Literal
+    from dlbench import Length, Range, hookimpl
+
+    def my_sgd(params, *,
+               lr: Annotated[float, Range(gt=0)] = 0.1,                  # lr > 0
+               momentum: Annotated[float, Range(ge=0, lt=1)] = 0.9,      # 0 <= momentum < 1
+               milestones: list[Annotated[float, Range(ge=0, le=1)]] = [0.5],   # each in [0, 1]
+               warmup_steps: Annotated[int, Range(ge=1)] | None = None,  # None or >= 1
+               layers: Annotated[list[str], Length(min=1)] = ["all"],    # a non-empty list
+               mode: Literal["heavy_ball", "nesterov"] = "heavy_ball"):
+        ...
+
+``dlbench plugins list`` shows each option with its domain (``lr: float > 0, default 0.1``).
 
 * **Lifecycle hooks** are called by the training loop, so observers (progress display, MLflow
   tracking, diagnostics) can follow a trial without the loop knowing about them.

@@ -20,7 +20,7 @@ import pluggy
 
 from dlbench import hookspecs
 from dlbench.errors import PluginError, UserError, choose_one_of
-from dlbench.schema import Option, options_of
+from dlbench.schema import Option, options_of, unchecked
 
 AUTOLOAD_ENV = "DLBENCH_DISABLE_PLUGIN_AUTOLOAD"
 ENTRY_POINT_GROUP = "dlbench"
@@ -81,7 +81,12 @@ class Registry:
                 f"{kind} {name!r} is registered twice: by {existing.origin} and by {origin}. "
                 "Rename one of them, or uninstall/remove the plugin you do not want."
             )
-        self._components[kind][name] = Component(kind, name, factory, origin, options_of(factory))
+        options = options_of(factory)
+        for option in options.values():
+            problem = unchecked(option)
+            if problem:
+                raise PluginError(f"{origin}: {kind} {name!r} ({_where(factory)}): {problem}")
+        self._components[kind][name] = Component(kind, name, factory, origin, options)
 
     def get(self, kind: str, name: str) -> Component:
         try:
@@ -98,6 +103,11 @@ class Registry:
     def __iter__(self) -> Iterator[Component]:
         for kind in self._components.values():
             yield from (kind[n] for n in sorted(kind))
+
+
+def _where(factory) -> str:
+    """``module.qualname`` of a factory, for the plugin author."""
+    return f"{getattr(factory, '__module__', '?')}.{getattr(factory, '__qualname__', type(factory).__name__)}"
 
 
 @dataclass

@@ -6,15 +6,18 @@ Every error message must name the file, the key path the user wrote, and what wo
 
 from __future__ import annotations
 
+import os
 import re
+from contextlib import contextmanager
 
 import pytest
-from conftest import TINY_STUDY, write_plugin, write_study
+from conftest import TINY_STUDY, cli_env, describe_result, run_cli, write_plugin, write_study
 
 from dlbench.config import DEFAULT_BASELINE, read_study_file
 from dlbench.errors import ConfigError, UserError
 from dlbench.plugins import load_plugins
 from dlbench.study import expand
+from dlbench.textfile import MAX_BYTES
 
 # -- helpers ------------------------------------------------------------------------------------
 
@@ -122,6 +125,112 @@ def test_directory_as_study_file(tmp_path):
     assert "it is a directory" in str(info.value)
 
 
+# -- the bytes of a study file ------------------------------------------------------------------
+
+SMALL = "[study]\ndescription = 'Étude ✓'\n[studies.s.levels]\na = {}\n"
+
+
+def bytes_error(tmp_path, data: bytes) -> str:
+    """Write ``data`` as a study file, read it, and return the one problem reported."""
+    path = tmp_path / "study.toml"
+    path.write_bytes(data)
+    with pytest.raises(ConfigError) as info:
+        read_study_file(path)
+    assert info.value.source == str(path)
+    return one_problem(info.value)
+
+
+@pytest.mark.parametrize("data, expected", [
+    (SMALL.replace(" ✓", "").encode("latin-1"), ["not UTF-8 text: byte 0xC9 on line 2", "Latin-1", "save it as UTF-8"]),
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)), ["NUL bytes (the first on line 3)", "binary"]),
+    (b"[studies.s.levels]\n\na = {}\x00\n", ["NUL bytes (the first on line 3)"]),
+    (SMALL.encode("utf-16-le"), ["NUL bytes", "UTF-16/UTF-32 text without a byte-order mark", "save it as UTF-8"]),
+    (b"\xff\xfe[\x00s", ["starts with a UTF-16 byte-order mark but is not valid UTF-16", "save it as UTF-8"]),
+    (b"", ["the file is empty", "[studies.dropout.levels]"]),
+    (b" \n\t\r\n", ["the file is empty"]),
+    (b"a = " + b"[" * 5000, ["invalid TOML: arrays or inline tables nested too deeply"]),
+    (b"a = " + b"1" * 5000, ["invalid TOML: an integer of thousands of digits"]),
+], ids=["latin-1", "binary", "nul-byte", "utf-16-without-bom", "broken-utf-16", "empty", "blank", "deep", "long-int"])
+def test_bytes_that_are_no_study_file(tmp_path, data, expected):
+    msg = bytes_error(tmp_path, data)
+    for part in expected:
+        assert part in msg
+
+
+@pytest.mark.parametrize("encoding, bom", [("utf-8", b"\xef\xbb\xbf"), ("utf-16-le", b"\xff\xfe"),
+                                           ("utf-16-be", b"\xfe\xff"), ("utf-32-le", b"\xff\xfe\x00\x00")])
+def test_a_byte_order_mark_names_the_encoding(tmp_path, encoding, bom):
+    path = tmp_path / "study.toml"
+    path.write_bytes(bom + SMALL.encode(encoding))
+    sf = read_study_file(path)
+    assert sf.description == "Étude ✓"
+    assert sf.text == SMALL  # what is attached to MLflow: the text, without the mark
+
+
+def test_a_huge_file_is_refused_unread(tmp_path):
+    path = tmp_path / "study.toml"
+    with path.open("wb") as f:
+        f.truncate(MAX_BYTES + 1)  # sparse: NUL bytes, which reading would report instead
+    with pytest.raises(ConfigError) as info:
+        read_study_file(path)
+    msg = one_problem(info.value)
+    assert f"the file holds {MAX_BYTES + 1:,} bytes" in msg and f"at most {MAX_BYTES:,}" in msg
+
+
+@contextmanager
+def as_unprivileged_user():
+    """Run as 'nobody' while the tests run as root, who may read any file whatever its mode."""
+    if os.geteuid() != 0:
+        yield
+        return
+    os.seteuid(65534)
+    try:
+        yield
+    finally:
+        os.seteuid(0)
+
+
+def test_an_unreadable_file(tmp_path):
+    path = write_study(tmp_path, SMALL)
+    path.chmod(0)
+    with as_unprivileged_user(), pytest.raises(ConfigError) as info:
+        read_study_file(path)
+    assert info.value.source == str(path)
+    assert one_problem(info.value).startswith("permission denied: dlbench may not read the file")
+
+
+def test_a_symbolic_link_to_a_missing_file(tmp_path):
+    (tmp_path / "study.toml").symlink_to(tmp_path / "moved.toml")
+    with pytest.raises(ConfigError) as info:
+        read_study_file(tmp_path / "study.toml")
+    assert one_problem(info.value).startswith("no such study file (a symbolic link to a missing file)")
+
+
+def test_an_integer_beyond_64_bits(tmp_path):
+    err = config_error(tmp_path, "[baseline]\nepochs = 1" + "0" * 30 + "\n" + LEVELS)
+    assert one_problem(err) == ("baseline.epochs: an integer of 31 digits is beyond TOML's 64-bit integers "
+                                "(-2^63 to 2^63 - 1)")
+
+
+@pytest.mark.parametrize("data, expected", [
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xd8", "NUL bytes"),
+    (b'[baseline]\noptimizer = { name = "sgd", lr = -1.0 }\n'
+     b'[studies.s.levels]\noff = {}\non = { regularizers = [{ name = "dropout", p_hidden = 1.5 }] }\n',
+     "2 problems in the study file:\n"
+     "  - baseline.optimizer.lr: must be > 0, got -1.0\n"
+     "  - studies.s.levels.on.regularizers[0].p_hidden: must be >= 0 and < 1, got 1.5"),
+], ids=["binary", "out-of-domain"])
+def test_cli_dry_run_refuses_with_exit_2_and_no_traceback(tmp_path, data, expected):
+    path = tmp_path / "study.toml"
+    path.write_bytes(data)
+    proc = run_cli(["run", path, "--dry-run"], cwd=tmp_path, env=cli_env(autoload=False))
+    assert proc.returncode == 2, describe_result(proc)
+    assert "Traceback" not in proc.stderr, describe_result(proc)
+    assert str(path) in proc.stderr
+    assert expected in proc.stderr
+    assert "seed=" not in proc.stdout  # no trial listed: nothing would have trained
+
+
 # -- structure errors ---------------------------------------------------------------------------
 
 
@@ -183,11 +292,13 @@ def test_all_problems_reported_at_once(tmp_path):
         assert f"  - {p}" in str(err)
 
 
-@pytest.mark.parametrize("seeds", ["0", "-1", "[1, 1]", '["a"]', "[]", "true", "1.5", "[-1]", '"3"'])
+@pytest.mark.parametrize("seeds", ["0", "-1", "[1, 1]", '["a"]', "[]", "true", "1.5", "[-1]", '"3"', "10001",
+                                   "[4294967296]"])
 def test_bad_seeds(tmp_path, seeds):
     err = config_error(tmp_path, f"[study]\nseeds = {seeds}\n" + LEVELS)
     msg = one_problem(err)
-    assert msg.startswith("study.seeds: expected a seed count >= 1 or a list of distinct non-negative integers")
+    assert msg.startswith("study.seeds: expected a seed count from 1 to 10000 or a list of distinct integers from 0 "
+                          "to 4294967295")
 
 
 def test_bad_seeds_of_one_study(tmp_path):
@@ -355,19 +466,57 @@ def test_option_of_plugin_without_options(tmp_path, registry):
 
 
 @pytest.mark.parametrize("table, path, expected", [
-    ('optimizer = { name = "sgd", lr = "fast" }', "baseline.optimizer.lr", "expected float, got string 'fast'"),
-    ("architecture = { depth = true }", "baseline.architecture.depth", "expected int, got boolean True"),
-    ("architecture = { depth = 2.0 }", "baseline.architecture.depth", "expected int, got float 2.0"),
+    ('optimizer = { name = "sgd", lr = "fast" }', "baseline.optimizer.lr", "expected float > 0, got string 'fast'"),
+    ("architecture = { depth = true }", "baseline.architecture.depth", "expected int >= 0, got boolean True"),
+    ("architecture = { depth = 2.0 }", "baseline.architecture.depth", "expected int >= 0, got float 2.0"),
     ('optimizer = { name = "sgd", nesterov = 1 }', "baseline.optimizer.nesterov", "expected bool, got integer 1"),
     ('initializer = { name = "xavier", distribution = "gaussian" }', "baseline.initializer.distribution",
      "expected one of 'uniform', 'normal', got string 'gaussian'"),
     ('schedule = { name = "step", milestones = 0.5 }', "baseline.schedule.milestones",
-     "expected a list of float, got float 0.5"),
+     "expected a list of float >= 0 and <= 1, got float 0.5"),
 ])
 def test_wrong_option_type(tmp_path, registry, table, path, expected):
     err = config_error(tmp_path, f"[baseline]\n{table}\n" + LEVELS, registry)
     msg = one_problem(err)
     assert msg == f"{path}: {expected}"
+
+
+@pytest.mark.parametrize("table, expected", [
+    ('optimizer = { name = "sgd", lr = -1.0 }', "baseline.optimizer.lr: must be > 0, got -1.0"),
+    ('optimizer = { name = "sgd", lr = 0 }', "baseline.optimizer.lr: must be > 0, got 0"),
+    ('optimizer = { name = "sgd", lr = inf }', "baseline.optimizer.lr: must be > 0, got inf (not a finite number)"),
+    ('optimizer = { name = "sgd", momentum = 1.0 }', "baseline.optimizer.momentum: must be >= 0 and < 1, got 1.0"),
+    ('optimizer = { name = "adam", beta2 = 1 }', "baseline.optimizer.beta2: must be >= 0 and < 1, got 1"),
+    ('optimizer = { name = "adam", eps = 0.0 }', "baseline.optimizer.eps: must be > 0, got 0.0"),
+    ('optimizer = { name = "adamw", weight_decay = -0.01 }', "baseline.optimizer.weight_decay: must be >= 0, got -0.01"),
+    ("architecture = { width = 0 }", "baseline.architecture.width: must be >= 1, got 0"),
+    ('regularizers = [{ name = "dropout", p_hidden = 1.5 }]',
+     "baseline.regularizers[0].p_hidden: must be >= 0 and < 1, got 1.5"),
+    ('regularizers = ["l2", { name = "early_stopping", patience = 0 }]',
+     "baseline.regularizers[1].patience: must be >= 1, got 0"),
+    ('schedule = { name = "step", milestones = [0.5, 1.5] }', "baseline.schedule.milestones[1]: must be >= 0 and <= 1, got 1.5"),
+    ('initializer = { name = "normal", std = -0.1 }', "baseline.initializer.std: must be > 0, got -0.1"),
+    ('dataset = { name = "mnist1d", num_samples = 5 }', "baseline.dataset.num_samples: must be >= 10, got 5"),
+], ids=lambda v: v.split(":")[0] if ": " in v else None)
+def test_option_outside_its_domain(tmp_path, registry, table, expected):
+    err = config_error(tmp_path, f"[baseline]\n{table}\n" + LEVELS, registry)
+    assert one_problem(err) == expected
+
+
+def test_domain_error_in_a_level_points_at_the_level(tmp_path, registry):
+    err = config_error(tmp_path, "[studies.s.levels]\noff = {}\n"
+                                 "on = { regularizers = [{ name = 'dropout', p_hidden = 1.5 }] }\n"
+                                 "fast = { optimizer = { lr = -1.0 } }\n", registry)
+    assert err.problems == ["studies.s.levels.on.regularizers[0].p_hidden: must be >= 0 and < 1, got 1.5",
+                            "studies.s.levels.fast.optimizer.lr: must be > 0, got -1.0"]
+
+
+def test_domain_bounds_are_inclusive_or_not_as_declared(tmp_path, registry):
+    text = ('[baseline]\narchitecture = { depth = 0 }\noptimizer = { name = "sgd", momentum = 0 }\n'
+            'regularizers = [{ name = "dropout", p_input = 0.0, p_hidden = 0.999 }]\n' + LEVELS)
+    cfg = trials_of(tmp_path, text, registry)[0].config
+    assert cfg["architecture"]["depth"] == 0 and cfg["optimizer"]["momentum"] == 0.0
+    assert cfg["regularizers"][0]["p_hidden"] == 0.999
 
 
 def test_int_accepted_for_float_and_coerced(tmp_path, registry):
@@ -385,11 +534,12 @@ def test_int_accepted_for_float_scalar(tmp_path, registry):
 
 @pytest.mark.parametrize("line, expected", [
     ("epochs = 0", "baseline.epochs: must be >= 1, got 0"),
-    ("epochs = 2.5", "baseline.epochs: expected int, got float 2.5"),
+    ("epochs = 2.5", "baseline.epochs: expected int >= 1, got float 2.5"),
     ("batch_size = -4", "baseline.batch_size: must be >= 1, got -4"),
-    ("val_fraction = 1.0", "baseline.val_fraction: must be >= 0.0 and < 1.0, got 1.0"),
-    ("val_fraction = -0.1", "baseline.val_fraction: must be >= 0.0 and < 1.0, got -0.1"),
-    ('val_fraction = "10%"', "baseline.val_fraction: expected float, got string '10%'"),
+    ("val_fraction = 1.0", "baseline.val_fraction: must be >= 0 and < 1, got 1.0"),
+    ("val_fraction = -0.1", "baseline.val_fraction: must be >= 0 and < 1, got -0.1"),
+    ("val_fraction = nan", "baseline.val_fraction: must be >= 0 and < 1, got nan (not a finite number)"),
+    ('val_fraction = "10%"', "baseline.val_fraction: expected float >= 0 and < 1, got string '10%'"),
 ])
 def test_bad_scalar_settings(tmp_path, registry, line, expected):
     err = config_error(tmp_path, f"[baseline]\n{line}\n" + LEVELS, registry)
@@ -433,7 +583,7 @@ def test_duplicate_regularizer(tmp_path, registry):
 
 def test_error_in_level_points_at_level(tmp_path, registry):
     err = config_error(tmp_path, "[studies.s.levels]\noff = {}\non = { optimizer = { lr = 'fast' } }\n", registry)
-    assert one_problem(err) == "studies.s.levels.on.optimizer.lr: expected float, got string 'fast'"
+    assert one_problem(err) == "studies.s.levels.on.optimizer.lr: expected float > 0, got string 'fast'"
 
 
 def test_error_in_factor_level_points_at_factor_level(tmp_path, registry):
@@ -447,7 +597,7 @@ def test_error_in_factor_level_points_at_factor_level(tmp_path, registry):
 def test_error_in_study_baseline_points_at_study_baseline(tmp_path, registry):
     err = config_error(tmp_path, "[studies.s.baseline]\noptimizer = { name = 'sgd', lr = 'fast' }\n"
                                  "[studies.s.levels]\noff = {}\non = { regularizers = ['dropout'] }\n", registry)
-    assert one_problem(err) == "studies.s.baseline.optimizer.lr: expected float, got string 'fast'"
+    assert one_problem(err) == "studies.s.baseline.optimizer.lr: expected float > 0, got string 'fast'"
 
 
 def test_error_in_study_baseline_scalar(tmp_path, registry):
@@ -457,7 +607,7 @@ def test_error_in_study_baseline_scalar(tmp_path, registry):
 
 def test_error_in_file_baseline_points_at_baseline(tmp_path, registry):
     err = config_error(tmp_path, "[baseline]\noptimizer = { name = 'sgd', lr = 'fast' }\n" + LEVELS, registry)
-    assert one_problem(err) == "baseline.optimizer.lr: expected float, got string 'fast'"
+    assert one_problem(err) == "baseline.optimizer.lr: expected float > 0, got string 'fast'"
 
 
 def test_error_in_file_baseline_points_at_baseline_when_a_level_sets_another_option(tmp_path, registry):
@@ -466,7 +616,7 @@ def test_error_in_file_baseline_points_at_baseline_when_a_level_sets_another_opt
     err = config_error(tmp_path, "[baseline]\noptimizer = { name = 'sgd', lr = 'fast' }\n"
                                  "[studies.s.levels]\noff = {}\nmomentum = { optimizer = { momentum = 0.9 } }\n",
                        registry)
-    assert err.problems == ["baseline.optimizer.lr: expected float, got string 'fast'"]
+    assert err.problems == ["baseline.optimizer.lr: expected float > 0, got string 'fast'"]
 
 
 def test_errors_in_two_studies_both_reported(tmp_path, registry):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 import re
+import typing
+from typing import Annotated
 
 import pytest
 import torch
@@ -20,9 +22,10 @@ from conftest import (
 from torch import nn
 
 from dlbench.data import Dataset
-from dlbench.errors import PluginError, UserError
+from dlbench.errors import ConfigError, PluginError, UserError
 from dlbench.plugins import AUTOLOAD_ENV, KINDS, load_plugins
 from dlbench.regularizer import Regularizer
+from dlbench.schema import Range, describe
 from dlbench.train import TrialResult, build, make, run_trial, seed_everything
 
 # Loaded at collection time so the contract tests can be parametrized over every built-in.
@@ -66,9 +69,27 @@ def test_every_kind_has_builtins_and_they_are_builtin(registry):
 def test_options_come_from_keyword_only_parameters(registry):
     sgd = registry.get("optimizer", "sgd")
     assert list(sgd.options) == ["lr", "momentum", "nesterov", "weight_decay"]
-    assert sgd.options["lr"].annotation is float and sgd.options["lr"].default == 0.1
+    assert sgd.options["lr"].annotation == Annotated[float, Range(gt=0)] and sgd.options["lr"].default == 0.1
+    assert describe(sgd.options["lr"].annotation) == "float > 0"
     assert not sgd.options["lr"].required
     assert registry.get("activation", "relu").options == {}
+
+
+def unbounded_number(annotation) -> bool:
+    """Whether an int or float in the annotation (a list's items, a union's members) has no Range."""
+    if annotation in (int, float):
+        return True
+    if typing.get_origin(annotation) is Annotated:
+        base, *constraints = typing.get_args(annotation)
+        return not any(isinstance(c, Range) for c in constraints) and unbounded_number(base)
+    return any(unbounded_number(a) for a in typing.get_args(annotation))
+
+
+@pytest.mark.parametrize("component", [c for c in BUILTINS if c.options], ids=lambda c: f"{c.kind}-{c.name}")
+def test_every_numeric_builtin_option_declares_its_domain(component):
+    for option in component.options.values():
+        assert not unbounded_number(option.annotation), \
+            f"{component.kind} {component.name!r}: option {option.name!r} declares no Range"
 
 
 def test_unknown_component_lookup_is_a_user_error(registry):
@@ -86,7 +107,8 @@ def test_plugins_list_cli_shows_builtins_with_origin_and_options(tmp_path):
     lines = out.splitlines()
     sgd = next(i for i, line in enumerate(lines) if line.split()[:1] == ["sgd"])
     assert "[built-in]" in lines[sgd] and "SGD" in lines[sgd]
-    assert "lr: float, default 0.1" in lines[sgd + 1]
+    assert "lr: float > 0, default 0.1" in lines[sgd + 1]
+    assert "momentum: float >= 0 and < 1, default 0.0" in lines[sgd + 2]
 
 
 def test_plugins_list_cli_kind_filter(tmp_path):
@@ -202,6 +224,95 @@ def test_bad_registration_is_a_plugin_error(tmp_path, call, expected):
         load_plugins(tmp_path / "plugins", autoload=False)
     assert expected in str(info.value)
     assert str(path) in str(info.value)
+
+
+OPTION_PLUGIN = """
+from __future__ import annotations
+
+import collections.abc
+from typing import TYPE_CHECKING, Annotated, Literal
+
+import torch
+from torch import nn
+
+from dlbench import Length, Range, hookimpl
+
+if TYPE_CHECKING:
+    from some_typing_only_module import Gain
+
+def scaled(*, {signature}) -> nn.Module:
+    \"\"\"A test plugin whose option types vary.\"\"\"
+    return nn.Identity()
+
+@hookimpl
+def dlbench_register_activations(register):
+    register("scaled", scaled)
+"""
+
+
+@pytest.mark.parametrize("signature, type_name, why", [
+    ("table: dict[str, float] = {}", "dict[str, float]", "a study file cannot give a dict[str, float]"),
+    ("init: torch.Tensor | None = None", "torch.Tensor | None", "a study file cannot give a torch.Tensor)"),
+    ("fn: collections.abc.Callable[[float], float] = abs", "collections.abc.Callable[[float], float]",
+     "a study file cannot give a collections.abc.Callable[[float], float]"),
+    ("betas: tuple[float, float] = (0.9, 0.99)", "tuple[float, float]", "TOML arrays arrive as lists: use list[X]"),
+    ("sizes: list = []", "list", "say what its items are, e.g. list[float]"),
+    ("mode: Literal[None, 1.5] = 1.5", "Literal[None, 1.5]", "a Literal value must be a bool, int, float or str, not None"),
+    ('gain: Annotated[float, "positive"] = 1.0', "Annotated[float, 'positive']",
+     "'positive' is not a dlbench constraint: use dlbench.Range or dlbench.Length"),
+    ("name: Annotated[str, Range(gt=0)] = 'a'", "Annotated[str, Range(", "Range does not apply to str"),
+    ("gain: Gain = 1.0", "Gain", "the annotation cannot be evaluated: NameError: name 'Gain' is not defined"),
+])
+def test_option_type_dlbench_cannot_check_is_refused_at_registration(tmp_path, signature, type_name, why):
+    path = write_plugin(tmp_path, "scaled", OPTION_PLUGIN.format(signature=signature))
+    with pytest.raises(PluginError) as info:
+        load_plugins(tmp_path / "plugins", autoload=False)
+    msg = str(info.value)
+    option = signature.split(":")[0]
+    assert msg.startswith(f"local ({path}): activation 'scaled' (dlbench_local_plugins.scaled.scaled): "
+                          f"option {option!r} has type ")
+    assert type_name in msg and why in msg
+    assert "option types may be bool, int, float, str, Literal[...] of those, list[X], unions such as X | None" in msg
+
+
+@pytest.mark.parametrize("signature, problem", [
+    ("gain: Annotated[float, Range(gt=0)] = 0.0", "the default of option 'gain': must be > 0, got 0.0"),
+    ("size: int = None", "the default of option 'size': expected int, got none; annotate it int | None"),
+    ("sizes: list[int] = [1, 2.5]", "the default of option 'sizes': expected a list of int, got array [1, 2.5]"),
+])
+def test_option_default_outside_its_type_is_refused_at_registration(tmp_path, signature, problem):
+    path = write_plugin(tmp_path, "scaled", OPTION_PLUGIN.format(signature=signature))
+    with pytest.raises(PluginError) as info:
+        load_plugins(tmp_path / "plugins", autoload=False)
+    assert str(info.value) == f"local ({path}): activation 'scaled' (dlbench_local_plugins.scaled.scaled): {problem}"
+
+
+def test_every_checkable_option_type_registers_and_is_checked(tmp_path, make_trials):
+    write_plugin(tmp_path, "scaled", OPTION_PLUGIN.format(signature=(
+        "gain: Annotated[float, Range(gt=0, le=10)] | None = None, "
+        "widths: Annotated[list[Annotated[int, Range(ge=1)]], Length(min=1, max=3)] = [4], "
+        "label: Annotated[str, Length(min=1)] = 'x', mode: Literal['a', 'b', 3] = 'a', flag: bool = False, "
+        "anything=None")))
+    registry = load_plugins(tmp_path / "plugins", autoload=False).registry
+    options = registry.get("activation", "scaled").options
+    assert describe(options["gain"].annotation) == "float > 0 and <= 10 or none"
+    assert describe(options["widths"].annotation) == "a list of int >= 1 of length 1 to 3"
+
+    def problems(**opts) -> list[str]:
+        with pytest.raises(ConfigError) as info:
+            make_trials({"activation": {"name": "scaled", **opts}}, reg=registry)
+        return info.value.problems
+
+    assert problems(gain=11) == ["baseline.activation.gain: must be > 0 and <= 10, got 11"]
+    assert problems(gain="big") == ["baseline.activation.gain: expected float > 0 and <= 10 or none, got string 'big'"]
+    assert problems(widths=[]) == ["baseline.activation.widths: must be of length 1 to 3, got []"]
+    assert problems(widths=[4, 0]) == ["baseline.activation.widths[1]: must be >= 1, got 0"]
+    assert problems(label="") == ["baseline.activation.label: must be of length >= 1, got ''"]
+    assert problems(mode=True) == ["baseline.activation.mode: expected one of 'a', 'b', 3, got boolean True"]
+    (trial,) = make_trials({"activation": {"name": "scaled", "gain": 2, "mode": 3, "anything": {"k": [1]}}},
+                           reg=registry)
+    assert trial.config["activation"] == {"name": "scaled", "gain": 2.0, "widths": [4], "label": "x", "mode": 3,
+                                          "flag": False, "anything": {"k": [1]}}
 
 
 def test_local_plugin_errors_from_the_cli_exit_2_without_traceback(tmp_path):

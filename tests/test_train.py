@@ -13,6 +13,7 @@ from torch import nn
 from dlbench import hookimpl
 from dlbench.config import read_study_file
 from dlbench.data import to_device
+from dlbench.errors import ConfigError
 from dlbench.plugins import load_plugins
 from dlbench.slots import Slot, slots
 from dlbench.study import expand
@@ -170,10 +171,9 @@ def test_dropout_is_random_in_training_and_deterministic_in_eval(registry, tiny_
         assert torch.equal(model(x), model(x))
 
 
-def test_bad_dropout_probability_fails_at_build(registry, tiny_data, make_trials):
-    (trial,) = make_trials({"regularizers": [{"name": "dropout", "p_hidden": 1.0}]})
-    with pytest.raises(ValueError, match=r"dropout: p_hidden must be in \[0, 1\), got 1.0"):
-        built_model(trial, registry, tiny_data)
+def test_bad_dropout_probability_fails_before_any_build(make_trials):
+    with pytest.raises(ConfigError, match=r"baseline.regularizers\[0\].p_hidden: must be >= 0 and < 1, got 1.0"):
+        make_trials({"regularizers": [{"name": "dropout", "p_hidden": 1.0}]})
 
 
 # -- greedy layer-wise pretraining --------------------------------------------------------------

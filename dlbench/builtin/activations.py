@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from torch import nn
 
-from dlbench import hookimpl
+from dlbench import Range, hookimpl
 from dlbench.stacking import stackable
 
 
@@ -32,12 +34,12 @@ def tanh() -> nn.Module:
     return nn.Tanh()
 
 
-def leaky_relu(*, negative_slope: float = 0.01) -> nn.Module:
+def leaky_relu(*, negative_slope: Annotated[float, Range(ge=0, le=1)] = 0.01) -> nn.Module:
     """Leaky ReLU max(x, a*x) (Maas et al. 2013): no dead units."""
     return nn.LeakyReLU(negative_slope)
 
 
-def elu(*, alpha: float = 1.0) -> nn.Module:
+def elu(*, alpha: Annotated[float, Range(ge=0)] = 1.0) -> nn.Module:
     """Exponential linear unit (Clevert et al. 2016): x for x > 0, a*(e^x - 1) otherwise."""
     return nn.ELU(alpha)
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Annotated
 
 import torch
 from torch import nn
 
-from dlbench import hookimpl
+from dlbench import Range, hookimpl
 from dlbench.stacking import stackable
 from dlbench.slots import Slot
 
@@ -45,14 +46,11 @@ class MLP(nn.Module):
 
 
 @stackable  # Linear layers and elementwise activations: vmap batches them
-def mlp(input_shape, num_classes, activation, *, depth: int = 2, width: int = 256, bias: bool = True) -> nn.Module:
+def mlp(input_shape, num_classes, activation, *, depth: Annotated[int, Range(ge=0)] = 2,
+        width: Annotated[int, Range(ge=1)] = 256, bias: bool = True) -> nn.Module:
     """Multilayer perceptron with ``depth`` hidden layers of ``width`` units (depth 0: linear).
 
     Exposes an input slot and a slot after every hidden activation (for dropout), and its hidden
     blocks (for greedy layer-wise pretraining).
     """
-    if depth < 0:
-        raise ValueError(f"mlp: depth must be >= 0, got {depth}")
-    if width < 1:
-        raise ValueError(f"mlp: width must be >= 1, got {width}")
     return MLP(math.prod(input_shape), num_classes, activation, depth, width, bias)

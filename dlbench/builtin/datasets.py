@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import numpy as np
 
-from dlbench import hookimpl
+from dlbench import Range, hookimpl
 from dlbench.data import Dataset
+
+Seed = Annotated[int, Range(ge=0, le=2**32 - 1)]  # NumPy's seeds are 32-bit
+Scale = Annotated[float, Range(ge=0)]
 
 
 @hookimpl
@@ -16,12 +21,12 @@ def dlbench_register_datasets(register):
 
 def mnist1d(
     *,
-    num_samples: int = 5000,
-    train_split: float = 0.8,
-    seed: int = 42,
-    iid_noise_scale: float = 2e-2,
-    corr_noise_scale: float = 0.25,
-    shear_scale: float = 0.75,
+    num_samples: Annotated[int, Range(ge=10)] = 5000,  # one example of each class at least
+    train_split: Annotated[float, Range(gt=0, lt=1)] = 0.8,
+    seed: Seed = 42,
+    iid_noise_scale: Scale = 2e-2,
+    corr_noise_scale: Scale = 0.25,
+    shear_scale: Scale = 0.75,
 ) -> Dataset:
     """MNIST-1D (Greydanus 2020): 10 classes of length-40 1-D signals, generated offline.
 
@@ -43,7 +48,7 @@ def mnist1d(
     )
 
 
-def digits(*, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
+def digits(*, test_fraction: Annotated[float, Range(ge=0.01, le=0.99)] = 0.2, seed: Seed = 0) -> Dataset:
     """scikit-learn's 8x8 handwritten digits (1797 images, UCI), pixels scaled to [0, 1].
 
     Shipped inside scikit-learn, so it needs no download. The test split is stratified.
@@ -51,8 +56,6 @@ def digits(*, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
-    if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"digits: test_fraction must be in (0, 1), got {test_fraction}")
     x, y = load_digits(return_X_y=True)
     x = (x / 16.0).astype(np.float32).reshape(-1, 8, 8)
     x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=test_fraction, random_state=seed, stratify=y)

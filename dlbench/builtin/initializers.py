@@ -7,12 +7,14 @@ in each docstring; ``default`` keeps PyTorch's own init as the control.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 from torch import nn
 
-from dlbench import hookimpl
+from dlbench import Range, hookimpl
+
+Positive = Annotated[float, Range(gt=0)]
 
 
 @hookimpl
@@ -42,7 +44,7 @@ def default(model, data) -> None:
     """PyTorch's default init (Kaiming-uniform with a=sqrt(5), fan-in bias): left as built."""
 
 
-def xavier(model, data, *, distribution: Literal["uniform", "normal"] = "uniform", gain: float = 1.0) -> None:
+def xavier(model, data, *, distribution: Literal["uniform", "normal"] = "uniform", gain: Positive = 1.0) -> None:
     """Xavier/Glorot (Glorot & Bengio 2010): Var(W) = 2 / (fan_in + fan_out), times gain^2.
 
     Uniform: W ~ U(-a, a) with a = gain * sqrt(6 / (fan_in + fan_out)).
@@ -68,21 +70,17 @@ def lecun(model, data, *, distribution: Literal["uniform", "normal"] = "normal")
     _apply(model, lambda w: fn(w, mode="fan_in", nonlinearity="linear"))
 
 
-def normal(model, data, *, std: float = 0.01) -> None:
+def normal(model, data, *, std: Positive = 0.01) -> None:
     """Small Gaussian: W ~ N(0, std^2), the classical scheme of the course notes."""
-    if std <= 0:
-        raise ValueError(f"normal: std must be > 0, got {std}")
     _apply(model, lambda w: nn.init.normal_(w, 0.0, std))
 
 
-def uniform(model, data, *, a: float = 0.05) -> None:
+def uniform(model, data, *, a: Positive = 0.05) -> None:
     """Small uniform: W ~ U(-a, a), the classical scheme of the course notes."""
-    if a <= 0:
-        raise ValueError(f"uniform: a must be > 0, got {a}")
     _apply(model, lambda w: nn.init.uniform_(w, -a, a))
 
 
-def orthogonal(model, data, *, gain: float = 1.0) -> None:
+def orthogonal(model, data, *, gain: Positive = 1.0) -> None:
     """Orthogonal (Saxe et al. 2014): W from the QR/SVD of a Gaussian matrix, scaled by gain."""
     _apply(model, lambda w: nn.init.orthogonal_(w, gain=gain))
 

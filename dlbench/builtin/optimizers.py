@@ -7,10 +7,17 @@ with every numeric hyperparameter one value per member.
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 
-from dlbench import hookimpl
+from dlbench import Range, hookimpl
 from dlbench.stacking import StackedOptimizer, stackable
+
+LearningRate = Annotated[float, Range(gt=0)]
+Coefficient = Annotated[float, Range(ge=0, lt=1)]  # momentum, betas, a moving average's decay
+Epsilon = Annotated[float, Range(gt=0)]
+WeightDecay = Annotated[float, Range(ge=0)]
 
 
 @hookimpl
@@ -91,8 +98,8 @@ class StackedAdagrad(StackedOptimizer):
 
 
 @stackable(stacked=StackedSGD)
-def sgd(params, *, lr: float = 0.1, momentum: float = 0.0, nesterov: bool = False,
-        weight_decay: float = 0.0) -> torch.optim.Optimizer:
+def sgd(params, *, lr: LearningRate = 0.1, momentum: Coefficient = 0.0, nesterov: bool = False,
+        weight_decay: WeightDecay = 0.0) -> torch.optim.Optimizer:
     """SGD, with heavy-ball momentum v = mu*v - lr*g (Polyak 1964) or Nesterov's (Sutskever et al. 2013)."""
     if nesterov and momentum <= 0:
         raise ValueError("sgd: nesterov = true needs momentum > 0")
@@ -100,27 +107,28 @@ def sgd(params, *, lr: float = 0.1, momentum: float = 0.0, nesterov: bool = Fals
 
 
 @stackable(stacked=StackedAdam)
-def adam(params, *, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
-         weight_decay: float = 0.0) -> torch.optim.Optimizer:
+def adam(params, *, lr: LearningRate = 1e-3, beta1: Coefficient = 0.9, beta2: Coefficient = 0.999,
+         eps: Epsilon = 1e-8, weight_decay: WeightDecay = 0.0) -> torch.optim.Optimizer:
     """Adam (Kingma & Ba 2015): RMSprop plus momentum, with bias correction."""
     return torch.optim.Adam(params, lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=weight_decay)
 
 
 @stackable(stacked=StackedAdamW)
-def adamw(params, *, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
-          weight_decay: float = 1e-2) -> torch.optim.Optimizer:
+def adamw(params, *, lr: LearningRate = 1e-3, beta1: Coefficient = 0.9, beta2: Coefficient = 0.999,
+          eps: Epsilon = 1e-8, weight_decay: WeightDecay = 1e-2) -> torch.optim.Optimizer:
     """AdamW (Loshchilov & Hutter 2019): Adam with decoupled weight decay."""
     return torch.optim.AdamW(params, lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=weight_decay)
 
 
 @stackable(stacked=StackedRMSprop)
-def rmsprop(params, *, lr: float = 1e-3, alpha: float = 0.99, eps: float = 1e-8, momentum: float = 0.0,
-            weight_decay: float = 0.0) -> torch.optim.Optimizer:
+def rmsprop(params, *, lr: LearningRate = 1e-3, alpha: Coefficient = 0.99, eps: Epsilon = 1e-8,
+            momentum: Coefficient = 0.0, weight_decay: WeightDecay = 0.0) -> torch.optim.Optimizer:
     """RMSprop (Tieleman & Hinton 2012): cache = a*cache + (1-a)*g^2; step lr*g/(sqrt(cache)+eps)."""
     return torch.optim.RMSprop(params, lr=lr, alpha=alpha, eps=eps, momentum=momentum, weight_decay=weight_decay)
 
 
 @stackable(stacked=StackedAdagrad)
-def adagrad(params, *, lr: float = 1e-2, eps: float = 1e-10, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+def adagrad(params, *, lr: LearningRate = 1e-2, eps: Epsilon = 1e-10,
+            weight_decay: WeightDecay = 0.0) -> torch.optim.Optimizer:
     """AdaGrad (Duchi et al. 2011): cache += g^2; step lr*g/(sqrt(cache)+eps)."""
     return torch.optim.Adagrad(params, lr=lr, eps=eps, weight_decay=weight_decay)

@@ -9,13 +9,13 @@ then thrown away. Supervised training afterwards fine-tunes the whole network.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dlbench import hookimpl
+from dlbench import Range, hookimpl
 from dlbench.builtin import initializers
 
 
@@ -26,10 +26,10 @@ def dlbench_register_initializers(register):
 
 def greedy_autoencoder(
     model, data, *,
-    epochs: int = 5,
-    lr: float = 1e-3,
-    batch_size: int = 64,
-    corruption: float = 0.0,
+    epochs: Annotated[int, Range(ge=0)] = 5,
+    lr: Annotated[float, Range(gt=0)] = 1e-3,
+    batch_size: Annotated[int, Range(ge=1)] = 64,
+    corruption: Annotated[float, Range(ge=0, lt=1)] = 0.0,
     then: Literal["default", "xavier", "kaiming"] = "default",
 ) -> None:
     """Greedy layer-wise pretraining with stacked (denoising) autoencoders (Bengio et al. 2007).
@@ -38,8 +38,6 @@ def greedy_autoencoder(
     pretrained for ``epochs`` on the training split with Adam, minimising the squared error of
     reconstructing its input; ``corruption`` is the fraction of inputs zeroed (Vincent et al. 2008).
     """
-    if epochs < 0 or batch_size < 1 or lr <= 0 or not 0.0 <= corruption < 1.0:
-        raise ValueError("greedy_autoencoder: need epochs >= 0, batch_size >= 1, lr > 0, 0 <= corruption < 1")
     blocks = getattr(model, "hidden_blocks", None)
     if blocks is None:
         raise ValueError(f"greedy_autoencoder needs an architecture that exposes hidden_blocks; "

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 from torch import nn
 
-from dlbench import hookimpl
+from dlbench import Range, hookimpl
 from dlbench.regularizer import Regularizer, StackedRegularizer, per_member, stacked_weights, weights
 from dlbench.slots import slots
 
@@ -19,9 +19,9 @@ def dlbench_register_regularizers(register):
         register(name, factory)
 
 
-def _probability(name: str, key: str, p: float) -> None:
-    if not 0.0 <= p < 1.0:
-        raise ValueError(f"{name}: {key} must be in [0, 1), got {p}")
+Probability = Annotated[float, Range(ge=0, lt=1)]  # of dropping a unit: 1 would drop them all
+Weight = Annotated[float, Range(ge=0)]
+Positive = Annotated[float, Range(gt=0)]
 
 
 class InvertedDropout(nn.Module):
@@ -49,9 +49,7 @@ class Dropout(Regularizer):
     on every hidden slot of the architecture. Stacks: each member draws its own masks.
     """
 
-    def __init__(self, *, p_input: float = 0.2, p_hidden: float = 0.5):
-        _probability("dropout", "p_input", p_input)
-        _probability("dropout", "p_hidden", p_hidden)
+    def __init__(self, *, p_input: Probability = 0.2, p_hidden: Probability = 0.5):
         self.p_input, self.p_hidden = p_input, p_hidden
 
     def wrap_model(self, model: nn.Module) -> nn.Module:
@@ -85,9 +83,7 @@ class Dropout(Regularizer):
 class L2(Regularizer):
     """L2 penalty (weight decay in the loss): adds (lambda / 2) * sum(w^2) over weights, not biases."""
 
-    def __init__(self, *, weight: float = 1e-4):
-        if weight < 0:
-            raise ValueError(f"l2: weight must be >= 0, got {weight}")
+    def __init__(self, *, weight: Weight = 1e-4):
         self.weight = weight
 
     def penalty(self, model: nn.Module) -> torch.Tensor:
@@ -101,9 +97,7 @@ class L2(Regularizer):
 class L1(Regularizer):
     """L1 penalty: adds lambda * sum(|w|) over weights, which drives weights to exact zeros."""
 
-    def __init__(self, *, weight: float = 1e-5):
-        if weight < 0:
-            raise ValueError(f"l1: weight must be >= 0, got {weight}")
+    def __init__(self, *, weight: Weight = 1e-5):
         self.weight = weight
 
     def penalty(self, model: nn.Module) -> torch.Tensor:
@@ -136,9 +130,7 @@ class MaxNorm(Regularizer):
     After every step, each unit's incoming weight vector w is rescaled to norm c when ||w|| > c.
     """
 
-    def __init__(self, *, max_norm: float = 3.0):
-        if max_norm <= 0:
-            raise ValueError(f"max_norm: max_norm must be > 0, got {max_norm}")
+    def __init__(self, *, max_norm: Positive = 3.0):
         self.max_norm = max_norm
 
     @torch.no_grad()
@@ -166,9 +158,7 @@ class StackedMaxNorm(StackedRegularizer):
 class GradClip(Regularizer):
     """Gradient clipping by global norm (Pascanu et al. 2013), against exploding gradients."""
 
-    def __init__(self, *, max_norm: float = 1.0):
-        if max_norm <= 0:
-            raise ValueError(f"grad_clip: max_norm must be > 0, got {max_norm}")
+    def __init__(self, *, max_norm: Positive = 1.0):
         self.max_norm = max_norm
 
     def before_step(self, model: nn.Module) -> None:
@@ -194,9 +184,7 @@ class StackedGradClip(StackedRegularizer):
 class InputNoise(Regularizer):
     """Gaussian input noise (Bishop 1995: equivalent to Tikhonov regularization for small noise)."""
 
-    def __init__(self, *, std: float = 0.1):
-        if std < 0:
-            raise ValueError(f"input_noise: std must be >= 0, got {std}")
+    def __init__(self, *, std: Annotated[float, Range(ge=0)] = 0.1):
         self.std = std
 
     def transform_batch(self, x, y):
@@ -216,10 +204,9 @@ class EarlyStopping(Regularizer):
     """Early stopping (Goodfellow et al. 2016, sec. 7.8): stop when the monitored metric has not
     improved by more than ``min_delta`` for ``patience`` epochs."""
 
-    def __init__(self, *, patience: int = 5, metric: Literal["val_loss", "val_accuracy"] = "val_loss",
-                 min_delta: float = 0.0):
-        if patience < 1:
-            raise ValueError(f"early_stopping: patience must be >= 1, got {patience}")
+    def __init__(self, *, patience: Annotated[int, Range(ge=1)] = 5,
+                 metric: Literal["val_loss", "val_accuracy"] = "val_loss",
+                 min_delta: Annotated[float, Range(ge=0)] = 0.0):
         self.patience, self.metric, self.min_delta = patience, metric, min_delta
         self.best: float | None = None
         self.bad_epochs = 0

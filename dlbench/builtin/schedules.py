@@ -7,11 +7,14 @@ the formula is the code.
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 from torch.optim.lr_scheduler import LambdaLR
 
-from dlbench import hookimpl
+from dlbench import Range, hookimpl
 from dlbench.stacking import stackable
+
+Fraction = Annotated[float, Range(ge=0, le=1)]  # of the base learning rate, or of training
 
 
 @hookimpl
@@ -21,50 +24,39 @@ def dlbench_register_schedules(register):
         register(name, stackable(factory))  # each a function of the step alone: they stack
 
 
-def _check_fraction(name: str, key: str, value: float, upper_open: bool = False) -> None:
-    if not 0.0 <= value <= 1.0 or (upper_open and value == 1.0):
-        raise ValueError(f"{name}: {key} must be in [0, 1{')' if upper_open else ']'}, got {value}")
-
-
 def constant(optimizer, total_steps) -> LambdaLR:
     """Constant learning rate eps_k = eps_0."""
     return LambdaLR(optimizer, lambda k: 1.0)
 
 
-def linear(optimizer, total_steps, *, final_fraction: float = 0.01, decay_fraction: float = 1.0) -> LambdaLR:
+def linear(optimizer, total_steps, *, final_fraction: Fraction = 0.01, decay_fraction: Fraction = 1.0) -> LambdaLR:
     """Linear decay to eps_tau (Goodfellow et al. 2016, sec. 8.3.1), then constant.
 
     eps_k = (1 - a) eps_0 + a eps_tau with a = k / tau, tau = decay_fraction * total steps and
     eps_tau = final_fraction * eps_0 (the book suggests about 1% of eps_0).
     """
-    _check_fraction("linear", "final_fraction", final_fraction)
-    _check_fraction("linear", "decay_fraction", decay_fraction)
     tau = max(1, round(decay_fraction * total_steps))
     return LambdaLR(optimizer, lambda k: (1 - min(k / tau, 1.0)) + min(k / tau, 1.0) * final_fraction)
 
 
-def step(optimizer, total_steps, *, milestones: list[float] = [0.5, 0.75], gamma: float = 0.1) -> LambdaLR:  # noqa: B006
+def step(optimizer, total_steps, *, milestones: list[Fraction] = [0.5, 0.75],  # noqa: B006
+         gamma: Annotated[float, Range(gt=0, le=1)] = 0.1) -> LambdaLR:
     """Step decay: multiply eps by gamma at each milestone (fractions of training)."""
-    for m in milestones:
-        _check_fraction("step", "milestones", m)
     at = sorted(round(m * total_steps) for m in milestones)
     return LambdaLR(optimizer, lambda k: gamma ** sum(k >= s for s in at))
 
 
-def inverse_time(optimizer, total_steps, *, decay: float = 1.0) -> LambdaLR:
+def inverse_time(optimizer, total_steps, *, decay: Annotated[float, Range(ge=0)] = 1.0) -> LambdaLR:
     """1/t decay: eps_k = eps_0 / (1 + decay * k / steps_per_unit), with k in fractions of training.
 
     ``decay`` = 1 halves the learning rate by the end of training; 9 divides it by ten.
     """
-    if decay < 0:
-        raise ValueError(f"inverse_time: decay must be >= 0, got {decay}")
     return LambdaLR(optimizer, lambda k: 1.0 / (1.0 + decay * k / max(1, total_steps)))
 
 
-def cosine(optimizer, total_steps, *, final_fraction: float = 0.0, warmup_fraction: float = 0.0) -> LambdaLR:
+def cosine(optimizer, total_steps, *, final_fraction: Fraction = 0.0,
+           warmup_fraction: Annotated[float, Range(ge=0, lt=1)] = 0.0) -> LambdaLR:
     """Cosine annealing (Loshchilov & Hutter 2017) after an optional linear warm-up (Goyal et al. 2017)."""
-    _check_fraction("cosine", "final_fraction", final_fraction)
-    _check_fraction("cosine", "warmup_fraction", warmup_fraction, upper_open=True)
     warm = round(warmup_fraction * total_steps)
 
     def factor(k: int) -> float:
