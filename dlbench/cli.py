@@ -142,6 +142,10 @@ def run(study_file: Path, dry_run: bool, tracking_uri: str | None, device: str, 
     from dlbench.runner import resolve_devices, run_study
 
     devices = resolve_devices(device)
+    if not dry_run:  # a read-only checkout: say which option puts each output elsewhere, before any work
+        from dlbench.paths import check_run_outputs
+
+        check_run_outputs(tracking_uri or _default_uri(), reports_dir, checkpoint_dir)
     # every distinct component built once on a tiny batch: a plugin that raises stops us here,
     # before any worker trains or any run is logged
     checked = preflight(sf, trials, plugins.registry, data_dir=data_dir)
@@ -170,11 +174,21 @@ def run(study_file: Path, dry_run: bool, tracking_uri: str | None, device: str, 
     click.echo(f"\n{finished} finished ({result.skipped} of them already in the store{others}), {diverged} diverged, "
                f"{failed} failed, {len(trials) - len(result.results) - result.busy} not run{elsewhere}. "
                f"MLflow parent run: {result.parent_run_id}")
+    from dlbench.paths import folder_name
+
+    studies = {folder_name(t.study): t.study for t in trials}
     for folder in result.reports:
-        click.echo(f"report: {folder / 'index.md'}")
+        click.echo(report_line(studies.get(folder.name, folder.name), folder))
     if failed:
         click.echo("Some trials failed; their tracebacks are in each run's error.txt artifact.", err=True)
         sys.exit(1)
+
+
+def report_line(study: str, folder: Path, html: bool = False) -> str:
+    """``report: reports/<folder>/index.md``, and which study it is when its folder is not named
+    as the study is (a name such as ``../x`` or ``a/b`` gets a safe folder)."""
+    line = f"report: {folder / 'index.md'}" + (f"  ({folder / 'index.html'})" if html else "")
+    return line if folder.name == study else f"{line}  (study {study!r})"
 
 
 def _interrupt(signum, frame):
@@ -292,11 +306,9 @@ def report(study_file: Path | None, run_id: str | None, experiment: str | None, 
 
     registry = _load_plugins(plugins_dir, Path("plugins")).registry
     folders = report_from_mlflow(uri, parent, reports_dir, list(only) or None, attach=not no_attach,
-                                 registry=registry)
+                                 registry=registry, announce=lambda s, f: click.echo(report_line(s, f, html=True)))
     if not folders:
         raise UserError(f"study run {parent} has no trial runs: nothing to report")
-    for folder in folders:
-        click.echo(f"report: {folder / 'index.md'}  ({folder / 'index.html'})")
     click.echo(f"from MLflow study run {parent} in {uri}" + ("" if no_attach else "; attached to it as artifacts"))
 
 
@@ -333,10 +345,10 @@ def data_verify(data_dir: Path) -> None:
 
     st = status(data_dir)
     if st.matches:
-        click.echo(f"{data_dir} matches {st.pointer} (md5 {st.md5})")
+        click.echo(f"{data_dir} matches {st.pointer} (md5 {st.md5}; compared by {st.check})")
         return
     what = "is missing" if st.missing else "differs: " + ", ".join(st.modified)
-    click.echo(f"{data_dir} {what} (recorded in {st.pointer}: md5 {st.md5})", err=True)
+    click.echo(f"{data_dir} {what} (recorded in {st.pointer}: md5 {st.md5}; compared by {st.check})", err=True)
     sys.exit(1)
 
 

@@ -8,6 +8,7 @@ the lifecycle hooks, so the training loop never sees it. Metrics are buffered an
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import socket
@@ -23,9 +24,10 @@ from mlflow.tracking import MlflowClient
 
 from dlbench import hookimpl
 from dlbench.errors import UserError
-from dlbench.tracking import store
+from dlbench.paths import artifact_location
+from dlbench.tracking import keys, store
 from dlbench.tracking.lock import StoreLock, store_lock
-from dlbench.provenance import command_line, components_used, environment, git_commit
+from dlbench.provenance import code_version, command_line, components_used, environment, git_commit
 from dlbench.study import Trial, flatten
 
 logging.getLogger("mlflow").setLevel(logging.WARNING)  # no "creating tables" chatter on first use
@@ -78,7 +80,8 @@ class Tracker:
         if exp is not None:
             return exp.experiment_id
         try:
-            return self.client.create_experiment(name)
+            # artifacts beside a SQLite file, not in ./mlruns (MLflow's default: the working directory)
+            return self.client.create_experiment(name, artifact_location=artifact_location(self.tracking_uri, name))
         except MlflowException:  # another process created it first (a server store: no lock)
             exp = self.client.get_experiment_by_name(name)
             if exp is None:
@@ -123,12 +126,11 @@ class Tracker:
             "dlbench.processes": _this_process(),
             **environment(self._device),
         }
-        if commit:
-            tags |= {"mlflow.source.git.commit": commit, "dlbench.git_dirty": str(dirty).lower()}
+        tags |= code_version(study_file.path.resolve().parent).tags()  # the commit, or why there is none
         run = self.client.create_run(self.experiment_id, run_name=study_file.name, tags=tags)
         self.parent_id = run.info.run_id
         params = {
-            "studies": ",".join(dict.fromkeys(t.study for t in trials)),
+            "studies": json.dumps(list(dict.fromkeys(t.study for t in trials)), ensure_ascii=False),  # names hold commas
             "num_trials": str(len(trials)),
             **{f"baseline.{k}": v for k, v in flatten(study_file.baseline).items()},
         }
@@ -201,7 +203,7 @@ class Tracker:
         if trial.index in self.run_ids:
             return self.run_ids[trial.index]
         tags = {
-            "mlflow.runName": trial.run_name,
+            "mlflow.runName": keys.run_name(trial.run_name),
             "dlbench.role": self.role,
             "dlbench.study": trial.study,
             "dlbench.level": trial.level,
@@ -209,7 +211,8 @@ class Tracker:
             "dlbench.config_hash": trial.config_hash,
             "dlbench.group_hash": trial.group_hash,
             "dlbench.trial_index": str(trial.index),
-            **{f"dlbench.factor.{f}": lvl for f, lvl in trial.levels.items()},
+            **{keys.key(f"dlbench.factor.{f}"): lvl for f, lvl in trial.levels.items()},
+            "dlbench.levels": json.dumps(trial.levels, ensure_ascii=False),  # exact factor names, for the reader
             **environment(self._device),
             **self._context.tags,
             **self._liveness(),
@@ -219,7 +222,7 @@ class Tracker:
         tags |= self.extra_child_tags
         if self._commit:
             tags["mlflow.source.git.commit"] = self._commit
-        run = self.client.create_run(self.experiment_id, run_name=trial.run_name, tags=tags)
+        run = self.client.create_run(self.experiment_id, run_name=keys.run_name(trial.run_name), tags=tags)
         run_id = run.info.run_id
         self.run_ids[trial.index] = run_id
         self.client.log_dict(run_id, trial.config, "config.json")
@@ -229,7 +232,7 @@ class Tracker:
         # plots list params, so a level groups its seeds in one click
         params = {"study": trial.study, "level": trial.level,
                   **{f"factor.{f}": lvl for f, lvl in trial.levels.items()}, **flatten(trial.config)}
-        plist = [Param(k, v) for k, v in params.items()]
+        plist = [Param(keys.key(k), v) for k, v in params.items()]  # a plugin or factor name may be any text
         for i in range(0, len(plist), 100):
             self.client.log_batch(run_id, params=plist[i:i + 100])
         return run_id
@@ -241,7 +244,7 @@ class Tracker:
             self.client.set_tag(run_id, "dlbench.resumed_from_epoch", str(info["resumed_from_epoch"]))
             return
         tags = {"dlbench.dataset_hash": info["dataset_hash"], "dlbench.num_params": str(info["num_params"]),
-                **self._context.plugin_tags(trial)}
+                **{keys.key(k): v for k, v in self._context.plugin_tags(trial).items()}}
         stack = info.get("stack")
         tags["dlbench.stack_size"] = str(stack["size"] if stack else 1)  # how it ran: `reproduce` does the same
         if stack:
