@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from dlbench.data import DataCache
+from dlbench.paths import folder_name
 from dlbench.stacking import Work
 from dlbench.study import Trial
 from dlbench.train import Checkpoints, TrialResult, run_trial
@@ -23,7 +24,7 @@ def checkpoint_path(checkpoint_dir: Path, work: Work) -> Path:
     """Where a unit's epoch-end checkpoint lives: one file per trial (its study and config hash:
     two studies may hold the same config, trained at once by two workers), or per stack."""
     trial = work.members[0]
-    name = f"stack-{work.stack_id}.pt" if work.stacked else f"{trial.study}-{trial.config_hash}.pt"
+    name = f"stack-{work.stack_id}.pt" if work.stacked else f"{folder_name(trial.study)}-{trial.config_hash}.pt"
     return Path(checkpoint_dir) / name
 
 

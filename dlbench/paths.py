@@ -77,3 +77,11 @@ def check_run_outputs(tracking_uri: str, reports_dir: Path, checkpoint_dir: Path
     if problems:
         raise UserError("nothing was run: " + "; ".join(problems) + ". A read-only checkout runs with every output "
                         "pointed elsewhere (a missing data/ is then generated in memory).")
+
+
+def artifact_location(tracking_uri: str, experiment: str) -> str | None:
+    """Where a new experiment keeps its artifacts: beside a SQLite store's file, in
+    ``mlruns/<folder_name(experiment)>`` (MLflow's own default, ``./mlruns`` in the working
+    directory, may be a read-only checkout); None for any other store (a server decides)."""
+    db = sqlite_file(tracking_uri)
+    return None if db is None else str(db.absolute().parent / "mlruns" / folder_name(experiment))

@@ -5,6 +5,6 @@ The only package that imports seaborn and matplotlib. ``report_from_mlflow`` is 
 tracking store alone.
 """
 
-from dlbench.report.build import report_from_mlflow, report_from_results, write_study_report
+from dlbench.report.build import report_folder, report_from_mlflow, report_from_results, write_study_report
 
-__all__ = ["report_from_mlflow", "report_from_results", "write_study_report"]
+__all__ = ["report_folder", "report_from_mlflow", "report_from_results", "write_study_report"]

@@ -1,8 +1,10 @@
 """The report of one study, rebuilt from MLflow: statistics, claims, figures, tables.
 
-``reports/<study>/`` gets ``index.md`` and a self-contained ``index.html``, every figure as PNG,
+``reports/<folder>/`` gets ``index.md`` and a self-contained ``index.html``, every figure as PNG,
 every table as CSV (the statistics tables also as Markdown and LaTeX), and the tidy data behind
-the figures (``trials.csv``, ``epochs.csv``, ``diagnostics.csv``).
+the figures (``trials.csv``, ``epochs.csv``, ``diagnostics.csv``). The folder is the study's name
+when that is a plain one, else a slug of it with a hash (``dlbench.paths.folder_name``): no study
+name writes outside ``reports/``.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from dlbench.paths import folder_name
 from dlbench.report import figures
 from dlbench.report.data import StudyData, column, label_of
 from dlbench.report.document import Document, fmt, fmt_p, latex_table, markdown_table
@@ -245,21 +248,27 @@ def _diagnostic_figures(doc: Document, data: StudyData, out_dir: Path) -> None:
 # -- sources ---------------------------------------------------------------------------------------
 
 
+def report_folder(reports_dir: Path, study: str) -> Path:
+    """Where the report of ``study`` goes: ``reports_dir/<folder_name(study)>``, never elsewhere."""
+    return Path(reports_dir) / folder_name(study)
+
+
 def report_from_results(study_file, results, reports_dir: Path) -> list[Path]:
     """Reports from in-memory ``(Trial, TrialResult)`` pairs (no tracking store, no diagnostics)."""
     from dlbench.report.data import record_from_results, study_data
 
     record = record_from_results(study_file, results)
     present = set(record.trials["study"]) if len(record.trials) else set()
-    return [write_study_report(study_data(record, s.name, s), Path(reports_dir) / s.name)
+    return [write_study_report(study_data(record, s.name, s), report_folder(reports_dir, s.name))
             for s in study_file.studies if s.name in present]
 
 
 
 def report_from_mlflow(tracking_uri: str, run_id: str, reports_dir: Path, studies: list[str] | None = None,
-                       attach: bool = True, trials=None, registry=None) -> list[Path]:
-    """Build ``reports_dir/<study>/`` for every study of the MLflow study run ``run_id`` (or the
-    ``studies`` named) from what the store holds, and attach each folder to that run.
+                       attach: bool = True, trials=None, registry=None, announce=None) -> list[Path]:
+    """Build ``reports_dir/<folder>/`` (see ``report_folder``) for every study of the MLflow
+    study run ``run_id`` (or the ``studies`` named) from what the store holds, and attach each
+    folder to that run; ``announce(study, folder)`` is called as each is written.
 
     The trials of the run are its child runs, plus the earlier runs of trials it skipped as
     already done: ``trials`` (the expanded trials) names them, else the attached study file is
@@ -293,9 +302,11 @@ def report_from_mlflow(tracking_uri: str, run_id: str, reports_dir: Path, studie
         study = known.get(name)
         reason = why if sf is None else f"study {name!r} is not in the attached study file"
         data = study_data(record, name, study, None if study is not None else reason)
-        folder = write_study_report(data, Path(reports_dir) / name)
+        folder = write_study_report(data, report_folder(reports_dir, name))
         if attach:
             attach_report(tracking_uri, run_id, folder)
+        if announce is not None:
+            announce(name, folder)
         folders.append(folder)
     return folders
 

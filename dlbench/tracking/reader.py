@@ -7,6 +7,7 @@ the per-epoch metrics (step = epoch) and the diagnostics (``diag.*``, step = opt
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from dataclasses import dataclass
@@ -17,9 +18,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from dlbench.errors import UserError, choose_one_of
+from dlbench.tracking.keys import tags_filter
 from dlbench.tracking.store import histories_of_runs, search_all
 
-STUDY_FILTER = "tags.`dlbench.role` = 'study'"
+STUDY_FILTER = tags_filter({"dlbench.role": "study"})
 DIAG_PREFIX = "diag."
 READ_THREADS = 8  # over HTTP, metric histories are read one (run, key) at a time: overlap the round-trips
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bar for a one-file download
@@ -98,7 +100,8 @@ def read_study_run(tracking_uri: str, run_id: str, trials: dict[str, dict] | Non
     client = _client(tracking_uri)
     parent = client.get_run(run_id)
     experiment = client.get_experiment(parent.info.experiment_id).name
-    children = search_all(client, parent.info.experiment_id, f"tags.mlflow.parentRunId = '{run_id}'")
+    only = {"dlbench.study": studies[0]} if studies is not None and len(studies) == 1 else {}
+    children = search_all(client, parent.info.experiment_id, {"mlflow.parentRunId": run_id} | only)
     if studies is not None:
         children = [r for r in children if r.data.tags.get("dlbench.study") in studies]
         trials = {h: label for h, label in (trials or {}).items() if label.get("study") in studies}
@@ -106,7 +109,7 @@ def read_study_run(tracking_uri: str, run_id: str, trials: dict[str, dict] | Non
     labels = {r.info.run_id: {} for r in children}
     missing = set(trials or {}) - {r.data.tags.get("dlbench.config_hash") for r in children}
     if missing:
-        for run in search_all(client, parent.info.experiment_id, "tags.`dlbench.role` = 'trial'"):
+        for run in search_all(client, parent.info.experiment_id, {"dlbench.role": "trial"}):  # any study's
             digest = run.data.tags.get("dlbench.config_hash")
             done = run.info.status == "FINISHED" or run.data.tags.get("dlbench.status") == "diverged"
             if digest in missing and done:
@@ -132,7 +135,8 @@ def attached_study_file(tracking_uri: str, run_id: str) -> tuple[str | None, str
     """The study file attached to a study run (name, text) and the studies that run ran."""
     client = _client(tracking_uri)
     parent = client.get_run(run_id)
-    studies = [s for s in parent.data.params.get("studies", "").split(",") if s]
+    listed = parent.data.params.get("studies", "")
+    studies = json.loads(listed) if listed.startswith("[") else [s for s in listed.split(",") if s]  # older runs
     return (*_study_file(client, parent), studies)
 
 
@@ -166,7 +170,10 @@ def _trial_row(run) -> dict:
         "duration_s": float(tags.get("dlbench.duration_s", "nan")),
         "config_hash": tags.get("dlbench.config_hash", ""),
     }
-    row |= {f"factor.{k.removeprefix('dlbench.factor.')}": v for k, v in tags.items()
-            if k.startswith("dlbench.factor.")}
+    if "dlbench.levels" in tags:  # the exact factor names (a tag key holds only some characters)
+        row |= {f"factor.{f}": level for f, level in json.loads(tags["dlbench.levels"]).items()}
+    else:  # runs from before dlbench.levels
+        row |= {f"factor.{k.removeprefix('dlbench.factor.')}": v for k, v in tags.items()
+                if k.startswith("dlbench.factor.")}
     row |= {k: v for k, v in run.data.metrics.items() if not k.startswith(DIAG_PREFIX)}
     return row

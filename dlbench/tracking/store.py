@@ -10,6 +10,8 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
+from dlbench.tracking import keys
+
 HEARTBEAT_STALE_S = 15 * 60  # a RUNNING run on another host with no heartbeat this long is dead
 
 
@@ -58,8 +60,10 @@ def _stored(run) -> StoredRun:
                      dict(run.data.params), dict(run.data.metrics))
 
 
-def search_all(client: MlflowClient, experiment_id: str, filter_string: str) -> list:
-    """Every MLflow run matching the filter, newest first, across result pages."""
+def search_all(client: MlflowClient, experiment_id: str, tags: dict[str, str], where: str = "") -> list:
+    """Every MLflow run of the experiment whose tags have exactly these values (and that matches
+    ``where``, a filter on attributes), newest first, across result pages."""
+    filter_string = " and ".join(c for c in (keys.tags_filter(tags), where) if c)
     runs, token = [], None
     while True:
         page = client.search_runs([experiment_id], filter_string=filter_string, max_results=1000,
@@ -67,25 +71,24 @@ def search_all(client: MlflowClient, experiment_id: str, filter_string: str) -> 
         runs.extend(page)
         token = page.token
         if not token:
-            return runs
+            return [r for r in runs if keys.has_tags(r.data.tags, tags)]  # a LIKE filter matches more
 
 
-def search(client: MlflowClient, experiment_id: str, filter_string: str) -> list[StoredRun]:
-    return [_stored(r) for r in search_all(client, experiment_id, filter_string)]
+def search(client: MlflowClient, experiment_id: str, tags: dict[str, str], where: str = "") -> list[StoredRun]:
+    return [_stored(r) for r in search_all(client, experiment_id, tags, where)]
 
 
 def trial_runs(client: MlflowClient, experiment_id: str, config_hashes=None,
                running: bool = False) -> dict[str, list[StoredRun]]:
     """Trial runs of an experiment by config hash, newest first: all of them, or those of
     ``config_hashes`` (a few: one query each), or the RUNNING ones (``running``)."""
-    role = "tags.`dlbench.role` = 'trial'"
-    if running:
-        role += " and attributes.status = 'RUNNING'"
+    role = {"dlbench.role": "trial"}
+    where = "attributes.status = 'RUNNING'" if running else ""
     if config_hashes is not None and len(config_hashes) <= 8:
-        runs = [r for h in config_hashes for r in search(client, experiment_id,
-                                                         f"{role} and tags.`dlbench.config_hash` = '{h}'")]
+        runs = [r for h in config_hashes
+                for r in search(client, experiment_id, role | {"dlbench.config_hash": h}, where)]
     else:
-        runs = search(client, experiment_id, role)
+        runs = search(client, experiment_id, role, where)
     by_hash: dict[str, list[StoredRun]] = {}
     for run in sorted(runs, key=lambda r: r.start_time, reverse=True):
         if config_hashes is None or run.config_hash in config_hashes:
@@ -94,8 +97,7 @@ def trial_runs(client: MlflowClient, experiment_id: str, config_hashes=None,
 
 
 def latest_parent(client: MlflowClient, experiment_id: str, study_hash: str) -> StoredRun | None:
-    runs = search(client, experiment_id,
-                  f"tags.`dlbench.role` = 'study' and tags.`dlbench.study_hash` = '{study_hash}'")
+    runs = search(client, experiment_id, {"dlbench.role": "study", "dlbench.study_hash": study_hash})
     return runs[0] if runs else None
 
 
