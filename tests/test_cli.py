@@ -131,7 +131,7 @@ def test_one_parent_run_with_the_study_file(tiny):
     assert parent.info.run_name == "tiny"
     assert parent.info.status == "FINISHED"
     assert parent.data.params["num_trials"] == "12"
-    assert parent.data.params["studies"] == "dropout,act_depth"
+    assert parent.data.params["studies"] == '["dropout", "act_depth"]'  # JSON: a study name may hold a comma
     assert parent.data.params["baseline.optimizer.lr"] == "0.01"
     assert parent.data.tags["dlbench.trials_finished"] == "12"
     assert parent.data.tags["dlbench.trials_failed"] == "0"
