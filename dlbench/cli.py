@@ -26,7 +26,8 @@ class UsageProblem(click.ClickException):
 
 
 def _user_errors(fn):
-    """Turn dlbench.errors.UserError into a clean exit-2 message."""
+    """Turn dlbench.errors.UserError into a clean exit-2 message (or the error's own ``exit_code``:
+    75 for a tracking server that stayed away, to try again later)."""
     import functools
 
     @functools.wraps(fn)
@@ -36,7 +37,9 @@ def _user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except UserError as exc:
-            raise UsageProblem(str(exc)) from None
+            problem = UsageProblem(str(exc))
+            problem.exit_code = getattr(exc, "exit_code", UsageProblem.exit_code)
+            raise problem from None
 
     return wrapper
 
@@ -118,11 +121,14 @@ def main() -> None:
                    "two per GPU, never more than there is work.")
 @click.option("--stack-size", default="auto", show_default=True, type=AutoInt(),
               help="Most trials trained together as one stacked model (1: none). auto: 8 on a CPU, 128 on a GPU.")
+@click.option("--tracking-timeout", default=None, type=click.FloatRange(min=0.0), metavar="SECONDS",
+              help="How long a tracking server may stay unreachable before dlbench stops (exit code 75; the same "
+                   "command resumes the study). Training goes on meanwhile. Default: 600.")
 @_user_errors
 def run(study_file: Path, dry_run: bool, tracking_uri: str | None, device: str, plugins_dir: Path | None,
         only: tuple[str, ...], reports_dir: Path, fail_fast: bool, force: bool, deterministic: bool,
         data_dir: Path, allow_data_mismatch: bool, checkpoint_dir: Path, checkpoint_every: float,
-        jobs: int | None, stack_size: int | None) -> None:
+        jobs: int | None, stack_size: int | None, tracking_timeout: float | None) -> None:
     """Run every trial of STUDY_FILE, log it to MLflow and write the report.
 
     Trials that already finished in the store (same config hash) are skipped, and trials left
@@ -164,7 +170,8 @@ def run(study_file: Path, dry_run: bool, tracking_uri: str | None, device: str, 
                            reports_dir=reports_dir, stream=sys.stdout, fail_fast=fail_fast, force=force,
                            deterministic=deterministic, data_dir=data_dir, checkpoint_dir=checkpoint_dir,
                            checkpoint_every=checkpoint_every,
-                           allow_data_mismatch=allow_data_mismatch, jobs=jobs, stack_size=stack_size)
+                           allow_data_mismatch=allow_data_mismatch, jobs=jobs, stack_size=stack_size,
+                           tracking_timeout=tracking_timeout)
     except KeyboardInterrupt:
         click.echo("\nInterrupted: the finished trials are in MLflow; the running one is marked KILLED.", err=True)
         sys.exit(130)

@@ -117,7 +117,7 @@ def run_study(study_file: StudyFile, trials: list[Trial], plugins: Plugins, *, d
               force: bool = False, deterministic: bool = True, data_dir: Path | None = None,
               checkpoint_dir: Path = Path(".dlbench/checkpoints"), checkpoint_every: float = 10.0,
               allow_data_mismatch: bool = False, jobs: int | None = None, stack_size: int | None = None,
-              devices: list[torch.device] | None = None) -> StudyRun:
+              devices: list[torch.device] | None = None, tracking_timeout: float | None = None) -> StudyRun:
     """Run the trials not already in the store; resume those a dead process left behind.
 
     Without ``force``, a trial whose config hash already FINISHED (or diverged) in the
@@ -131,7 +131,8 @@ def run_study(study_file: StudyFile, trials: list[Trial], plugins: Plugins, *, d
     Trials that can share a training loop train stacked (at most ``stack_size`` together;
     default by device, 1: never); the units of work run in this process (``jobs`` 1) or in
     ``jobs`` worker processes over ``devices`` (default: ``device`` alone); ``None``: as many as
-    the machine has room for.
+    the machine has room for. A tracking server that goes away is waited for ``tracking_timeout``
+    seconds (None: 600), training going on meanwhile (``tracking/resilient.py``).
     """
     set_determinism(deterministic, device)
     max_stack = stack_size or DEFAULT_MAX_STACK[device.type]
@@ -159,7 +160,7 @@ def run_study(study_file: StudyFile, trials: list[Trial], plugins: Plugins, *, d
                 early = pool.prestart(units)
             return _run(study_file, trials, plugins, device, tracking_uri, reports_dir, stream, fail_fast, force,
                         deterministic, data_dir, checkpoint_dir, checkpoint_every, allow_data_mismatch, max_stack,
-                        pool, lock, startup, early)
+                        pool, lock, startup, early, tracking_timeout)
     finally:
         if pool is not None:
             pool.close(now=True)
@@ -200,7 +201,7 @@ def _start_pool(jobs, devices, plugins, data_dir, deterministic, checkpoint_dir,
 
 def _run(study_file, trials, plugins, device, tracking_uri, reports_dir, stream, fail_fast, force, deterministic,
          data_dir, checkpoint_dir, checkpoint_every, allow_data_mismatch, max_stack, pool, lock, startup,
-         early) -> StudyRun:
+         early, tracking_timeout) -> StudyRun:
     from dlbench.tracking import StudyContext, Tracker  # mlflow is heavy: imported only when a study runs
 
     context = StudyContext(tags={"dlbench.deterministic": str(deterministic).lower()}, registry=plugins.registry)
@@ -214,7 +215,7 @@ def _run(study_file, trials, plugins, device, tracking_uri, reports_dir, stream,
     if code.dirty:
         context.artifacts["git.diff"] = git_diff(study_file.path.resolve().parent)
 
-    tracker = Tracker(tracking_uri, study_file.name, lock=lock)
+    tracker = Tracker(tracking_uri, study_file.name, lock=lock, timeout_s=tracking_timeout)
     progress = Progress(len(trials), stream)
     run = StudyRun(tracker.start_study(study_file, trials, device, context, resume=not force))
     workers = f" in {len(pool.workers)} worker processes" if pool else ""

@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -212,3 +215,61 @@ def example_site(tmp_path_factory) -> Path:
     assert proc.returncode == 0, describe_result(proc)
     assert (site / "dlbench_example" / "__init__.py").is_file()
     return site
+
+
+class MlflowServer:
+    """A real ``mlflow server`` subprocess on 127.0.0.1 over a SQLite store and an artifact folder
+    in ``directory``: ``start()`` returns once ``/health`` answers, ``kill()`` is SIGKILL to the
+    whole process group (``mlflow server`` runs uvicorn as a child), ``start()`` again restarts
+    it on the same port with the same store."""
+
+    START_TIMEOUT = 120  # seconds; it takes ~7 s on two busy cores
+
+    def __init__(self, directory: Path, store: Path):
+        self.directory = Path(directory)
+        self.store = store
+        with socket.socket() as probe:  # a free port (the kernel's pick, released for the server)
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.log = self.directory / "mlflow-server.log"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> MlflowServer:
+        import urllib.request
+
+        cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", sqlite_uri(self.store),
+               "--artifacts-destination", str(self.directory / "artifacts"), "--host", "127.0.0.1",
+               "--port", str(self.port), "--workers", "1"]
+        env = cli_env({"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})  # no job-runner processes
+        with open(self.log, "a", encoding="utf-8") as log:
+            self.process = subprocess.Popen(cmd, cwd=self.directory, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+        deadline = time.monotonic() + self.START_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"mlflow server exited ({self.process.returncode}):\n{self.log.read_text()}")
+            try:
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=2):
+                    return self
+            except OSError:
+                time.sleep(0.2)
+        self.kill()
+        raise RuntimeError(f"mlflow server not answering after {self.START_TIMEOUT} s:\n{self.log.read_text()}")
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        if self.process is not None:
+            self.process.wait()
+        self.process = None
+
+
+@pytest.fixture
+def mlflow_server(tmp_path, mlflow_template):
+    """A started :class:`MlflowServer` with a fresh, empty store, killed at teardown."""
+    folder = tmp_path / "server"
+    folder.mkdir()
+    server = MlflowServer(folder, copy_store(mlflow_template, folder)).start()
+    yield server
+    server.kill()

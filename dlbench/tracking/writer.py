@@ -27,6 +27,7 @@ from dlbench.errors import UserError
 from dlbench.paths import artifact_location
 from dlbench.tracking import keys, store
 from dlbench.tracking.lock import StoreLock, store_lock
+from dlbench.tracking.resilient import ResilientClient
 from dlbench.provenance import code_version, command_line, components_used, environment, git_commit
 from dlbench.study import Trial, flatten
 
@@ -51,7 +52,8 @@ def attach_report(tracking_uri: str, run_id: str, directory: Path) -> None:
 class Tracker:
     """Logs a study to MLflow. Register it with the plugin manager for the study's duration."""
 
-    def __init__(self, tracking_uri: str, experiment: str, flush_seconds: float = 5.0, lock: StoreLock | None = None):
+    def __init__(self, tracking_uri: str, experiment: str, flush_seconds: float = 5.0, lock: StoreLock | None = None,
+                 timeout_s: float | None = None):
         self.tracking_uri = tracking_uri
         self.lock = lock or store_lock(tracking_uri)  # other dlbench processes may share the store
         self.experiment = experiment
@@ -68,7 +70,8 @@ class Tracker:
         self.extra_child_tags: dict[str, str] = {}
         try:
             with self.lock:  # the first client of a new SQLite file creates its tables
-                self.client = MlflowClient(tracking_uri)
+                # a tracking server that goes away is waited for (timeout_s, None: 600), its writes held meanwhile
+                self.client = ResilientClient(MlflowClient(tracking_uri), tracking_uri, timeout_s)
                 self.experiment_id = self._experiment_id(experiment)
         except Exception as exc:
             raise UserError(f"cannot open the MLflow tracking store {tracking_uri!r}: {exc}. Check --tracking-uri "
@@ -180,15 +183,19 @@ class Tracker:
         """Leave the parent run; the last process working on it ends it with ``status`` and
         ``summary`` (its tags ``dlbench.trials_*``). Returns whether this process was the last:
         while another one works on the study, the parent stays RUNNING."""
+        if status == "KILLED":  # stopping (Ctrl-C, an error): an absent tracking server is not waited for
+            self.client.stop_waiting()
         with self.lock:
             parent = self.client.get_run(self.parent_id)
             others = [p for p in _working(parent.data.tags) if p != _this_process()]
             if others:
                 self.client.set_tag(self.parent_id, "dlbench.processes", ",".join(others))
+                self.client.sync()
                 return False
             tags = [RunTag(f"dlbench.trials_{k}", str(v)) for k, v in summary.items()]
             self.client.log_batch(self.parent_id, tags=tags + [RunTag("dlbench.processes", "")])
             self.client.set_terminated(self.parent_id, status)
+            self.client.sync()
             return True
 
     def log_report(self, directory: Path) -> None:
@@ -262,7 +269,7 @@ class Tracker:
         self._buffer.setdefault(run_id, []).extend(
             Metric(k, float(v), now, epoch) for k, v in metrics.items() if epoch > done.get(k, -1))
         if time.monotonic() - self._last_flush >= self.flush_seconds:
-            self.flush()
+            self.flush(wait=False)  # a tracking server away: training goes on, the metrics held
 
     @hookimpl
     def dlbench_diagnostics(self, trial: Trial, step: int, values: dict[str, float]) -> None:
@@ -280,7 +287,7 @@ class Tracker:
     @hookimpl
     def dlbench_trial_end(self, trial: Trial, result) -> None:
         run_id = self.open_run(trial)
-        self.flush()
+        self.flush(wait=False)  # stored at once, or with the next run's creation if the server is away
         tags = [RunTag("dlbench.status", result.status), RunTag("dlbench.duration_s", f"{result.seconds:.2f}"),
                 RunTag("dlbench.epochs_run", str(result.epochs_run))]
         self.client.log_batch(run_id, tags=tags)
@@ -288,13 +295,17 @@ class Tracker:
             self.client.log_text(run_id, result.error, "error.txt")
         self.client.set_terminated(run_id, MLFLOW_STATUS[result.status])
 
-    def flush(self) -> None:
+    def flush(self, wait: bool = True) -> None:
+        """Send the buffered metrics; ``wait``: until they are stored (a checkpoint, a report
+        or the end of the study rely on them), waiting for a tracking server that went away."""
         beat = [RunTag("dlbench.heartbeat", f"{time.time():.0f}")]  # lets other hosts tell a live run
         for run_id, metrics in self._buffer.items():
             for i in range(0, len(metrics), BATCH_LIMIT):
                 self.client.log_batch(run_id, metrics=metrics[i:i + BATCH_LIMIT], tags=beat if i == 0 else [])
         self._buffer.clear()
         self._last_flush = time.monotonic()
+        if wait:
+            self.client.sync()
 
 
 
