@@ -279,17 +279,22 @@ def _run(study_file, trials, plugins, device, tracking_uri, reports_dir, stream,
         raise
     finally:
         with tracker.lock:
-            _ended_elsewhere(run, tracker)
+            last = tracker.leave_study(stopping=status == "KILLED")
+            _ended_elsewhere(run, tracker)  # the last one out sees every trial ended
             if status == "FINISHED" and run.count("failed"):
                 status = "FAILED"
-            summary = {s: run.count(s) for s in ("finished", "diverged", "failed")}
-            summary["skipped"] = run.skipped
-            summary["by_other_processes"] = run.by_others
-            summary["running_elsewhere"] = run.busy
-            summary["not_run"] = len(trials) - len(run.results) - run.busy
-            tracker.end_study(status, summary)
+            if last:  # it ends the parent run, with the summary of the whole study
+                summary = {s: run.count(s) for s in ("finished", "diverged", "failed")}
+                summary["skipped"] = run.skipped
+                summary["by_other_processes"] = run.by_others
+                summary["running_elsewhere"] = run.busy
+                summary["not_run"] = len(trials) - len(run.results) - run.busy
+                tracker.end_study(status, summary)
     if pool is not None:
         pool.close()  # idle now: free the cores for the reports
+    for study in dict.fromkeys(t.study for t in trials):
+        if pending[study] > 0 and any(t.study == study for t, _ in run.results):
+            settle(study)  # not all of it ran (--fail-fast): a report of what did
     if drawn:
         run.reports = reports.wait([s for s in dict.fromkeys(t.study for t in trials) if s in drawn], stream)
     return run
@@ -338,6 +343,11 @@ def claim(work: Work, tracker, force: bool, checkpoint_dir: Path, stream, total:
                 tracker.adopt(trial, previous)
             elif action == "new":
                 tracker.open_run(trial)
+        if not tracker.lock.exclusive and not force:  # no lock (a tracking server): the earlier claim wins
+            for trial in work.members:
+                if actions[trial.index][0] == "new" and (first := tracker.rival(trial)) is not None:
+                    tracker.withdraw(trial)
+                    actions[trial.index] = ("busy" if first.status == "RUNNING" else "skip", first)
     taken = [(t, *actions[t.index]) for t in work.members if actions[t.index][0] in ("skip", "busy")]
     for trial in work.members:
         _say(stream, trial, total, *actions[trial.index])

@@ -36,6 +36,7 @@ logging.getLogger("alembic").setLevel(logging.WARNING)
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow's own default: ./mlflow.db, artifacts in ./mlruns
 BATCH_LIMIT = 1000  # MLflow accepts at most 1000 metrics per log_batch call
+PROCESS_TAG = "dlbench.process."  # + host.pid: a process working on a study's parent run
 MLFLOW_STATUS = {"finished": "FINISHED", "diverged": "FAILED", "failed": "FAILED", "interrupted": "KILLED"}
 
 
@@ -97,7 +98,7 @@ class Tracker:
                     resume: bool = False) -> str:
         """Open the parent run: the latest one of the same study (same trials) when ``resume``,
         so a re-run after a crash continues it and processes started together share it, else a
-        new one. Its tag ``dlbench.processes`` lists the processes working on it (host:pid)."""
+        new one. A tag ``dlbench.process.<host>.<pid>`` names each process working on it."""
         self._device = device
         self._context = context or StudyContext()
         commit, dirty = git_commit(study_file.path.resolve().parent)
@@ -106,15 +107,26 @@ class Tracker:
         with self.lock:  # one parent run for processes started at once: the first creates it, the others join
             previous = store.latest_parent(self.client, self.experiment_id, study_hash) if resume else None
             if previous is not None:
-                self.parent_id = previous.run_id
-                self.client.update_run(self.parent_id, status="RUNNING")
-                runs = int(previous.tags.get("dlbench.invocations", "1")) + 1
-                working = dict.fromkeys([*_working(previous.tags), _this_process()])
-                self.client.log_batch(self.parent_id, tags=[RunTag("dlbench.invocations", str(runs)),
-                                                            RunTag("dlbench.command", command_line()),
-                                                            RunTag("dlbench.processes", ",".join(working))])
-                return self.parent_id
-            return self._new_parent(study_file, trials, study_hash, commit, dirty)
+                return self._join(previous)
+            self._new_parent(study_file, trials, study_hash, commit, dirty)
+        if resume and not self.lock.exclusive:  # no lock (a tracking server): the earliest one made at once wins
+            made = store.search(self.client, self.experiment_id,
+                                {"dlbench.role": "study", "dlbench.study_hash": study_hash})
+            first = min(made, key=lambda r: (r.start_time, r.run_id))
+            if first.run_id != self.parent_id:
+                self.client.delete_run(self.parent_id)
+                return self._join(first)
+        return self.parent_id
+
+    def _join(self, previous: store.StoredRun) -> str:
+        """Continue the parent run ``previous``: an earlier invocation's, or one another process works on."""
+        self.parent_id = previous.run_id
+        self.client.update_run(self.parent_id, status="RUNNING")
+        runs = int(previous.tags.get("dlbench.invocations", "1")) + 1
+        self.client.log_batch(self.parent_id, tags=[RunTag("dlbench.invocations", str(runs)),
+                                                    RunTag("dlbench.command", command_line()),
+                                                    RunTag(_process_tag(), "working")])
+        return self.parent_id
 
     def _new_parent(self, study_file, trials: list[Trial], study_hash: str, commit, dirty: bool) -> str:
         tags = {
@@ -126,7 +138,7 @@ class Tracker:
             "dlbench.study_hash": study_hash,
             "dlbench.invocations": "1",
             "dlbench.command": command_line(),
-            "dlbench.processes": _this_process(),
+            _process_tag(): "working",
             **environment(self._device),
         }
         tags |= code_version(study_file.path.resolve().parent).tags()  # the commit, or why there is none
@@ -155,6 +167,22 @@ class Tracker:
         mine = set(self.run_ids.values())
         return {h: [r for r in runs if r.run_id not in mine] for h, runs in found.items()}
 
+    def rival(self, trial: Trial) -> store.StoredRun | None:
+        """Another process's run of ``trial`` that claimed it before this one did (by start
+        time, then run id) and has finished it or is running it. Only where claims take no
+        lock (a tracking server): two processes may then claim one trial at the same moment."""
+        mine = store.get_run(self.client, self.run_ids[trial.index])
+        for run in self.existing_trials({trial.config_hash}).get(trial.config_hash, []):
+            taken = run.status == "FINISHED" or run.tags.get("dlbench.status") == "diverged" or (
+                run.status == "RUNNING" and run.process_alive())
+            if taken and (run.start_time, run.run_id) < (mine.start_time, mine.run_id):
+                return run
+        return None
+
+    def withdraw(self, trial: Trial) -> None:
+        """Delete the run this process opened for ``trial``: another process claimed it first."""
+        self.client.delete_run(self.run_ids.pop(trial.index))
+
     def running_elsewhere(self, config_hashes) -> list[store.StoredRun]:
         """The RUNNING trial runs of ``config_hashes`` that another live process is training."""
         found = store.trial_runs(self.client, self.experiment_id, running=True)
@@ -179,24 +207,30 @@ class Tracker:
         return {"dlbench.host": socket.gethostname(), "dlbench.pid": str(os.getpid()),
                 "dlbench.heartbeat": f"{time.time():.0f}"}
 
-    def end_study(self, status: str, summary: dict[str, int]) -> bool:
-        """Leave the parent run; the last process working on it ends it with ``status`` and
-        ``summary`` (its tags ``dlbench.trials_*``). Returns whether this process was the last:
-        while another one works on the study, the parent stays RUNNING."""
-        if status == "KILLED":  # stopping (Ctrl-C, an error): an absent tracking server is not waited for
+    def leave_study(self, stopping: bool = False) -> bool:
+        """Take this process off the parent run; whether no other live process works on it
+        any more (this one then ends it: :meth:`end_study`; else it stays RUNNING). Each
+        process has its own tag, so two leaving at once both see the other gone."""
+        if stopping:  # Ctrl-C, an error: an absent tracking server is not waited for
             self.client.stop_waiting()
-        with self.lock:
-            parent = self.client.get_run(self.parent_id)
-            others = [p for p in _working(parent.data.tags) if p != _this_process()]
-            if others:
-                self.client.set_tag(self.parent_id, "dlbench.processes", ",".join(others))
-                self.client.sync()
-                return False
-            tags = [RunTag(f"dlbench.trials_{k}", str(v)) for k, v in summary.items()]
-            self.client.log_batch(self.parent_id, tags=tags + [RunTag("dlbench.processes", "")])
-            self.client.set_terminated(self.parent_id, status)
-            self.client.sync()
-            return True
+        self.client.delete_tag(self.parent_id, _process_tag())
+        tags = self.client.get_run(self.parent_id).data.tags
+        others = []
+        for key in [k for k in tags if k.startswith(PROCESS_TAG) and k != _process_tag()]:
+            host, pid = key.removeprefix(PROCESS_TAG).rsplit(".", 1)
+            if host == socket.gethostname() and not store.process_alive(host, pid):
+                self.client.delete_tag(self.parent_id, key)  # killed before it could leave
+            else:
+                others.append(key)  # (one on another host counts until it leaves)
+        self.client.sync()
+        return not others
+
+    def end_study(self, status: str, summary: dict[str, int]) -> None:
+        """End the parent run with ``status`` and ``summary`` (its tags ``dlbench.trials_*``)."""
+        tags = [RunTag(f"dlbench.trials_{k}", str(v)) for k, v in summary.items()]
+        self.client.log_batch(self.parent_id, tags=tags)
+        self.client.set_terminated(self.parent_id, status)
+        self.client.sync()
 
     def log_report(self, directory: Path) -> None:
         """Attach a built report folder to the parent run."""
@@ -333,16 +367,9 @@ class StudyContext:
         return {f"dlbench.plugin.{kind}": f"{name} [{origin}]" for kind, name, origin in components_used(trial, self.registry)}
 
 
-def _this_process() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _working(tags: dict[str, str]) -> list[str]:
-    """The processes (host:pid) a parent run lists as working on it, less those of this host
-    that have ended (one on another host counts until it leaves)."""
-    here = socket.gethostname()
-    listed = [p.rsplit(":", 1) for p in tags.get("dlbench.processes", "").split(",") if ":" in p]
-    return [f"{host}:{pid}" for host, pid in listed if host != here or store.process_alive(host, pid)]
+def _process_tag() -> str:
+    """The parent run's tag that says this process works on it."""
+    return f"{PROCESS_TAG}{socket.gethostname()}.{os.getpid()}"
 
 
 def study_hash_of(trials: list[Trial]) -> str:
