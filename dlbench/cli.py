@@ -307,6 +307,10 @@ def report(study_file: Path | None, run_id: str | None, experiment: str | None, 
         sf = read_study_file(study_file)
         experiment = sf.name
         plugins_dir = plugins_dir if plugins_dir is not None else sf.path.parent / "plugins"
+    from dlbench.paths import cannot_write
+
+    if why := cannot_write(reports_dir):  # a read-only checkout
+        raise UserError(f"the reports cannot be written ({why}); put them elsewhere with --reports-dir DIR")
     uri = tracking_uri or _default_uri()
     parent = find_study_run(uri, run_id=run_id, experiment=experiment)
     from dlbench.report import report_from_mlflow

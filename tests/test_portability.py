@@ -263,3 +263,7 @@ def test_read_only_checkout_runs_with_outputs_elsewhere_and_writes_nothing_in_it
     assert (out / "reports" / "s" / "index.md").is_file()
     assert run.info.artifact_uri.startswith(str(out / "mlruns"))  # beside the store, not in ./mlruns
     assert (out / "mlruns").is_dir()
+
+    report = dlbench(["report", "study.toml", "--tracking-uri", sqlite_uri(out / "mlflow.db")], src, env, user)
+    assert report.returncode == 2 and "--reports-dir" in report.stderr, describe_result(report)
+    assert listing(src) == before
