@@ -116,6 +116,21 @@ def test_search_filters_find_values_with_any_quotes(tmp_path, mlflow_template):
         assert [r.run_id for r in found] == [run_id], value
 
 
+def test_report_of_names_with_dollars_and_backslashes(tmp_path):
+    """matplotlib would read "$\\foo$" as TeX and fail; a name is drawn as it is typed."""
+    from test_report_build import synthetic_record
+
+    from dlbench.report.build import report_folder, write_study_report
+    from dlbench.report.data import study_data
+
+    name = "$\\foo$ ../'x'"
+    record = synthetic_record({name: ["$\\bar$", "b $ \\"]}, seeds=2, diagnostics=False, study=name)
+    folder = write_study_report(study_data(record, name, None, "synthetic"), report_folder(tmp_path, name))
+    assert folder.parent == tmp_path and folder.name == folder_name(name)
+    assert {"test_accuracy.png", "learning_curves.png"} <= {p.name for p in folder.glob("*.png")}
+    assert (folder / "index.md").read_text(encoding="utf-8").startswith(f"# {name}\n")
+
+
 # -- end to end ------------------------------------------------------------------------------------
 
 ODD_PLUGIN = '''\

@@ -15,6 +15,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only: no display needed, works on headless CI
+matplotlib.rcParams["text.parse_math"] = False  # names are any text: "$\\alpha$" shown as typed, never parsed
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
