@@ -63,8 +63,9 @@ from dlbench import hookimpl
 
 
 def boom(model, data):
-    \"\"\"An initializer that always fails (tests).\"\"\"
-    raise RuntimeError("boom: this level always fails")
+    \"\"\"An initializer that fails on the study's data (tests); the preflight's tiny batch passes.\"\"\"
+    if len(data.y_train) > 100:
+        raise RuntimeError("boom: this level always fails")
 
 
 @hookimpl
