@@ -2,10 +2,11 @@
 the network store.
 
 Runs a small study (6 configs x 2 seeds = 12 trials of a width-16 MLP on 600 MNIST-1D examples,
-2 epochs each, as in the test suite; ``--seeds`` for more trials) with ``dlbench run --jobs 1`` as a fresh process, once against a fresh SQLite
-file and once against a real ``mlflow server`` on 127.0.0.1 (its own SQLite backend, started
-once, a fresh experiment each time), interleaved over repetitions. Everything a user waits for
-is counted: imports, the store, training, the reports.
+2 epochs each, as in the test suite; ``--seeds`` for more trials) with ``dlbench run --jobs 1``
+as a fresh process, once against a fresh SQLite file and once against a real ``mlflow server``
+on 127.0.0.1 (its own SQLite backend, started once, a fresh experiment each time), interleaved
+over repetitions. Everything a user waits for is counted: imports, the store, training, the
+reports.
 
     python benchmarks/tracking_store.py [--repeats 3] [--epochs 2] [--seeds 2]
 

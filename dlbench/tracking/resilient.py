@@ -252,7 +252,7 @@ class ResilientClient:
         now = time.monotonic()
         down = now - self._down_since
         if down > self.timeout_s or not self._waiting:
-            self._stopped = (f"unreachable for more than --tracking-timeout {self.timeout_s:g} s ({self._reason})"
+            self._stopped = (f"unreachable ({self._reason}) for more than --tracking-timeout {self.timeout_s:g} s"
                              if self._waiting else f"unreachable ({self._reason}) when dlbench was stopping")
             self._check()
         if now - self._last_notice >= NOTICE_S:
@@ -271,5 +271,5 @@ class ResilientClient:
                 f"tracking server {self.uri} {self._stopped}: dlbench stopped. Nothing is lost: the trials' "
                 "epoch checkpoints are kept (--checkpoint-dir) and what could not be written is redone from them. "
                 "Once the server answers again, run the same `dlbench run` command: finished trials are skipped, "
-                "the others resume from their last checkpoint, nothing is logged twice. A longer "
-                "--tracking-timeout waits longer.")
+                "the others resume from their last checkpoint, nothing is logged twice."
+                + (" A longer --tracking-timeout waits longer." if self._waiting else ""))
