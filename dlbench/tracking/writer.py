@@ -348,8 +348,12 @@ class Tracker:
         source = info.get("dataset_source") or f"dlbench://{info.get('dataset', 'dataset')}"
         dataset = MetaDataset(LocalArtifactDatasetSource(source), name=info.get("dataset", "dataset"),
                               digest=info["dataset_hash"][:32])
-        self.client.log_inputs(run_id, [DatasetInput(dataset._to_mlflow_entity(),
-                                                     [InputTag("mlflow.data.context", "training")])])
+        inputs = [DatasetInput(dataset._to_mlflow_entity(), [InputTag("mlflow.data.context", "training")])]
+        with self.lock:  # MLflow adds a dataset new to the experiment: a check, then an insert
+            try:
+                self.client.log_inputs(run_id, inputs)
+            except MlflowException:  # no lock (a server): another process inserted it just now
+                self.client.log_inputs(run_id, inputs)
 
 
 @dataclass
