@@ -184,10 +184,12 @@ class Tracker:
         self.client.delete_run(self.run_ids.pop(trial.index))
 
     def running_elsewhere(self, config_hashes) -> list[store.StoredRun]:
-        """The RUNNING trial runs of ``config_hashes`` that another live process is training."""
+        """The RUNNING trial runs of ``config_hashes`` under this study run that another live
+        process is training (a ``--force`` run or another study file has its own)."""
         found = store.trial_runs(self.client, self.experiment_id, running=True)
         mine = set(self.run_ids.values())
-        return [r for h in config_hashes for r in found.get(h, []) if r.run_id not in mine and r.process_alive()]
+        return [r for h in config_hashes for r in found.get(h, []) if r.run_id not in mine
+                and r.tags.get("mlflow.parentRunId") == self.parent_id and r.process_alive()]
 
     def adopt(self, trial: Trial, previous: store.StoredRun) -> str:
         """Continue ``previous`` (left RUNNING by a dead process, or KILLED) for ``trial``: the
