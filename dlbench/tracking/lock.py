@@ -3,7 +3,8 @@
 Several ``dlbench run`` processes may share one store (four started at once on one study share
 its work). What must not interleave between them: creating the store (MLflow's schema migration
 is not safe against a concurrent one), creating the experiment, choosing or creating the study's
-parent run, and claiming a trial (re-reading its runs, then opening its own). For a SQLite file
+parent run and leaving it, claiming a trial (re-reading its runs, then opening its own) and
+adding a dataset to the experiment (MLflow checks, then inserts). For a SQLite file
 or a local directory these hold an exclusive ``flock`` on a lock file beside the store
 (``mlflow.db.lock``, ``mlruns.lock``); the kernel releases it when the process dies, even by
 kill -9. A tracking server or a database server has no file to lock: there the claims re-check
