@@ -32,10 +32,13 @@ Not thread-safe: the tracker uses it from one thread.
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 import time
 import uuid
 from collections import deque
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import partial
 
@@ -92,6 +95,22 @@ def outage_reason(exc: BaseException) -> str | None:
     return None
 
 
+@contextmanager
+def signals_deferred():
+    """Ctrl-C and SIGTERM wait until the store call in hand returns (microseconds to a few
+    milliseconds against a local store). A SQLite write cut in the middle by KeyboardInterrupt
+    keeps the database locked, and the cleanup that follows (closing the runs as KILLED) would
+    fail with "database is locked". Signals are only ever handled by the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)  # a signal that came meanwhile is handled now
+
+
 @dataclass
 class _Write:
     method: str  # an MlflowClient method
@@ -118,6 +137,9 @@ class ResilientClient:
         self._last_try = self._last_notice = 0.0
         self._waiting = True
         self._stopped: str | None = None  # why dlbench gave up on the server
+        # a local store's calls are not cut by Ctrl-C (see signals_deferred); a server's may hang
+        # for its request timeout, and the server's database is not this process's to lock
+        self._atomic = nullcontext if uri.startswith(("http://", "https://", "databricks")) else signals_deferred
 
     def __getattr__(self, name: str):
         attr = getattr(self.client, name)
@@ -196,7 +218,8 @@ class ResilientClient:
         self._pending_values -= self._pending.popleft().values
 
     def _send(self, write: _Write) -> None:
-        getattr(self.client, write.method)(*write.args, **write.kwargs)
+        with self._atomic():
+            getattr(self.client, write.method)(*write.args, **write.kwargs)
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -208,7 +231,8 @@ class ResilientClient:
         while True:
             self._check()
             try:
-                result = call()
+                with self._atomic():
+                    result = call()
             except Exception as exc:
                 if not self._outage(exc):
                     raise
