@@ -173,8 +173,8 @@ def dlbench_register_regularizers(register) -> None:
 
 @hookspec
 def dlbench_trial_start(trial: Trial, model: Any, info: dict) -> None:
-    """A trial is about to train. ``info`` has ``device``, ``dataset_hash``, ``num_params``,
-    ``resumed_from_epoch`` (None for a fresh start) and, for a member of a stack, ``stack``
+    """A trial is about to train. ``info`` has ``device``, ``dataset_hash``, ``num_classes``,
+    ``num_params``, ``resumed_from_epoch`` (None for a fresh start) and, for a member of a stack, ``stack``
     (``id``, ``size``, ``member``: its position, ``members``: every member's config).
 
     With worker processes (``dlbench run --jobs N``), observers run in the worker that trains the

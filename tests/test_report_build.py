@@ -14,15 +14,21 @@ import pytest
 
 from dlbench.config import parse_study_file
 from dlbench.errors import ConfigError
+from PIL import Image
+
+from dlbench.report import figures
 from dlbench.report.build import write_study_report
 from dlbench.report.data import study_data
+from dlbench.report.document import Document, css_width
 
 EPOCHS = 3
 
 
 def synthetic_record(levels: dict[str, list[str]], seeds: int, failed: set[str] = frozenset(),
-                     diagnostics: bool = True, study: str = "s") -> SimpleNamespace:
-    """A StudyRecord-like object: trials, per-epoch metrics and per-layer diagnostics."""
+                     diagnostics: bool = True, study: str = "s", accuracy: dict[str, float] | None = None,
+                     noise: float = 0.01, num_classes: int = 0) -> SimpleNamespace:
+    """A StudyRecord-like object: trials, per-epoch metrics and per-layer diagnostics. Level i's
+    mean accuracy is 0.5 + 0.05 i unless ``accuracy`` names it; seeds vary by ``noise``."""
     rng = np.random.default_rng(0)
     trials, epochs, diag = [], [], []
     cells = [dict(zip(levels, combo)) for combo in itertools.product(*levels.values())]
@@ -31,12 +37,12 @@ def synthetic_record(levels: dict[str, list[str]], seeds: int, failed: set[str] 
         for seed in range(seeds):
             run_id = f"run{index}-{seed}"
             ok = label not in failed
-            acc = 0.5 + 0.05 * index + 0.01 * rng.standard_normal()
+            acc = (accuracy or {}).get(label, 0.5 + 0.05 * index) + noise * rng.standard_normal()
             final = {"train_accuracy": acc + 0.1, "test_accuracy": acc, "val_accuracy": acc, "train_loss": 1 - acc,
                      "test_loss": 1.2 - acc, "val_loss": 1.2 - acc} if ok else {}
             trials.append({"run_id": run_id, "study": study, "level": label, "seed": seed,
                            "status": "finished" if ok else "failed", "trial_index": index * seeds + seed + 1,
-                           "epochs_run": EPOCHS if ok else 0, "config_hash": f"h{index}{seed}",
+                           "epochs_run": EPOCHS if ok else 0, "config_hash": f"h{index}{seed}", "num_classes": num_classes,
                            **{f"factor.{f}": v for f, v in cell.items()}, **final})
             if not ok:
                 continue
@@ -138,3 +144,76 @@ def test_claims_of_a_two_factor_study_name_every_factor():
         "studies.ad.claims[0].level: name a level of every factor of the study (missing: depth)",
         "studies.ad.claims[0].beats.act: unknown level 'tanh' of factor 'act'; choose one of: relu, sigmoid",
     ]
+
+
+def test_ten_levels_wrap_into_rows_sized_for_the_page(tmp_path):
+    # 10 levels: 2 rows of 5 facets, the whole figure as wide as the page's column (1100 px at
+    # 96 px per inch), so that it is shown at its natural size, text at its point size
+    levels = {"s": [f"l{i}" for i in range(10)]}
+    assert figures._facets({f"factor.{f}": v for f, v in levels.items()})["col_wrap"] == 5
+    assert figures._facets({"factor.s": ["a", "b", "c", "d", "e", "f", "g"]})["col_wrap"] == 4  # 4 + 3
+    data = study_data(synthetic_record(levels, seeds=2), "s", None, "no file")
+    paths = [figures.learning_curves(data.epochs, data.columns, "loss", "t", tmp_path / "curves.png"),
+             figures.saturation(data.diagnostics, data.columns, "t", tmp_path / "saturation.png", last_epoch=EPOCHS)]
+    for path in paths:
+        assert 0.75 * 1100 < css_width(path) <= 1100, path
+        with Image.open(path) as image:  # 2 rows of 5: wider than high
+            assert image.width > 1.3 * image.height, path
+    doc = Document("t")
+    doc.figure(paths[0], "curves", "")
+    assert f'width="{css_width(paths[0])}"' in doc.to_html()
+
+
+def test_two_factors_with_five_columns_fit_the_page(tmp_path):
+    levels = {"a": ["relu", "sigmoid"], "d": ["1", "2", "4", "6", "8"]}
+    data = study_data(synthetic_record(levels, seeds=2), "s", None, "no file")
+    paths = [figures.learning_curves(data.epochs, data.columns, "accuracy", "t", tmp_path / "curves.png"),
+             figures.activations(data.diagnostics, data.columns, "t", tmp_path / "activations.png", last_epoch=EPOCHS),
+             figures.grad_norms(data.diagnostics, data.columns, "t", tmp_path / "grad_norms.png", last_epoch=EPOCHS)]
+    for path in paths:
+        assert 0.75 * 1100 < css_width(path) <= 1100, path
+
+
+@pytest.mark.parametrize("last, ticks", [(20, [0, 5, 10, 15, 20]), (3, [0, 1, 2, 3]), (7, [0, 2, 4, 7]),
+                                         (19, [0, 5, 10, 15, 19]), (40, [0, 10, 20, 30, 40]), (1, [0, 1])])
+def test_epoch_axes_count_whole_epochs_up_to_the_last(last, ticks):
+    assert figures.epoch_ticks(last) == ticks
+
+
+def test_gradient_snapshots_are_at_whole_epochs_and_reach_the_last():
+    # diagnostics at steps 1, 5, 10, 15 of 5 steps per epoch: epochs 0.2, 1, 2, 3
+    data = study_data(synthetic_record({"s": ["off", "on"]}, seeds=2), "s", None, "no file")
+    grads = data.diagnostics[data.diagnostics["kind"] == "grad_norm"]
+    picked = figures.snapshots(grads, last=EPOCHS)
+    assert list(picked["when"].cat.categories) == ["step 1 (start)", "epoch 1", "epoch 2", "epoch 3"]
+    assert picked.groupby("when", observed=True)["epoch"].max().tolist() == [0.2, 1.0, 2.0, 3.0]
+
+
+def test_levels_at_chance_are_marked(tmp_path):
+    levels = {"s": ["a", "b", "c"]}
+    study = study_of("[studies.s.levels]\na = {}\nb = {}\nc = {}\n")
+    record = synthetic_record(levels, seeds=3, accuracy={"b": 0.1, "c": 0.105}, noise=0.003, num_classes=10)
+    folder = write_study_report(study_data(record, "s", study), tmp_path / "s")
+    summary = pd.read_csv(folder / "summary.csv")
+    assert summary["at_chance"].tolist() == [False, True, True]
+    index = (folder / "index.md").read_text()
+    assert re.search(r"\| b \| 3 \| 0\.1\d\d .* \| at chance \|", index)
+    assert "**At chance:** 2 level(s) (b; c) end with a mean test accuracy within 0.02 of 1/10 = 0.100" in index
+    # the number of classes unknown (runs from before it was recorded): no claim about chance
+    record = synthetic_record(levels, seeds=3, accuracy={"b": 0.1, "c": 0.105}, noise=0.003)
+    folder = write_study_report(study_data(record, "s", study), tmp_path / "unknown")
+    assert not pd.read_csv(folder / "summary.csv")["at_chance"].any()
+    assert "at chance" not in (folder / "index.md").read_text()
+
+
+@pytest.mark.parametrize("noise, flagged", [(0.001, True), (0.02, False)])
+def test_hedges_g_from_a_near_zero_spread_says_so(tmp_path, noise, flagged):
+    # a difference of 0.05 over a spread of 0.001 gives |g| of about 50: the note says why
+    study = study_of("[studies.s.levels]\noff = {}\non = {}\n")
+    folder = write_study_report(study_data(synthetic_record({"s": ["off", "on"]}, seeds=3, noise=noise), "s", study),
+                                tmp_path / "s")
+    comparisons = pd.read_csv(folder / "comparisons.csv")
+    assert (comparisons["pooled_sd"] < 0.005).tolist() == [flagged]
+    index = (folder / "index.md").read_text()
+    assert ("† Hedges' g is this large because the seeds barely vary" in index) == flagged
+    assert (" † |" in index) == flagged

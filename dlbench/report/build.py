@@ -20,6 +20,8 @@ from dlbench.report.document import Document, fmt, fmt_p, latex_table, markdown_
 from dlbench.report.stats import comparisons, judge_claims, summarize
 
 METRIC = "test_accuracy"  # the study's outcome: final test accuracy of each seed
+CHANCE_MARGIN = 0.02  # a level whose mean accuracy is this close to 1/num_classes is at chance
+TINY_SPREAD = 0.005  # a pooled std below this (or |g| > 10) makes Hedges' g huge: it is flagged
 
 
 def write_study_report(data: StudyData, out_dir: Path) -> Path:
@@ -81,6 +83,8 @@ def _levels_section(doc: Document, data: StudyData, out_dir: Path) -> None:
     expected = len(data.seeds) if data.seeds is not None else None
     table = summarize(_all_cells(data), list(data.columns), METRIC, expected)
     table = table.rename(columns={column(f): f for f in data.factors})
+    chance, at_chance = chance_levels(data)
+    table["at_chance"] = [tuple(str(r[f]) for f in data.factors) in at_chance for _, r in table.iterrows()]
     pretty = pd.DataFrame({
         **{f: table[f] for f in data.factors},
         "n": table["n"].astype(int),
@@ -89,12 +93,38 @@ def _levels_section(doc: Document, data: StudyData, out_dir: Path) -> None:
         "95% CI": [f"[{fmt(lo)}, {fmt(hi)}]" if lo == lo else "—" for lo, hi in zip(table["ci95_low"], table["ci95_high"])],
         "diverged": table["diverged"], "failed": table["failed"],
         **({"not run": table["not_run"]} if "not_run" in table else {}),
+        **({"note": table["at_chance"].map({True: "at chance", False: ""})} if at_chance else {}),
     })
     caption = (f"Final {_words(METRIC)} per level over seeds: n finished seeds, mean, standard deviation and "
                "95% Student-t interval of the mean.")
     _export(table, pretty, out_dir, "summary", caption)
     doc.heading("Results per level")
     doc.table(pretty, caption)
+    if at_chance:
+        names = [", ".join(f"{f}={lvl}" for f, lvl in zip(data.factors, cell)) if len(cell) > 1 else cell[0]
+                 for cell in at_chance]
+        doc.text(f"**At chance:** {len(names)} level(s) ({'; '.join(names)}) end with a mean {_words(METRIC)} within "
+                 f"{CHANCE_MARGIN} of 1/{round(1 / chance)} = {chance:.3f}, the accuracy of guessing among {round(1 / chance)} classes: "
+                 "these networks did not learn, and their rows differ only by noise.")
+
+
+def chance_levels(data: StudyData) -> tuple[float | None, list[tuple]]:
+    """The chance accuracy (1 / the dataset's number of classes, when the runs recorded it) and the
+    levels (a tuple of each factor's level) whose mean final accuracy is within CHANCE_MARGIN of it."""
+    finished = data.finished
+    classes = set(finished["num_classes"]) - {0} if "num_classes" in finished else set()
+    if len(classes) != 1:
+        return None, []
+    chance = 1 / classes.pop()
+    at = []
+    for cell in data.cells():
+        mask = pd.Series(True, index=finished.index)
+        for f, lvl in cell.items():
+            mask &= finished[column(f)] == lvl
+        values = finished.loc[mask, METRIC].dropna()
+        if len(values) and abs(values.mean() - chance) <= CHANCE_MARGIN:
+            at.append(tuple(cell.values()))
+    return chance, at
 
 
 def _all_cells(data: StudyData) -> pd.DataFrame:
@@ -126,7 +156,8 @@ def _comparisons_section(doc: Document, data: StudyData, out_dir: Path) -> None:
         "95% CI": [f"[{fmt(lo, signed=True)}, {fmt(hi, signed=True)}]" if lo == lo else "—"
                    for lo, hi in zip(table["ci95_low"], table["ci95_high"])],
         "p": table["p"].map(fmt_p), "p (Holm)": table["p_holm"].map(fmt_p),
-        "Hedges' g": table["hedges_g"].map(lambda v: fmt(v, 2, signed=True)),
+        "Hedges' g": [fmt(g, 2, signed=True) + (" †" if _tiny_spread(g, sd) else "")
+                      for g, sd in zip(table["hedges_g"], table["pooled_sd"])],
     })
     testable = int(table["p"].notna().sum())
     caption = (f"Difference in final {_words(METRIC)} from the reference level ("
@@ -138,10 +169,20 @@ def _comparisons_section(doc: Document, data: StudyData, out_dir: Path) -> None:
     _export(table, pretty, out_dir, "comparisons", caption)
     doc.heading("Differences from the reference level")
     doc.table(pretty, caption)
+    tiny = [lvl for lvl, g, sd in zip(table["level"], table["hedges_g"], table["pooled_sd"]) if _tiny_spread(g, sd)]
+    if tiny:
+        doc.text(f"† Hedges' g is this large because the seeds barely vary (|g| > 10, or a pooled standard deviation "
+                 f"below {TINY_SPREAD}): the difference is divided by a near-zero spread. Read the difference and "
+                 f"its interval instead ({'; '.join(tiny)}).")
     untestable = table[table["p"].isna()]
     if len(untestable):
         doc.text(f"{len(untestable)} comparison(s) could not be tested: fewer than 2 finished seeds on a side "
                  f"({', '.join(untestable['level'])}).")
+
+
+def _tiny_spread(g: float, pooled_sd: float) -> bool:
+    """|g| > 10, or a large |g| (> 0.8) from a spread below TINY_SPREAD."""
+    return g == g and (abs(g) > 10 or (pooled_sd < TINY_SPREAD and abs(g) > 0.8))
 
 
 def _claims_section(doc: Document, data: StudyData, out_dir: Path) -> None:
@@ -168,8 +209,11 @@ def _figures_section(doc: Document, data: StudyData, out_dir: Path) -> None:
     two = len(data.factors) == 2  # interaction and heatmap: exactly two factors (more would be pooled)
     first, last = data.factors[0], data.factors[-1]
     seeds = int(data.finished.groupby("level").size().max())
+    chance, at_chance = chance_levels(data)
+    marks = {"at_chance": set(at_chance)}
 
-    path = figures.final_metric(data.trials, levels, METRIC, f"{name}: final test accuracy per level", out_dir / f"{METRIC}.png")
+    path = figures.final_metric(data.trials, levels, METRIC, f"{name}: final test accuracy per level", out_dir / f"{METRIC}.png",
+                                chance=chance, **marks)
     doc.figure(path, "Final test accuracy per level",
                f"**Final test accuracy per level.** Each small point is one seed (up to {seeds} per level); the "
                "diamond is the mean with its 95% Student-t interval. Look at whether the intervals of two levels "
@@ -191,43 +235,48 @@ def _figures_section(doc: Document, data: StudyData, out_dir: Path) -> None:
                    "and the half-width of its 95% interval. Look for the best cell and for rows or columns where "
                    "accuracy collapses.")
     path = figures.learning_curves(data.epochs, levels, "accuracy", f"{name}: learning curves (accuracy)",
-                                   out_dir / "learning_curves.png")
+                                   out_dir / "learning_curves.png", chance=chance, **marks)
     doc.figure(path, "Learning curves (accuracy)",
                "**Learning curves per level.** Train and test accuracy after every epoch (epoch 0: the "
                "initialized model), mean over seeds with a 95% band. A widening gap between train and test is "
-               "overfitting; a flat curve near chance (0.1 for 10 classes) is a network that does not train.")
+               "overfitting; a flat curve near chance"
+               + (f" (the dotted line, {chance:.2f} for {round(1 / chance)} classes)" if chance else "")
+               + " is a network that does not train"
+               + ("; such levels say \"at chance\" in their title." if at_chance else "."))
     path = figures.learning_curves(data.epochs, levels, "loss", f"{name}: learning curves (loss)",
-                                   out_dir / "loss_curves.png")
+                                   out_dir / "loss_curves.png", **marks)
     doc.figure(path, "Learning curves (loss)",
                "**Loss curves per level.** Train and test cross-entropy per epoch, mean over seeds with a 95% band. "
                "A test loss that turns upward while the train loss keeps falling marks the onset of overfitting "
                "(it often comes before the test accuracy drops).")
     path = figures.final_metric(data.trials, levels, "generalization_gap",
                                 f"{name}: generalization gap (train − test accuracy) per level",
-                                out_dir / "generalization_gap.png")
+                                out_dir / "generalization_gap.png", **marks)
     doc.figure(path, "Generalization gap per level",
                "**Generalization gap per level**: final train accuracy minus final test accuracy, seeds as points, "
                "mean with 95% interval. A regularizer that works shrinks the gap; a gap near 0 with a low accuracy "
                "is underfitting, not good generalization.")
-    _diagnostic_figures(doc, data, out_dir)
+    _diagnostic_figures(doc, data, out_dir, marks)
 
 
-def _diagnostic_figures(doc: Document, data: StudyData, out_dir: Path) -> None:
+def _diagnostic_figures(doc: Document, data: StudyData, out_dir: Path, marks: dict) -> None:
     diag = data.diagnostics
     if diag.empty:
         return
     levels, name = data.columns, data.name
+    marks = {**marks, "last_epoch": int(data.epochs["epoch"].max()) if len(data.epochs) else None}
     if (diag["kind"] == "grad_norm").any():
-        path = figures.grad_norms(diag, levels, f"{name}: gradient norm per layer", out_dir / "grad_norms.png")
+        path = figures.grad_norms(diag, levels, f"{name}: gradient norm per layer", out_dir / "grad_norms.png", **marks)
         doc.figure(path, "Gradient norm per layer",
                    "**Gradient norm per layer** (L2 norm of each weight matrix's gradient, log scale) at the first "
-                   "step and at a few points of training; geometric mean over seeds. Read each "
+                   "step and at whole epochs about a third, two thirds and all of the way through training; "
+                   "geometric mean over seeds. Read each "
                    "line from right (output) to left (input): a line falling by orders of magnitude towards the "
                    "input is a vanishing gradient (the first layers barely learn); a rising one is exploding. "
                    "Healthy networks keep the layers within about one order of magnitude of each other.")
     if diag["kind"].isin(["act_saturation", "dead_relu"]).any():
         path = figures.saturation(diag, levels, f"{name}: saturated or dead units per layer over training",
-                                  out_dir / "saturation.png")
+                                  out_dir / "saturation.png", **marks)
         doc.figure(path, "Saturated or dead units per layer",
                    "**Saturated or dead units per layer over training**, on a fixed probe batch of 512 training "
                    "examples (mean over seeds). Sigmoid/tanh: the share of activations within 0.03 of a bound "
@@ -237,11 +286,12 @@ def _diagnostic_figures(doc: Document, data: StudyData, out_dir: Path) -> None:
                    "driven to 0) and for dead ReLUs growing with depth or learning rate.")
     if diag["kind"].isin(["act_mean"]).any():
         path = figures.activations(diag, levels, f"{name}: activation mean ± std per layer over training",
-                                   out_dir / "activations.png")
+                                   out_dir / "activations.png", **marks)
         doc.figure(path, "Activations per layer",
                    "**Activation statistics per layer over training** on the probe batch: the line is the mean "
-                   "activation, the band ± one standard deviation (over units and examples; mean over seeds), as in "
-                   "Glorot & Bengio (2010, figure 2). A band collapsing to a line means the units of that layer no "
+                   "activation, the error bars at five moments ± one standard deviation (over units and examples; "
+                   "mean over seeds; each layer's bars shifted a little sideways so they do not hide each other), as "
+                   "in Glorot & Bengio (2010, figure 2). Bars shrinking to a point mean the units of that layer no "
                    "longer discriminate between examples; a sigmoid layer whose mean moves to 0 or 1 is saturated.")
 
 

@@ -111,6 +111,7 @@ def study_data(record, study_name: str, study: Study | None, why_no_file: str | 
         "status": trials["status"].to_numpy(),
         "epochs_run": trials["epochs_run"].to_numpy(),
         "config_hash": trials["config_hash"].to_numpy(),
+        "num_classes": trials["num_classes"].fillna(0).to_numpy(dtype=int) if "num_classes" in trials else 0,
     })
     for m in EPOCH_METRICS:
         frame[m] = trials[m].to_numpy(dtype=float) if m in trials else math.nan

@@ -87,9 +87,21 @@ class Document:
                 body.append(_html_table(block.frame, block.caption))
             elif kind == "figure":
                 data = base64.b64encode(block.path.read_bytes()).decode("ascii")
-                body.append(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(block.title)}">'
+                body.append(f'<figure><img src="data:image/png;base64,{data}" width="{css_width(block.path)}" '
+                            f'alt="{html.escape(block.title)}">'
                             f"<figcaption>{_inline(block.caption)}</figcaption></figure>")
         return HTML_PAGE.format(title=html.escape(self.title), style=STYLE, body="\n".join(body))
+
+
+def css_width(png: Path) -> int:
+    """The width in CSS pixels (96 per inch) of a PNG at its recorded resolution: a figure drawn 8
+    inches wide shows 8 inches wide, its 9-point text 12 px high, whatever dpi it was saved at (the
+    stylesheet shrinks it to the column if wider)."""
+    from PIL import Image
+
+    with Image.open(png) as image:
+        dpi = float((image.info.get("dpi") or (96,))[0]) or 96.0
+        return round(image.width * 96 / dpi)
 
 
 def markdown_table(frame: pd.DataFrame) -> str:

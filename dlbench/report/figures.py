@@ -21,11 +21,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
-from matplotlib.ticker import MaxNLocator, NullFormatter, PercentFormatter  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter, PercentFormatter  # noqa: E402
 
 from dlbench.report.stats import t_interval  # noqa: E402
 
 DPI = 160
+# index.html shows a figure at its size in inches, 96 px each, in a column 1100 px wide: a grid is
+# laid out for PAGE_WIDTH (legend and labels included), so its text keeps its point size on screen
+PAGE_WIDTH = 10.8
+CHANCE_COLOR = "#B03A2E"
+MAX_COLS = 5  # facets per row; more levels wrap into more rows
 SPLIT_COLORS = {"train": "#4C72B0", "val": "#8C8C8C", "test": "#DD8452"}
 METRIC_LABELS = {
     "test_accuracy": "test accuracy (fraction correct)",
@@ -79,11 +84,17 @@ def _legend(grid: sns.FacetGrid, title: str, colors: dict, marker: str | None = 
 
 def _save_grid(grid: sns.FacetGrid, path: Path, title: str) -> Path:
     rows = len({round(ax.get_position().y0, 3) for ax in grid.axes.flat})
+    cols = len({round(ax.get_position().x0, 3) for ax in grid.axes.flat})
     if rows > 1:  # one y label for all rows: a long label per row runs into the next
         label = grid.axes.flat[0].get_ylabel()
         for ax in grid.axes.flat:
             ax.set_ylabel("")
         grid.figure.supylabel(label, x=0.0, ha="left", fontsize=plt.rcParams["axes.labelsize"])
+    if cols > 1:  # one x label, under the middle of the bottom row: a long label per column overlaps
+        bottom = [ax for ax in grid.axes.flat if ax.get_xlabel()]
+        for ax in bottom:
+            if ax is not bottom[len(bottom) // 2]:
+                ax.set_xlabel("")
     sns.FacetGrid.tight_layout(grid)
     grid.figure.suptitle(_title(title, 90), y=1.0, va="bottom")  # above the laid-out facets
     return _save(grid.figure, path)
@@ -129,15 +140,12 @@ def _facets(levels: dict[str, list[str]]) -> dict:
     """FacetGrid layout: one factor -> columns (wrapped); two or more -> rows x columns."""
     factors = list(levels)
     if len(factors) == 1:
-        n = len(levels[factors[0]])
-        return {"col": factors[0], "col_order": levels[factors[0]], "col_wrap": min(n, 4) if n > 4 else None}
+        return {"col": factors[0], "col_order": levels[factors[0]], "col_wrap": _columns(levels)}
     return {"row": "_rows", "row_order": _row_order(levels), "col": factors[-1], "col_order": levels[factors[-1]]}
 
 
 def _row_order(levels: dict[str, list[str]]) -> list[str]:
-    import itertools
-
-    return [", ".join(c) for c in itertools.product(*list(levels.values())[:-1])]
+    return [", ".join(c) for c in _row_cells(levels)]
 
 
 def _with_rows(frame: pd.DataFrame, levels: dict[str, list[str]]) -> pd.DataFrame:
@@ -171,20 +179,78 @@ def _present(frame: pd.DataFrame, levels: dict[str, list[str]]) -> set:
     return set(zip(frame["_rows"], frame[factors[-1]]))
 
 
+def _columns(levels: dict[str, list[str]]) -> int:
+    """Facets per row: one factor wraps into rows of at most MAX_COLS, as even as they come (10
+    levels: 2 rows of 5, 7: 4 + 3); several factors: a column per level of the last one."""
+    n = len(levels[list(levels)[-1]])
+    return n if len(levels) > 1 else math.ceil(n / math.ceil(n / MAX_COLS))
+
+
 def _facet_size(levels: dict[str, list[str]]) -> tuple[float, float]:
-    cols = len(levels[list(levels)[-1]]) if len(levels) > 1 else min(len(next(iter(levels.values()))), 4)
-    height = 2.5 if cols > 3 else 3.0
-    return height, 1.3 if cols > 3 else 1.25
+    """(height, aspect) of a facet so that a row of them, the y label and the legend fill PAGE_WIDTH."""
+    width = min(3.2, (PAGE_WIDTH - 2.0) / _columns(levels))
+    height = max(2.0 if len(levels) > 1 else 1.6, width / 1.3)  # a row title on the right fits its row
+    return height, width / height
+
+
+def epoch_ticks(last: int) -> list[int]:
+    """Whole epochs from 0 to ``last``, at most 7 of them, the last always among them."""
+    step = next(s for s in (1, 2, 5, 10, 20, 25, 50, 100, 200, 500, 1000) if last / s <= 6) if last > 0 else 1
+    ticks = list(range(0, last + 1, step))
+    if ticks[-1] != last:
+        ticks[-1 if last - ticks[-1] <= step / 2 else len(ticks):] = [last]  # 0 2 4 7, not 0 2 4 6 7
+    return ticks
+
+
+def _epoch_axis(grid: sns.FacetGrid, last: int) -> None:
+    """An x axis of whole epochs running from 0 to the final epoch ``last``."""
+    for ax in grid.axes.flat:
+        ax.set_xticks(epoch_ticks(last))
+        ax.set_xlim(-0.03 * last, 1.03 * last)
+
+
+def _chance_marks(grid: sns.FacetGrid, levels: dict[str, list[str]], at_chance: set[tuple], chance: float | None,
+                  accuracy: bool) -> None:
+    """Say "at chance" in the title of a level's facet, and draw the chance line on accuracy axes."""
+    for key, ax in grid.axes_dict.items():
+        if _cell_of(key, levels) in at_chance:
+            ax.set_title(f"{ax.get_title()} (at chance)".strip(), color=CHANCE_COLOR)
+        if accuracy and chance:
+            ax.axhline(chance, color="0.35", lw=0.8, ls=":", zorder=0)
+    if accuracy and chance:
+        ax = grid.axes.flat[0]
+        ax.text(0.02, chance, f" chance ({chance:.2f})", transform=ax.get_yaxis_transform(), va="bottom",
+                ha="left", fontsize=8, color="0.35")
+
+
+def _cell_of(key, levels: dict[str, list[str]]) -> tuple:
+    """The level of every factor of a facet (its key: the level, or (other factors' levels, last))."""
+    if len(levels) == 1:
+        return (key,)
+    row, col = key
+    for cell in _row_cells(levels):
+        if ", ".join(cell) == row:
+            return (*cell, col)
+    return (row, col)
+
+
+def _row_cells(levels: dict[str, list[str]]) -> list[tuple]:
+    import itertools
+
+    return list(itertools.product(*list(levels.values())[:-1]))
 
 
 # -- final metric per level -------------------------------------------------------------------------
 
 
-def final_metric(frame: pd.DataFrame, levels: dict[str, list[str]], metric: str, title: str, path: Path) -> Path:
+def final_metric(frame: pd.DataFrame, levels: dict[str, list[str]], metric: str, title: str, path: Path,
+                 at_chance: set[tuple] = frozenset(), chance: float | None = None) -> Path:
     """Final ``metric`` per level: every seed a point, the mean with its 95% t-interval.
 
     One factor: levels on the x axis. Two or more: the last factor on the x axis (e.g. depth),
-    one colour per combination of the others (e.g. activation), so trends read as lines.
+    one colour per combination of the others (e.g. activation), so trends read as lines. Levels
+    ``at_chance`` (tuples of each factor's level) say so under their tick; an accuracy gets the
+    ``chance`` line.
     """
     _theme()
     factors = list(levels)
@@ -213,12 +279,28 @@ def final_metric(frame: pd.DataFrame, levels: dict[str, list[str]], metric: str,
             ax.text(i, 0.5, "no finished\nseed", transform=ax.get_xaxis_transform(), ha="center", va="center",
                     color="0.5", fontsize=8)
     ax.set_xlim(-0.6, len(order) - 0.4)
+    ax.set_xticks(range(len(order)), [_tick(lvl, levels, at_chance) for lvl in order])
+    for tick, lvl in zip(ax.get_xticklabels(), order):
+        if any(cell[-1] == lvl for cell in at_chance):
+            tick.set_color(CHANCE_COLOR)
+    if chance and metric.endswith("accuracy"):
+        ax.axhline(chance, color="0.35", lw=0.8, ls=":", zorder=0)
+        ax.text(1.0, chance, f"chance ({chance:.2f}) ", transform=ax.get_yaxis_transform(), ha="right",
+                va="bottom", fontsize=8, color="0.35")
     ax.set_title(_title(title, 60))
     ax.set_xlabel(_name(x))
     ax.set_ylabel(METRIC_LABELS.get(metric, metric.replace("_", " ")))
     if metric == "generalization_gap":
         ax.axhline(0, color="0.3", lw=0.8, ls=":")
     return _save(fig, path)
+
+
+def _tick(level: str, levels: dict[str, list[str]], at_chance: set[tuple]) -> str:
+    """A level on the x axis; under it, which of its cells are at chance."""
+    if len(levels) == 1:
+        return f"{level}\n(at chance)" if (level,) in at_chance else level
+    groups = [", ".join(cell) for cell in _row_cells(levels) if (*cell, level) in at_chance]
+    return "\n".join([level, *(f"{g}:\nat chance" for g in groups)])
 
 
 # -- two factors: the interaction and a heatmap ----------------------------------------------------
@@ -273,8 +355,9 @@ def heatmap(frame: pd.DataFrame, levels: dict[str, list[str]], metric: str, titl
 
 
 def learning_curves(epochs: pd.DataFrame, levels: dict[str, list[str]], quantity: str, title: str,
-                    path: Path) -> Path:
-    """Per level: train and test ``quantity`` (accuracy or loss) per epoch, mean and 95% band over seeds."""
+                    path: Path, at_chance: set[tuple] = frozenset(), chance: float | None = None) -> Path:
+    """Per level: train and test ``quantity`` (accuracy or loss) per epoch, mean and 95% band over seeds;
+    levels ``at_chance`` say so in their title, accuracies get the ``chance`` line."""
     _theme()
     splits = ["train", "test"]
     data = epochs[epochs["metric"].isin([f"{s}_{quantity}" for s in splits])].copy()
@@ -288,8 +371,8 @@ def learning_curves(epochs: pd.DataFrame, levels: dict[str, list[str]], quantity
     _mark_empty(grid, _present(data, levels))
     _facet_titles(grid, levels)
     grid.set_axis_labels("epoch", METRIC_LABELS[quantity])
-    for ax in grid.axes.flat:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=5))
+    _epoch_axis(grid, int(data["epoch"].max()) if len(data) else 1)
+    _chance_marks(grid, levels, at_chance, chance, accuracy=quantity == "accuracy")
     if quantity == "loss" and (data["value"] > 0).all() and len(data) and data["value"].max() / max(data["value"].min(), 1e-12) > 30:
         grid.set(yscale="log")
     _legend(grid, "split", {s: SPLIT_COLORS[s] for s in splits})
@@ -299,13 +382,14 @@ def learning_curves(epochs: pd.DataFrame, levels: dict[str, list[str]], quantity
 # -- diagnostics --------------------------------------------------------------------------------
 
 
-def snapshots(diag: pd.DataFrame, count: int = 4) -> pd.DataFrame:
+def snapshots(diag: pd.DataFrame, count: int = 4, last: int | None = None) -> pd.DataFrame:
     """The rows of ``diag`` at a few moments of training: the first recorded step and the steps
-    nearest 1/3, 2/3 and all of the training, chosen per run; column ``when`` labels them."""
+    nearest the whole epochs about 1/3, 2/3 and all of the way to the final epoch ``last`` (by
+    default the last recorded one), chosen per run; column ``when`` labels them."""
     if diag.empty:
         return diag.assign(when=pd.Series(dtype=str))
-    last = diag["epoch"].max()
-    targets = [0.0] + [last * (i + 1) / (count - 1) for i in range(count - 1)]
+    last = last if last is not None else round(diag["epoch"].max())
+    targets = [0] + list(dict.fromkeys(max(1, round(last * (i + 1) / (count - 1))) for i in range(count - 1)))
     picked = []
     for _, run in diag.groupby("run_id"):
         steps = run.drop_duplicates("step")[["step", "epoch"]]
@@ -323,15 +407,16 @@ def snapshots(diag: pd.DataFrame, count: int = 4) -> pd.DataFrame:
     return out
 
 
-def _epoch_label(epoch: float) -> str:
-    return f"epoch {epoch:.1f}".replace(".0", "") if epoch < 100 else f"epoch {epoch:.0f}"
+def _epoch_label(epoch: int) -> str:
+    return f"epoch {epoch}"
 
 
-def grad_norms(diag: pd.DataFrame, levels: dict[str, list[str]], title: str, path: Path) -> Path:
-    """Gradient norm per layer at a few moments of training, log y: vanishing gradients fall
-    towards the input (left), exploding ones rise."""
+def grad_norms(diag: pd.DataFrame, levels: dict[str, list[str]], title: str, path: Path, last_epoch: int | None = None,
+               at_chance: set[tuple] = frozenset()) -> Path:
+    """Gradient norm per layer at a few moments of training up to ``last_epoch``, log y: vanishing
+    gradients fall towards the input (left), exploding ones rise."""
     _theme()
-    data = _with_rows(snapshots(diag[diag["kind"] == "grad_norm"]), levels)
+    data = _with_rows(snapshots(diag[diag["kind"] == "grad_norm"], last=last_epoch), levels)
     data = data[np.isfinite(data["value"]) & (data["value"] > 0)]
     height, aspect = _facet_size(levels)
     grid = _grid(data, **_facets(levels), height=height, aspect=aspect, sharex=False, sharey=True,
@@ -346,17 +431,20 @@ def grad_norms(diag: pd.DataFrame, levels: dict[str, list[str]], title: str, pat
     for ax in grid.axes.flat:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.yaxis.set_minor_formatter(NullFormatter())  # powers of ten only: a clean log axis
+        ax.yaxis.set_major_formatter(FuncFormatter(_power_of_ten))
     _mark_empty(grid, _present(data, levels))
     _facet_titles(grid, levels)
     grid.set_axis_labels("layer (0 = input side, last = output)", "‖∂loss/∂W‖₂ (log scale)")
+    _chance_marks(grid, levels, at_chance, None, accuracy=False)
     if whens:
         _legend(grid, "moment of training", palette, marker="o")
     return _save_grid(grid, path, title)
 
 
-def saturation(diag: pd.DataFrame, levels: dict[str, list[str]], title: str, path: Path) -> Path:
-    """Per level and layer, over training: the share of saturated units (sigmoid/tanh) or of dead
-    units (ReLU), mean over seeds."""
+def saturation(diag: pd.DataFrame, levels: dict[str, list[str]], title: str, path: Path, last_epoch: int | None = None,
+               at_chance: set[tuple] = frozenset()) -> Path:
+    """Per level and layer, over training (x: epochs up to ``last_epoch``): the share of saturated
+    units (sigmoid/tanh) or of dead units (ReLU), mean over seeds."""
     _theme()
     data = diag[diag["kind"].isin(["act_saturation", "dead_relu"])]
     data = _with_rows(data, levels).assign(value=lambda d: 100 * d["value"])
@@ -381,14 +469,18 @@ def saturation(diag: pd.DataFrame, levels: dict[str, list[str]], title: str, pat
     for ax in grid.axes.flat:
         ax.yaxis.set_major_formatter(PercentFormatter(decimals=0))
     grid.set_axis_labels("epoch", "units saturated or dead (%)")
+    _epoch_axis(grid, last_epoch or _last_epoch(data))
+    _chance_marks(grid, levels, at_chance, None, accuracy=False)
     if layers:
         _legend(grid, "layer", {str(k): c for k, c in palette.items()})
     return _save_grid(grid, path, title)
 
 
-def activations(diag: pd.DataFrame, levels: dict[str, list[str]], title: str, path: Path) -> Path:
-    """Per level and layer, over training: the mean activation (line) and ± one standard deviation
-    (band) on the probe batch, mean over seeds (Glorot & Bengio 2010, figure 2)."""
+def activations(diag: pd.DataFrame, levels: dict[str, list[str]], title: str, path: Path, last_epoch: int | None = None,
+                at_chance: set[tuple] = frozenset()) -> Path:
+    """Per level and layer, over training (x: epochs up to ``last_epoch``): the mean activation
+    (line) and error bars of ± one standard deviation at five moments, on the probe batch, mean
+    over seeds (Glorot & Bengio 2010, figure 2)."""
     _theme()
     data = diag[diag["kind"].isin(["act_mean", "act_std"])]
     wide = data.pivot_table(index=["run_id", "step", "layer", *levels], values="value", columns="kind",
@@ -426,9 +518,21 @@ def activations(diag: pd.DataFrame, levels: dict[str, list[str]], title: str, pa
     _mark_empty(grid, _present(wide, levels))
     _facet_titles(grid, levels)
     grid.set_axis_labels("epoch", "activation (mean ± std)")
+    _epoch_axis(grid, last_epoch or _last_epoch(wide))
+    _chance_marks(grid, levels, at_chance, None, accuracy=False)
     if layers:
         _legend(grid, "layer", {str(k): c for k, c in palette.items()})
     return _save_grid(grid, path, title)
+
+
+def _last_epoch(frame: pd.DataFrame) -> int:
+    return max(1, math.ceil(frame["epoch"].max() - 1e-6)) if len(frame) and frame["epoch"].notna().any() else 1
+
+
+def _power_of_ten(value: float, _pos=None) -> str:
+    """10⁻⁷ as plain text (mathtext is off: names are shown as typed)."""
+    exponent = round(math.log10(value)) if value > 0 else 0
+    return "10" + str(exponent).translate(str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹"))
 
 
 def _present_key(levels: dict[str, list[str]]):

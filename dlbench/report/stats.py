@@ -36,6 +36,15 @@ def t_interval(values, confidence: float = 0.95) -> tuple[float, float]:
     return (mean - half, mean + half)
 
 
+def pooled_sd(a, b) -> float:
+    """The pooled standard deviation of two samples (NaN where n < 2 on either side)."""
+    a, b = _finite(a), _finite(b)
+    na, nb = len(a), len(b)
+    if na < 2 or nb < 2:
+        return math.nan
+    return math.sqrt(((na - 1) * a.var(ddof=1) + (nb - 1) * b.var(ddof=1)) / (na + nb - 2))
+
+
 @dataclass(frozen=True)
 class Difference:
     """``mean(a) - mean(b)`` with Welch's t-test and Hedges' g. NaN where n < 2 on either side."""
@@ -87,10 +96,8 @@ def hedges_g(a, b) -> float:
     """Standardized mean difference (mean(a) - mean(b)) / pooled sd, bias-corrected (Hedges 1981)."""
     a, b = _finite(a), _finite(b)
     na, nb = len(a), len(b)
-    if na < 2 or nb < 2:
-        return math.nan
-    pooled = math.sqrt(((na - 1) * a.var(ddof=1) + (nb - 1) * b.var(ddof=1)) / (na + nb - 2))
-    if pooled == 0:
+    pooled = pooled_sd(a, b)
+    if not pooled > 0:  # NaN (n < 2 on a side) or 0
         return math.nan
     correction = 1 - 3 / (4 * (na + nb) - 9)
     return correction * (a.mean() - b.mean()) / pooled
@@ -175,16 +182,17 @@ def comparisons(frame: pd.DataFrame, levels: dict[str, list[str]], reference: di
                 if lvl == reference[factor]:
                     continue
                 cell = {f: (lvl if f == factor else fixed[f]) for f in factors}
-                d = welch(_values(frame, cell, metric), _values(frame, ref_cell, metric))
+                a, b = _values(frame, cell, metric), _values(frame, ref_cell, metric)
+                d = welch(a, b)
                 rows.append({
                     "factor": factor, "level": label(cell), "reference": label(ref_cell),
                     "n": d.n_a, "n_ref": d.n_b, "mean": d.mean_a, "mean_ref": d.mean_b,
                     "diff": d.diff, "ci95_low": d.ci_low, "ci95_high": d.ci_high,
-                    "t": d.t, "df": d.df, "p": d.p, "hedges_g": d.g,
+                    "t": d.t, "df": d.df, "p": d.p, "hedges_g": d.g, "pooled_sd": pooled_sd(a, b),
                     "note": "" if d.testable else f"needs >= 2 finished seeds on each side (have {d.n_a} and {d.n_b})",
                 })
     out = pd.DataFrame(rows, columns=["factor", "level", "reference", "n", "n_ref", "mean", "mean_ref", "diff",
-                                      "ci95_low", "ci95_high", "t", "df", "p", "hedges_g", "note"])
+                                      "ci95_low", "ci95_high", "t", "df", "p", "hedges_g", "pooled_sd", "note"])
     out.insert(out.columns.get_loc("p") + 1, "p_holm", holm(out["p"]) if len(out) else [])
     return out
 

@@ -287,6 +287,7 @@ class Tracker:
             self.client.set_tag(run_id, "dlbench.resumed_from_epoch", str(info["resumed_from_epoch"]))
             return
         tags = {"dlbench.dataset_hash": info["dataset_hash"], "dlbench.num_params": str(info["num_params"]),
+                "dlbench.num_classes": str(info.get("num_classes", "")),
                 **{keys.key(k): v for k, v in self._context.plugin_tags(trial).items()}}
         stack = info.get("stack")
         tags["dlbench.stack_size"] = str(stack["size"] if stack else 1)  # how it ran: `reproduce` does the same
