@@ -4,20 +4,23 @@ At step 1 and every ``diagnostics_every`` steps (a baseline key; 0 turns it off)
 :class:`Diagnostics` observer measures, right after ``loss.backward()``:
 
 * per weight layer (every module owning a weight matrix/kernel, in model order; the last one is
-  usually the output layer): the L2 norm of the weight's gradient (``diag.grad_norm.layer<k>``)
-  and of the weight itself (``diag.weight_norm.layer<k>``);
+  usually the output layer): the L2 norm of the weight's gradient (``grad_norm.layer<k>``)
+  and of the weight itself (``weight_norm.layer<k>``);
 * per activation layer (every module of the trial's activation type, in model order), on a fixed
   probe batch of training examples, in eval mode and without gradients: the mean and standard
-  deviation of the activations (``diag.act_mean``, ``diag.act_std``), the fraction of values
-  within 0.03 of a bound of a saturating nonlinearity (``diag.act_saturation``: sigmoid < 0.03 or
+  deviation of the activations (``act_mean``, ``act_std``), the fraction of values
+  within 0.03 of a bound of a saturating nonlinearity (``act_saturation``: sigmoid < 0.03 or
   > 0.97, |tanh| > 0.97) and the fraction of dead rectified units, zero for every probe example
-  (``diag.dead_relu``);
-* the learning rate of the step (``diag.lr``) and the training progress in epochs
-  (``diag.epoch``: the step divided by the steps per epoch).
+  (``dead_relu``);
+* the training progress in epochs (``epoch``: the step divided by the steps per epoch).
 
-The values leave through the ``dlbench_diagnostics`` hook (the MLflow tracker logs them with the
-optimizer step as the metric step). Nothing here touches the gradients or draws random numbers,
-so a trial trains identically with diagnostics on or off.
+Every name is logged under the prefix ``diag per step/`` (:data:`PREFIX`; ``diag.`` in stores
+written before it): MLflow's UI groups a run's charts by the part before ``/``, so these charts sit
+in their own section, apart from the per-epoch headline metrics, and say that their step is the
+optimizer step. The learning rate is not repeated here: ``lr`` is logged per epoch with the other
+headline metrics. The values leave through the ``dlbench_diagnostics`` hook (the MLflow tracker
+logs them with the optimizer step as the metric step). Nothing here touches the gradients or
+draws random numbers, so a trial trains identically with diagnostics on or off.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from dlbench import hookimpl
 from dlbench.slots import Slot
 
 PROBE_SIZE = 512  # training examples in the probe batch: enough for stable statistics, cheap to run
+PREFIX = "diag per step/"  # every diagnostic's metric name starts with it (older stores: "diag.")
 MARGIN = 0.03  # "saturated": within this distance of a bound of the nonlinearity
 SATURATING = {nn.Sigmoid: (0.0, 1.0), nn.Hardsigmoid: (0.0, 1.0), nn.Tanh: (-1.0, 1.0),
               nn.Softsign: (-1.0, 1.0), nn.Hardtanh: (-1.0, 1.0)}
@@ -103,7 +107,7 @@ class Diagnostics:
             return
         values = self.measure(model, optimizer, data, trial.index)
         steps_per_epoch = math.ceil(len(data.y_train) / trial.config["batch_size"])
-        values["diag.epoch"] = step / steps_per_epoch
+        values[f"{PREFIX}epoch"] = step / steps_per_epoch
         self.hook.dlbench_diagnostics(trial=trial, step=step, values=values)
 
     @hookimpl
@@ -118,14 +122,12 @@ class Diagnostics:
         nan = torch.tensor(math.nan, device=data.x_train.device)
         for k, layer in enumerate(layers):
             grad = layer.weight.grad
-            names += [f"diag.grad_norm.layer{k}", f"diag.weight_norm.layer{k}"]
+            names += [f"{PREFIX}grad_norm.layer{k}", f"{PREFIX}weight_norm.layer{k}"]
             tensors += [grad.detach().norm() if grad is not None else nan, layer.weight.detach().norm()]
         names_acts, tensors_acts = self._activation_stats(model, activations, data.x_train[:self.probe_size])
         names += names_acts
         tensors += tensors_acts
-        values = dict(zip(names, torch.stack([t.float() for t in tensors]).tolist())) if tensors else {}
-        values["diag.lr"] = float(optimizer.param_groups[0]["lr"])
-        return values
+        return dict(zip(names, torch.stack([t.float() for t in tensors]).tolist())) if tensors else {}
 
     def _activation_stats(self, model: nn.Module, activations: list[nn.Module],
                           probe: torch.Tensor) -> tuple[list[str], list[torch.Tensor]]:
@@ -135,11 +137,11 @@ class Diagnostics:
         def record(k):
             def hook(module, inputs, output):
                 a = output.detach().flatten(1).float()
-                names.extend([f"diag.act_mean.layer{k}", f"diag.act_std.layer{k}"])
+                names.extend([f"{PREFIX}act_mean.layer{k}", f"{PREFIX}act_std.layer{k}"])
                 tensors.extend([a.mean(), a.std()])
                 sat = _saturation(module, a)
                 if sat is not None:
-                    names.append(f"diag.{sat[0]}.layer{k}")
+                    names.append(f"{PREFIX}{sat[0]}.layer{k}")
                     tensors.append(sat[1])
             return hook
 

@@ -206,7 +206,7 @@ def dlbench_after_backward(trial: Trial, model: Any, optimizer: Any, step: int, 
 
 @hookspec
 def dlbench_diagnostics(trial: Trial, step: int, values: dict[str, float]) -> None:
-    """Diagnostic metrics measured at optimizer step ``step`` (``diag.grad_norm.layer0``, ...).
+    """Diagnostic metrics measured at optimizer step ``step`` (``diag per step/grad_norm.layer0``, ...).
 
     The MLflow tracker logs them with ``step`` as the metric step, beside the per-epoch metrics
     (whose step is the epoch). Any observer may emit through this hook.

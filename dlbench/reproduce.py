@@ -1,7 +1,8 @@
 """`dlbench reproduce RUN_ID`: rebuild a trial from its MLflow run alone, re-run it, compare.
 
 The run holds everything needed: the resolved config (config.json, with the seed), the data
-hash, the plugins with their origins and the environment. The re-run is logged as a new run
+hash, the plugins with their origins and the environment. The re-run is logged as a new run,
+``reproduce of <run name>``, nested under the original's study run,
 tagged ``dlbench.reproduces`` and compared metric by metric, epoch by epoch.
 """
 
@@ -96,6 +97,7 @@ def reproduce(run_id: str, plugins: Plugins, *, tracking_uri: str, device: torch
     from dlbench.executor import execute
     from dlbench.runner import set_determinism
     from dlbench.tracking import StudyContext, Tracker
+    from dlbench.tracking.keys import metric_name
     from dlbench.tracking.store import Store
 
     source = Store(tracking_uri)
@@ -133,9 +135,9 @@ def reproduce(run_id: str, plugins: Plugins, *, tracking_uri: str, device: torch
     new_hash = source.run(rerun_id).tags.get("dlbench.dataset_hash")
     if recorded_hash and new_hash and recorded_hash != new_hash:
         warnings.append(f"data: dataset hash {new_hash[:12]} here, {recorded_hash[:12]} in the run")
-    keys = list(stored.metrics)
-    ok, largest, compared, mismatched = compare(source.histories(run_id, keys), source.histories(rerun_id, keys),
-                                                tolerance)
+    keys = [k for k in stored.metrics if k != "diag.lr"]  # an older run's repeat of lr, no longer logged
+    original = {metric_name(k): h for k, h in source.histories(run_id, keys).items()}  # older diag.* names too
+    ok, largest, compared, mismatched = compare(original, source.histories(rerun_id, list(original)), tolerance)
     tracker.client.set_tag(rerun_id, "dlbench.reproduced", str(ok).lower())
     tracker.client.set_tag(rerun_id, "dlbench.max_abs_diff", repr(largest[2]))
     return Verdict(run_id, rerun_id, ok, largest, compared, mismatched, warnings)

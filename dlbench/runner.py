@@ -239,6 +239,7 @@ def _run(study_file, trials, plugins, device, tracking_uri, reports_dir, stream,
             stream.write(f"study {study!r}: process {others[0].tags.get('dlbench.pid', '?')} still trains "
                          f"{len(others)} of its trials and draws its report\n")
             return
+        tracker.log_level_summary(study, [t for t in trials if t.study == study])  # on the parent run
         drawn.append(study)
         reports.submit(study)
 

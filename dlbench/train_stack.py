@@ -29,7 +29,8 @@ from torch.func import functional_call, stack_module_state, vmap
 from dlbench.data import DeviceData
 from dlbench.stacking import STACKED, Work
 from dlbench.study import Trial, canonical_json
-from dlbench.train import EVAL_CHUNK, Checkpoints, TrialResult, build, order_generator_after_build, seed_everything
+from dlbench.train import (EVAL_CHUNK, Checkpoints, TrialResult, build, exact_accuracies, order_generator_after_build,
+                           seed_everything)
 
 
 class CannotStack(Exception):
@@ -263,10 +264,10 @@ def _evaluate(eval_forward, params, buffers, data: DeviceData, n: int) -> list[d
             logits = eval_forward(params, buffers, xb)  # [n, b, classes]
             loss_sum += F.cross_entropy(logits.flatten(0, 1), yb.repeat(n), reduction="none").view(n, -1).sum(1)
             correct += (logits.argmax(2) == yb).sum(1)
-        names += [f"{split}_loss", f"{split}_accuracy"]
-        columns += [loss_sum / len(y), correct / len(y)]
+        names += [f"{split}_loss", f"{split}_correct"]
+        columns += [loss_sum / len(y), correct]
     rows = torch.stack(columns, 1).tolist()  # CPU-GPU sync point
-    return [dict(zip(names, row)) for row in rows]
+    return [exact_accuracies(dict(zip(names, row)), data) for row in rows]  # as a trial alone has them
 
 
 def _select(keep, members, params, buffers, lr_table):

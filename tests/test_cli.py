@@ -7,10 +7,12 @@ the MLflow runs, their params, tags, metrics and artifacts, and the report folde
 from __future__ import annotations
 
 import csv
+import getpass
 import os
 import re
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -212,6 +214,45 @@ def test_per_epoch_metric_history(tiny):
         assert sorted(m.step for m in history) == list(range(TINY_EPOCHS + 1))
         assert all(0.0 <= m.value <= 1.0 for m in history)
         assert r.data.metrics["test_accuracy"] == max(history, key=lambda m: m.step).value
+
+
+def test_accuracies_are_exact_fractions_of_their_split(tiny, tiny_data):
+    # k of n correct is stored as k / n in float64: 0.68 for 680 of 1000, not float32's 0.6800000071525574
+    sizes = {"train": len(tiny_data.y_train), "val": len(tiny_data.y_val), "test": len(tiny_data.y_test)}
+    for r in tiny.children:
+        for split, n in sizes.items():
+            for m in tiny.client.get_metric_history(r.info.run_id, f"{split}_accuracy"):
+                assert m.value == round(m.value * n) / n, (r.info.run_name, split, m.step, m.value)
+
+
+def test_the_experiment_declares_itself_model_training(tiny):
+    # MLflow 3's UI opens an experiment without this tag on its GenAI traces view, not on its runs
+    assert tiny.client.get_experiment_by_name("tiny").tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_parent_run_holds_the_questions_and_each_level_over_seeds(tiny):
+    parent = tiny.parent.data
+    assert parent.tags["mlflow.note.content"] == (
+        "dlbench test suite: the smallest study that exercises everything\n\n"
+        "- **dropout**: Does dropout help a small MLP?\n- **act_depth**: How do activation and depth interact?")
+    by_level: dict[str, list[float]] = {}
+    for r in tiny.children:
+        level = r.data.tags["dlbench.level"].replace("=", " ").replace(",", " ")
+        by_level.setdefault(f"{r.data.tags['dlbench.study']}/{level}", []).append(r.data.metrics["test_accuracy"])
+    assert set(parent.metrics) == {f"{lvl}/test_accuracy_{s}" for lvl in by_level for s in ("mean", "std", "n")}
+    assert "act_depth/activation relu depth 2/test_accuracy_mean" in parent.metrics
+    for level, values in by_level.items():
+        assert parent.metrics[f"{level}/test_accuracy_n"] == len(values) == TINY_SEEDS
+        assert parent.metrics[f"{level}/test_accuracy_mean"] == pytest.approx(statistics.fmean(values), abs=1e-12)
+        assert parent.metrics[f"{level}/test_accuracy_std"] == pytest.approx(statistics.stdev(values), abs=1e-12)
+
+
+def test_runs_say_who_made_them_from_which_file(tiny):
+    # the UI's "Created by" and "Source" columns
+    for r in [tiny.parent, *tiny.children]:
+        assert r.data.tags["mlflow.user"] == getpass.getuser()
+        assert r.data.tags["mlflow.source.name"] == str(tiny.study)
+        assert r.data.tags["mlflow.source.type"] == "LOCAL"
 
 
 def test_child_artifacts(tiny):

@@ -64,17 +64,16 @@ def test_recorded_at_step_1_and_every_n_steps(observed, make_trials, tiny_data):
     assert all(recorder.grads_present)
     assert [step for _, step, _ in recorder.emitted] == [1, *range(5, total + 1, 5)]
     _, step, values = recorder.emitted[-1]
-    expected = {f"diag.{kind}.layer{k}" for kind in ("grad_norm", "weight_norm") for k in range(3)}
-    expected |= {f"diag.{kind}.layer{k}" for kind in ("act_mean", "act_std", "dead_relu") for k in range(2)}
-    expected |= {"diag.lr", "diag.epoch"}
+    expected = {f"diag per step/{kind}.layer{k}" for kind in ("grad_norm", "weight_norm") for k in range(3)}
+    expected |= {f"diag per step/{kind}.layer{k}" for kind in ("act_mean", "act_std", "dead_relu") for k in range(2)}
+    expected.add("diag per step/epoch")  # no diag.lr: lr is a per-epoch headline metric, not repeated here
     assert set(values) == expected
-    assert values["diag.epoch"] == pytest.approx(step / steps_per_epoch(tiny_data))
-    assert values["diag.lr"] == pytest.approx(0.01)
+    assert values["diag per step/epoch"] == pytest.approx(step / steps_per_epoch(tiny_data))
     for k in range(3):
-        assert values[f"diag.grad_norm.layer{k}"] > 0 and values[f"diag.weight_norm.layer{k}"] > 0
+        assert values[f"diag per step/grad_norm.layer{k}"] > 0 and values[f"diag per step/weight_norm.layer{k}"] > 0
     for k in range(2):
-        assert 0.0 <= values[f"diag.dead_relu.layer{k}"] <= 1.0
-        assert values[f"diag.act_mean.layer{k}"] >= 0.0 and values[f"diag.act_std.layer{k}"] >= 0.0
+        assert 0.0 <= values[f"diag per step/dead_relu.layer{k}"] <= 1.0
+        assert values[f"diag per step/act_mean.layer{k}"] >= 0.0 and values[f"diag per step/act_std.layer{k}"] >= 0.0
 
 
 @pytest.mark.parametrize("activation, kind", [("sigmoid", "act_saturation"), ("tanh", "act_saturation"),
@@ -84,9 +83,9 @@ def test_saturation_measure_follows_the_activation(observed, make_trials, tiny_d
     (trial,) = make_trials({"diagnostics_every": 100, "activation": activation})
     train(plugins, trial, tiny_data)
     _, _, values = recorder.emitted[0]
-    measured = {k.split(".")[1] for k in values if k.startswith(("diag.act_saturation", "diag.dead_relu"))}
+    measured = {k.split("/")[1].split(".")[0] for k in values if k.startswith(("diag per step/act_saturation", "diag per step/dead_relu"))}
     assert measured == ({kind} if kind else set())
-    assert "diag.act_mean.layer0" in values  # mean and std for every activation
+    assert "diag per step/act_mean.layer0" in values  # mean and std for every activation
 
 
 def test_diagnostics_do_not_change_training(observed, make_trials, tiny_data):
@@ -109,9 +108,9 @@ def test_dead_units_and_saturation_on_known_weights(make_trials, registry, tiny_
     diag = Diagnostics(hook=None, registry=registry)
     diag.dlbench_trial_start(trial=relu, model=model, info={})
     values = diag.measure(model, optimizer, tiny_data, relu.index)
-    assert values["diag.dead_relu.layer0"] == 1.0
-    assert values["diag.act_mean.layer0"] == 0.0 and values["diag.act_std.layer0"] == 0.0
-    assert math.isnan(values["diag.grad_norm.layer0"])  # no backward yet: no gradient to measure
+    assert values["diag per step/dead_relu.layer0"] == 1.0
+    assert values["diag per step/act_mean.layer0"] == 0.0 and values["diag per step/act_std.layer0"] == 0.0
+    assert math.isnan(values["diag per step/grad_norm.layer0"])  # no backward yet: no gradient to measure
     assert model.training  # the probe pass restores train mode
 
     (sigmoid,) = make_trials({"activation": "sigmoid"})
@@ -120,7 +119,7 @@ def test_dead_units_and_saturation_on_known_weights(make_trials, registry, tiny_
         model.blocks[0][0].weight.mul_(1e4)  # pre-activations far from 0: sigmoid pinned at 0 or 1
     diag.dlbench_trial_start(trial=sigmoid, model=model, info={})
     values = diag.measure(model, optimizer, tiny_data, sigmoid.index)
-    assert values["diag.act_saturation.layer0"] > 0.95
+    assert values["diag per step/act_saturation.layer0"] > 0.95
 
 
 def test_layers_found_in_model_order(make_trials, registry, tiny_data):

@@ -209,15 +209,40 @@ def test_diagnostics_are_logged_by_optimizer_step(done):
     exp = client.get_experiment_by_name("reports")
     (child,) = client.search_runs([exp.experiment_id], "tags.`mlflow.runName` = 'act_depth/activation=tanh,depth=2/seed=1'")
     keys = set(child.data.metrics)
-    assert {"diag.grad_norm.layer0", "diag.grad_norm.layer2", "diag.act_saturation.layer1", "diag.weight_norm.layer2",
-            "diag.act_mean.layer0", "diag.act_std.layer1", "diag.lr", "diag.epoch"} <= keys
-    assert not any(k.startswith("diag.dead_relu") for k in keys)
-    steps = sorted(m.step for m in client.get_metric_history(child.info.run_id, "diag.grad_norm.layer0"))
+    # one section of the UI's charts (the part before "/"), whose name says what its step counts
+    assert {"diag per step/grad_norm.layer0", "diag per step/grad_norm.layer2", "diag per step/act_saturation.layer1",
+            "diag per step/weight_norm.layer2", "diag per step/act_mean.layer0", "diag per step/act_std.layer1",
+            "diag per step/epoch"} <= keys
+    assert not any(k.startswith("diag per step/dead_relu") for k in keys)
+    # the headline metrics and nothing else outside the diagnostics section: lr once, per epoch
+    assert {k for k in keys if "/" not in k} == {"train_loss", "train_accuracy", "val_loss", "val_accuracy",
+                                                  "test_loss", "test_accuracy", "lr"}
+    steps = sorted(m.step for m in client.get_metric_history(child.info.run_id, "diag per step/grad_norm.layer0"))
     epochs = sorted(m.step for m in client.get_metric_history(child.info.run_id, "test_accuracy"))
     assert steps[:3] == [1, 3, 6] and epochs == [0, 1, 2]
     rows = read_csv(done.folder("act_depth") / "diagnostics.csv")
     assert {r["kind"] for r in rows} >= {"grad_norm", "weight_norm", "act_mean", "act_std", "act_saturation",
-                                         "dead_relu", "lr"}
+                                         "dead_relu"}
+
+
+def test_a_store_with_the_older_diagnostics_names_reads_the_same(done, tmp_path):
+    # stores written before the "diag per step/" section named them diag.<kind>...: still read, as the same
+    import shutil
+    import sqlite3
+
+    from dlbench.tracking.reader import read_study_run
+
+    old = tmp_path / "old.db"
+    shutil.copy(done.root / "mlflow.db", old)
+    with sqlite3.connect(old) as db:
+        for table in ("metrics", "latest_metrics"):
+            db.execute(f"UPDATE {table} SET key = replace(key, 'diag per step/', 'diag.')")
+        assert db.execute("SELECT count(*) FROM metrics WHERE key LIKE 'diag.%'").fetchone()[0] > 0
+    now = read_study_run(done.uri, done.parent_id, studies=["act_depth"])
+    before = read_study_run(sqlite_uri(old), done.parent_id, studies=["act_depth"])
+    assert len(now.diagnostics) > 0
+    assert before.diagnostics.equals(now.diagnostics) and before.epochs.equals(now.epochs)
+    assert before.trials.equals(now.trials)
 
 
 def test_reports_are_attached_to_the_parent_run(done):

@@ -221,6 +221,18 @@ def test_reproduce_passes_on_an_untouched_run(finished_run):
         if r.data.tags.get("dlbench.reproduces") == run_id]
     assert len(reruns) == 1 and reruns[0].data.tags["dlbench.reproduced"] == "true"
     assert reruns[0].data.tags["dlbench.role"] == "reproduction"
+    # named as a reproduction, nested under the original's study run, yet never one of its trials:
+    # not skipped to or resumed (the trial runs of the store), not in the study's report
+    original = client(project / "m.db").get_run(run_id)
+    assert reruns[0].info.run_name == f"reproduce of {original.info.run_name}"
+    parent_id = original.data.tags["mlflow.parentRunId"]
+    assert reruns[0].data.tags["mlflow.parentRunId"] == parent_id
+    from dlbench.tracking.reader import read_study_run
+    from dlbench.tracking.store import trial_runs
+
+    found = trial_runs(client(project / "m.db"), original.info.experiment_id)
+    assert [r.run_id for runs in found.values() for r in runs] == [run_id]
+    assert list(read_study_run(sqlite_uri(project / "m.db"), parent_id).trials["run_id"]) == [run_id]
 
 
 def test_reproduce_fails_when_the_data_file_was_altered(tmp_path, finished_run):

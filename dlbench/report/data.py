@@ -24,6 +24,7 @@ import pandas as pd
 from dlbench.config import DEFAULT_ALPHA, Claim, Study, parse_study_file
 from dlbench.errors import ConfigError
 
+DIAG_PREFIX = r"^(diag per step/|diag\.)"  # every diagnostic's name: now, and in stores written before
 EPOCH_METRICS = ["train_accuracy", "val_accuracy", "test_accuracy", "train_loss", "val_loss", "test_loss"]
 
 
@@ -129,11 +130,12 @@ def study_data(record, study_name: str, study: Study | None, why_no_file: str | 
 
 
 def _diagnostics(diag: pd.DataFrame, meta: pd.DataFrame) -> pd.DataFrame:
-    """``diag.<kind>.layer<k>`` rows -> kind, layer; the fractional epoch of each step joined in."""
+    """``diag per step/<kind>.layer<k>`` (or an older store's ``diag.<kind>.layer<k>``) rows -> kind,
+    layer; the fractional epoch of each step joined in."""
     cols = ["run_id", "step", "epoch", "kind", "layer", "value"]
     if diag.empty:
         return pd.DataFrame(columns=[*cols, *meta.columns.drop("run_id")])
-    parts = diag["key"].str.removeprefix("diag.").str.split(".", n=1, expand=True)
+    parts = diag["key"].str.replace(DIAG_PREFIX, "", regex=True).str.split(".", n=1, expand=True)
     if parts.shape[1] == 1:
         parts[1] = None
     out = diag.assign(kind=parts[0], layer=pd.to_numeric(parts[1].str.removeprefix("layer"), errors="coerce"))

@@ -15,6 +15,8 @@ import posixpath
 import re
 import unicodedata
 
+DIAG_PREFIX = "diag per step/"  # every diagnostic's metric name (dlbench.diagnostics.PREFIX)
+OLD_DIAG_PREFIX = "diag."  # the same in stores written before
 MAX_KEY = 250
 MAX_RUN_NAME = 250
 VALID_KEY = re.compile(r"^[\w.\- /]+$")  # MLflow's rule, less the colon that a Windows server refuses
@@ -68,3 +70,9 @@ def tags_filter(tags: dict[str, str]) -> str:
 
 def has_tags(run_tags: dict[str, str], tags: dict[str, str]) -> bool:
     return all(run_tags.get(name) == value for name, value in tags.items())
+
+
+def metric_name(key: str) -> str:
+    """A metric's name as dlbench logs it now: an older store's ``diag.grad_norm.layer0`` ->
+    ``diag per step/grad_norm.layer0``; any other name unchanged."""
+    return DIAG_PREFIX + key.removeprefix(OLD_DIAG_PREFIX) if key.startswith(OLD_DIAG_PREFIX) else key

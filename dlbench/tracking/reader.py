@@ -2,7 +2,8 @@
 
 A report is rebuilt from the store alone: the parent run holds the study file (as an artifact)
 and each child run its trial's tags (study, level, factors, seed, status) and metric histories:
-the per-epoch metrics (step = epoch) and the diagnostics (``diag.*``, step = optimizer step).
+the per-epoch metrics (step = epoch) and the diagnostics (``diag per step/*``, step = optimizer step;
+``diag.*`` in stores written before that name, read as the same).
 """
 
 from __future__ import annotations
@@ -18,11 +19,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from dlbench.errors import UserError, choose_one_of
-from dlbench.tracking.keys import tags_filter
+from dlbench.tracking.keys import DIAG_PREFIX, metric_name, tags_filter
 from dlbench.tracking.store import histories_of_runs, search_all
 
 STUDY_FILTER = tags_filter({"dlbench.role": "study"})
-DIAG_PREFIX = "diag."
 READ_THREADS = 8  # over HTTP, metric histories are read one (run, key) at a time: overlap the round-trips
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bar for a one-file download
 
@@ -101,7 +101,9 @@ def read_study_run(tracking_uri: str, run_id: str, trials: dict[str, dict] | Non
     parent = client.get_run(run_id)
     experiment = client.get_experiment(parent.info.experiment_id).name
     only = {"dlbench.study": studies[0]} if studies is not None and len(studies) == 1 else {}
-    children = search_all(client, parent.info.experiment_id, {"mlflow.parentRunId": run_id} | only)
+    # trials only: a `dlbench reproduce` run nested under the study run is not one of its trials
+    children = search_all(client, parent.info.experiment_id,
+                          {"mlflow.parentRunId": run_id, "dlbench.role": "trial"} | only)
     if studies is not None:
         children = [r for r in children if r.data.tags.get("dlbench.study") in studies]
         trials = {h: label for h, label in (trials or {}).items() if label.get("study") in studies}
@@ -123,6 +125,7 @@ def read_study_run(tracking_uri: str, run_id: str, trials: dict[str, dict] | Non
     history = pd.DataFrame(records, columns=["run_id", "key", "step", "value"])
     history = history.sort_values(["run_id", "key", "step"], kind="stable").drop_duplicates(
         ["run_id", "key", "step"], keep="last")
+    history["key"] = history["key"].map(metric_name)  # an older store's diag.* too
     is_diag = history["key"].str.startswith(DIAG_PREFIX)
     return StudyRecord(
         tracking_uri=tracking_uri, parent_run_id=run_id, experiment=experiment, run_name=parent.info.run_name,
@@ -176,5 +179,5 @@ def _trial_row(run) -> dict:
     else:  # runs from before dlbench.levels
         row |= {f"factor.{k.removeprefix('dlbench.factor.')}": v for k, v in tags.items()
                 if k.startswith("dlbench.factor.")}
-    row |= {k: v for k, v in run.data.metrics.items() if not k.startswith(DIAG_PREFIX)}
+    row |= {k: v for k, v in run.data.metrics.items() if not metric_name(k).startswith(DIAG_PREFIX)}
     return row

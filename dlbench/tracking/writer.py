@@ -7,8 +7,10 @@ the lifecycle hooks, so the training loop never sees it. Metrics are buffered an
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import json
+import statistics
 import logging
 import os
 import socket
@@ -37,6 +39,7 @@ logging.getLogger("alembic").setLevel(logging.WARNING)
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow's own default: ./mlflow.db, artifacts in ./mlruns
 BATCH_LIMIT = 1000  # MLflow accepts at most 1000 metrics per log_batch call
 PROCESS_TAG = "dlbench.process."  # + host.pid: a process working on a study's parent run
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")  # the UI opens on runs, not traces
 MLFLOW_STATUS = {"finished": "FINISHED", "diverged": "FAILED", "failed": "FAILED", "interrupted": "KILLED"}
 
 
@@ -69,6 +72,8 @@ class Tracker:
         self._logged_steps: dict[str, dict[str, int]] = {}  # run id -> metric -> last step in the store
         self.role = "trial"  # "reproduction" for `dlbench reproduce` re-runs (never resumed or skipped to)
         self.extra_child_tags: dict[str, str] = {}
+        self._source = {"mlflow.user": _user(), "mlflow.source.type": "LOCAL"}  # the UI's Created by, Source
+        self._name_prefix = ""  # of the trials' run names
         try:
             with self.lock:  # the first client of a new SQLite file creates its tables
                 # a tracking server that goes away is waited for (timeout_s, None: 600), its writes held meanwhile
@@ -80,12 +85,17 @@ class Tracker:
                             "`mlflow server`).") from exc
 
     def _experiment_id(self, name: str) -> str:
+        """The experiment ``name``, made when missing, declared a model-training experiment (MLflow
+        3's UI opens any other on its GenAI traces view, with the runs one switch away)."""
         exp = self.client.get_experiment_by_name(name)
         if exp is not None:
+            if EXPERIMENT_KIND[0] not in exp.tags:  # made by an earlier dlbench (a kind set by hand is kept)
+                self.client.set_experiment_tag(exp.experiment_id, *EXPERIMENT_KIND)
             return exp.experiment_id
         try:
             # artifacts beside a SQLite file, not in ./mlruns (MLflow's default: the working directory)
-            return self.client.create_experiment(name, artifact_location=artifact_location(self.tracking_uri, name))
+            return self.client.create_experiment(name, artifact_location=artifact_location(self.tracking_uri, name),
+                                                 tags=dict([EXPERIMENT_KIND]))
         except MlflowException:  # another process created it first (a server store: no lock)
             exp = self.client.get_experiment_by_name(name)
             if exp is None:
@@ -103,6 +113,7 @@ class Tracker:
         self._context = context or StudyContext()
         commit, dirty = git_commit(study_file.path.resolve().parent)
         self._commit = commit
+        self._source["mlflow.source.name"] = str(study_file.path)
         study_hash = study_hash_of(trials)
         with self.lock:  # one parent run for processes started at once: the first creates it, the others join
             previous = store.latest_parent(self.client, self.experiment_id, study_hash) if resume else None
@@ -131,8 +142,8 @@ class Tracker:
     def _new_parent(self, study_file, trials: list[Trial], study_hash: str, commit, dirty: bool) -> str:
         tags = {
             "mlflow.runName": study_file.name,
-            "mlflow.source.name": str(study_file.path),
-            "mlflow.source.type": "LOCAL",
+            "mlflow.note.content": description_of(study_file, trials),
+            **self._source,
             "dlbench.role": "study",
             "dlbench.study_file": str(study_file.path),
             "dlbench.study_hash": study_hash,
@@ -154,11 +165,17 @@ class Tracker:
         return self.parent_id
 
     def start_reproduction(self, original: store.StoredRun, device, context: StudyContext) -> None:
-        """Log the next trial as a top-level run linked to ``original`` (not as a study trial)."""
+        """Log the next trial as a reproduction of ``original``: named ``reproduce of <its name>``,
+        nested under its study run, role ``reproduction`` (never resumed, skipped to or reported
+        as a trial: those look for ``dlbench.role = trial``)."""
         self._device, self._context, self.role = device, context, "reproduction"
         self._commit = git_commit(Path.cwd())[0]
+        self._name_prefix = "reproduce of "
+        self._source["mlflow.source.name"] = f"dlbench reproduce {original.run_id}"
         self.extra_child_tags = {"dlbench.reproduces": original.run_id,
                                  "mlflow.note.content": f"Re-run of {original.run_id} by `dlbench reproduce`."}
+        if original.tags.get("mlflow.parentRunId"):
+            self.extra_child_tags["mlflow.parentRunId"] = original.tags["mlflow.parentRunId"]
 
     def existing_trials(self, config_hashes=None) -> dict[str, list[store.StoredRun]]:
         """Trial runs already in this experiment, by config hash (newest first): all, or those
@@ -234,6 +251,27 @@ class Tracker:
         self.client.set_terminated(self.parent_id, status)
         self.client.sync()
 
+    def log_level_summary(self, study: str, trials: list[Trial]) -> None:
+        """The final test accuracy of each level of ``study`` over its seeds, on the parent run
+        (``<study>/<level>/test_accuracy_mean``, ``_std``, ``_n``; MLflow's UI shows them in a
+        section per study): the newest finished run of each trial, whichever process ran it."""
+        found = store.trial_runs(self.client, self.experiment_id, {t.config_hash for t in trials})
+        by_level: dict[str, list[float]] = {}
+        for trial in trials:
+            finished = [r for r in found.get(trial.config_hash, [])
+                        if r.status == "FINISHED" and "test_accuracy" in r.metrics]
+            if finished:
+                by_level.setdefault(trial.level, []).append(finished[0].metrics["test_accuracy"])
+        now = int(time.time() * 1000)
+        metrics = []
+        for level, values in by_level.items():
+            summary = {"mean": statistics.fmean(values), "n": len(values)}
+            if len(values) > 1:
+                summary["std"] = statistics.stdev(values)
+            metrics += [Metric(_summary_key(study, level, k), float(v), now, 0) for k, v in summary.items()]
+        for i in range(0, len(metrics), BATCH_LIMIT):
+            self.client.log_batch(self.parent_id, metrics=metrics[i:i + BATCH_LIMIT])
+
     def log_report(self, directory: Path) -> None:
         """Attach a built report folder to the parent run."""
         self.client.log_artifacts(self.parent_id, str(directory), artifact_path=f"reports/{directory.name}")
@@ -245,8 +283,9 @@ class Tracker:
         as taken) unless it was made or adopted already."""
         if trial.index in self.run_ids:
             return self.run_ids[trial.index]
+        name = keys.run_name(self._name_prefix + trial.run_name)
         tags = {
-            "mlflow.runName": keys.run_name(trial.run_name),
+            "mlflow.runName": name,
             "dlbench.role": self.role,
             "dlbench.study": trial.study,
             "dlbench.level": trial.level,
@@ -259,13 +298,14 @@ class Tracker:
             **environment(self._device),
             **self._context.tags,
             **self._liveness(),
+            **self._source,
         }
         if self.parent_id:
             tags["mlflow.parentRunId"] = self.parent_id
         tags |= self.extra_child_tags
         if self._commit:
             tags["mlflow.source.git.commit"] = self._commit
-        run = self.client.create_run(self.experiment_id, run_name=keys.run_name(trial.run_name), tags=tags)
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
         run_id = run.info.run_id
         self.run_ids[trial.index] = run_id
         self.client.log_dict(run_id, trial.config, "config.json")
@@ -372,6 +412,29 @@ class StudyContext:
         if self.registry is None:
             return {}
         return {f"dlbench.plugin.{kind}": f"{name} [{origin}]" for kind, name, origin in components_used(trial, self.registry)}
+
+
+def description_of(study_file, trials: list[Trial]) -> str:
+    """The parent run's description (Markdown, in the UI's run page): the study file's
+    description and the question of each study it runs."""
+    running = {t.study for t in trials}
+    questions = [f"- **{s.name}**: {s.question}" for s in study_file.studies if s.name in running and s.question]
+    return "\n\n".join(part for part in (study_file.description, "\n".join(questions)) if part)
+
+
+def _summary_key(study: str, level: str, statistic: str) -> str:
+    """``dropout/on/test_accuracy_mean``; ``act_depth/activation relu depth 1/...`` for a level of
+    several factors (MLflow keys refuse ``=`` and ``,``); a name MLflow refuses otherwise is slugged."""
+    parts = [keys.key(name.replace("/", " ")) for name in (study, level.replace("=", " ").replace(",", " "))]
+    return keys.key(f"{parts[0]}/{parts[1]}/test_accuracy_{statistic}")
+
+
+def _user() -> str:
+    """Who runs dlbench (MLflow's ``mlflow.user``): the login name, else the uid."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # a container's uid with no name
+        return str(os.getuid())
 
 
 def _process_tag() -> str:
