@@ -264,7 +264,8 @@ def final_metric(frame: pd.DataFrame, levels: dict[str, list[str]], metric: str,
     hue_order = _row_order(levels) if hue else None
     n_hue = len(hue_order) if hue else 1
     dodge = 0.8 * (n_hue - 1) / n_hue  # where stripplot's dodge puts each hue: keep means on their points
-    fig, ax = plt.subplots(figsize=(max(4.8, 1.2 + 0.85 * len(order) * (1 + 0.3 * (n_hue - 1))), 3.6))
+    width = min(PAGE_WIDTH - 0.8, max(6.0, 1.5 + 1.0 * len(order) * (1 + 0.3 * (n_hue - 1))))
+    fig, ax = plt.subplots(figsize=(width, 4.2))
     if not data.empty:
         common = dict(data=data, x=x, y=metric, order=order, hue=hue, hue_order=hue_order, ax=ax)
         sns.stripplot(**common, dodge=hue is not None, alpha=0.5, size=4.5, jitter=0.08 if hue else 0.12,
@@ -313,7 +314,7 @@ def interaction(frame: pd.DataFrame, levels: dict[str, list[str]], metric: str, 
     data = frame[frame["status"] == "finished"].dropna(subset=[metric]).copy()
     numeric = _numeric(levels[second])
     data["_x"] = data[second].astype(float) if numeric else data[second].map({v: i for i, v in enumerate(levels[second])})
-    fig, ax = plt.subplots(figsize=(5.6, 3.8))
+    fig, ax = plt.subplots(figsize=(6.8, 4.4))
     palette = dict(zip(levels[first], sns.color_palette("deep", len(levels[first]))))
     if not data.empty:
         sns.lineplot(data=data, x="_x", y=metric, hue=first, hue_order=levels[first], palette=palette,
@@ -341,7 +342,8 @@ def heatmap(frame: pd.DataFrame, levels: dict[str, list[str]], metric: str, titl
         low, high = t_interval(values)
         mean.loc[a, b] = values.mean()
         text.loc[a, b] = f"{values.mean():.3f}\n±{(high - low) / 2:.3f}" if len(values) > 1 else f"{values.mean():.3f}\n(n=1)"
-    fig, ax = plt.subplots(figsize=(max(4.5, 1.1 + 1.0 * len(levels[second])), max(2.4, 0.5 + 0.9 * len(levels[first]))))
+    width = min(PAGE_WIDTH - 0.8, max(5.6, 1.4 + 1.2 * len(levels[second])))
+    fig, ax = plt.subplots(figsize=(width, max(2.8, 0.6 + 1.0 * len(levels[first]))))
     sns.heatmap(mean.astype(float), annot=text.to_numpy(), fmt="", cmap="viridis", ax=ax, linewidths=0.5,
                 cbar_kws={"label": METRIC_LABELS.get(metric, metric)}, annot_kws={"fontsize": 8.5})
     ax.set_title(_title(title, 60))
