@@ -199,6 +199,7 @@ def test_levels_at_chance_are_marked(tmp_path):
     index = (folder / "index.md").read_text()
     assert re.search(r"\| b \| 3 \| 0\.1\d\d .* \| at chance \|", index)
     assert "**At chance:** 2 level(s) (b; c) end with a mean test accuracy within 0.02 of 1/10 = 0.100" in index
+    assert "| b (at chance) | a | 3 vs 3 |" in index and "| c (at chance) | a | 3 vs 3 |" in index
     # the number of classes unknown (runs from before it was recorded): no claim about chance
     record = synthetic_record(levels, seeds=3, accuracy={"b": 0.1, "c": 0.105}, noise=0.003)
     folder = write_study_report(study_data(record, "s", study), tmp_path / "unknown")

@@ -17,7 +17,7 @@ from dlbench.paths import folder_name
 from dlbench.report import figures
 from dlbench.report.data import StudyData, column, label_of
 from dlbench.report.document import Document, fmt, fmt_p, latex_table, markdown_table
-from dlbench.report.stats import comparisons, judge_claims, summarize
+from dlbench.report.stats import comparisons, judge_claims, label, summarize
 
 METRIC = "test_accuracy"  # the study's outcome: final test accuracy of each seed
 CHANCE_MARGIN = 0.02  # a level whose mean accuracy is this close to 1/num_classes is at chance
@@ -149,8 +149,12 @@ def _comparisons_section(doc: Document, data: StudyData, out_dir: Path) -> None:
     table = comparisons(data.trials, data.levels, data.reference, METRIC)
     if table.empty:
         return
+    at_chance = {label(dict(zip(data.factors, cell))) for cell in chance_levels(data)[1]}
+
+    def chance(level: str) -> str:
+        return f"{level} (at chance)" if level in at_chance else level
     pretty = pd.DataFrame({
-        "level": table["level"], "vs reference": table["reference"],
+        "level": table["level"].map(chance), "vs reference": table["reference"].map(chance),
         "n": [f"{a} vs {b}" for a, b in zip(table["n"], table["n_ref"])],
         "difference": table["diff"].map(lambda v: fmt(v, signed=True)),
         "95% CI": [f"[{fmt(lo, signed=True)}, {fmt(hi, signed=True)}]" if lo == lo else "—"
