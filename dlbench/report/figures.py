@@ -377,6 +377,9 @@ def learning_curves(epochs: pd.DataFrame, levels: dict[str, list[str]], quantity
     _chance_marks(grid, levels, at_chance, chance, accuracy=quantity == "accuracy")
     if quantity == "loss" and (data["value"] > 0).all() and len(data) and data["value"].max() / max(data["value"].min(), 1e-12) > 30:
         grid.set(yscale="log")
+        for ax in grid.axes.flat:
+            ax.yaxis.set_major_formatter(FuncFormatter(_power_of_ten))
+            ax.yaxis.set_minor_formatter(NullFormatter())
     _legend(grid, "split", {s: SPLIT_COLORS[s] for s in splits})
     return _save_grid(grid, path, title)
 
