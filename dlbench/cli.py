@@ -399,7 +399,8 @@ def plugins_list(plugins_dir: Path | None, kind: str | None) -> None:
 def ui(tracking_uri: str | None, port: int) -> None:
     """Open the MLflow UI on 127.0.0.1 for the same store `dlbench run` writes to."""
     uri = tracking_uri or _default_uri()
-    click.echo(f"MLflow UI for {uri} at http://127.0.0.1:{port} (Ctrl-C to stop)")
+    click.echo(f"MLflow UI for {uri} at http://127.0.0.1:{port} (Ctrl-C to stop); click \"Model training\" at the "
+               "top left once, then an experiment: its runs (MLflow 3 opens on GenAI traces otherwise)")
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
            "--port", str(port)]
     server = subprocess.Popen(cmd)

@@ -10,12 +10,13 @@ from __future__ import annotations
 import getpass
 import hashlib
 import json
-import statistics
 import logging
 import os
 import socket
+import statistics
 import time
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 
 from mlflow.data.meta_dataset import MetaDataset
@@ -265,7 +266,8 @@ class Tracker:
         now = int(time.time() * 1000)
         metrics = []
         for level, values in by_level.items():
-            summary = {"mean": statistics.fmean(values), "n": len(values)}
+            # the exact mean of the values, rounded once: 0.6464, not 0.6464000000000001
+            summary = {"mean": float(sum(map(Fraction, values)) / len(values)), "n": len(values)}
             if len(values) > 1:
                 summary["std"] = statistics.stdev(values)
             metrics += [Metric(_summary_key(study, level, k), float(v), now, 0) for k, v in summary.items()]
