@@ -203,7 +203,8 @@ def epoch_ticks(last: int) -> list[int]:
 
 
 def _epoch_axis(grid: sns.FacetGrid, last: int) -> None:
-    """An x axis of whole epochs running from 0 to the final epoch ``last``."""
+    """An x axis of whole epochs running from 0 to the final epoch ``last`` (at least 1)."""
+    last = max(1, last)
     for ax in grid.axes.flat:
         ax.set_xticks(epoch_ticks(last))
         ax.set_xlim(-0.03 * last, 1.03 * last)
