@@ -93,11 +93,11 @@ def assert_complete(client, experiment: str, trials: int, epochs: int) -> None:
     diagnostic_steps = set()
     for run in children:
         keys = list(run.data.metrics)
-        assert "test_accuracy" in keys and any(k.startswith("diag.") for k in keys), keys
+        assert "test_accuracy" in keys and any(k.startswith("diag per step/") for k in keys), keys
         for key in keys:
             steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
             assert len(steps) == len(set(steps)), f"{run.info.run_name} {key}: a step logged twice: {sorted(steps)}"
-            if key.startswith("diag."):
+            if key.startswith("diag per step/"):
                 diagnostic_steps.add(frozenset(steps))
             else:
                 assert sorted(steps) == list(range(epochs + 1)), f"{run.info.run_name} {key}: {sorted(steps)}"
