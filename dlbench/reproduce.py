@@ -9,6 +9,7 @@ tagged ``dlbench.reproduces`` and compared metric by metric, epoch by epoch.
 from __future__ import annotations
 
 import math
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -82,11 +83,17 @@ def compare(original: dict[str, list[tuple[int, float]]], rerun: dict[str, list[
                 continue
             compared += 1
             diff = 0.0 if (math.isnan(value) and math.isnan(mine[step])) else abs(value - mine[step])
+            if diff and value == _as_float32(mine[step]):
+                diff = 0.0  # runs logged before accuracies were exact (k / n in float64) hold them as float32
             if math.isnan(diff):
                 diff = math.inf
             if diff > largest[2] or largest[1] < 0:
                 largest = (key, step, diff)
     return (not mismatched and largest[2] <= tolerance), largest, compared, mismatched
+
+
+def _as_float32(value: float) -> float:
+    return struct.unpack("f", struct.pack("f", value))[0]
 
 
 def reproduce(run_id: str, plugins: Plugins, *, tracking_uri: str, device: torch.device, tolerance: float,

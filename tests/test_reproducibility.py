@@ -388,3 +388,13 @@ diverges = { optimizer = { name = "sgd", lr = 1e30 } }
     error = Path(c.download_artifacts(runs["raises"].info.run_id, "error.txt", str(tmp_path))).read_text()
     assert "boom from a plugin" in error and "Traceback" in error
     assert int(runs["diverges"].data.tags["dlbench.epochs_run"]) < 2  # stopped at the first bad epoch
+
+
+def test_reproduce_matches_accuracies_an_older_dlbench_stored_as_float32():
+    from dlbench.reproduce import compare
+
+    old_run = {"test_accuracy": [(1, 0.6800000071525574)], "test_loss": [(1, 1.25)]}  # 680 of 1000 as float32
+    ok, largest, compared, _ = compare(old_run, {"test_accuracy": [(1, 0.68)], "test_loss": [(1, 1.25)]}, 0.0)
+    assert ok and largest[2] == 0.0 and compared == 2
+    ok, largest, _, _ = compare(old_run, {"test_accuracy": [(1, 0.681)], "test_loss": [(1, 1.25)]}, 0.0)
+    assert not ok and largest[0] == "test_accuracy"  # one more correct example is a difference
