@@ -300,6 +300,9 @@ def test_rerun_skips_trials_already_in_the_store(tiny, tmp_path):
     assert counts(proc.stdout) == {"finished": 12, "skipped": 12, "diverged": 0, "failed": 0, "not_run": 0}
     assert {r.info.run_id for r in tiny.children} == before  # no new trial run
     assert all(r.info.status == "FINISHED" for r in tiny.runs)
+    parent = tiny.parent  # its per-level summary is not logged a second time
+    assert parent.data.metrics and all(len(tiny.client.get_metric_history(parent.info.run_id, key)) == 1
+                                       for key in parent.data.metrics)
     # the reports are rebuilt from the stored results
     with open(tmp_path / "r" / "dropout" / "summary.csv", newline="") as f:
         assert [int(row["n"]) for row in csv.DictReader(f)] == [TINY_SEEDS, TINY_SEEDS]

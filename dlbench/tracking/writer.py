@@ -271,6 +271,8 @@ class Tracker:
             if len(values) > 1:
                 summary["std"] = statistics.stdev(values)
             metrics += [Metric(_summary_key(study, level, k), float(v), now, 0) for k, v in summary.items()]
+        logged = self.client.get_run(self.parent_id).data.metrics  # a re-run that changed nothing adds nothing
+        metrics = [m for m in metrics if logged.get(m.key) != m.value]
         for i in range(0, len(metrics), BATCH_LIMIT):
             self.client.log_batch(self.parent_id, metrics=metrics[i:i + BATCH_LIMIT])
 
