@@ -15,7 +15,8 @@ import posixpath
 import re
 import unicodedata
 
-DIAG_PREFIX = "diag per step/"  # every diagnostic's metric name (dlbench.diagnostics.PREFIX)
+from dlbench.diagnostics import PREFIX as DIAG_PREFIX  # every diagnostic's metric name starts with it
+
 OLD_DIAG_PREFIX = "diag."  # the same in stores written before
 MAX_KEY = 250
 MAX_RUN_NAME = 250

@@ -45,6 +45,7 @@ from functools import partial
 import requests
 
 from dlbench.errors import UserError
+from dlbench.tracking.keys import tags_filter
 
 DEFAULT_TIMEOUT_S = 600.0  # --tracking-timeout: how long an outage may last before dlbench stops
 RETRY_S = 2.0  # a new attempt this often while the server is away (a refused connection costs nothing)
@@ -161,7 +162,7 @@ class ResilientClient:
         def create():
             nonlocal tried
             if tried:
-                found = self.client.search_runs([experiment_id], f"tags.`{CREATE_ID_TAG}` = '{create_id}'")
+                found = self.client.search_runs([experiment_id], tags_filter({CREATE_ID_TAG: create_id}))
                 if found:
                     return found[0]
             tried = True
