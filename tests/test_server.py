@@ -155,3 +155,37 @@ def test_server_away_past_the_timeout_stops_cleanly_and_the_rerun_resumes(tmp_pa
     assert again.returncode == 0, describe_result(again)
     assert "resuming run" in again.stdout, again.stdout
     assert_complete(MlflowClient(mlflow_server.uri), "long-outage", 2, LONG_EPOCHS)
+
+
+def test_a_signal_during_a_local_store_call_waits_for_the_call_even_with_other_threads():
+    """SIGTERM arriving while a SQLite write is in hand is handled once the write returns, not
+    inside it (a write cut in the middle leaves the database locked for the cleanup). With other
+    threads alive, as mlflow's and the worker pipes' are, the kernel may deliver the signal to any
+    of them: deferring must not depend on which thread receives it."""
+    import threading
+
+    from dlbench.tracking.resilient import signals_deferred
+
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait, daemon=True)
+    other.start()
+    before = signal.signal(signal.SIGTERM, _raise_interrupt)
+    inside = []
+    try:
+        try:
+            with signals_deferred():
+                os.kill(os.getpid(), signal.SIGTERM)
+                for _ in range(20):
+                    time.sleep(0.005)  # where an undeferred handler would run
+                inside.append("the call finished")
+        except KeyboardInterrupt:
+            inside.append("interrupted after")
+        assert inside == ["the call finished", "interrupted after"]
+        assert signal.getsignal(signal.SIGTERM) is _raise_interrupt  # the handler is back
+    finally:
+        signal.signal(signal.SIGTERM, before)
+        stop.set()
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt

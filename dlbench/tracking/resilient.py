@@ -101,15 +101,28 @@ def signals_deferred():
     """Ctrl-C and SIGTERM wait until the store call in hand returns (microseconds to a few
     milliseconds against a local store). A SQLite write cut in the middle by KeyboardInterrupt
     keeps the database locked, and the cleanup that follows (closing the runs as KILLED) would
-    fail with "database is locked". Signals are only ever handled by the main thread."""
+    fail with "database is locked".
+
+    The Python-level handlers are swapped for ones that only note the signal, and the signal is
+    raised again once the call returns. (Blocking it with ``pthread_sigmask`` is not enough: the
+    kernel then hands a process-wide signal to another thread, mlflow's or a worker pipe's,
+    and Python still runs the handler in the main thread, in the middle of the write.)
+    Handlers belong to the main thread, so elsewhere this does nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    came: list[int] = []
+    old = {sig: signal.signal(sig, lambda signum, frame: came.append(signum)) for sig in _DEFERRED}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)  # a signal that came meanwhile is handled now
+        for sig, handler in old.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)  # None: set outside Python
+        for sig in dict.fromkeys(came):
+            signal.raise_signal(sig)  # handled now, by the handler that was there before
+
+
+_DEFERRED = (signal.SIGINT, signal.SIGTERM)
 
 
 @dataclass
