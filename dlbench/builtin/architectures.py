@@ -20,7 +20,7 @@ def dlbench_register_architectures(register):
 
 
 class MLP(nn.Module):
-    """Flatten -> [Linear -> activation -> hidden slot] x depth -> Linear to the logits."""
+    """Flatten -> [Linear -> norm slot -> activation -> hidden slot] x depth -> Linear to the logits."""
 
     def __init__(self, in_features: int, num_classes: int, activation: Callable[[], nn.Module],
                  depth: int, width: int, bias: bool):
@@ -29,14 +29,16 @@ class MLP(nn.Module):
         self.blocks = nn.ModuleList()
         fan_in = in_features
         for _ in range(depth):
-            self.blocks.append(nn.Sequential(nn.Linear(fan_in, width, bias=bias), activation(), Slot("hidden")))
+            self.blocks.append(nn.Sequential(nn.Linear(fan_in, width, bias=bias), Slot("norm", width), activation(),
+                                             Slot("hidden", width)))
             fan_in = width
         self.head = nn.Linear(fan_in, num_classes, bias=bias)
 
     @property
     def hidden_blocks(self) -> list[nn.Module]:
-        """Linear + activation of each hidden layer, for layer-wise initializers (no slots)."""
-        return [nn.Sequential(block[0], block[1]) for block in self.blocks]
+        """Linear, normalization and activation of each hidden layer, for layer-wise initializers
+        (without the dropout slot)."""
+        return [nn.Sequential(*block[:3]) for block in self.blocks]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.input_slot(x.flatten(1))
