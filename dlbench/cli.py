@@ -383,8 +383,9 @@ def plugins_list(plugins_dir: Path | None, kind: str | None) -> None:
     kinds = list(KINDS.values())
     if kind is not None and kind not in kinds:
         raise UserError(f"--kind {kind!r}: {choose_one_of(kind, kinds)}")
+    plurals = {k: plural for plural, k in KINDS.items()}
     for k in kinds if kind is None else [kind]:
-        click.secho(f"{k}s", bold=True)
+        click.secho(plurals[k], bold=True)
         for c in (c for c in loaded.registry if c.kind == k):
             stacks = {True: "  (stacks)", False: "  (trains alone)", None: ""}[component_stacks(c)]
             click.echo(f"  {c.name:<20} [{c.origin}]  {c.description}{stacks}")

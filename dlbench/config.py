@@ -56,6 +56,9 @@ DEFAULT_BASELINE: dict[str, Any] = {
     "optimizer": "sgd",
     "schedule": "constant",
     "regularizers": [],
+    # steps fitted on the training split, applied to every split (dlbench/preprocessing.py); left
+    # out of the resolved config when empty, so configs without it keep their hash
+    "preprocessing": [],
     "epochs": 20,
     "batch_size": 64,
     "val_fraction": 0.1,
@@ -372,8 +375,9 @@ def normalize(config: dict) -> dict:
     for key in COMPONENTS:
         if isinstance(out.get(key), str):
             out[key] = {"name": out[key]}
-    if isinstance(out.get("regularizers"), list):
-        out["regularizers"] = [{"name": r} if isinstance(r, str) else r for r in out["regularizers"]]
+    for key in ("regularizers", "preprocessing"):
+        if isinstance(out.get(key), list):
+            out[key] = [{"name": r} if isinstance(r, str) else r for r in out[key]]
     return out
 
 
@@ -418,6 +422,16 @@ def resolve(config: dict, registry, where: dict[str, str]) -> tuple[dict, list[s
     names = [r["name"] for r in resolved["regularizers"] if r]
     for dup in sorted({n for n in names if names.count(n) > 1}):
         problems.append(f"{path}: regularizer {dup!r} is listed twice; list each once")
+    steps = config.get("preprocessing", [])
+    path = f"{where.get('preprocessing', 'baseline')}.preprocessing"
+    if not isinstance(steps, list):
+        problems.append(f"{path}: expected a list of preprocessing steps applied in order, such as "
+                        f"[\"standardize\"] or [{{ name = \"pca\", variance = 0.95 }}], got {_show(steps)}")
+        steps = []
+    if steps:  # left out when empty: a config without preprocessing keeps the hash it always had
+        resolved["preprocessing"] = [_resolve_component(s, "preprocessing", registry, f"preprocessing[{i}]",
+                                                        {f"preprocessing[{i}]": where.get("preprocessing", "baseline")},
+                                                        problems) for i, s in enumerate(steps)]
     return resolved, problems
 
 

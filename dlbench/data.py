@@ -91,6 +91,7 @@ class DeviceData:
     input_shape: tuple[int, ...]
     content_hash: str
     source: str = "generated"  # where the arrays came from: a prepared folder, or generated in memory
+    preprocessing: tuple[str, ...] = ()  # what each preprocessing step fitted (dlbench.preprocessing)
 
     def splits(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         out = {"train": (self.x_train, self.y_train), "test": (self.x_test, self.y_test)}
@@ -131,9 +132,28 @@ class DataCache:
         self.data_dir = data_dir
         self._arrays: dict[str, tuple[Dataset, str]] = {}
         self._device: dict[tuple, DeviceData] = {}
+        self._prepared: dict[tuple, DeviceData] = {}
+
+    def for_config(self, cfg: dict, registry, device: torch.device) -> DeviceData:
+        """A trial config's dataset on ``device``, its ``preprocessing`` steps fitted on the
+        training split and applied to every split, once per dataset + steps + device."""
+        from dlbench.preprocessing import apply, make
+
+        dataset = registry.get("dataset", cfg["dataset"]["name"])
+        options = {k: v for k, v in cfg["dataset"].items() if k != "name"}
+        data = self.get(dataset, options, cfg["val_fraction"], device)
+        steps = cfg.get("preprocessing", [])
+        if not steps:
+            return data
+        key = (options_key(dataset.name, options), cfg["val_fraction"], str(device), json.dumps(steps, sort_keys=True))
+        if key not in self._prepared:
+            for spec in steps:
+                data = apply(make(registry, spec), spec["name"], data)
+            self._prepared[key] = data
+        return self._prepared[key]
 
     def get(self, component, options: dict, val_fraction: float, device: torch.device) -> DeviceData:
-        key = repr((component.name, sorted(options.items())))
+        key = options_key(component.name, options)
         if key not in self._arrays:
             self._arrays[key] = self._load(component, options)
         dkey = (key, val_fraction, str(device))
@@ -151,6 +171,10 @@ class DataCache:
         ds = component.factory(**options)
         _check_dataset(component.name, ds)
         return ds, "generated"
+
+
+def options_key(name: str, options: dict) -> str:
+    return repr((name, sorted(options.items())))
 
 
 def _check_dataset(name: str, ds) -> None:

@@ -41,10 +41,7 @@ def execute(work: Work, registry, hook, cache: DataCache, device: torch.device, 
         return Checkpoints(checkpoint_path(checkpoint_dir, unit), checkpoint_every) if checkpoint_dir else None
 
     try:
-        cfg = work.members[0].config
-        dataset = registry.get("dataset", cfg["dataset"]["name"])
-        options = {k: v for k, v in cfg["dataset"].items() if k != "name"}
-        data = cache.get(dataset, options, cfg["val_fraction"], device)
+        data = cache.for_config(work.members[0].config, registry, device)  # preprocessing applied
         if work.stacked:
             from dlbench.train_stack import CannotStack, run_stack  # torch.func only where stacks train
 

@@ -54,7 +54,8 @@ alone and ``dlbench run --dry-run`` names it:
   given as one value per member;
 * regularizer: a ``stacked(members)`` classmethod returning a
   ``dlbench.regularizer.StackedRegularizer`` (one that only decides when to stop needs none);
-* initializer, dataset: nothing to do (initializers run per member before stacking).
+* initializer, dataset, preprocessing: nothing to do (initializers run per member before stacking;
+  trials stack only with trials of the same dataset and preprocessing).
 
 Example, a stackable activation and optimizer::
 
@@ -168,13 +169,42 @@ def dlbench_register_regularizers(register) -> None:
     """
 
 
+@hookspec
+def dlbench_register_preprocessing(register) -> None:
+    """Register preprocessing steps. Factory: ``f(*, **options) -> dlbench.preprocessing.Preprocessor``.
+
+    A study file lists steps in order (``preprocessing = ["standardize"]``). Each step is fitted
+    once per dataset on the training split (after the validation split is carved out: never on
+    validation or test examples), on the device, then applied to every split:
+
+    * ``fit(x)``: ``x`` is the training inputs, ``[N, *input_shape]`` float32 on the device;
+    * ``transform(x) -> x``: a batch ``[M, *input_shape]`` to ``[M, *output_shape]``, the same
+      function for every split (a step may change the shape: the architecture sees the new one);
+    * ``describe() -> str``: what was fitted, in a few words (``pca: 12 of 40 components, 95.1%
+      of variance``), recorded with every trial (the ``dlbench.preprocessing`` tag).
+
+    Example::
+
+        from dlbench.preprocessing import Preprocessor
+
+        class Center(Preprocessor):
+            def fit(self, x):
+                self.mean = x.mean(0)
+            def transform(self, x):
+                return x - self.mean
+
+        register("center", Center)   # class Center(Preprocessor): def __init__(self, *, ...)
+    """
+
+
 # -- lifecycle ----------------------------------------------------------------------------------
 
 
 @hookspec
 def dlbench_trial_start(trial: Trial, model: Any, info: dict) -> None:
     """A trial is about to train. ``info`` has ``device``, ``dataset_hash``, ``num_classes``,
-    ``num_params``, ``resumed_from_epoch`` (None for a fresh start) and, for a member of a stack, ``stack``
+    ``num_params``, ``resumed_from_epoch`` (None for a fresh start), ``preprocessing`` (what each
+    preprocessing step fitted, in order; empty without any) and, for a member of a stack, ``stack``
     (``id``, ``size``, ``member``: its position, ``members``: every member's config).
 
     With worker processes (``dlbench run --jobs N``), observers run in the worker that trains the

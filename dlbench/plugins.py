@@ -34,6 +34,7 @@ KINDS = {
     "optimizers": "optimizer",
     "schedules": "schedule",
     "regularizers": "regularizer",
+    "preprocessing": "preprocessing",
 }
 
 BUILTIN_MODULES = [
@@ -45,6 +46,7 @@ BUILTIN_MODULES = [
     "dlbench.builtin.optimizers",
     "dlbench.builtin.schedules",
     "dlbench.builtin.regularizers",
+    "dlbench.builtin.preprocessing",
 ]
 
 

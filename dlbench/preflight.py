@@ -4,7 +4,8 @@ file that configured it.
 
 What is checked, once per distinct config (the seeds of a level share one): the dataset (made by
 its plugin or read from ``data/``, once per distinct dataset), then on the first ``TINY``
-examples of each split ``train.build`` exactly as a trial calls it (the architecture with its
+examples of each split each preprocessing step (fitted on the tiny training split, applied to
+every split), ``train.build`` exactly as a trial calls it (the architecture with its
 activation, each regularizer and its ``wrap_model``, the initializer with its own options, greedy
 pretraining included, the optimizer and the schedule), then one training step as ``train_epoch``
 takes it (``transform_batch``, forward, ``penalty``, backward, ``before_step``, the optimizer's
@@ -34,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from dlbench.config import StudyFile
+from dlbench import preprocessing
 from dlbench.data import DataCache, DeviceData
 from dlbench.errors import UserError
 from dlbench.regularizer import Regularizer
@@ -114,6 +116,9 @@ def check(trial: Trial, registry, cache: DataCache) -> _Failure | None:
             dataset = registry.get("dataset", cfg["dataset"]["name"])
             options = {k: v for k, v in cfg["dataset"].items() if k != "name"}
             data = tiny(cache.get(dataset, options, cfg["val_fraction"], CPU))
+        for i, spec in enumerate(cfg.get("preprocessing", [])):  # fitted on the tiny training split
+            with blame(f"preprocessing[{i}]", doing="when fitted and applied"):
+                data = preprocessing.apply(preprocessing.make(registry, spec), spec["name"], data)
         random.seed(trial.seed)
         np.random.seed(trial.seed)
         torch.default_generator.manual_seed(trial.seed)  # the CPU's alone: a GPU stays uninitialized
@@ -187,8 +192,8 @@ def key_path(trial: Trial, key: str) -> str:
     or a study's baseline changed with the table they change (``studies.s.levels.fast.optimizer.lr
     with baseline.optimizer``)."""
     where = trial.where
-    if key.startswith("regularizers["):
-        return f"{where.get('regularizers', 'baseline')}.{key}"
+    if key.startswith(("regularizers[", "preprocessing[")):
+        return f"{where.get(key.split('[')[0], 'baseline')}.{key}"
     options = [f"{source}.{k}" for k, source in where.items() if k.startswith(f"{key}.")]
     whole = f"{where.get(key, 'baseline')}.{key}"
     return f"{', '.join(options)} with {whole}" if options else whole
@@ -197,6 +202,8 @@ def key_path(trial: Trial, key: str) -> str:
 def _component(config: dict, key: str) -> tuple[str, dict]:
     if key.startswith("regularizers["):
         return "regularizer", config["regularizers"][int(key[len("regularizers["):-1])]
+    if key.startswith("preprocessing["):
+        return "preprocessing", config["preprocessing"][int(key[len("preprocessing["):-1])]
     return key, config[key]
 
 
@@ -225,6 +232,7 @@ def _distinct_components(trials) -> int:
     for trial in trials:
         specs.update((key, canonical_json(trial.config[key])) for key in COMPONENT_KEYS)
         specs.update(("regularizer", canonical_json(spec)) for spec in trial.config["regularizers"])
+        specs.update(("preprocessing", canonical_json(spec)) for spec in trial.config.get("preprocessing", []))
     return len(specs)
 
 

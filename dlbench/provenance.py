@@ -109,13 +109,14 @@ def components_used(trial, registry) -> list[tuple[str, str, str]]:
 
     used = [(kind, trial.config[key]["name"]) for key, kind in COMPONENTS.items()]
     used += [("regularizer", r["name"]) for r in trial.config["regularizers"]]
+    used += [("preprocessing", p["name"]) for p in trial.config.get("preprocessing", [])]
     out = []
     for kind, name in used:
         component = registry.get(kind, name)
         origin = component.origin
         if origin == "built-in":
             origin = f"built-in {dlbench.__version__}"
-        out.append((kind if kind != "regularizer" else f"regularizer.{name}", name, origin))
+        out.append((kind if kind not in ("regularizer", "preprocessing") else f"{kind}.{name}", name, origin))
     return out
 
 

@@ -6,7 +6,7 @@ does the work of N small ones. Each member keeps its own seed, initialization, d
 dropout masks, hyperparameters, MLflow run, checkpointed state and verdict. Trials stack when
 their configs can share one training loop:
 
-* the same dataset, validation split, epochs, batch size and diagnostics interval;
+* the same dataset, preprocessing, validation split, epochs, batch size and diagnostics interval;
 * the same architecture and activation with the same options (same shapes), both declared
   stackable (``@stackable``: the forward pass is a pure function of parameters, buffers and
   input, so ``vmap`` may batch it);
@@ -187,7 +187,8 @@ def stack_key(trial: Trial, registry) -> tuple[str | None, str]:
     """(key, "") when the trial can stack (trials with equal keys stack together), else
     (None, the reason it cannot)."""
     cfg = trial.config
-    key: dict = {k: cfg.get(k) for k in ("dataset", "val_fraction", "epochs", "batch_size", "diagnostics_every")}
+    key: dict = {k: cfg.get(k) for k in ("dataset", "preprocessing", "val_fraction", "epochs", "batch_size",
+                                         "diagnostics_every")}
     for kind in ("architecture", "activation"):
         component = registry.get(kind, cfg[kind]["name"])
         if not is_stackable(component.factory):

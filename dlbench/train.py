@@ -219,7 +219,7 @@ def run_trial(trial: Trial, registry, data: DeviceData, device: torch.device, ho
     model, regularizers, optimizer, schedule = build(trial, registry, data, device)
     resumed = checkpoints.restore(model, optimizer, schedule, regularizers) if checkpoints else None
     info = {"device": str(device), "dataset_hash": data.content_hash, "dataset": trial.config["dataset"]["name"],
-            "num_classes": data.num_classes, "dataset_source": data.source,
+            "num_classes": data.num_classes, "dataset_source": data.source, "preprocessing": data.preprocessing,
             "num_params": sum(p.numel() for p in model.parameters()),
             "resumed_from_epoch": resumed["epoch"] if resumed else None}
     hook.dlbench_trial_start(trial=trial, model=model, info=info)

@@ -114,7 +114,7 @@ def run_stack(work: Work, registry, data: DeviceData, device: torch.device, hook
 
     for m in members:
         info = {"device": str(device), "dataset_hash": data.content_hash, "dataset": cfg["dataset"]["name"],
-                "num_classes": data.num_classes, "dataset_source": data.source,
+                "num_classes": data.num_classes, "dataset_source": data.source, "preprocessing": data.preprocessing,
                 "num_params": sum(p.numel() for p in m.model.parameters()),
                 "resumed_from_epoch": resumed["epoch"] if resumed else None,
                 "stack": {"id": work.stack_id, "size": len(work.members), "member": work.members.index(m.trial),

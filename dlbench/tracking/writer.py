@@ -333,6 +333,8 @@ class Tracker:
         tags = {"dlbench.dataset_hash": info["dataset_hash"], "dlbench.num_params": str(info["num_params"]),
                 "dlbench.num_classes": str(info.get("num_classes", "")),
                 **{keys.key(k): v for k, v in self._context.plugin_tags(trial).items()}}
+        if info.get("preprocessing"):  # what each step fitted on this dataset, in order
+            tags["dlbench.preprocessing"] = "; ".join(info["preprocessing"])
         stack = info.get("stack")
         tags["dlbench.stack_size"] = str(stack["size"] if stack else 1)  # how it ran: `reproduce` does the same
         if stack:
