@@ -136,9 +136,10 @@ def make_manager() -> pluggy.PluginManager:
 
 
 def load_plugins(plugins_dir: Path | None = None, *, autoload: bool | None = None,
-                 required_dir: bool = False) -> Plugins:
+                 required_dir: bool = False, files: tuple[Path, ...] = ()) -> Plugins:
     """Load every plugin and fill the registry. A missing ``plugins_dir`` is skipped, unless
-    ``required_dir`` (the user named it with --plugins-dir)."""
+    ``required_dir`` (the user named it with --plugins-dir). ``files``: local plugin modules
+    named one by one (``dlbench plugins check PATH``), loaded after the folder's."""
     pm = make_manager()
     origins: dict[str, str] = {}
 
@@ -160,14 +161,15 @@ def load_plugins(plugins_dir: Path | None = None, *, autoload: bool | None = Non
 
     if plugins_dir is not None and required_dir and not Path(plugins_dir).is_dir():
         raise PluginError(f"--plugins-dir {plugins_dir}: no such directory")
+    local = []
     if plugins_dir is not None and Path(plugins_dir).is_dir():
-        for path in sorted(Path(plugins_dir).glob("*.py")):
-            if path.name.startswith("_"):
-                continue
-            module = _import_local(path)
-            name = f"local:{path}"
-            origins[name] = f"local ({path})"
-            _register(pm, module, name, origins[name])
+        local = sorted(p for p in Path(plugins_dir).glob("*.py") if not p.name.startswith("_"))
+    local += [Path(f) for f in files if Path(f).resolve() not in {p.resolve() for p in local}]
+    for path in local:
+        module = _import_local(path)
+        name = f"local:{path}"
+        origins[name] = f"local ({path})"
+        _register(pm, module, name, origins[name])
 
     try:
         pm.check_pending()  # a hook name no spec declares: most likely a typo
