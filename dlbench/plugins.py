@@ -46,6 +46,9 @@ BUILTIN_MODULES = [
     "dlbench.builtin.optimizers",
     "dlbench.builtin.schedules",
     "dlbench.builtin.regularizers",
+    "dlbench.builtin.dropouts",
+    "dlbench.builtin.normalization",
+    "dlbench.builtin.augmentation",
     "dlbench.builtin.preprocessing",
 ]
 
