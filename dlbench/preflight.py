@@ -9,7 +9,8 @@ every split), ``train.build`` exactly as a trial calls it (the architecture with
 activation, each regularizer and its ``wrap_model``, the initializer with its own options, greedy
 pretraining included, the optimizer and the schedule), then one training step as ``train_epoch``
 takes it (``transform_batch``, forward, ``penalty``, backward, ``before_step``, the optimizer's
-and the schedule's step, ``after_step``), an evaluation in eval mode and ``should_stop``.
+and the schedule's step, ``after_step``), an evaluation in eval mode, ``epoch_end``,
+``should_stop`` and ``end_of_training``.
 
 It runs on the CPU in this process, before any worker receives work, with one torch thread,
 and leaves the random states and the thread count as it found them (the determinism flags it
@@ -167,8 +168,13 @@ def one_step(model, regularizers, optimizer, schedule, data: DeviceData) -> None
     with blame(*model_keys, doing="in evaluation (eval mode)"):
         metrics = evaluate(model, data) | {"lr": optimizer.param_groups[0]["lr"]}
     for key, reg in regs:
+        with blame(key, doing="in epoch_end"):
+            reg.epoch_end(model, 1, metrics)
         with blame(key, doing="in should_stop"):
             reg.should_stop(1, metrics)
+    for key, reg in regs:
+        with blame(key, doing="in end_of_training"):
+            reg.end_of_training(model)
 
 
 def describe(failure: _Failure, trial: Trial, registry) -> str:

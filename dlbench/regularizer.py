@@ -3,12 +3,14 @@
 The training loop calls every method of every regularizer of a trial, in the order they are
 listed in the study file; the defaults do nothing. So dropout overrides ``wrap_model``, an L2
 penalty ``penalty``, gradient clipping ``before_step``, max-norm ``after_step``, input noise
-``transform_batch`` and early stopping ``should_stop``.
+``transform_batch`` and early stopping ``epoch_end``, ``should_stop`` and ``end_of_training``
+(it keeps the best epoch's weights and restores them when training is over).
 
 To train in a stack (see ``dlbench/stacking.py``), a regularizer that acts during the step says
 how it acts on N members at once: ``stacked(members)`` returns a :class:`StackedRegularizer`
 built from the members' instances (one per trial, possibly with different option values).
-One that only decides when to stop stacks as it is: each member asks its own instance.
+One that acts only between epochs (``epoch_end``, ``should_stop``, ``end_of_training``) stacks as
+it is: each member's own instance sees the member's own model.
 """
 
 from __future__ import annotations
@@ -38,8 +40,20 @@ class Regularizer:
     def after_step(self, model: nn.Module) -> None:
         """Act on the parameters after the optimizer step (max-norm constraints)."""
 
+    def epoch_end(self, model: nn.Module, epoch: int, metrics: dict[str, float]) -> None:
+        """See the model and its metrics after each evaluated epoch (epoch 0: the initialized
+        model), before ``should_stop`` is asked; not called for an epoch whose loss diverged.
+        Whatever it keeps (the best weights) belongs in ``state_dict`` so that a resumed trial has it."""
+
     def should_stop(self, epoch: int, metrics: dict[str, float]) -> bool:
         """Whether to stop training after this epoch (early stopping)."""
+        return False
+
+    def end_of_training(self, model: nn.Module) -> bool:
+        """Training is over (the last epoch, or a stop; not a divergence): change the final
+        weights in place (early stopping restores the best epoch's). Returns whether it changed
+        them: the loop then evaluates the model again, records that evaluation as one more row
+        of the history and makes it the trial's final metrics."""
         return False
 
     @classmethod
@@ -47,13 +61,13 @@ class Regularizer:
         """The same regularizer acting on a stack of N members (``members[i]`` is member i's
         instance). Override it to let trials using this regularizer train stacked."""
         if cls.acts_only_on_stopping():
-            return StackedRegularizer(members)  # each member asks its own instance whether to stop
+            return StackedRegularizer(members)  # each member's own instance acts between epochs
         raise NotImplementedError(f"{cls.__name__} has no stacked form")
 
     @classmethod
     def can_stack(cls) -> bool:
-        """Whether trials using it may train stacked: it overrides ``stacked``, or acts only on
-        the stopping decision."""
+        """Whether trials using it may train stacked: it overrides ``stacked``, or acts only
+        between epochs (the stopping decision, the final weights)."""
         return cls.stacked.__func__ is not Regularizer.stacked.__func__ or cls.acts_only_on_stopping()
 
     @classmethod

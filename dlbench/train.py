@@ -243,15 +243,31 @@ def run_trial(trial: Trial, registry, data: DeviceData, device: torch.device, ho
         if not math.isfinite(metrics["train_loss"]):
             result.status = "diverged"
             break
+        for reg in regularizers:
+            reg.epoch_end(model, epoch, metrics)
         if epoch > 0 and any([reg.should_stop(epoch, metrics) for reg in regularizers]):
             break
         if checkpoints and checkpoints.due():
             hook.dlbench_checkpoint(trial=trial, epoch=epoch)
             checkpoints.save(epoch, model, optimizer, schedule, regularizers, result)
+    end_training(model, regularizers, data, result, optimizer.param_groups[0]["lr"], hook, trial)
     if checkpoints:
         checkpoints.clear()
     result.seconds = time.perf_counter() - started
     return result
+
+
+def end_training(model, regularizers, data: DeviceData, result: TrialResult, lr: float, hook, trial: Trial) -> None:
+    """Training is over: a regularizer may change the final weights (early stopping restores the
+    best epoch's). If one did, the model is evaluated again and that evaluation recorded as one
+    more row of the history (its epoch: the last trained one + 1) and as the trial's final
+    metrics; ``epochs_run`` stays the number of epochs trained. Not for a diverged trial."""
+    if result.status != "finished" or not any([reg.end_of_training(model) for reg in regularizers]):
+        return
+    metrics = evaluate(model, data) | {"lr": lr}
+    result.history.append(metrics)
+    result.final = metrics
+    hook.dlbench_epoch_end(trial=trial, epoch=len(result.history) - 1, metrics=metrics)
 
 
 def order_generator_after_build(device: torch.device) -> torch.Generator:

@@ -27,10 +27,11 @@ import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 
 from dlbench.data import DeviceData
+from dlbench.regularizer import Regularizer
 from dlbench.stacking import STACKED, Work
 from dlbench.study import Trial, canonical_json
-from dlbench.train import (EVAL_CHUNK, Checkpoints, TrialResult, build, exact_accuracies, order_generator_after_build,
-                           seed_everything)
+from dlbench.train import (EVAL_CHUNK, Checkpoints, TrialResult, build, end_training, exact_accuracies,
+                           order_generator_after_build, seed_everything)
 
 
 class CannotStack(Exception):
@@ -162,10 +163,16 @@ def run_stack(work: Work, registry, data: DeviceData, device: torch.device, hook
             if not math.isfinite(row["train_loss"]):
                 m.result.status = "diverged"
                 leaving.append(i)
-            elif epoch > 0 and any([reg.should_stop(epoch, row) for reg in m.regularizers]):
+                continue
+            if _overrides(m.regularizers, "epoch_end"):  # it sees the member's own model
+                _copy_member(m.model, params, buffers, i)
+            for reg in m.regularizers:
+                reg.epoch_end(m.model, epoch, row)
+            if epoch > 0 and any([reg.should_stop(epoch, row) for reg in m.regularizers]):
                 leaving.append(i)
         if leaving:
             for i in leaving:
+                _end_member(members[i], i, params, buffers, data, hook, epoch * steps_per_epoch)
                 members[i].result.seconds = time.perf_counter() - started
                 finish(members[i].trial, members[i].result)
             keep = [i for i in range(len(members)) if i not in leaving]
@@ -186,7 +193,8 @@ def run_stack(work: Work, registry, data: DeviceData, device: torch.device, hook
                                 "order": m.order.get_state(), "history": m.result.history} for m in members],
             })
     else:
-        for m in members:
+        for i, m in enumerate(members):
+            _end_member(m, i, params, buffers, data, hook, cfg["epochs"] * steps_per_epoch)
             m.result.seconds = time.perf_counter() - started
             finish(m.trial, m.result)
     if checkpoints:
@@ -235,16 +243,34 @@ def _stacked_optimizer(members: list[_Member], registry, device):
     return cls(options)
 
 
+def _overrides(regularizers, method: str) -> bool:
+    return any(getattr(type(r), method) is not getattr(Regularizer, method) for r in regularizers)
+
+
+@torch.no_grad()
+def _copy_member(model, params, buffers, i: int, grads: bool = False) -> None:
+    """Put member ``i``'s current weights (and gradients) from the stack into its own model."""
+    for name, p in model.named_parameters():
+        p.copy_(params[name][i])
+        if grads:
+            p.grad = params[name].grad[i] if params[name].grad is not None else None
+    for name, b in model.named_buffers():
+        b.copy_(buffers[name][i])
+
+
+def _end_member(m: _Member, i: int, params, buffers, data, hook, step: int) -> None:
+    """A member's training is over: its regularizers may change its final weights (early
+    stopping restores the best epoch's) on its own model, evaluated alone then (``end_training``)."""
+    if m.result.status == "finished" and _overrides(m.regularizers, "end_of_training"):
+        _copy_member(m.model, params, buffers, i)
+        end_training(m.model, m.regularizers, data, m.result, m.lrs[step], hook, m.trial)
+
+
 def _observe_gradients(members, params, buffers, hook, step: int, data) -> None:
     """Show each member's own model, with the stack's current weights and gradients, to the
     after-backward observers (diagnostics). Only at diagnostics steps: copying costs."""
-    with torch.no_grad():
-        for i, m in enumerate(members):
-            for name, p in m.model.named_parameters():
-                p.copy_(params[name][i])
-                p.grad = params[name].grad[i] if params[name].grad is not None else None
-            for name, b in m.model.named_buffers():
-                b.copy_(buffers[name][i])
+    for i, m in enumerate(members):
+        _copy_member(m.model, params, buffers, i, grads=True)
     for m in members:
         hook.dlbench_after_backward(trial=m.trial, model=m.model, optimizer=_LrView(m.lrs[step - 1]),
                                     step=step, data=data)

@@ -125,7 +125,12 @@ def test_early_stopping_ends_training_early(plugins, tiny_data, make_trials):
                                                              "min_delta": 100.0}]})
     result = train(trial, plugins, tiny_data)
     assert result.status == "finished"
-    assert result.epochs_run == 3 and len(result.history) == 4
+    assert result.epochs_run == 3 and len(result.history) == 4 + 1  # + the restored epoch 1, evaluated again
+    assert result.final == result.history[4] and _without_lr(result.final) == _without_lr(result.history[1])
+
+
+def _without_lr(metrics):
+    return {k: v for k, v in metrics.items() if k != "lr"}
 
 
 # -- dropout ------------------------------------------------------------------------------------

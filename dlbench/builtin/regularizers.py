@@ -201,22 +201,48 @@ class StackedInputNoise(StackedRegularizer):
 
 
 class EarlyStopping(Regularizer):
-    """Early stopping (Goodfellow et al. 2016, sec. 7.8): stop when the monitored metric has not
-    improved by more than ``min_delta`` for ``patience`` epochs."""
+    """Early stopping (Goodfellow et al. 2016, sec. 7.8, Algorithm 7.1; the course material:
+    "tracking loss/error on validation set"): stop when the monitored metric has not improved by
+    more than ``min_delta`` for ``patience`` epochs, then return the best parameters.
+
+    An epoch (from epoch 1) improves when its ``metric`` (``val_loss``, lower is better, or
+    ``val_accuracy``, higher is better) beats the best so far by more than ``min_delta``. With
+    ``restore_best`` (default true) the weights of the last improving epoch are kept (a copy of
+    the model's state, saved in checkpoints) and, when training ends (stopped or after the last
+    epoch), put back: the trial's history then ends with one more evaluation, of the restored
+    weights, recorded after the last trained epoch, and that evaluation is its final metrics
+    (``epochs_run`` stays the number of epochs trained). Nothing is restored when the last epoch
+    was the best, or when the trial diverged. Options: ``patience`` (default 5), ``metric``
+    (default "val_loss"), ``min_delta`` (default 0), ``restore_best`` (default true).
+    """
 
     def __init__(self, *, patience: Annotated[int, Range(ge=1)] = 5,
                  metric: Literal["val_loss", "val_accuracy"] = "val_loss",
-                 min_delta: Annotated[float, Range(ge=0)] = 0.0):
-        self.patience, self.metric, self.min_delta = patience, metric, min_delta
+                 min_delta: Annotated[float, Range(ge=0)] = 0.0, restore_best: bool = True):
+        self.patience, self.metric, self.min_delta, self.restore_best = patience, metric, min_delta, restore_best
         self.best: float | None = None
         self.bad_epochs = 0
+        self.best_epoch: int | None = None
+        self.best_state: dict[str, torch.Tensor] | None = None  # the best epoch's model.state_dict()
 
-    def should_stop(self, epoch: int, metrics: dict[str, float]) -> bool:
+    def epoch_end(self, model: nn.Module, epoch: int, metrics: dict[str, float]) -> None:
+        if epoch == 0:  # the initialized model: patience counts from the first trained epoch
+            return
         if self.metric not in metrics:
             raise ValueError(f"early_stopping: metric {self.metric!r} is not computed (is val_fraction 0?)")
         value = metrics[self.metric] * (1 if self.metric.endswith("loss") else -1)
         if self.best is None or value < self.best - self.min_delta:
-            self.best, self.bad_epochs = value, 0
+            self.best, self.bad_epochs, self.best_epoch = value, 0, epoch
+            if self.restore_best:
+                self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         else:
             self.bad_epochs += 1
+
+    def should_stop(self, epoch: int, metrics: dict[str, float]) -> bool:
         return self.bad_epochs >= self.patience
+
+    def end_of_training(self, model: nn.Module) -> bool:
+        if not self.restore_best or self.best_state is None or self.bad_epochs == 0:
+            return False  # off, never evaluated, or the last epoch is the best
+        model.load_state_dict(self.best_state)
+        return True
