@@ -39,6 +39,8 @@ KINDS = {
 
 BUILTIN_MODULES = [
     "dlbench.builtin.datasets",
+    "dlbench.builtin.vision",
+    "dlbench.builtin.files",
     "dlbench.builtin.architectures",
     "dlbench.builtin.activations",
     "dlbench.builtin.initializers",
