@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 
 hookimpl = pluggy.HookimplMarker("dlbench")
 
-__all__ = ["hookimpl", "stackable", "Range", "Length", "__version__"]
+__all__ = ["hookimpl", "stackable", "accepts", "Range", "Length", "__version__"]
 
 
 def __getattr__(name):  # ``from dlbench import stackable`` without importing torch at ``import dlbench``
@@ -23,6 +23,10 @@ def __getattr__(name):  # ``from dlbench import stackable`` without importing to
         from dlbench.stacking import stackable
 
         return stackable
+    if name == "accepts":  # the input ranks an architecture reads: ``@accepts(ranks=(1,))``
+        from dlbench.shapes import accepts
+
+        return accepts
     if name in ("Range", "Length"):  # option domains: ``lr: Annotated[float, Range(gt=0)]``
         from dlbench import schema
 

@@ -116,13 +116,43 @@ def dlbench_register_datasets(register) -> None:
 def dlbench_register_architectures(register) -> None:
     """Register architectures. Factory: ``f(input_shape, num_classes, activation, *, **options)``.
 
-    ``input_shape`` is one example's shape (e.g. ``(40,)``), ``activation`` a zero-argument
-    callable returning a fresh activation module. Returns a ``torch.nn.Module`` mapping a batch to
-    logits. A model may expose ``hidden_blocks`` (a list of modules, each mapping one hidden
-    representation to the next) for layer-wise initializers, and ``dlbench.slots.Slot``
-    modules where regularizers such as dropout may insert themselves. Example::
+    ``input_shape`` is one example's shape: ``(L,)`` for a 1-D signal (MNIST-1D: ``(40,)``),
+    ``(H, W)`` for a grayscale image (digits: ``(8, 8)``), ``(C, H, W)`` for a colour image
+    (channels first). ``activation`` is a zero-argument callable returning a fresh activation
+    module. Returns a ``torch.nn.Module`` mapping a batch ``[B, *input_shape]`` to logits
+    ``[B, num_classes]``. A model may expose:
 
-        register("mlp", mlp)   # def mlp(input_shape, num_classes, activation, *, depth: int = 2)
+    * ``hidden_blocks``: a list of modules, each mapping one hidden representation to the next
+      (the first takes the input batch as the model receives it, ``[B, *input_shape]``), for
+      layer-wise initializers such as ``greedy_autoencoder`` (a representation may be shaped:
+      ``[B, C, L]``, ``[B, T, F]``);
+    * ``dlbench.slots.Slot`` modules where regularizers insert themselves: ``Slot("input")``
+      before the first layer, ``Slot("norm", features, spatial_dims)`` between each hidden
+      layer's linear map or convolution and its activation, ``Slot("hidden", features,
+      spatial_dims)`` after it (see ``dlbench/slots.py``).
+
+    **Input shapes.** Decorate the factory with ``@dlbench.accepts(ranks=...)`` to declare the
+    ranks of ``input_shape`` it reads (1: ``(L,)``, 2: ``(H, W)``, 3: ``(C, H, W)``); without it
+    every shape is accepted (an MLP flattens what it gets). A study pairing it with a dataset of
+    another rank is an error before training (``dlbench run`` and ``--dry-run``), naming the
+    architecture's key path, the dataset, its shape and the architectures that accept it. An
+    option that cannot work for the shape (more pooling stages than the input has room for) is
+    best a ``ValueError`` raised by the factory, saying what would fit: the preflight reports it
+    at the architecture's key path. Example::
+
+        from dlbench import accepts, hookimpl, stackable
+
+        @stackable
+        @accepts(ranks=(1,))                 # 1-D signals only
+        def conv1d(input_shape, num_classes, activation, *, channels: int = 16):
+            '''A one-layer 1-D CNN.'''
+            (length,) = input_shape
+            return nn.Sequential(nn.Unflatten(1, (1, length)), nn.Conv1d(1, channels, 5, padding=2),
+                                 activation(), nn.Flatten(), nn.Linear(channels * length, num_classes))
+
+        @hookimpl
+        def dlbench_register_architectures(register):
+            register("conv1d", conv1d)
     """
 
 

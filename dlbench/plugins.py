@@ -42,6 +42,8 @@ BUILTIN_MODULES = [
     "dlbench.builtin.vision",
     "dlbench.builtin.files",
     "dlbench.builtin.architectures",
+    "dlbench.builtin.convnets",
+    "dlbench.builtin.recurrent",
     "dlbench.builtin.activations",
     "dlbench.builtin.initializers",
     "dlbench.builtin.pretraining",

@@ -5,9 +5,10 @@ file that configured it.
 What is checked, once per distinct config (the seeds of a level share one): the dataset (made by
 its plugin or read from ``data/``, once per distinct dataset), then on the first ``TINY``
 examples of each split each preprocessing step (fitted on the tiny training split, applied to
-every split), ``train.build`` exactly as a trial calls it (the architecture with its
-activation, each regularizer and its ``wrap_model``, the initializer with its own options, greedy
-pretraining included, the optimizer and the schedule), then one training step as ``train_epoch``
+every split), that the architecture accepts the input shape (``dlbench.shapes``: a mismatch is
+reported at the architecture's key path with the dataset's), ``train.build`` exactly as a trial
+calls it (the architecture with its activation, each regularizer and its ``wrap_model``, the
+initializer with its own options, greedy pretraining included, the optimizer and the schedule), then one training step as ``train_epoch``
 takes it (``transform_batch``, forward, ``penalty``, backward, ``before_step``, the optimizer's
 and the schedule's step, ``after_step``), an evaluation in eval mode, ``epoch_end``,
 ``should_stop`` and ``end_of_training``.
@@ -40,6 +41,7 @@ from dlbench import preprocessing
 from dlbench.data import DataCache, DeviceData
 from dlbench.errors import UserError
 from dlbench.regularizer import Regularizer
+from dlbench.shapes import InputShapeError, check_input_shape
 from dlbench.study import Trial, canonical_json
 from dlbench.train import build, evaluate
 
@@ -120,6 +122,9 @@ def check(trial: Trial, registry, cache: DataCache) -> _Failure | None:
         for i, spec in enumerate(cfg.get("preprocessing", [])):  # fitted on the tiny training split
             with blame(f"preprocessing[{i}]", doing="when fitted and applied"):
                 data = preprocessing.apply(preprocessing.make(registry, spec), spec["name"], data)
+        with blame("architecture", doing="checking the input shape"):
+            source = f"dataset {cfg['dataset']['name']!r}" + (" after preprocessing" if cfg.get("preprocessing") else "")
+            check_input_shape(registry, cfg["architecture"]["name"], source, data.input_shape)
         random.seed(trial.seed)
         np.random.seed(trial.seed)
         torch.default_generator.manual_seed(trial.seed)  # the CPU's alone: a GPU stays uninitialized
@@ -180,6 +185,8 @@ def one_step(model, regularizers, optimizer, schedule, data: DeviceData) -> None
 def describe(failure: _Failure, trial: Trial, registry) -> str:
     """``<key path>: <kind> '<name>' [<origin>] raised <Type>: <message> (<when>, at <file>:<line>)``."""
     exc = failure.__cause__
+    if isinstance(exc, InputShapeError):  # a study-file error, not a plugin's
+        return f"{key_path(trial, 'architecture')}: {exc} (the dataset: {key_path(trial, 'dataset')})"
     parts, files = [], set()
     for key in failure.keys:
         kind, spec = _component(trial.config, key)

@@ -5,6 +5,9 @@ denoising variant; Erhan et al. 2010, "Why Does Unsupervised Pre-training Help D
 Each hidden layer in turn is trained, unsupervised, as the encoder of an autoencoder that
 reconstructs the layer's input (the previous layer's code of the training set); the decoder is
 then thrown away. Supervised training afterwards fine-tunes the whole network.
+
+A hidden block's input and code may be shaped (a convolution's [B, C, L], a recurrent layer's
+[B, T, F]): the decoder is a linear map from the flattened code to the flattened input.
 """
 
 from __future__ import annotations
@@ -44,16 +47,17 @@ def greedy_autoencoder(
                          f"{type(model).__name__} does not")
     getattr(initializers, then)(model, data)
 
-    codes = data.x_train.flatten(1)
+    codes = data.x_train  # the first block takes the input batch as the model receives it
     for block in blocks:
         codes = _pretrain_layer(block, codes, epochs, lr, batch_size, corruption)
 
 
 def _pretrain_layer(encoder: nn.Module, inputs: torch.Tensor, epochs: int, lr: float,
                     batch_size: int, corruption: float) -> torch.Tensor:
-    """Train ``encoder`` + a fresh linear decoder to reconstruct ``inputs``; return the codes."""
-    width = encoder(inputs[:1]).shape[1]
-    decoder = nn.Linear(width, inputs.shape[1]).to(inputs.device)
+    """Train ``encoder`` + a fresh linear decoder from the flattened code to the flattened input
+    to reconstruct ``inputs``; return the codes (as the encoder shapes them)."""
+    width = encoder(inputs[:1]).flatten(1).shape[1]
+    decoder = nn.Linear(width, inputs[:1].flatten(1).shape[1]).to(inputs.device)
     params = list(encoder.parameters()) + list(decoder.parameters())
     opt = torch.optim.Adam(params, lr=lr)
     n = len(inputs)
@@ -61,7 +65,7 @@ def _pretrain_layer(encoder: nn.Module, inputs: torch.Tensor, epochs: int, lr: f
         for idx in torch.randperm(n, device=inputs.device).split(batch_size):
             target = inputs[idx]
             noisy = target * (torch.rand_like(target) >= corruption) if corruption else target
-            loss = F.mse_loss(decoder(encoder(noisy)), target)
+            loss = F.mse_loss(decoder(encoder(noisy).flatten(1)), target.flatten(1))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
