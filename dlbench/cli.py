@@ -394,6 +394,80 @@ def plugins_list(plugins_dir: Path | None, kind: str | None) -> None:
                 click.echo(f"  {'':<20}   {opt.name}: {describe(opt.annotation)}, {default}")
 
 
+@plugins.command("show")
+@click.argument("name")
+@plugins_dir_option
+@_user_errors
+def plugins_show(name: str, plugins_dir: Path | None) -> None:
+    """Print the documentation of plugin NAME (KIND:NAME when several kinds have that name):
+    its docstring, origin, source line, options, whether it stacks and a study-file line."""
+    from dlbench.docs import component_page
+
+    click.echo(component_page(_load_plugins(plugins_dir, Path("plugins")).registry.lookup(name)))
+
+
+class OptionValue(click.ParamType):
+    """``KEY=VALUE`` with VALUE a TOML value (``lr=0.1``, ``betas=[0.9, 0.99]``); anything that
+    is no TOML value is a string (``path=data/x.npz``)."""
+
+    name = "KEY=VALUE"
+
+    def convert(self, value, param, ctx):
+        import tomllib
+
+        key, sep, text = value.partition("=")
+        if not sep or not key.strip():
+            self.fail(f"{value!r}: write KEY=VALUE, e.g. --option lr=0.1", param, ctx)
+        try:
+            return key.strip(), tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            return key.strip(), text
+
+
+@plugins.command("check")
+@click.argument("target", metavar="NAME|PATH")
+@click.option("--option", "options", multiple=True, type=OptionValue(),
+              help="An option of the checked component, KEY=VALUE (repeatable), e.g. a dataset's file.")
+@plugins_dir_option
+@_user_errors
+def plugins_check(target: str, options: tuple[tuple[str, object], ...], plugins_dir: Path | None) -> None:
+    """Run the plugin contract (dlbench/contract.py) on component NAME (KIND:NAME when several
+    kinds have it), or on every component the plugin file PATH registers.
+
+    Prints one line per check and exits 1 when a check fails.
+    """
+    from dlbench.contract import FAIL, PASS, SKIP, check
+    from dlbench.errors import UserError
+
+    path = Path(target)
+    if target.endswith(".py") or path.is_file():
+        if not path.is_file():
+            raise UserError(f"{target}: no such plugin file")
+        from dlbench.plugins import load_plugins
+
+        loaded = load_plugins(plugins_dir, required_dir=plugins_dir is not None, files=(path,))
+        components = [c for c in loaded.registry if c.origin == f"local ({path})"]
+        if not components:
+            raise UserError(f"{target} registers no component (no dlbench_register_* hook registered anything)")
+    else:
+        loaded = _load_plugins(plugins_dir, Path("plugins"))
+        components = [loaded.registry.lookup(target)]
+    given = dict(options)
+    unknown = [k for k in given if not any(k in c.options for c in components)]
+    if unknown:
+        raise UserError(f"--option {unknown[0]}: no checked component has this option "
+                        f"({', '.join(f'{c.kind}:{c.name}' for c in components)})")
+    outcomes = []
+    for component in components:
+        for outcome in check(component, loaded.registry, {k: v for k, v in given.items() if k in component.options}):
+            click.echo(str(outcome))
+            outcomes.append(outcome.status)
+    failed = outcomes.count(FAIL)
+    click.echo(f"{len(outcomes)} checks of {len(components)} component{'s' if len(components) > 1 else ''}: "
+               f"{outcomes.count(PASS)} passed, {failed} failed, {outcomes.count(SKIP)} skipped (not applicable)")
+    sys.exit(1 if failed else 0)
+
+
 @main.command()
 @tracking_option
 @click.option("--port", default=5000, show_default=True, help="Port on 127.0.0.1.")

@@ -4,7 +4,7 @@ it on any component, ``tests/test_contract.py`` on every registered one.
 
 Every component except a dataset is checked inside a tiny model: an MLP of width 32 (the
 architecture itself when an architecture is checked) on a fixed batch of 32 random examples of
-4 random classes, trained by Adam (lr 0.01) unless the component is the optimizer. Its checks:
+4 random classes, trained by Adam (lr 0.001, its usual default) unless the component is the optimizer. Its checks:
 
 * **builds on a tiny input**: the model maps the batch to finite logits of shape [32, 4]. An
   architecture is built for every input shape it declares it accepts (see :func:`input_shapes`)
@@ -67,7 +67,8 @@ from dlbench.data import Dataset, DeviceData
 from dlbench.errors import UserError
 from dlbench.preflight import _untouched_global_state
 from dlbench.regularizer import Regularizer
-from dlbench.schema import MISSING, check as check_value, coerce
+from dlbench.schema import check as check_value, coerce
+from dlbench.shapes import accepted_ranks
 from dlbench.slots import ROLES, Slot, slots
 from dlbench.stacking import STACKED, component_stacks
 from dlbench.train import seed_everything
@@ -75,6 +76,7 @@ from dlbench.train import seed_everything
 BATCH = 32  # examples of the fixed batch
 CLASSES = 4
 STEPS = 3  # optimizer steps of a trajectory
+REFERENCE_LR = 1e-3  # of the Adam that trains the tiny model when the optimizer is not the one checked
 TOTAL_STEPS = 10  # what a schedule is told training lasts
 WIDTH = 32  # of the tiny MLP (a multiple of group normalization's default 32 groups)
 ONE_D, IMAGE, COLOUR = (40,), (8, 8), (3, 8, 8)  # tiny inputs of each rank (MNIST-1D's length)
@@ -148,6 +150,10 @@ def _run(fn, subject: Subject, name: str) -> Outcome:
         message = fn(subject)
     except Skip as why:
         return Outcome(subject.label, name, SKIP, str(why))
+    except UserError as exc:
+        if subject.kind == "dataset":  # its files are missing or unreadable: the user's to fix (exit 2)
+            raise
+        return Outcome(subject.label, name, FAIL, subject.raised(exc))
     except Exception as exc:
         return Outcome(subject.label, name, FAIL, subject.raised(exc))
     return Outcome(subject.label, name, PASS if message is None or isinstance(message, Note) else FAIL,
@@ -183,10 +189,9 @@ def tiny_data(shape: tuple[int, ...]) -> DeviceData:
 
 
 def input_shapes(component) -> list[tuple[int, ...]]:
-    """The tiny input shapes an architecture is checked on: one per rank it declares it accepts
-    (``input_ranks`` on the factory, e.g. ``(1, 2, 3)``), 1-D signals when it declares nothing."""
-    ranks = getattr(component.factory, "input_ranks", None) or (1,)
-    return [{1: ONE_D, 2: IMAGE, 3: COLOUR}[r] for r in ranks]
+    """The tiny input shapes an architecture is checked on: one for each input rank it declares
+    it accepts (``@dlbench.shapes.accepts(ranks=...)``), every rank when it declares none."""
+    return [{1: ONE_D, 2: IMAGE, 3: COLOUR}[r] for r in accepted_ranks(component.factory) or (1, 2, 3)]
 
 
 @dataclass
@@ -231,7 +236,7 @@ class Subject:
         if self.kind == "initializer":
             self.make(model, tiny_data(shape))
         optimizer = self.make(model.parameters()) if self.kind == "optimizer" else \
-            torch.optim.Adam(model.parameters(), lr=0.01)
+            torch.optim.Adam(model.parameters(), lr=REFERENCE_LR)
         schedule = self.make(optimizer, TOTAL_STEPS) if self.kind == "schedule" else None
         return model, regularizers, optimizer, schedule, fixed_batch(shape)
 
@@ -493,7 +498,7 @@ def _gradcheck_activation(s: Subject) -> str | None:
 def _gradcheck(f, inputs, what: str) -> str | None:
     try:
         torch.autograd.gradcheck(f, inputs, fast_mode=True, raise_exception=True)
-    except torch.autograd.gradcheck.GradcheckError as exc:
+    except RuntimeError as exc:  # torch.autograd.GradcheckError
         first = str(exc).strip().splitlines()[0]
         return f"{what}: the analytical gradient disagrees with finite differences in float64 ({first})"
     return passed(f"{what}, float64")
@@ -595,7 +600,7 @@ def _stacked_schedule(s: Subject) -> str | None:
     if any(not math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12) for a, b in zip(*factors)):
         return "the learning rate is not the base rate times a function of the step alone: " \
                f"factors {factors[0][:4]}... for lr 0.1 but {factors[1][:4]}... for lr 0.3"
-    trained = [lr / 0.01 for lr in s.first.lrs]  # the trajectory's Adam starts at 0.01 and steps
+    trained = [lr / REFERENCE_LR for lr in s.first.lrs]  # the trajectory's Adam, stepped
     if any(not math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12) for a, b in zip(trained, factors[0][1:])):
         return f"the learning rate depends on more than the step: {trained} while training, {factors[0][1:len(trained) + 1]} without"
     return passed(f"the learning rate a function of the step alone over {TOTAL_STEPS} steps")
@@ -793,18 +798,6 @@ def dataset_hash(s: Subject) -> str | None:
     return passed(f"sha256 {first[:12]}")
 
 
-TRAINS = [lowers_the_loss, same_seed_same_result, eval_is_deterministic, gradcheck, stacks]
-CHECKS: dict[str, list[Callable[[Subject], str | None]]] = {
-    "architecture": [builds, *TRAINS],
-    "activation": [builds, fresh_module_per_call, *TRAINS],
-    "initializer": [builds, initializer_keeps_the_model, lowers_the_loss, same_seed_same_result, gradcheck],
-    "optimizer": [builds, optimizer_type, lowers_the_loss, same_seed_same_result, optimizer_resumes, stacks],
-    "schedule": [builds, schedule_rates, lowers_the_loss, same_seed_same_result, stacks],
-    "regularizer": [builds, regularizer_type, *TRAINS],
-    "dataset": [dataset_builds, dataset_arrays, dataset_hash],
-}
-
-
 # -- preprocessing ------------------------------------------------------------------------------
 
 
@@ -858,4 +851,14 @@ def _same_up_to_rounding(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.shape == b.shape and (a - b).abs().max().item() <= 1e-5 * (1 + b.abs().max().item())
 
 
-CHECKS["preprocessing"] = [preprocessing_applies, preprocessing_is_a_function]
+TRAINS = [lowers_the_loss, same_seed_same_result, eval_is_deterministic, gradcheck, stacks]
+CHECKS: dict[str, list[Callable[[Subject], str | None]]] = {
+    "architecture": [builds, *TRAINS],
+    "activation": [builds, fresh_module_per_call, *TRAINS],
+    "initializer": [builds, initializer_keeps_the_model, lowers_the_loss, same_seed_same_result, gradcheck],
+    "optimizer": [builds, optimizer_type, lowers_the_loss, same_seed_same_result, optimizer_resumes, stacks],
+    "schedule": [builds, schedule_rates, lowers_the_loss, same_seed_same_result, stacks],
+    "regularizer": [builds, regularizer_type, *TRAINS],
+    "dataset": [dataset_builds, dataset_arrays, dataset_hash],
+    "preprocessing": [preprocessing_applies, preprocessing_is_a_function],
+}

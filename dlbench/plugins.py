@@ -103,6 +103,22 @@ class Registry:
         except KeyError:
             raise UserError(f"unknown {kind} {name!r}: {choose_one_of(name, self.names(kind))}") from None
 
+    def lookup(self, text: str) -> Component:
+        """The component ``text`` names: ``NAME`` when one kind has it, else ``KIND:NAME``."""
+        kind, _, name = text.rpartition(":")
+        if kind:
+            if kind not in self._components:
+                raise UserError(f"{text!r}: unknown kind {kind!r}; {choose_one_of(kind, self._components)}")
+            return self.get(kind, name)
+        found = [c for c in self if c.name == name]
+        if len(found) > 1:
+            raise UserError(f"{name!r} is the name of several components; name one as KIND:NAME: "
+                            f"{', '.join(f'{c.kind}:{c.name}' for c in found)}")
+        if not found:
+            everything = sorted({c.name for c in self})
+            raise UserError(f"no component is named {name!r}: {choose_one_of(name, everything)}")
+        return found[0]
+
     def has(self, kind: str, name: str) -> bool:
         return name in self._components[kind]
 
