@@ -197,7 +197,9 @@ class MCDropout(Regularizer):
     over T = ``samples`` (default 20) masks; the model returns log p(y|x) as its logits, so the
     cross-entropy and the accuracy are those of the averaged prediction. The evaluation masks
     come from a fixed seed (``MC_EVAL_SEED``), apart from the trial's random stream:
-    evaluation is deterministic. Does not stack (the evaluation's own random stream).
+    evaluation is deterministic (the masks an example gets depend on its place in the evaluated
+    batch, as with any fixed stream: the same data evaluated in the same chunks gives the same
+    metrics). Does not stack (the evaluation's own random stream).
     """
 
     def __init__(self, *, p_input: Probability = 0.2, p_hidden: Probability = 0.5,
