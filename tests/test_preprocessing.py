@@ -175,3 +175,36 @@ def test_preflight_fits_the_steps_and_names_the_key(tmp_path, registry, make_tri
     assert problem.startswith("studies.s.levels.bad.preprocessing[1] (preprocessing 'pca' [built-in]) raised "
                               "ValueError: components = 50 is more than the 40 features"), problem
     assert "when fitted and applied" in problem and "1 trial: s/bad" in problem
+
+
+class Started:
+    """A hook relay that keeps each trial's ``dlbench_trial_start`` info; other hooks do nothing."""
+
+    def __init__(self):
+        self.info = {}
+
+    def dlbench_trial_start(self, trial, model, info):
+        self.info[trial.index] = info
+
+    def __getattr__(self, name):
+        return lambda **kwargs: None
+
+
+def test_a_stack_on_preprocessed_data_equals_its_members_trained_alone(registry, make_trials):
+    """PCA changes the input shape; the stack's members train on the same fitted data as alone."""
+    from dlbench.executor import execute
+    from dlbench.stacking import Work, plan, stack_id
+
+    trials = make_trials({"preprocessing": ["standardize", {"name": "pca", "components": 12}]},
+                         levels={"slow": {"optimizer": {"lr": 0.003}}, "fast": {}})
+    (work,) = plan(trials, registry, max_size=8)
+    assert work.stacked
+    cpu, cache, hooks = torch.device("cpu"), DataCache(), Started()
+    together = dict((t.index, r) for t, r in execute(work, registry, hooks, cache, cpu, None))
+    for trial in trials:
+        (_, result), = execute(Work((trial,), stack_id([trial])), registry, Started(), cache, cpu, None)
+        assert together[trial.index].status == result.status == "finished"
+        for x, y in zip(together[trial.index].history, result.history, strict=True):
+            assert x == pytest.approx(y, rel=1e-4, abs=1e-4)
+        info = hooks.info[trial.index]
+        assert info["stack"]["size"] == 2 and info["preprocessing"][1].startswith("pca: 12 of 40 components")

@@ -194,8 +194,8 @@ def _download(cls_name: str, name: str, root: str) -> None:
 def _missing(name: str, folder: Path, missing: list[str], wanted: list[str], tv: str, root: str,
              gz: bool = False) -> UserError:
     files = ", ".join(wanted) + (" (each may be gzipped, .gz)" if gz else "")
+    which = "none of its files" if len(missing) == len(wanted) else f"not all of its files (missing: {', '.join(missing)})"
     return UserError(
-        f"dataset {name!r}: {len(missing)} of its files missing in {folder} ({', '.join(missing)}). It reads "
-        f"{files} from there, the layout of {tv}. Get them either with download = true in the dataset table "
+        f"dataset {name!r}: {folder} holds {which}. It reads {files} from there, the layout of {tv}. Get them either with download = true in the dataset table "
         f"(dataset = {{ name = \"{name}\", download = true }}; needs `pip install 'dlbench[vision]'`), or by "
         f"copying the files there; root = \"...\" reads them from another folder (now {root!r}).")
