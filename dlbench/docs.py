@@ -106,7 +106,8 @@ def hook_reference() -> str:
             raise ValueError(f"dlbench/hookspecs.py: hook {hook.__name__} has no docstring: say what it is called "
                              "with and what an implementation does")
         part = "Registration hooks" if hook.__name__.startswith("dlbench_register_") else "Lifecycle hooks"
-        sections[part].append(f"### `{hook.__name__}{inspect.signature(hook)}`\n\n{_markdown(doc)}\n")
+        signature = str(inspect.signature(hook)).replace("'", "")  # annotations are strings (PEP 563)
+        sections[part].append(f"### `{hook.__name__}{signature}`\n\n{_markdown(doc)}\n")
     intro = _markdown(inspect.getdoc(hookspecs))
     body = "\n".join(f"## {title}\n\n" + "\n".join(entries) for title, entries in sections.items())
     return (f"# Hook reference\n\n<!-- generated from dlbench/hookspecs.py by `python -m dlbench.docs > "

@@ -1,0 +1,65 @@
+"""The plugin authors' guide (docs/plugins.md) and the hook reference (docs/hooks.md): every
+example of the guide passes the plugin contract, and the reference is what dlbench/hookspecs.py
+generates."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from conftest import REPO
+
+from dlbench import docs, hookspecs
+from dlbench.contract import FAIL, check
+from dlbench.plugins import KINDS, load_plugins
+
+GUIDE = REPO / "docs" / "plugins.md"
+REFERENCE = REPO / "docs" / "hooks.md"
+EXAMPLE = re.compile(r"```python\n# plugins/(?P<file>\w+\.py)\n(?P<code>.*?)```", re.DOTALL)
+
+
+def examples() -> list[tuple[str, str]]:
+    return [(m["file"], m["code"]) for m in EXAMPLE.finditer(GUIDE.read_text(encoding="utf-8"))]
+
+
+def test_the_guide_has_an_example_of_every_kind(tmp_path):
+    kinds = set()
+    for file, code in examples():
+        (tmp_path / file).write_text(code, encoding="utf-8")
+        registry = load_plugins(None, autoload=False, files=(tmp_path / file,)).registry
+        kinds |= {c.kind for c in registry if c.origin == f"local ({tmp_path / file})"}
+    assert kinds == set(KINDS.values())
+
+
+@pytest.mark.parametrize("file, code", examples(), ids=[file for file, _ in examples()])
+def test_every_example_of_the_guide_passes_the_contract(tmp_path, file, code):
+    path = tmp_path / file
+    path.write_text(code, encoding="utf-8")
+    registry = load_plugins(None, autoload=False, files=(path,)).registry
+    components = [c for c in registry if c.origin == f"local ({path})"]
+    assert components, f"{file} registers nothing"
+    for component in components:
+        outcomes = check(component, registry)
+        assert not [o for o in outcomes if o.status == FAIL], "\n".join(map(str, outcomes))
+
+
+def test_the_hook_reference_is_generated_from_hookspecs():
+    assert REFERENCE.read_text(encoding="utf-8") == docs.hook_reference(), \
+        "docs/hooks.md is stale: run `python -m dlbench.docs > docs/hooks.md`"
+
+
+def test_every_hook_has_an_entry_in_the_reference():
+    text = REFERENCE.read_text(encoding="utf-8")
+    names = [hook.__name__ for hook in docs.hooks()]
+    assert len(names) >= 14 and all(name.startswith("dlbench_") for name in names)
+    missing = [name for name in names if f"### `{name}(" not in text]
+    assert not missing, f"docs/hooks.md has no entry for {missing}: run `python -m dlbench.docs > docs/hooks.md`"
+
+
+def test_a_hook_without_a_docstring_is_refused(monkeypatch):
+    def dlbench_register_nothing(register) -> None:
+        pass
+
+    monkeypatch.setattr(hookspecs, "dlbench_register_nothing", dlbench_register_nothing, raising=False)
+    with pytest.raises(ValueError, match="hook dlbench_register_nothing has no docstring"):
+        docs.hook_reference()
