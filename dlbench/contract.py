@@ -203,7 +203,7 @@ class Trajectory:
     state: dict[str, torch.Tensor]
     eval_outputs: tuple[torch.Tensor, torch.Tensor]
     lrs: list[float]
-    gradcheck_graph: list[str] = field(default_factory=list)  # custom autograd Functions seen
+    custom_functions: list[str] = field(default_factory=list)  # custom autograd Functions seen
 
 
 class Subject:
@@ -462,7 +462,7 @@ def gradcheck(s: Subject) -> str | None:
     """custom autograd passes a float64 gradcheck"""
     if s.kind == "activation":
         return _gradcheck_activation(s)
-    functions = s.first.gradcheck_graph
+    functions = s.first.custom_functions
     if not functions:
         raise Skip("no custom torch.autograd.Function in the loss's autograd graph")
     model, _, _, _, (x, _) = s.parts(0)
