@@ -44,9 +44,11 @@ def write_mnist(root: Path, folder: str = "MNIST", n_train: int = 5, n_test: int
     return arrays
 
 
-def write_cifar(root: Path, per_batch: int = 2):
-    """CIFAR-10's "python version": pickled dicts with bytes keys, data [N, 3072] uint8 (the red
-    plane, then green, then blue, each 32x32 row-major) and labels a list of ints."""
+def write_cifar(root: Path, per_batch: int = 2, keys=str):
+    """CIFAR-10's "python version": pickled dicts, data [N, 3072] uint8 (the red plane, then
+    green, then blue, each 32x32 row-major) and labels a list of ints. The originals are Python 2
+    pickles whose keys load as str with encoding="latin1" (torchvision) and as bytes with
+    encoding="bytes" (the CIFAR page's recipe): ``keys`` picks which of the two to write."""
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)
     rng = np.random.default_rng(1)
@@ -54,8 +56,10 @@ def write_cifar(root: Path, per_batch: int = 2):
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
         data = rng.integers(0, 256, (per_batch, 3072)).astype(np.uint8)
         labels = [int(v) for v in rng.integers(0, 10, per_batch)]
-        batch = {b"batch_label": name.encode(), b"labels": labels, b"data": data,
-                 b"filenames": [f"img{i}.png".encode() for i in range(per_batch)]}
+        batch = {"batch_label": name, "labels": labels, "data": data,
+                 "filenames": [f"img{i}.png" for i in range(per_batch)]}
+        if keys is bytes:
+            batch = {k.encode(): v for k, v in batch.items()}
         with open(folder / name, "wb") as f:
             pickle.dump(batch, f, protocol=2)
         batches[name] = (data, labels)
@@ -90,8 +94,9 @@ def test_fashion_mnist_reads_plain_idx_files_and_hashes_its_content(tmp_path, re
     assert dataset(registry, "fashion_mnist", root=str(other)).content_hash() != ds.content_hash()
 
 
-def test_cifar10_reads_the_pickled_batches_channels_first(tmp_path, registry):
-    batches = write_cifar(tmp_path)
+@pytest.mark.parametrize("keys", [str, bytes])
+def test_cifar10_reads_the_pickled_batches_channels_first(tmp_path, registry, keys):
+    batches = write_cifar(tmp_path, keys=keys)
     ds = dataset(registry, "cifar10", root=str(tmp_path))
     assert ds.x_train.shape == (10, 3, 32, 32) and ds.x_test.shape == (2, 3, 32, 32)
     assert ds.x_train.dtype == np.float32 and ds.input_shape == (3, 32, 32)
