@@ -12,7 +12,7 @@ from torch import nn
 from dlbench.builtin.pretraining import greedy_autoencoder
 from dlbench.data import DeviceData
 from dlbench.shapes import InputShapeError, accepted_ranks, check_input_shape
-from dlbench.slots import Slot, slots
+from dlbench.slots import slots
 from dlbench.stacking import Work, is_stackable, plan, stack_id
 from dlbench.train import run_trial
 from dlbench.train_stack import run_stack
@@ -31,12 +31,12 @@ def build(registry, name: str, shape, **options) -> nn.Module:
     return registry.get("architecture", name).factory(shape, 10, nn.Tanh, **{**SMALL[name], **options})
 
 
-def cases(registry_names=NEW):
+def cases(names: list[str]) -> list[tuple[str, tuple[int, ...]]]:
+    """(architecture, input shape) for every rank each architecture accepts."""
     from dlbench.plugins import load_plugins
 
     registry = load_plugins(None, autoload=False).registry
-    return [(name, SHAPES[r]) for name in registry_names
-            for r in accepted_ranks(registry.get("architecture", name).factory) or SHAPES]
+    return [(name, SHAPES[r]) for name in names for r in accepted_ranks(registry.get("architecture", name).factory) or SHAPES]
 
 
 CASES = cases(NEW + ["mlp"])
@@ -46,8 +46,12 @@ CASES = cases(NEW + ["mlp"])
 def test_logits_slots_and_hidden_blocks(name, shape, registry):
     model = build(registry, name, shape)
     seen = {}  # each slot's input shape, from a forward pass
+
+    def record(slot, args, out):
+        seen[slot] = tuple(args[0].shape)
+
     for s in slots(model, "input") + slots(model, "norm") + slots(model, "hidden"):
-        s.register_forward_hook(lambda m, args, out: seen.setdefault(m, tuple(args[0].shape)) and None)
+        s.register_forward_hook(record)
     x = torch.rand(5, *shape)
     assert model(x).shape == (5, 10)
 
@@ -62,7 +66,7 @@ def test_logits_slots_and_hidden_blocks(name, shape, registry):
         h = x
         for block in model.hidden_blocks:
             h = block(h)
-    assert h.shape[0] == 5 and len(model.hidden_blocks) >= 1
+    assert h.shape[0] == 5
 
 
 @pytest.mark.parametrize("name, shape", CASES, ids=[f"{n}-{len(s)}d" for n, s in CASES])
@@ -126,7 +130,7 @@ def test_highway_gate_bias_sets_how_much_input_is_carried(registry):
 def test_recurrent_nets_read_chunks_and_keep_torchs_weight_names(registry):
     model = build(registry, "lstm", (40,), chunk=4, depth=2)
     seen = []
-    model.layers[0][0].rnn.register_forward_hook(lambda m, args, out: seen.append(tuple(args[0].shape)))  # None
+    model.layers[0][0].rnn.register_forward_hook(lambda m, args, out: seen.append(tuple(args[0].shape)))
     assert model(torch.rand(3, 40)).shape == (3, 10)
     assert seen == [(3, 10, 4)]  # 10 steps of 4 values
     names = [n for n, _ in model.named_parameters()]
