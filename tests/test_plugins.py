@@ -532,11 +532,21 @@ def test_contract_schedule(registry, name):
     assert all(math.isfinite(lr) and 0.0 <= lr <= 0.1 + 1e-12 for lr in lrs)
 
 
+# what a regularizer needs besides its defaults in the tiny setting (an MLP of width 16 on MNIST-1D)
+REGULARIZER_SETUP = {"group_norm": {"regularizers": [{"name": "group_norm", "groups": 4}]},  # 32 groups: 16 units
+                     "augment_image": {"dataset": {"name": "digits"}}}  # images, not 1-D signals
+
+
 @pytest.mark.parametrize("name", names("regularizer"))
 def test_contract_regularizer(registry, plugins, tiny_data, make_trials, name):
     reg = make(registry, "regularizer", {"name": name})
     assert isinstance(reg, Regularizer)
-    (trial,) = make_trials({"regularizers": [name], "epochs": 1})
+    (trial,) = make_trials({"regularizers": [name], "epochs": 1, **REGULARIZER_SETUP.get(name, {})})
+    if trial.config["dataset"]["name"] != "mnist1d":
+        from dlbench.data import to_device
+
+        dataset = registry.get("dataset", trial.config["dataset"]["name"]).factory()
+        tiny_data = to_device(dataset, trial.config["val_fraction"], CPU)
     model, regularizers, _, _ = build(trial, registry, tiny_data, CPU)
     assert [type(r) for r in regularizers] == [type(reg)]
     result = run_trial(trial, registry, tiny_data, CPU, plugins.hook)
