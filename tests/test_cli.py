@@ -437,7 +437,7 @@ def test_dry_run_with_study_filter(tmp_path):
     proc = run_cli(["run", study, "--dry-run", "--study", "dropout"], cwd=tmp_path, env=cli_env(autoload=False))
     assert proc.returncode == 0, describe_result(proc)
     assert set(dry_run_table(proc.stdout)) == {f"dropout/{lvl}/seed={s}" for lvl in ("off", "on") for s in (0, 1)}
-    assert "4 trials in 1 studies" in proc.stdout or "4 trials in 1 study" in proc.stdout
+    assert "4 trials in 1 study from" in proc.stdout
 
 
 def test_help_and_version(tmp_path):
