@@ -5,6 +5,7 @@ origin, and the exception, every such problem at once, before a run is logged.""
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -239,3 +240,15 @@ on = { regularizers = [{ name = "dropout", p_hidden = 0.3 }, { name = "grumpy" }
         assert all(text in proc.stderr for text in expected), describe_result(proc)
     # no store, no checkpoint, no report: no worker trained, no run was created
     assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere", "study.toml"]
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "ablations").glob("*.toml")),
+                         ids=lambda p: p.name)
+def test_every_study_of_the_library_passes_the_preflight(path, registry):
+    """The study files in ablations/ stay runnable as the plugins change: each loads, expands
+    and builds every distinct config on a tiny batch (what `dlbench run --dry-run` does)."""
+    sf = read_study_file(path)
+    trials = expand(sf, registry)
+    assert trials and all(t.seed is not None for t in trials)
+    checked = preflight(sf, trials, registry)
+    assert checked.configs >= 2  # a study compares at least two configurations
