@@ -263,6 +263,22 @@ def _figures_section(doc: Document, data: StudyData, out_dir: Path) -> None:
     _diagnostic_figures(doc, data, out_dir, marks)
 
 
+def _zero_gradient_note(diag: pd.DataFrame, levels: dict[str, list[str]]) -> str:
+    """Which levels had layers with a gradient of exactly 0, which a log scale cannot draw."""
+    zeros = diag[(diag["kind"] == "grad_norm") & (diag["value"] == 0)]
+    if zeros.empty:
+        return ""
+    factors = list(levels)
+    cells = []
+    for key, group in zeros.groupby(factors, sort=False):
+        key = key if isinstance(key, tuple) else (key,)
+        label = ", ".join(f"{f}={v}" for f, v in zip(factors, key)) if len(factors) > 1 else str(key[0])
+        cells.append(f"{label} (layers {', '.join(str(int(k)) for k in sorted(set(group['layer'])))})")
+    return (" **An × on the bottom edge** marks a layer whose gradient was exactly 0 at a record, which a log "
+            "scale cannot draw: no gradient flows back to it, as below a step activation (derivative 0 "
+            f"everywhere), so gradient descent cannot train it. Here: {'; '.join(cells)}.")
+
+
 def _diagnostic_figures(doc: Document, data: StudyData, out_dir: Path, marks: dict) -> None:
     diag = data.diagnostics
     if diag.empty:
@@ -277,7 +293,8 @@ def _diagnostic_figures(doc: Document, data: StudyData, out_dir: Path, marks: di
                    "geometric mean over seeds. Read each "
                    "line from right (output) to left (input): a line falling by orders of magnitude towards the "
                    "input is a vanishing gradient (the first layers barely learn); a rising one is exploding. "
-                   "Healthy networks keep the layers within about one order of magnitude of each other.")
+                   "Healthy networks keep the layers within about one order of magnitude of each other."
+                   + _zero_gradient_note(diag, levels))
     if diag["kind"].isin(["act_saturation", "dead_relu"]).any():
         path = figures.saturation(diag, levels, f"{name}: saturated or dead units per layer over training",
                                   out_dir / "saturation.png", **marks)

@@ -417,13 +417,28 @@ def _epoch_label(epoch: int) -> str:
     return f"epoch {epoch}"
 
 
+def _above_zero(data: pd.DataFrame, **kwargs) -> None:
+    """The lines of a log-scale plot, which cannot draw 0 (see :func:`_zero_marks`)."""
+    sns.lineplot(data=data[data["value"] > 0], **kwargs)
+
+
+def _zero_marks(data: pd.DataFrame, **kwargs) -> None:
+    """An x on the bottom edge of the facet at each layer whose gradient norm was exactly 0."""
+    layers = sorted(set(data.loc[data["value"] == 0, "layer"]))
+    if layers:
+        ax = plt.gca()
+        ax.scatter(layers, [0.0] * len(layers), transform=ax.get_xaxis_transform(), marker="x", s=40,
+                   color="crimson", clip_on=False, zorder=5, label="exactly 0")
+        ax.set_xlim(data["layer"].min() - 0.25, data["layer"].max() + 0.25)  # the marks do not widen the axis
+
+
 def grad_norms(diag: pd.DataFrame, levels: dict[str, list[str]], title: str, path: Path, last_epoch: int | None = None,
                at_chance: set[tuple] = frozenset()) -> Path:
     """Gradient norm per layer at a few moments of training up to ``last_epoch``, log y: vanishing
     gradients fall towards the input (left), exploding ones rise."""
     _theme()
     data = _with_rows(snapshots(diag[diag["kind"] == "grad_norm"], last=last_epoch), levels)
-    data = data[np.isfinite(data["value"]) & (data["value"] > 0)]
+    data = data[np.isfinite(data["value"]) & (data["value"] >= 0)]
     height, aspect = _facet_size(levels)
     grid = _grid(data, **_facets(levels), height=height, aspect=aspect, sharex=False, sharey=True,
                          margin_titles=len(levels) > 1, despine=False)
@@ -431,8 +446,9 @@ def grad_norms(diag: pd.DataFrame, levels: dict[str, list[str]], title: str, pat
     palette = dict(zip(whens, sns.color_palette("viridis_r", len(whens)))) if whens else None
     # geometric mean over seeds, no bands: the shape across layers is the message, and four
     # overlapping bands would hide it (the seeds' values are in diagnostics.csv)
-    grid.map_dataframe(sns.lineplot, x="layer", y="value", hue="when", hue_order=whens, palette=palette,
+    grid.map_dataframe(_above_zero, x="layer", y="value", hue="when", hue_order=whens, palette=palette,
                        estimator=_log_mean, errorbar=None, marker="o", markersize=4.5, linewidth=1.5, legend=False)
+    grid.map_dataframe(_zero_marks)
     grid.set(yscale="log")
     for ax in grid.axes.flat:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
