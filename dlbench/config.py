@@ -44,7 +44,11 @@ SCALARS = {
     "batch_size": Annotated[int, Range(ge=1)],
     "val_fraction": Annotated[float, Range(ge=0, lt=1)],
     "diagnostics_every": Annotated[int, Range(ge=0)],
+    "warmup_fraction": Annotated[float, Range(ge=0, lt=1)],
 }
+# Core settings added later, left out of the resolved config at their default, so the configs
+# written before them keep their hash (resume, ``dlbench reproduce``).
+OMITTED_AT_DEFAULT = {"warmup_fraction": 0.0}
 
 # What a study file may leave out. The embedded dataset and a plain MLP make the smallest study
 # file one study of one level: [studies.s.levels] followed by a = {}.
@@ -65,6 +69,9 @@ DEFAULT_BASELINE: dict[str, Any] = {
     # training diagnostics (gradient/weight norms, activation statistics per layer) every N
     # optimizer steps, and at step 1; 0 turns them off. 50 costs about 2% (benchmarks/diagnostics.py)
     "diagnostics_every": 50,
+    # linear warm-up over this fraction of the optimizer steps, multiplying any schedule's rate
+    # (Goyal et al. 2017; dlbench/warmup.py); 0: none
+    "warmup_fraction": 0.0,
 }
 BASELINE_KEYS = list(DEFAULT_BASELINE)
 TOP_KEYS = ["study", "baseline", "studies"]
@@ -407,7 +414,7 @@ def resolve(config: dict, registry, where: dict[str, str]) -> tuple[dict, list[s
         problem = check(config[key], annotation, f"{where.get(key, 'baseline')}.{key}")
         if problem:
             problems.append(problem)
-        else:
+        elif key not in OMITTED_AT_DEFAULT or config[key] != OMITTED_AT_DEFAULT[key]:
             resolved[key] = coerce(config[key], annotation)
     for key, kind in COMPONENTS.items():
         resolved[key] = _resolve_component(config[key], kind, registry, key, where, problems)

@@ -185,7 +185,34 @@ def dlbench_register_schedules(register) -> None:
     """Register learning-rate schedules. Factory:
     ``f(optimizer, total_steps, *, **options) -> torch.optim.lr_scheduler.LRScheduler``.
 
-    The scheduler is stepped once per optimizer step; ``total_steps`` is epochs x batches.
+    The scheduler is stepped once per optimizer step; ``total_steps`` is epochs x batches. The
+    loop reads the rate from the optimizer's parameter groups and saves the scheduler's
+    ``state_dict`` in each checkpoint (``load_state_dict`` on resume).
+
+    **Epoch ends.** A schedule that follows the training (decay on a validation plateau) gives
+    its scheduler an ``epoch_end(epoch, metrics)`` method: the loop calls it after evaluating each
+    training epoch (``epoch`` from 1; ``metrics`` as ``dlbench_epoch_end`` gets them:
+    ``val_loss``, ``train_accuracy``, ...; ``val_*`` only with ``val_fraction`` > 0), before the
+    checkpoint, and a rate it sets in the parameter groups applies from the next step on (and is
+    the epoch's recorded ``lr``). Keep everything it decides from in its ``state_dict``, so a
+    resumed trial goes on as if never stopped. Such a schedule does not stack (leave it
+    undeclared). Example::
+
+        class Halving(torch.optim.lr_scheduler.LRScheduler):
+            '''Halve the rate whenever the validation loss goes up.'''
+            def __init__(self, optimizer):
+                self.scale, self.last = 1.0, math.inf   # in state_dict (LRScheduler saves __dict__)
+                super().__init__(optimizer)
+            def get_lr(self):
+                return [base * self.scale for base in self.base_lrs]
+            def epoch_end(self, epoch, metrics):
+                self.scale *= 0.5 if metrics["val_loss"] > self.last else 1.0
+                self.last = metrics["val_loss"]
+                for group, lr in zip(self.optimizer.param_groups, self.get_lr()):
+                    group["lr"] = lr
+
+    **Warm-up** is not the schedule's business: the core setting ``warmup_fraction`` (baseline
+    key) multiplies any schedule's rate by a linear ramp over the first steps (``dlbench/warmup.py``).
     """
 
 

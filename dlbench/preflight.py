@@ -172,6 +172,9 @@ def one_step(model, regularizers, optimizer, schedule, data: DeviceData) -> None
             reg.after_step(model)
     with blame(*model_keys, doing="in evaluation (eval mode)"):
         metrics = evaluate(model, data) | {"lr": optimizer.param_groups[0]["lr"]}
+    if hasattr(schedule, "epoch_end"):
+        with blame("schedule", doing="in epoch_end"):
+            schedule.epoch_end(1, metrics)
     for key, reg in regs:
         with blame(key, doing="in epoch_end"):
             reg.epoch_end(model, 1, metrics)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from dlbench.data import DeviceData
 from dlbench.study import Trial
+from dlbench.warmup import Warmup, warmup_steps
 
 EVAL_CHUNK = 8192  # examples per forward pass at evaluation: bounded memory, few launches
 
@@ -80,6 +81,9 @@ def build(trial: Trial, registry, data: DeviceData, device: torch.device, blame=
     steps = cfg["epochs"] * math.ceil(len(data.y_train) / cfg["batch_size"])
     with blame("schedule"):
         schedule = make(registry, "schedule", cfg["schedule"], optimizer, steps)
+        warm = warmup_steps(cfg.get("warmup_fraction", 0.0), steps)  # a core setting, absent when 0
+        if warm:
+            schedule = Warmup(schedule, optimizer, warm)
     return model, regularizers, optimizer, schedule
 
 
@@ -236,7 +240,10 @@ def run_trial(trial: Trial, registry, data: DeviceData, device: torch.device, ho
             batch_size = trial.config["batch_size"]
             train_epoch(model, regularizers, optimizer, schedule, data, batch_size, hook, trial,
                         first_step=(epoch - 1) * math.ceil(len(data.y_train) / batch_size))
-        metrics = evaluate(model, data) | {"lr": optimizer.param_groups[0]["lr"]}
+        metrics = evaluate(model, data)
+        if epoch > 0 and hasattr(schedule, "epoch_end"):  # e.g. plateau: follows the validation loss
+            schedule.epoch_end(epoch, metrics)
+        metrics["lr"] = optimizer.param_groups[0]["lr"]  # the rate of the next step
         result.history.append(metrics)
         result.final, result.epochs_run = metrics, epoch
         hook.dlbench_epoch_end(trial=trial, epoch=epoch, metrics=metrics)

@@ -214,10 +214,12 @@ def _check_same_structure(members: list[_Member]) -> None:
 
 def _learning_rates(members: list[_Member], total_steps: int) -> None:
     """Each member's learning rate before every step, from its own schedule object (a function of
-    the step alone, as a stackable schedule promises), computed once per distinct schedule."""
+    the step alone, as a stackable schedule promises; its warm-up included), computed once per
+    distinct schedule."""
     cache: dict[str, list[float]] = {}
     for m in members:
-        key = canonical_json({"schedule": m.trial.config["schedule"], "lr": m.optimizer.param_groups[0]["lr"]})
+        key = canonical_json({"schedule": m.trial.config["schedule"], "lr": m.optimizer.param_groups[0]["lr"],
+                              "warmup_fraction": m.trial.config.get("warmup_fraction", 0.0)})
         if key not in cache:
             lrs = [m.optimizer.param_groups[0]["lr"]]
             with warnings.catch_warnings():  # stepping the schedule without optimizer steps is the point
