@@ -47,6 +47,7 @@ BUILTIN_MODULES = [
     "dlbench.builtin.activations",
     "dlbench.builtin.initializers",
     "dlbench.builtin.pretraining",
+    "dlbench.builtin.rbm",
     "dlbench.builtin.optimizers",
     "dlbench.builtin.schedules",
     "dlbench.builtin.regularizers",

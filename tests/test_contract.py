@@ -265,9 +265,9 @@ def test_options_are_checked_against_the_component(registry_with):
 
 
 def test_lookup_names_the_candidates_of_a_name_several_kinds_have(registry_with):
-    registry, _ = registry_with("activation", "constant", random_in_eval)  # also a schedule
+    registry, _ = registry_with("activation", "constant", random_in_eval)  # also an initializer and a schedule
     with pytest.raises(UserError, match=r"several components; name one as KIND:NAME: activation:constant, "
-                                        r"schedule:constant"):
+                                        r"initializer:constant, schedule:constant"):
         registry.lookup("constant")
     assert registry.lookup("schedule:constant").kind == "schedule"
     with pytest.raises(UserError, match=r"did you mean 'relu'"):
