@@ -189,9 +189,20 @@ def test_deterministic_regularizers_agree_with_the_trial_alone(regularizer, make
         assert_agree(together[trial.index], alone(trial, registry, tiny_data))
 
 
-def test_greedy_pretraining_runs_per_member_before_stacking(make_trials, registry, tiny_data):
+@pytest.mark.parametrize("activation", ["prelu", "step"])
+def test_a_learned_slope_and_a_zero_gradient_activation_stack(activation, make_trials, registry, tiny_data):
+    trials = make_trials({"activation": activation, "epochs": 2}, seeds=[0, 1])
+    together = stacked(trials, registry, tiny_data)
+    for trial in trials:
+        assert_agree(together[trial.index], alone(trial, registry, tiny_data))
+
+
+@pytest.mark.parametrize("initializer", [
+    {"name": "greedy_autoencoder", "epochs": 1}, {"name": "greedy_rbm", "epochs": 1}, {"name": "lsuv"},
+])
+def test_greedy_pretraining_runs_per_member_before_stacking(initializer, make_trials, registry, tiny_data):
     trials = make_trials({"activation": "sigmoid", "architecture": {"depth": 2},
-                          "initializer": {"name": "greedy_autoencoder", "epochs": 1}}, seeds=[0, 1])
+                          "initializer": initializer}, seeds=[0, 1])
     together = stacked(trials, registry, tiny_data)
     for trial in trials:
         assert_agree(together[trial.index], alone(trial, registry, tiny_data))
