@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -187,6 +188,23 @@ def test_gradient_snapshots_are_at_whole_epochs_and_reach_the_last():
     picked = figures.snapshots(grads, last=EPOCHS)
     assert list(picked["when"].cat.categories) == ["step 1 (start)", "epoch 1", "epoch 2", "epoch 3"]
     assert picked.groupby("when", observed=True)["epoch"].max().tolist() == [0.2, 1.0, 2.0, 3.0]
+
+
+def test_exactly_zero_gradients_are_marked_and_named_not_dropped_from_the_log_plot(tmp_path):
+    # "step": no gradient reaches layers 0 and 1 (as below a step activation); "zeros": none anywhere
+    study = study_of("[studies.s.levels]\nrelu = {}\nstep = {}\nzeros = {}\n")
+    record = synthetic_record({"s": ["relu", "step", "zeros"]}, seeds=2)
+    diag = record.diagnostics
+    grad = diag["key"].str.startswith("diag.grad_norm.")
+    step_rows = diag["run_id"].str.startswith("run1-") & diag["key"].isin(["diag.grad_norm.layer0", "diag.grad_norm.layer1"])
+    diag.loc[step_rows | (diag["run_id"].str.startswith("run2-") & grad), "value"] = 0.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a facet with no positive value draws its marks and nothing else
+        folder = write_study_report(study_data(record, "s", study), tmp_path / "s")
+    index = (folder / "index.md").read_text()
+    assert "**An × on the bottom edge** marks a layer whose gradient was exactly 0" in index
+    assert "Here: step (layers 0, 1); zeros (layers 0, 1, 2)." in index
+    assert "grad_norms.png" in pngs(folder)
 
 
 def test_levels_at_chance_are_marked(tmp_path):

@@ -418,8 +418,10 @@ def _epoch_label(epoch: int) -> str:
 
 
 def _above_zero(data: pd.DataFrame, **kwargs) -> None:
-    """The lines of a log-scale plot, which cannot draw 0 (see :func:`_zero_marks`)."""
-    sns.lineplot(data=data[data["value"] > 0], **kwargs)
+    """The lines of a log-scale plot, which cannot draw 0 (see :func:`_zero_marks`); none in a
+    facet whose every gradient was 0."""
+    if (data["value"] > 0).any():
+        sns.lineplot(data=data[data["value"] > 0], **kwargs)
 
 
 def _zero_marks(data: pd.DataFrame, **kwargs) -> None:
