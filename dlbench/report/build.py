@@ -276,7 +276,7 @@ def _zero_gradient_note(diag: pd.DataFrame, levels: dict[str, list[str]]) -> str
         cells.append(f"{label} (layers {', '.join(str(int(k)) for k in sorted(set(group['layer'])))})")
     return (" **An × on the bottom edge** marks a layer whose gradient was exactly 0 at a record, which a log "
             "scale cannot draw: no gradient flows back to it, as below a step activation (derivative 0 "
-            "almost everywhere) or through all-zero weights, so gradient descent cannot train it. Here: {'; '.join(cells)}.")
+            f"almost everywhere) or through all-zero weights, so gradient descent cannot train it. Here: {'; '.join(cells)}.")
 
 
 def _diagnostic_figures(doc: Document, data: StudyData, out_dir: Path, marks: dict) -> None:
