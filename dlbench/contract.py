@@ -694,15 +694,27 @@ def optimizer_type(s: Subject) -> str | None:
     return None
 
 
+def _epoch_end(schedule, k: int) -> None:
+    """The loop's call after each epoch (see hookspecs.py), here after step k: a validation loss
+    that never improves."""
+    if hasattr(schedule, "epoch_end"):
+        schedule.epoch_end(k + 1, {"val_loss": 1.0, "val_accuracy": 0.5, "train_loss": 1.0, "train_accuracy": 0.5})
+
+
 def schedule_rates(s: Subject) -> str | None:
-    """keeps the learning rate finite and >= 0, and resumes from its state_dict"""
+    """keeps the learning rate finite and >= 0, and resumes from its state_dict
+
+    A schedule with ``epoch_end`` is told a validation loss that never improves after every step
+    (one step per epoch), over three times as many steps, so that a plateau schedule acts."""
     optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
     schedule = s.make(optimizer, TOTAL_STEPS)
-    rates, resumed_at = [], TOTAL_STEPS // 2
+    steps = 3 * TOTAL_STEPS if hasattr(schedule, "epoch_end") else TOTAL_STEPS
+    rates, resumed_at = [], steps // 2
     saved = None
-    for k in range(TOTAL_STEPS):
+    for k in range(steps):
         optimizer.step()
         schedule.step()
+        _epoch_end(schedule, k)
         rates.append(optimizer.param_groups[0]["lr"])
         if k + 1 == resumed_at:
             saved = copy.deepcopy(schedule.state_dict()), copy.deepcopy(optimizer.state_dict())
@@ -714,13 +726,14 @@ def schedule_rates(s: Subject) -> str | None:
     twin.load_state_dict(saved[1])
     again.load_state_dict(saved[0])
     rest = []
-    for _ in range(TOTAL_STEPS - resumed_at):
+    for k in range(resumed_at, steps):
         twin.step()
         again.step()
+        _epoch_end(again, k)
         rest.append(twin.param_groups[0]["lr"])
     if rest != rates[resumed_at:]:
         return f"resumed from its state_dict after step {resumed_at}, the rates are {rest} instead of {rates[resumed_at:]}"
-    return passed(f"from {rates[0]:.3g} to {rates[-1]:.3g} over {TOTAL_STEPS} steps of base lr 0.1")
+    return passed(f"from {rates[0]:.3g} to {rates[-1]:.3g} over {steps} steps of base lr 0.1")
 
 
 def regularizer_type(s: Subject) -> str | None:
