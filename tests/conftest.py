@@ -27,6 +27,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from dlbench import hookimpl
+
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE_PLUGIN = REPO / "plugins" / "dlbench-example"
 CLI_TIMEOUT = 600  # seconds: a hung subprocess fails its test instead of hanging the suite
@@ -273,3 +275,23 @@ def mlflow_server(tmp_path, mlflow_template):
     server = MlflowServer(folder, copy_store(mlflow_template, folder)).start()
     yield server
     server.kill()
+
+
+class NoHooks:
+    """Observers that do nothing: the ``hook`` of ``run_trial``/``run_stack`` for a bare trial."""
+
+    def __getattr__(self, name):
+        return lambda **kwargs: None
+
+
+class StopAfter(NoHooks):
+    """Interrupts training as Ctrl-C would, at the end of epoch ``epoch``: pass it as the hook
+    itself, or register it as a plugin beside the others."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    @hookimpl
+    def dlbench_epoch_end(self, trial, epoch, metrics):
+        if epoch == self.epoch:
+            raise KeyboardInterrupt

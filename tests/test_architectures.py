@@ -17,7 +17,7 @@ from dlbench.stacking import Work, is_stackable, plan, stack_id
 from dlbench.train import run_trial
 from dlbench.train_stack import run_stack
 
-from conftest import TINY_BASELINE, describe_result, run_cli, write_study
+from conftest import TINY_BASELINE, NoHooks, describe_result, run_cli, write_study
 
 SHAPES = {1: (40,), 2: (8, 8), 3: (3, 8, 8)}
 NEW = ["residual_mlp", "highway_mlp", "cnn", "resnet", "rnn", "gru", "lstm"]
@@ -149,11 +149,6 @@ def test_convnets_refuse_more_stages_than_the_input_has_room_for(registry):
 
 
 # -- stacked members agree with the trial alone ---------------------------------------------------
-
-
-class NoHooks:
-    def __getattr__(self, name):
-        return lambda **kwargs: None
 
 
 @pytest.mark.parametrize("name", [n for n in NEW if n not in ("rnn", "gru", "lstm")])

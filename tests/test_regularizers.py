@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY_BASELINE, write_study
+from conftest import TINY_BASELINE, NoHooks, StopAfter, write_study
 from torch import nn
 
 from dlbench import hookimpl
@@ -22,11 +22,6 @@ from dlbench.slots import Slot, slots
 from dlbench.stacking import Work, plan, stack_id
 from dlbench.train import Checkpoints, run_trial
 from dlbench.train_stack import run_stack
-
-
-class NoHooks:
-    def __getattr__(self, name):
-        return lambda **kwargs: None
 
 
 def mlp(registry, depth=2, width=16, input_shape=(40,)):
@@ -313,15 +308,9 @@ def test_a_resumed_trial_keeps_the_best_weights_from_its_checkpoint(tmp_path, ma
     (trial,) = make_trials(STOP_AT_3)
     uninterrupted = run_trial(trial, registry, tiny_data, torch.device("cpu"), NoHooks())
 
-    class StopAt2(NoHooks):
-        @hookimpl
-        def dlbench_epoch_end(self, trial, epoch, metrics):
-            if epoch == 2:
-                raise KeyboardInterrupt
-
     checkpoints = Checkpoints(tmp_path / "t.pt", every_seconds=0)
     with pytest.raises(KeyboardInterrupt):
-        run_trial(trial, registry, tiny_data, torch.device("cpu"), StopAt2(), checkpoints)
+        run_trial(trial, registry, tiny_data, torch.device("cpu"), StopAfter(2), checkpoints)
     assert torch.load(tmp_path / "t.pt", weights_only=False)["regularizers"][0]["best_state"] is not None
     resumed = run_trial(trial, registry, tiny_data, torch.device("cpu"), NoHooks(), checkpoints)
     assert resumed.history == uninterrupted.history

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from dlbench import hookimpl
+from conftest import NoHooks, StopAfter
 from dlbench.builtin.schedules import cosine, plateau
 from dlbench.errors import ConfigError
 from dlbench.preflight import PreflightError, preflight
@@ -20,11 +20,6 @@ from dlbench.warmup import Warmup
 CPU = torch.device("cpu")
 # the config hash of the conftest tiny baseline (make_trials()), recorded before warm-up existed
 TINY_BASELINE_HASH = "f2f74e06da249011d800f2aeeb6df96d65bcbe86173fde62117c00bb2e40a38d"
-
-
-class NoHooks:
-    def __getattr__(self, name):
-        return lambda **kwargs: None
 
 
 def sgd(lr: float = 0.1) -> torch.optim.SGD:
@@ -76,15 +71,9 @@ def test_plateau_in_a_trial_records_its_rate_and_a_resumed_trial_ends_the_same(t
     uninterrupted = run_trial(trial, registry, tiny_data, CPU, NoHooks())
     assert [row["lr"] for row in uninterrupted.history] == [0.01, 0.01, 0.005, 0.0025, 0.00125]
 
-    class KilledAfter3(NoHooks):
-        @hookimpl
-        def dlbench_epoch_end(self, trial, epoch, metrics):
-            if epoch == 3:
-                raise KeyboardInterrupt
-
     checkpoints = Checkpoints(tmp_path / "t.pt", every_seconds=0)
     with pytest.raises(KeyboardInterrupt):
-        run_trial(trial, registry, tiny_data, CPU, KilledAfter3(), checkpoints)
+        run_trial(trial, registry, tiny_data, CPU, StopAfter(3), checkpoints)
     saved = torch.load(tmp_path / "t.pt", weights_only=False)
     assert saved["epoch"] == 2 and saved["schedule"]["scale"] == 0.5  # the plateau's state is in it
     resumed = run_trial(trial, registry, tiny_data, CPU, NoHooks(), checkpoints)

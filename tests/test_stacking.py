@@ -15,6 +15,7 @@ import os
 import pytest
 import torch
 
+from conftest import NoHooks, StopAfter
 from dlbench import hookimpl
 from dlbench.executor import execute
 from dlbench.plugins import load_plugins
@@ -64,11 +65,6 @@ class Recorder:
     @hookimpl
     def dlbench_trial_end(self, trial, result):
         self.events.append(("end", trial.index, result.status))
-
-
-class NoHooks:
-    def __getattr__(self, name):
-        return lambda **kwargs: None
 
 
 def stacked(trials, registry, data, hook=None, checkpoints=None):
@@ -272,16 +268,6 @@ def test_diagnostics_per_member_at_the_diagnostics_steps(make_trials, plugins, r
 
 
 # -- resume and failure --------------------------------------------------------------------------
-
-
-class StopAfter:
-    def __init__(self, epoch):
-        self.epoch = epoch
-
-    @hookimpl
-    def dlbench_epoch_end(self, trial, epoch, metrics):
-        if epoch == self.epoch:
-            raise KeyboardInterrupt
 
 
 def test_a_stack_resumes_from_its_checkpoint_bit_for_bit(tmp_path, make_trials, plugins, registry, tiny_data):
