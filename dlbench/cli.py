@@ -227,7 +227,8 @@ def _trial_table(sf, trials, works) -> str:
     if alone:
         summary += ":\n" + "\n".join(alone)
     studies = len({t.study for t in trials})
-    return ("\n\n".join(blocks) + f"\n\n{summary}\n\n{len(trials)} trials in {studies} {'study' if studies == 1 else 'studies'} from {sf.path} "
+    in_studies = f"{studies} study" if studies == 1 else f"{studies} studies"
+    return ("\n\n".join(blocks) + f"\n\n{summary}\n\n{len(trials)} trials in {in_studies} from {sf.path} "
             "(dry run: nothing trained)")
 
 
