@@ -70,8 +70,9 @@ class Component:
 
     @property
     def description(self) -> str:
-        doc = inspect.getdoc(self.factory) or ""
-        return doc.strip().splitlines()[0] if doc.strip() else ""
+        """The docstring's first paragraph on one line (a first line may stop mid-sentence)."""
+        doc = (inspect.getdoc(self.factory) or "").strip()
+        return " ".join(doc.split("\n\n")[0].split())
 
 
 class Registry:
