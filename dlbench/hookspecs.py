@@ -6,7 +6,7 @@ Two families:
   ``register(name, factory)`` adds one component. The factory is a plain function or class; its
   *keyword-only* parameters are the options a study file may set, and their annotations and
   defaults are the schema dlbench validates against. The positional parameters are the call
-  contract of the kind, listed in each hook below. The first line of the docstring is the
+  contract of the kind, listed in each hook below. The docstring's first paragraph is the
   description shown by ``dlbench plugins list``; cite the source of the technique there.
 
 **Options.** An option's type is one a TOML study file can give: ``bool``, ``int``, ``float``
