@@ -137,7 +137,8 @@ class DataCache:
     def for_config(self, cfg: dict, registry, device: torch.device) -> DeviceData:
         """A trial config's dataset on ``device``, its ``preprocessing`` steps fitted on the
         training split and applied to every split, once per dataset + steps + device."""
-        from dlbench.preprocessing import apply, make
+        from dlbench.preprocessing import apply
+        from dlbench.train import make
 
         dataset = registry.get("dataset", cfg["dataset"]["name"])
         options = {k: v for k, v in cfg["dataset"].items() if k != "name"}
@@ -148,7 +149,7 @@ class DataCache:
         key = (options_key(dataset.name, options), cfg["val_fraction"], str(device), json.dumps(steps, sort_keys=True))
         if key not in self._prepared:
             for spec in steps:
-                data = apply(make(registry, spec), spec["name"], data)
+                data = apply(make(registry, "preprocessing", spec), spec["name"], data)
             self._prepared[key] = data
         return self._prepared[key]
 

@@ -43,7 +43,7 @@ from dlbench.errors import UserError
 from dlbench.regularizer import Regularizer
 from dlbench.shapes import InputShapeError, check_input_shape
 from dlbench.study import Trial, canonical_json
-from dlbench.train import build, evaluate
+from dlbench.train import build, evaluate, make
 
 TINY = 16  # examples per split of the tiny input
 CPU = torch.device("cpu")
@@ -121,7 +121,7 @@ def check(trial: Trial, registry, cache: DataCache) -> _Failure | None:
             data = tiny(cache.get(dataset, options, cfg["val_fraction"], CPU))
         for i, spec in enumerate(cfg.get("preprocessing", [])):  # fitted on the tiny training split
             with blame(f"preprocessing[{i}]", doing="when fitted and applied"):
-                data = preprocessing.apply(preprocessing.make(registry, spec), spec["name"], data)
+                data = preprocessing.apply(make(registry, "preprocessing", spec), spec["name"], data)
         with blame("architecture", doing="checking the input shape"):
             source = f"dataset {cfg['dataset']['name']!r}" + (" after preprocessing" if cfg.get("preprocessing") else "")
             check_input_shape(registry, cfg["architecture"]["name"], source, data.input_shape)

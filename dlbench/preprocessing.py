@@ -55,9 +55,3 @@ def apply(step: Preprocessor, name: str, data: DeviceData) -> DeviceData:
     return replace(data, x_train=x["train"].float(), x_val=x["val"].float(), x_test=x["test"].float(),
                    input_shape=tuple(x["train"].shape[1:]),
                    preprocessing=(*data.preprocessing, f"{name}: {summary}" if summary else name))
-
-
-def make(registry, spec: dict) -> Preprocessor:
-    """The step a resolved config entry (``{"name": "pca", "variance": 0.95, ...}``) names."""
-    component = registry.get("preprocessing", spec["name"])
-    return component.factory(**{k: v for k, v in spec.items() if k != "name"})

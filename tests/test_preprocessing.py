@@ -11,7 +11,8 @@ import torch
 from dlbench.data import DataCache
 from dlbench.errors import ConfigError
 from dlbench.preflight import PreflightError, preflight
-from dlbench.preprocessing import apply, make
+from dlbench.preprocessing import apply
+from dlbench.train import make
 from dlbench.stacking import stack_key
 
 # the config hash of the conftest tiny baseline (make_trials()), recorded before preprocessing existed
@@ -21,7 +22,7 @@ TINY_BASELINE_HASH = "f2f74e06da249011d800f2aeeb6df96d65bcbe86173fde62117c00bb2e
 def fitted(registry, data, *specs):
     for spec in specs:
         spec = {"name": spec} if isinstance(spec, str) else spec
-        data = apply(make(registry, spec), spec["name"], data)
+        data = apply(make(registry, "preprocessing", spec), spec["name"], data)
     return data
 
 
@@ -85,7 +86,7 @@ def test_standardize_gives_mean_0_std_1_and_leaves_constant_features_unscaled(re
 
 def test_pca_keeps_the_requested_variance_with_orthonormal_components(registry, tiny_data):
     x = correlated()
-    step = make(registry, {"name": "pca", "variance": 0.9})
+    step = make(registry, "preprocessing", {"name": "pca", "variance": 0.9})
     data = apply(step, "pca", with_train(tiny_data, x))
     k = data.input_shape[0]
     eigenvalues = torch.linalg.eigvalsh(covariance(x)).flip(0)
@@ -107,7 +108,7 @@ def test_pca_components_and_whitening(registry, tiny_data):
     with pytest.raises(ValueError, match="components = 41 is more than the 40 features"):
         fitted(registry, tiny_data, {"name": "pca", "components": 41})
     with pytest.raises(ValueError, match="not both"):
-        make(registry, {"name": "pca", "components": 3, "variance": 0.5})
+        make(registry, "preprocessing", {"name": "pca", "components": 3, "variance": 0.5})
 
 
 def test_zca_whitens_and_keeps_the_shape(registry, tiny_data):
@@ -116,7 +117,7 @@ def test_zca_whitens_and_keeps_the_shape(registry, tiny_data):
     assert data.x_train.shape == images.shape and data.input_shape == (3, 4)
     torch.testing.assert_close(covariance(data.x_train), torch.eye(12, dtype=torch.float64), rtol=0, atol=1e-3)
     # ZCA's W is symmetric: of all whitenings, the one closest to the input
-    step = make(registry, {"name": "zca"})
+    step = make(registry, "preprocessing", {"name": "zca"})
     step.fit(images)
     torch.testing.assert_close(step.w, step.w.T)
 
