@@ -71,7 +71,7 @@ from dlbench.schema import check as check_value, coerce
 from dlbench.shapes import accepted_ranks
 from dlbench.slots import ROLES, Slot, slots
 from dlbench.stacking import STACKED, component_stacks
-from dlbench.train import seed_everything
+from dlbench.train import seed_everything, training_loss, update
 
 BATCH = 32  # examples of the fixed batch
 CLASSES = 4
@@ -303,12 +303,7 @@ def _objective(model, regularizers, x, y, seed: int | None = None) -> torch.Tens
     if seed is not None:
         torch.manual_seed(seed)
     model.train()
-    for reg in regularizers:
-        x, y = reg.transform_batch(x, y)
-    loss = F.cross_entropy(model(x), y)
-    for reg in regularizers:
-        loss = loss + reg.penalty(model)
-    return loss
+    return training_loss(model, regularizers, x, y)
 
 
 def _measure(model, regularizers, x, y) -> float:
@@ -321,13 +316,7 @@ def _step(model, regularizers, optimizer, schedule, batch) -> None:
     loss = _objective(model, regularizers, *batch)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    for reg in regularizers:
-        reg.before_step(model)
-    optimizer.step()
-    if schedule is not None:
-        schedule.step()
-    for reg in regularizers:
-        reg.after_step(model)
+    update(model, regularizers, optimizer, schedule)
 
 
 def _custom_functions(output: torch.Tensor) -> list[str]:

@@ -125,22 +125,35 @@ def train_epoch(model, regularizers, optimizer, schedule, data: DeviceData, batc
     n = len(data.y_train)
     order = torch.randperm(n, device=data.x_train.device)  # drawn on the device: no host round-trip
     for step, idx in enumerate(order.split(batch_size), start=first_step + 1):
-        x, y = data.x_train[idx], data.y_train[idx]
-        for reg in regularizers:
-            x, y = reg.transform_batch(x, y)
-        loss = F.cross_entropy(model(x), y)
-        for reg in regularizers:
-            loss = loss + reg.penalty(model)
+        loss = training_loss(model, regularizers, data.x_train[idx], data.y_train[idx])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if hook is not None:  # observers (diagnostics) see the raw gradients; ~1 us when nobody listens
             hook.dlbench_after_backward(trial=trial, model=model, optimizer=optimizer, step=step, data=data)
-        for reg in regularizers:
-            reg.before_step(model)
-        optimizer.step()
+        update(model, regularizers, optimizer, schedule)
+
+
+def training_loss(model, regularizers, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The loss of one training batch: the regularizers' batch transforms, the forward pass,
+    cross-entropy, the regularizers' penalties."""
+    for reg in regularizers:
+        x, y = reg.transform_batch(x, y)
+    loss = F.cross_entropy(model(x), y)
+    for reg in regularizers:
+        loss = loss + reg.penalty(model)
+    return loss
+
+
+def update(model, regularizers, optimizer, schedule) -> None:
+    """What follows the backward pass: gradient-acting regularizers, the optimizer step, the
+    schedule's step (none: no schedule), parameter-acting regularizers."""
+    for reg in regularizers:
+        reg.before_step(model)
+    optimizer.step()
+    if schedule is not None:
         schedule.step()
-        for reg in regularizers:
-            reg.after_step(model)
+    for reg in regularizers:
+        reg.after_step(model)
 
 
 class Checkpoints:
