@@ -18,6 +18,7 @@ import multiprocessing as mp
 import os
 import queue
 import signal
+import socket
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from pathlib import Path
 import torch
 
 from dlbench import hookimpl
+from dlbench.provenance import environment
 from dlbench.stacking import Work
 from dlbench.train import TrialResult
 
@@ -64,7 +66,9 @@ class Forwarder:
 
     @hookimpl
     def dlbench_trial_start(self, trial, model, info) -> None:
-        self.events.put(("start", self.worker, trial.index, (repr(model), info)))
+        # the parent opened the run with its own environment: the worker's device, threads and host
+        where = environment(torch.device(info["device"])) | {"dlbench.worker_host": socket.gethostname()}
+        self.events.put(("start", self.worker, trial.index, (repr(model), info | {"environment": where})))
 
     @hookimpl
     def dlbench_epoch_end(self, trial, epoch, metrics) -> None:
@@ -83,6 +87,48 @@ class Forwarder:
     @hookimpl
     def dlbench_trial_end(self, trial, result) -> None:
         self.events.put(("end", self.worker, trial.index, result))
+
+
+class Router:
+    """In the parent: turns the events of the trials being trained elsewhere (a worker process,
+    a Ray task) into calls of the observers' lifecycle hooks, and ends each trial exactly once."""
+
+    def __init__(self, works: list[Work], observers: list, on_result):
+        self.trials = {t.index: t for w in works for t in w.members}
+        self.observers, self.on_result = observers, on_result
+        self.ended: set[int] = set()
+
+    def call(self, hook: str, **kwargs) -> None:
+        for observer in self.observers:
+            method = getattr(observer, hook, None)
+            if method is not None:
+                method(**kwargs)
+
+    def end(self, index: int, result: TrialResult) -> None:
+        if index in self.ended:
+            return
+        self.ended.add(index)
+        self.call("dlbench_trial_end", trial=self.trials[index], result=result)
+        self.on_result(self.trials[index], result)
+
+    def interrupted(self, work: Work | None, error: str | None = None) -> None:
+        """End ``work``'s trials that have not ended as interrupted: their runs KILLED, resumable."""
+        for trial in work.members if work is not None else ():
+            self.end(trial.index, TrialResult(status="interrupted", error=error))
+
+    def route(self, kind: str, index: int, payload) -> None:
+        trial = self.trials[index]
+        if kind == "start":
+            text, info = payload
+            self.call("dlbench_trial_start", trial=trial, model=ModelText(text), info=info)
+        elif kind == "epoch":
+            self.call("dlbench_epoch_end", trial=trial, epoch=payload[0], metrics=payload[1])
+        elif kind == "diag":
+            self.call("dlbench_diagnostics", trial=trial, step=payload[0], values=payload[1])
+        elif kind == "checkpoint":  # the caller tells the worker once this returns: what came before is stored
+            self.call("dlbench_checkpoint", trial=trial, epoch=payload)
+        elif kind == "end":
+            self.end(index, payload)
 
 
 def _die_with_parent() -> None:
@@ -179,22 +225,8 @@ class WorkerPool:
         then it re-raises."""
         running = [w.work for w in self.workers if w.work is not None]  # handed out by prestart
         todo = [w for w in works if w not in running]  # by members: two units may share a stack id
-        trials = {t.index: t for w in works for t in w.members}
-        ended: set[int] = set()
+        router = Router(works, observers, on_result)
         by_number = {w.number: w for w in self.workers}
-
-        def call(hook: str, **kwargs) -> None:
-            for observer in observers:
-                method = getattr(observer, hook, None)
-                if method is not None:
-                    method(**kwargs)
-
-        def end(index: int, result: TrialResult) -> None:
-            if index in ended:
-                return
-            ended.add(index)
-            call("dlbench_trial_end", trial=trials[index], result=result)
-            on_result(trials[index], result)
 
         def hand_out(worker: _Worker) -> None:
             if stop():  # --fail-fast: what is running finishes, nothing new starts
@@ -206,21 +238,20 @@ class WorkerPool:
                 worker.tasks.put(worker.work)
 
         try:
-            self._loop(todo, by_number, call, end, hand_out, trials)
+            self._loop(todo, by_number, router, hand_out)
         except KeyboardInterrupt:
             for worker in by_number.values():
-                for trial in worker.work.members if worker.work is not None else ():
-                    end(trial.index, TrialResult(status="interrupted"))
+                router.interrupted(worker.work)
             raise
 
-    def _loop(self, todo, by_number, call, end, hand_out, trials) -> None:
+    def _loop(self, todo, by_number, router: Router, hand_out) -> None:
         while todo or any(w.work is not None for w in by_number.values()):
             try:
                 kind, number, index, payload = self.events.get(timeout=POLL_S)
             except queue.Empty:
                 for worker in list(by_number.values()):
                     if not worker.process.is_alive():
-                        self._replace(worker, by_number, end, spare=bool(todo))
+                        self._replace(worker, by_number, router.end, spare=bool(todo))
                 if not by_number:
                     raise RuntimeError("every worker process died; see the errors above") from None
                 continue
@@ -233,18 +264,10 @@ class WorkerPool:
                 raise RuntimeError(f"worker {number} could not start:\n{payload}")
             elif kind == "done":
                 hand_out(worker)
-            elif kind == "start":
-                text, info = payload
-                call("dlbench_trial_start", trial=trials[index], model=ModelText(text), info=info)
-            elif kind == "epoch":
-                call("dlbench_epoch_end", trial=trials[index], epoch=payload[0], metrics=payload[1])
-            elif kind == "diag":
-                call("dlbench_diagnostics", trial=trials[index], step=payload[0], values=payload[1])
-            elif kind == "checkpoint":
-                call("dlbench_checkpoint", trial=trials[index], epoch=payload)
-                worker.acks.put(True)
-            elif kind == "end":
-                end(index, payload)
+            else:
+                router.route(kind, index, payload)
+                if kind == "checkpoint":
+                    worker.acks.put(True)
 
     def _replace(self, worker: _Worker, by_number: dict, end, spare: bool) -> None:
         """A worker died: fail what it was training (the others go on); start another when

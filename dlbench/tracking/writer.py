@@ -70,7 +70,9 @@ class Tracker:
         self._device = None
         self._commit: str | None = None
         self._context = StudyContext()
-        self._logged_steps: dict[str, dict[str, int]] = {}  # run id -> metric -> last step in the store
+        self._logged_steps: dict[str, dict[str, int]] = {}  # run id -> metric -> last step logged
+        self._started: set[str] = set()  # runs whose trial started in this process (a second start: a retry)
+        self._restarts: dict[str, int] = {}
         self.role = "trial"  # "reproduction" for `dlbench reproduce` re-runs (never resumed or skipped to)
         self.extra_child_tags: dict[str, str] = {}
         self._source = {"mlflow.user": _user(), "mlflow.source.type": "LOCAL"}  # the UI's Created by, Source
@@ -327,12 +329,21 @@ class Tracker:
     @hookimpl
     def dlbench_trial_start(self, trial: Trial, model, info: dict) -> None:
         run_id = self.open_run(trial)
+        # where it trains: the worker's device, threads and host (this process opened the run)
+        tags = {keys.key(k): v for k, v in info.get("environment", {}).items()}
+        if run_id in self._started:  # trained again after its worker died (a Ray task's retry)
+            self._restarts[run_id] = self._restarts.get(run_id, 0) + 1
+            tags["dlbench.retries"] = str(self._restarts[run_id])
         if info.get("resumed_from_epoch") is not None:
-            self.client.set_tag(run_id, "dlbench.resumed_from_epoch", str(info["resumed_from_epoch"]))
+            tags["dlbench.resumed_from_epoch"] = str(info["resumed_from_epoch"])
+        if run_id in self._started or info.get("resumed_from_epoch") is not None:
+            self._started.add(run_id)
+            self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
             return
-        tags = {"dlbench.dataset_hash": info["dataset_hash"], "dlbench.num_params": str(info["num_params"]),
-                "dlbench.num_classes": str(info.get("num_classes", "")),
-                **{keys.key(k): v for k, v in self._context.plugin_tags(trial).items()}}
+        self._started.add(run_id)
+        tags |= {"dlbench.dataset_hash": info["dataset_hash"], "dlbench.num_params": str(info["num_params"]),
+                 "dlbench.num_classes": str(info.get("num_classes", "")),
+                 **{keys.key(k): v for k, v in self._context.plugin_tags(trial).items()}}
         if info.get("preprocessing"):  # what each step fitted on this dataset, in order
             tags["dlbench.preprocessing"] = "; ".join(info["preprocessing"])
         stack = info.get("stack")
@@ -348,9 +359,7 @@ class Tracker:
     def dlbench_epoch_end(self, trial: Trial, epoch: int, metrics: dict[str, float]) -> None:
         now = int(time.time() * 1000)
         run_id = self.open_run(trial)
-        done = self._logged_steps.get(run_id, {})
-        self._buffer.setdefault(run_id, []).extend(
-            Metric(k, float(v), now, epoch) for k, v in metrics.items() if epoch > done.get(k, -1))
+        self._buffer_new(run_id, metrics, now, epoch)
         if time.monotonic() - self._last_flush >= self.flush_seconds:
             self.flush(wait=False)  # a tracking server away: training goes on, the metrics held
 
@@ -359,9 +368,16 @@ class Tracker:
         # buffered like the epoch metrics; their step is the optimizer step, not the epoch
         now = int(time.time() * 1000)
         run_id = self.open_run(trial)
-        done = self._logged_steps.get(run_id, {})  # a resumed run: these steps are in the store already
-        self._buffer.setdefault(run_id, []).extend(
-            Metric(k, float(v), now, step) for k, v in values.items() if step > done.get(k, -1))
+        self._buffer_new(run_id, values, now, step)
+
+    def _buffer_new(self, run_id: str, values: dict[str, float], now: int, step: int) -> None:
+        """Buffer the values whose step is past the last one logged: a resumed run, or a trial
+        trained again from its checkpoint, sends steps that are logged already."""
+        done = self._logged_steps.setdefault(run_id, {})
+        fresh = [Metric(k, float(v), now, step) for k, v in values.items() if step > done.get(k, -1)]
+        self._buffer.setdefault(run_id, []).extend(fresh)
+        for metric in fresh:
+            done[metric.key] = step
 
     @hookimpl
     def dlbench_checkpoint(self, trial: Trial, epoch: int) -> None:
