@@ -302,12 +302,13 @@ def report(study_file: Path | None, run_id: str | None, experiment: str | None, 
 
     if sum(x is not None for x in (study_file, run_id, experiment)) > 1:
         raise UserError("name the study run once: a STUDY_FILE, --run-id or --experiment")
+    default_plugins = Path("plugins")
     if study_file is not None:
         from dlbench.config import read_study_file
 
         sf = read_study_file(study_file)
         experiment = sf.name
-        plugins_dir = plugins_dir if plugins_dir is not None else sf.path.parent / "plugins"
+        default_plugins = sf.path.parent / "plugins"  # as `run` does: used when it is there
     from dlbench.paths import cannot_write
 
     if why := cannot_write(reports_dir):  # a read-only checkout
@@ -316,7 +317,7 @@ def report(study_file: Path | None, run_id: str | None, experiment: str | None, 
     parent = find_study_run(uri, run_id=run_id, experiment=experiment)
     from dlbench.report import report_from_mlflow
 
-    registry = _load_plugins(plugins_dir, Path("plugins")).registry
+    registry = _load_plugins(plugins_dir, default_plugins).registry
     folders = report_from_mlflow(uri, parent, reports_dir, list(only) or None, attach=not no_attach,
                                  registry=registry, announce=lambda s, f: click.echo(report_line(s, f, html=True)))
     if not folders:
@@ -471,10 +472,23 @@ def plugins_check(target: str, options: tuple[tuple[str, object], ...], plugins_
 
 @main.command()
 @tracking_option
-@click.option("--port", default=5000, show_default=True, help="Port on 127.0.0.1.")
+@click.option("--port", default=5000, show_default=True, help="Port on 127.0.0.1 (for a local store).")
+@_user_errors
 def ui(tracking_uri: str | None, port: int) -> None:
-    """Open the MLflow UI on 127.0.0.1 for the same store `dlbench run` writes to."""
+    """Open the MLflow UI on 127.0.0.1 for the same store `dlbench run` writes to.
+
+    A tracking server (http://...) serves its own UI: ui says where and exits.
+    """
     uri = tracking_uri or _default_uri()
+    from dlbench.tracking.server import is_server, require_reachable
+
+    if is_server(uri):  # `mlflow ui` cannot read a server; the server is a UI already
+        require_reachable(uri)
+        click.echo(f"{uri} is an MLflow tracking server: it serves the MLflow UI itself. Open {uri} in a browser "
+                   "(through an SSH tunnel: its local end, e.g. http://127.0.0.1:5000), click \"Model training\" "
+                   "at the top left once, then an experiment. `dlbench ui` starts a UI only for a local store "
+                   "(a SQLite file or a directory).")
+        return
     click.echo(f"MLflow UI for {uri} at http://127.0.0.1:{port} (Ctrl-C to stop); click \"Model training\" at the "
                "top left once, then an experiment: its runs (MLflow 3 opens on GenAI traces otherwise)")
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",

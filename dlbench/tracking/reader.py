@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 
 from dlbench.errors import UserError, choose_one_of
 from dlbench.tracking.keys import DIAG_PREFIX, metric_name, tags_filter
+from dlbench.tracking.server import require_reachable
 from dlbench.tracking.store import histories_of_runs, search_all
 
 STUDY_FILTER = tags_filter({"dlbench.role": "study"})
@@ -51,6 +52,7 @@ def _client(tracking_uri: str) -> MlflowClient:
 def find_study_run(tracking_uri: str, run_id: str | None = None, experiment: str | None = None) -> str:
     """The parent run id to report on: ``run_id`` itself (checked), else the latest study run of
     ``experiment``, else the latest study run in the whole store."""
+    require_reachable(tracking_uri)  # a server that is down: said in a second, not after minutes of retries
     client = _client(tracking_uri)
     try:
         if run_id:

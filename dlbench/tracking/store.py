@@ -142,6 +142,9 @@ class Store:
     """Read access to one tracking store, for commands that start from a run id."""
 
     def __init__(self, tracking_uri: str):
+        from dlbench.tracking.server import require_reachable
+
+        require_reachable(tracking_uri)  # a server that is down: said in a second, not after minutes of retries
         self.client = MlflowClient(tracking_uri)
 
     def run(self, run_id: str) -> StoredRun:
