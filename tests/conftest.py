@@ -277,6 +277,16 @@ def mlflow_server(tmp_path, mlflow_template):
     server.kill()
 
 
+@pytest.fixture(scope="module")
+def module_mlflow_server(tmp_path_factory, mlflow_template):
+    """One started :class:`MlflowServer` for a whole test module (its tests share the store), killed
+    after the module."""
+    folder = tmp_path_factory.mktemp("server")
+    server = MlflowServer(folder, copy_store(mlflow_template, folder)).start()
+    yield server
+    server.kill()
+
+
 class NoHooks:
     """Observers that do nothing: the ``hook`` of ``run_trial``/``run_stack`` for a bare trial."""
 
