@@ -72,6 +72,29 @@ class AutoInt(click.ParamType):
         return number
 
 
+class ResourceRequest(click.ParamType):
+    """``cpu=1,gpu=0.5``: what each unit of work asks Ray for, as ``{"cpu": 1.0, "gpu": 0.5}``."""
+
+    name = "cpu=N,gpu=N"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, dict):
+            return value
+        given: dict[str, float] = {}
+        for part in filter(None, (p.strip() for p in str(value).split(","))):
+            name, sep, amount = (x.strip() for x in part.partition("="))
+            try:
+                number = float(amount) if sep else float("nan")
+            except ValueError:
+                number = float("nan")
+            if name.lower() not in ("cpu", "gpu") or not number >= 0 or (name.lower() == "cpu" and number == 0):
+                self.fail(f"{part!r} is not a resource request. Write cpu=N and/or gpu=N, comma-separated, "
+                          "e.g. cpu=1,gpu=0.5 (each unit of work asks Ray for 1 CPU and half a GPU); cpu must be "
+                          "above 0", param, ctx)
+            given[name.lower()] = number
+        return given
+
+
 tracking_option = click.option(
     "--tracking-uri", default=None, metavar="URI",
     help="MLflow tracking store. Default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db (MLflow's default).")
@@ -124,11 +147,24 @@ def main() -> None:
 @click.option("--tracking-timeout", default=None, type=click.FloatRange(min=0.0), metavar="SECONDS",
               help="How long a tracking server may stay unreachable before dlbench stops (exit code 75; the same "
                    "command resumes the study). Training goes on meanwhile. Default: 600.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this machine's cores and GPUs (--jobs). ray: each unit of work a Ray task, on the "
+                   "cluster at --address or on a new local one (pip install 'dlbench[ray]').")
+@click.option("--address", default=None, metavar="ADDRESS",
+              help="With --executor ray: the cluster to join (auto, HOST:6379, ray://HOST:10001). "
+                   "Default: a new local Ray cluster for this run.")
+@click.option("--resources", default=None, metavar="cpu=N,gpu=N", type=ResourceRequest(),
+              help="With --executor ray: what each unit of work asks Ray for. Default: cpu=1, and gpu=0.5 when "
+                   "the cluster has GPUs (two units per GPU). --jobs caps the units running at once.")
+@click.option("--max-retries", default=3, show_default=True, type=click.IntRange(min=0),
+              help="With --executor ray: how many times Ray runs a unit again (from its checkpoint) when its "
+                   "worker dies; after that its trials are left KILLED, and a re-run resumes them.")
 @_user_errors
 def run(study_file: Path, dry_run: bool, tracking_uri: str | None, device: str, plugins_dir: Path | None,
         only: tuple[str, ...], reports_dir: Path, fail_fast: bool, force: bool, deterministic: bool,
         data_dir: Path, allow_data_mismatch: bool, checkpoint_dir: Path, checkpoint_every: float,
-        jobs: int | None, stack_size: int | None, tracking_timeout: float | None) -> None:
+        jobs: int | None, stack_size: int | None, tracking_timeout: float | None, executor: str,
+        address: str | None, resources: dict | None, max_retries: int) -> None:
     """Run every trial of STUDY_FILE, log it to MLflow and write the report.
 
     Trials that already finished in the store (same config hash) are skipped, and trials left
@@ -147,7 +183,8 @@ def run(study_file: Path, dry_run: bool, tracking_uri: str | None, device: str, 
     from dlbench.preflight import preflight
     from dlbench.runner import resolve_devices, run_study
 
-    devices = resolve_devices(device)
+    ray = _ray_settings(executor, address, resources, max_retries, device)
+    devices = [torch_device(device)] if ray else resolve_devices(device)  # a Ray cluster has its own GPUs
     if not dry_run:  # a read-only checkout: say which option puts each output elsewhere, before any work
         from dlbench.paths import check_run_outputs
 
@@ -171,24 +208,52 @@ def run(study_file: Path, dry_run: bool, tracking_uri: str | None, device: str, 
                            deterministic=deterministic, data_dir=data_dir, checkpoint_dir=checkpoint_dir,
                            checkpoint_every=checkpoint_every,
                            allow_data_mismatch=allow_data_mismatch, jobs=jobs, stack_size=stack_size,
-                           tracking_timeout=tracking_timeout)
+                           tracking_timeout=tracking_timeout, ray=ray)
     except KeyboardInterrupt:
         click.echo("\nInterrupted: the finished trials are in MLflow; the running one is marked KILLED.", err=True)
         sys.exit(130)
-    finished, diverged, failed = (result.count(s) for s in ("finished", "diverged", "failed"))
+    finished, diverged, failed, interrupted = (result.count(s) for s in ("finished", "diverged", "failed",
+                                                                         "interrupted"))
     others = f", {result.by_others} by other processes" if result.by_others else ""
     elsewhere = f", {result.busy} still running in another process" if result.busy else ""
-    click.echo(f"\n{finished} finished ({result.skipped} of them already in the store{others}), {diverged} diverged, "
-               f"{failed} failed, {len(trials) - len(result.results) - result.busy} not run{elsewhere}. "
+    stopped = f", {interrupted} interrupted" if interrupted else ""
+    already = f"{result.skipped_finished} of them already in the store{others}"
+    click.echo(f"\n{finished} finished ({already}), {diverged} diverged, "
+               f"{failed} failed{stopped}, {len(trials) - len(result.results) - result.busy} not run{elsewhere}. "
                f"MLflow parent run: {result.parent_run_id}")
     from dlbench.paths import folder_name
 
     studies = {folder_name(t.study): t.study for t in trials}
     for folder in result.reports:
         click.echo(report_line(studies.get(folder.name, folder.name), folder))
+    if interrupted:
+        click.echo(f"{interrupted} trial(s) were interrupted when their worker died (their runs are KILLED, their "
+                   "checkpoints kept): run the same command again to resume them.", err=True)
     if failed:
         click.echo("Some trials failed; their tracebacks are in each run's error.txt artifact.", err=True)
+    if failed or interrupted:
         sys.exit(1)
+
+
+def _ray_settings(executor: str, address: str | None, resources: dict | None, max_retries: int, device: str):
+    """``--executor ray`` and its options, checked; None for the local executor."""
+    from dlbench.errors import UserError
+    from dlbench.runner import RaySettings
+
+    if executor != "ray":
+        given = [name for name, value in (("--address", address), ("--resources", resources)) if value]
+        if given:
+            raise UserError(f"{given[0]} is an option of --executor ray; add --executor ray, or leave it out")
+        return None
+    return RaySettings(address=address, resources=resources or {}, device=device, max_retries=max_retries)
+
+
+def torch_device(spec: str):
+    """The device a Ray cluster's tasks train on, as this process can tell before joining it
+    (``auto``: the cluster decides)."""
+    import torch
+
+    return torch.device("cuda" if spec.startswith("cuda") else "cpu")
 
 
 def report_line(study: str, folder: Path, html: bool = False) -> str:

@@ -60,8 +60,8 @@ def git_commit(where: Path) -> tuple[str | None, bool | None]:
 
 
 def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
+    if device.type == "cuda":  # (a Ray driver may have none: its tasks' runs name their own)
+        return torch.cuda.get_device_name(device) if torch.cuda.is_available() else "a GPU of the workers"
     return platform.processor() or platform.machine() or "cpu"
 
 

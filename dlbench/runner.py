@@ -7,7 +7,9 @@ or GPUs (``workers.py``), with this process the one writer to the tracking store
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 from collections import Counter
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -63,11 +65,25 @@ def resolve_devices(spec: str) -> list[torch.device]:
 
 
 @dataclass
+class RaySettings:
+    """``--executor ray``: the cluster (None: a new local one of ``cpus`` CPUs, default all), what
+    each unit of work asks for (``{"cpu": 1, "gpu": 0.5}``), the device spec (auto, cpu, cuda) and
+    how many times Ray runs a task again when its worker dies."""
+
+    address: str | None = None
+    resources: dict[str, float] = field(default_factory=dict)
+    device: str = "auto"
+    max_retries: int = 3
+    cpus: int | None = None
+
+
+@dataclass
 class StudyRun:
     parent_run_id: str
     results: list[tuple[Trial, TrialResult]] = field(default_factory=list)  # skipped ones included
     reports: list[Path] = field(default_factory=list)
-    skipped: int = 0  # already finished in the store when this process planned the study
+    skipped: int = 0  # already finished (or diverged) in the store when this process planned the study
+    skipped_finished: int = 0  # of those, the finished ones
     by_others: int = 0  # ended by other processes working on the study at the same time
     elsewhere: list[Trial] = field(default_factory=list)  # being run by another live process
 
@@ -83,7 +99,10 @@ def set_determinism(on: bool, device: torch.device) -> None:
     """Deterministic kernels (bit-identical re-runs on the same hardware and software)."""
     if on and device.type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for determinism
-    torch.use_deterministic_algorithms(on)
+    if "torch._inductor.config" in sys.modules or not hasattr(torch._C, "_set_deterministic_algorithms"):
+        torch.use_deterministic_algorithms(on)
+    else:  # what it does, without importing torch._inductor for its flag: 1.6 s of every start (nothing compiles)
+        torch._C._set_deterministic_algorithms(on)
     torch.backends.cudnn.benchmark = not on
 
 
@@ -117,7 +136,8 @@ def run_study(study_file: StudyFile, trials: list[Trial], plugins: Plugins, *, d
               force: bool = False, deterministic: bool = True, data_dir: Path | None = None,
               checkpoint_dir: Path = Path(".dlbench/checkpoints"), checkpoint_every: float = 10.0,
               allow_data_mismatch: bool = False, jobs: int | None = None, stack_size: int | None = None,
-              devices: list[torch.device] | None = None, tracking_timeout: float | None = None) -> StudyRun:
+              devices: list[torch.device] | None = None, tracking_timeout: float | None = None,
+              ray: RaySettings | None = None) -> StudyRun:
     """Run the trials not already in the store; resume those a dead process left behind.
 
     Without ``force``, a trial whose config hash already FINISHED (or diverged) in the
@@ -131,17 +151,26 @@ def run_study(study_file: StudyFile, trials: list[Trial], plugins: Plugins, *, d
     Trials that can share a training loop train stacked (at most ``stack_size`` together;
     default by device, 1: never); the units of work run in this process (``jobs`` 1) or in
     ``jobs`` worker processes over ``devices`` (default: ``device`` alone); ``None``: as many as
-    the machine has room for. A tracking server that goes away is waited for ``tracking_timeout``
+    the machine has room for. With ``ray``, they run as Ray tasks instead (``ray_executor.py``;
+    ``device`` is then the cluster's). A tracking server that goes away is waited for ``tracking_timeout``
     seconds (None: 600), training going on meanwhile (``tracking/resilient.py``).
     """
+    if ray is not None:  # the cluster's tasks train on GPUs when it has some (--device auto)
+        setup = _worker_setup(plugins, data_dir, deterministic, checkpoint_dir, checkpoint_every,
+                              threads=max(1, int(ray.resources.get("cpu", 1))))
+        pool = _start_ray(ray, setup, 1 if fail_fast else jobs)
+        pool.warm(_data_configs(trials))  # its workers load while this process opens the store
+        device = pool.device
     set_determinism(deterministic, device)
     max_stack = stack_size or DEFAULT_MAX_STACK[device.type]
     devices = devices or [device]
-    if jobs is None:  # --fail-fast stops at the first failure in file order: one unit at a time
-        jobs = 1 if fail_fast else default_jobs(device, len(plan(trials, plugins.registry, max_stack)), len(devices))
-    # workers start first: they import torch and load plugins and data while this process opens the store
-    pool = _start_pool(jobs, devices, plugins, data_dir, deterministic, checkpoint_dir, checkpoint_every) \
-        if jobs > 1 else None
+    if ray is None:
+        if jobs is None:  # --fail-fast stops at the first failure in file order: one unit at a time
+            jobs = 1 if fail_fast else default_jobs(device, len(plan(trials, plugins.registry, max_stack)),
+                                                    len(devices))
+        # workers start first: they import torch and load plugins and data while this process opens the store
+        pool = _start_pool(jobs, devices, plugins, data_dir, deterministic, checkpoint_dir, checkpoint_every) \
+            if jobs > 1 else None
     from dlbench.tracking.lock import store_lock  # imports mlflow: after the workers forked
 
     try:
@@ -186,17 +215,46 @@ def _fresh_store(tracking_uri: str) -> bool:
     return not Path(tracking_uri.removeprefix("sqlite:///")).exists()
 
 
-def _start_pool(jobs, devices, plugins, data_dir, deterministic, checkpoint_dir, checkpoint_every):
-    from dlbench.workers import WorkerPool, WorkerSetup, cpu_cores
+def _worker_setup(plugins, data_dir, deterministic, checkpoint_dir, checkpoint_every, threads: int):
+    """What a worker needs to rebuild this process's world; absolute paths (a Ray worker does
+    not start in this directory)."""
+    from dlbench.workers import WorkerSetup
 
-    cores = cpu_cores()
-    setup = WorkerSetup(
-        plugins_dir=str(plugins.plugins_dir) if plugins.plugins_dir else None,
-        plugins_dir_required=plugins.required_dir, autoload=plugins.autoload,
-        data_dir=str(data_dir) if data_dir else None, deterministic=deterministic,
-        threads=max(1, cores // jobs) if devices[0].type == "cpu" else 1,
-        checkpoint_dir=str(checkpoint_dir) if checkpoint_dir else None, checkpoint_every=checkpoint_every)
+    def absolute(path) -> str | None:
+        return str(Path(path).resolve()) if path else None
+
+    return WorkerSetup(plugins_dir=absolute(plugins.plugins_dir), plugins_dir_required=plugins.required_dir,
+                       autoload=plugins.autoload, data_dir=absolute(data_dir), deterministic=deterministic,
+                       threads=threads, checkpoint_dir=absolute(checkpoint_dir), checkpoint_every=checkpoint_every)
+
+
+def _start_pool(jobs, devices, plugins, data_dir, deterministic, checkpoint_dir, checkpoint_every):
+    from dlbench.workers import WorkerPool, cpu_cores
+
+    threads = max(1, cpu_cores() // jobs) if devices[0].type == "cpu" else 1
+    setup = _worker_setup(plugins, data_dir, deterministic, checkpoint_dir, checkpoint_every, threads)
     return WorkerPool(jobs, [str(d) for d in devices], setup)
+
+
+def _data_configs(trials: list[Trial]) -> list[dict]:
+    """One trial config for each distinct dataset (with its split and preprocessing) of ``trials``."""
+    by_data = {}
+    for trial in trials:
+        cfg = trial.config
+        key = json.dumps([cfg["dataset"], cfg["val_fraction"], cfg.get("preprocessing", [])], sort_keys=True)
+        by_data.setdefault(key, cfg)
+    return list(by_data.values())
+
+
+def _start_ray(settings: RaySettings, setup, jobs: int | None):
+    try:
+        from dlbench.ray_executor import ray_pool
+    except ImportError as exc:
+        raise UserError(f"--executor ray needs Ray, which is not installed here ({exc}). Install it with "
+                        "`pip install 'dlbench[ray]'` (on every machine of the cluster), or leave --executor out "
+                        "to run on this machine's cores and GPUs.") from None
+    return ray_pool(settings.address, setup, settings.resources, settings.device, jobs, settings.max_retries,
+                    settings.cpus)
 
 
 def _run(study_file, trials, plugins, device, tracking_uri, reports_dir, stream, fail_fast, force, deterministic,
@@ -218,7 +276,7 @@ def _run(study_file, trials, plugins, device, tracking_uri, reports_dir, stream,
     tracker = Tracker(tracking_uri, study_file.name, lock=lock, timeout_s=tracking_timeout)
     progress = Progress(len(trials), stream)
     run = StudyRun(tracker.start_study(study_file, trials, device, context, resume=not force))
-    workers = f" in {len(pool.workers)} worker processes" if pool else ""
+    workers = f" {pool.description}" if pool else ""
     stream.write(f"study {study_file.name!r}: {len(trials)} trials on {device}{workers}; "
                  f"MLflow parent run {run.parent_run_id} in {tracking_uri}\n")
     works = _works(trials, tracker, run, plugins, force, max_stack, checkpoint_dir, stream)
@@ -284,8 +342,10 @@ def _run(study_file, trials, plugins, device, tracking_uri, reports_dir, stream,
             _ended_elsewhere(run, tracker)  # the last one out sees every trial ended
             if status == "FINISHED" and run.count("failed"):
                 status = "FAILED"
+            elif status == "FINISHED" and run.count("interrupted"):  # a worker died: resumable, as after Ctrl-C
+                status = "KILLED"
             if last:  # it ends the parent run, with the summary of the whole study
-                summary = {s: run.count(s) for s in ("finished", "diverged", "failed")}
+                summary = {s: run.count(s) for s in ("finished", "diverged", "failed", "interrupted")}
                 summary["skipped"] = run.skipped
                 summary["by_other_processes"] = run.by_others
                 summary["running_elsewhere"] = run.busy
@@ -313,6 +373,7 @@ def _works(trials, tracker, run: StudyRun, plugins, force: bool, max_stack: int,
         action, previous = plan_trial(existing.get(trial.config_hash, []), force)
         if action == "skip":
             run.skipped += 1
+            run.skipped_finished += previous.status == "FINISHED"
             run.results.append((trial, stored_result(previous)))
         elif action == "busy":
             run.elsewhere.append(trial)

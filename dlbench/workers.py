@@ -198,6 +198,10 @@ class WorkerPool:
         self._started = 0
         self.workers = [self._spawn() for _ in range(jobs)]
 
+    @property
+    def description(self) -> str:
+        return f"in {len(self.workers)} worker processes"
+
     def prestart(self, works: list[Work]) -> list[Work]:
         """Hand each worker its first unit now, before the parent is ready to record anything:
         their events wait in the queue until :meth:`run` (only for a store that is known to be
