@@ -7,7 +7,8 @@ repository's prepared ``data/``. The ways are interleaved over repetitions.
     python benchmarks/study.py [--study ablation.toml] [--repeats 2] [--baseline-tree DIR] [--ways ...]
 
 Ways: ``default`` (--jobs auto, stacks), ``jobs1`` (--jobs 1: stacks in one process), ``serial``
-(--jobs 1 --stack-size 1: one process, one trial at a time, as before stacks and workers);
+(--jobs 1 --stack-size 1: one process, one trial at a time, as before stacks and workers), ``ray``
+(--executor ray: the units as Ray tasks on a local Ray cluster of this machine's cores);
 ``--baseline-tree DIR`` adds ``baseline``: the dlbench source tree in DIR (e.g. a git worktree
 of an older commit) run the same way, for a before/after on the same machine in the same run.
 Prints the median wall time of each, the spread, each way's speed-up over the first, and the CPU
@@ -27,7 +28,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-WAYS = {"default": [], "jobs1": ["--jobs", "1"], "serial": ["--jobs", "1", "--stack-size", "1"]}
+WAYS = {"default": [], "jobs1": ["--jobs", "1"], "serial": ["--jobs", "1", "--stack-size", "1"],
+        "ray": ["--executor", "ray"]}
 
 
 def run_once(study: Path, extra: list[str], pythonpath: str | None, device: str) -> tuple[float, float]:
@@ -75,13 +77,23 @@ def main() -> None:
             cpu[name].append(used)
             print(f"  repeat {r + 1}: {name:<9} {wall:6.1f} s  ({used:.0f} CPU s)", flush=True)
     first = next(iter(ways))
+    trials = _trial_count(args.study.resolve())
     print(f"\n`dlbench run {args.study.name}` whole (fresh store, reports included), {os.cpu_count()} CPUs, "
           f"median of {args.repeats}:")
     for name, values in times.items():
         med = statistics.median(values)
         print(f"  {name:<9} {med:6.1f} s  ({min(values):.1f}-{max(values):.1f})  "
-              f"{statistics.median(times[first]) / med:.2f}x vs {first};  "
+              f"{statistics.median(times[first]) / med:.2f}x vs {first} "
+              f"({(med - statistics.median(times[first])) / trials * 1000:+.0f} ms per trial);  "
               f"CPU {statistics.median(cpu[name]):.0f} s (user + system, every process)")
+
+
+def _trial_count(study: Path) -> int:
+    from dlbench.config import read_study_file
+    from dlbench.plugins import load_plugins
+    from dlbench.study import expand
+
+    return len(expand(read_study_file(study), load_plugins(None, autoload=False).registry))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 import click
@@ -180,8 +181,7 @@ def run(study_file: Path, dry_run: bool, tracking_uri: str | None, device: str, 
     plugins = _load_plugins(plugins_dir, sf.path.parent / "plugins")
     trials = expand(sf, plugins.registry, list(only) or None)
 
-    from dlbench.preflight import preflight
-    from dlbench.runner import resolve_devices, run_study
+    from dlbench.runner import resolve_devices
 
     ray = _ray_settings(executor, address, resources, max_retries, device)
     devices = [torch_device(device)] if ray else resolve_devices(device)  # a Ray cluster has its own GPUs
@@ -189,6 +189,27 @@ def run(study_file: Path, dry_run: bool, tracking_uri: str | None, device: str, 
         from dlbench.paths import check_run_outputs
 
         check_run_outputs(tracking_uri or _default_uri(), reports_dir, checkpoint_dir)
+    with ExitStack() as cleanup:
+        ray_pool = None
+        if ray and not dry_run:  # first: Ray's workers start and load while the preflight runs
+            from dlbench.runner import start_ray
+
+            ray_pool = start_ray(ray, plugins, trials, data_dir=data_dir, deterministic=deterministic,
+                                 checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, jobs=jobs,
+                                 fail_fast=fail_fast)
+            cleanup.callback(ray_pool.close)
+        _run_checked(sf, trials, plugins, dry_run, devices, tracking_uri, reports_dir, fail_fast, force,
+                     deterministic, data_dir, checkpoint_dir, checkpoint_every, allow_data_mismatch, jobs,
+                     stack_size, tracking_timeout, ray_pool)
+
+
+def _run_checked(sf, trials, plugins, dry_run, devices, tracking_uri, reports_dir, fail_fast, force, deterministic,
+                 data_dir, checkpoint_dir, checkpoint_every, allow_data_mismatch, jobs, stack_size, tracking_timeout,
+                 ray_pool) -> None:
+    """`run` past its options: the preflight, then the dry run's table or the study itself."""
+    from dlbench.preflight import preflight
+    from dlbench.runner import run_study
+
     # every distinct component built once on a tiny batch: a plugin that raises stops us here,
     # before any worker trains or any run is logged
     checked = preflight(sf, trials, plugins.registry, data_dir=data_dir)
@@ -208,7 +229,7 @@ def run(study_file: Path, dry_run: bool, tracking_uri: str | None, device: str, 
                            deterministic=deterministic, data_dir=data_dir, checkpoint_dir=checkpoint_dir,
                            checkpoint_every=checkpoint_every,
                            allow_data_mismatch=allow_data_mismatch, jobs=jobs, stack_size=stack_size,
-                           tracking_timeout=tracking_timeout, ray=ray)
+                           tracking_timeout=tracking_timeout, ray_pool=ray_pool)
     except KeyboardInterrupt:
         click.echo("\nInterrupted: the finished trials are in MLflow; the running one is marked KILLED.", err=True)
         sys.exit(130)

@@ -23,6 +23,7 @@ import logging
 import pickle
 import signal
 import time
+import traceback
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ from dlbench.errors import UserError
 EXIT_TRY_AGAIN = 75  # EX_TEMPFAIL, as when the tracking server stays away: the same command resumes
 
 POLL_S = 0.1  # how long the parent waits for a task to end before it drains the events again
+CHECKPOINT_POLL_S = 0.01  # ... for a second after a checkpoint: a task waits for its acknowledgement
 ACK_POLL_S = 0.02  # how often a task asks whether its checkpoint may be written
 DEFAULT_GPUS_PER_UNIT = 0.5  # two units share a GPU, as two local workers per GPU do
 
@@ -56,20 +58,20 @@ class Resources:
 
 
 class EventHub:
-    """A Ray actor: the mailbox between the tasks and the parent. Tasks put their events (pickled,
-    so this actor never imports torch or dlbench); the parent takes them all, in the order each
-    task sent them, and acknowledges checkpoints."""
+    """A Ray actor: the mailbox between the tasks and the parent. Tasks put batches of their
+    events (pickled, so this actor never imports torch or dlbench); the parent takes them all, in
+    the order each task sent them, and acknowledges checkpoints."""
 
     def __init__(self):
-        self._events: list[bytes] = []
+        self._batches: list[bytes] = []
         self._acked: set[str] = set()
 
-    def put(self, event: bytes) -> None:
-        self._events.append(event)
+    def put(self, batch: bytes) -> None:
+        self._batches.append(batch)
 
     def take(self) -> list[bytes]:
-        events, self._events = self._events, []
-        return events
+        batches, self._batches = self._batches, []
+        return batches
 
     def ack(self, token: str) -> None:
         self._acked.add(token)
@@ -83,17 +85,31 @@ class EventHub:
 
 class _Channel:
     """In a task: what the worker-side ``Forwarder`` puts its events into (``put``) and waits on
-    after a checkpoint event (``get``), over the hub."""
+    after a checkpoint event (``get``). Events go to the hub in batches, at most ``SEND_EVERY_S``
+    apart, and at once for a checkpoint and a trial's end (an actor call per event would cost
+    the hub a core's share on a small machine). Events a dead worker had not sent are sent
+    again by the attempt that continues from the checkpoint."""
 
-    def __init__(self, hub, key: int):
-        self.hub, self.key, self._token = hub, key, None
+    SEND_EVERY_S = 1.0
+
+    def __init__(self, hub):
+        self.hub, self._token = hub, None
+        self._pending: list[tuple] = []
+        self._sent = time.monotonic()
 
     def put(self, event) -> None:
         kind, _, index, payload = event
         self._token = uuid.uuid4().hex if kind == "checkpoint" else None
-        message = self.hub.put.remote(pickle.dumps((self.key, kind, index, payload, self._token)))
+        self._pending.append((kind, index, payload, self._token))
         if kind in ("end", "checkpoint"):
-            ray.get(message)  # stored in the hub before the task goes on (or returns)
+            ray.get(self._send())  # stored in the hub before the task goes on (or returns)
+        elif time.monotonic() - self._sent >= self.SEND_EVERY_S:
+            self._send()
+
+    def _send(self):
+        batch, self._pending = self._pending, []
+        self._sent = time.monotonic()
+        return self.hub.put.remote(pickle.dumps(batch))
 
     def get(self):
         while not ray.get(self.hub.acked.remote(self._token)):
@@ -127,9 +143,12 @@ def _world(setup):
 def warm_up(setup, configs: list[dict]) -> None:
     """A Ray task sent to each slot as the pool starts: this worker process imports dlbench, loads
     the plugins and the study's datasets (seconds) while the parent opens the tracking store."""
+    import torch
+
     plugins, cache, device = _world(setup)
     for config in configs:
         cache.for_config(config, plugins.registry, device)
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)])  # a first optimizer imports torch._dynamo (1-2 s)
 
 
 def train_unit(key: int, work, setup, hub) -> None:
@@ -137,8 +156,16 @@ def train_unit(key: int, work, setup, hub) -> None:
     from dlbench.executor import execute
     from dlbench.workers import Forwarder
 
-    plugins, cache, device = _world(setup)
-    channel = _Channel(hub, key)
+    channel = _Channel(hub)
+    try:
+        plugins, cache, device = _world(setup)
+    except Exception as exc:  # plugins or data that do not load on this node: the unit's trials fail, saying why
+        from dlbench.train import TrialResult
+
+        error = "".join(traceback.format_exception(exc))
+        for trial in work.members:
+            channel.put(("end", key, trial.index, TrialResult(status="failed", error=error)))
+        return
     plugins.pm.register(Forwarder(key, channel, channel), name="dlbench.forwarder")
     try:
         execute(work, plugins.registry, plugins.hook, cache, device,
@@ -169,6 +196,7 @@ class RayPool:
         self._inflight: dict = {}  # ObjectRef -> (key, work)
         self._keys = 0
         self._warming: list = []
+        self._last_ack = 0.0  # when a checkpoint was last acknowledged
 
     @property
     def description(self) -> str:
@@ -200,6 +228,7 @@ class RayPool:
         """Train every unit (see ``WorkerPool.run``): keep ``jobs`` tasks in flight, each claimed as
         it is submitted; route their events; a task Ray could not complete ends its trials
         interrupted (resumable). On Ctrl-C, cancel the tasks, end their trials interrupted, re-raise."""
+        from dlbench.train import TrialResult
         from dlbench.workers import Router
 
         running = [work for _, work in self._inflight.values()]
@@ -209,18 +238,25 @@ class RayPool:
             while todo or self._inflight:
                 if stop():  # --fail-fast: what is running finishes, nothing new starts
                     todo.clear()
+                # no more than the slots: a unit waiting in Ray's queue makes Ray start (and later
+                # stop) another worker process, which loads everything again
                 while todo and len(self._inflight) < self.jobs:
                     if (work := claim(todo.pop(0))) is not None:
                         self._submit(work)
                 if not self._inflight:
                     continue
-                ready, _ = ray.wait(list(self._inflight), num_returns=1, timeout=POLL_S)
+                checkpointing = time.monotonic() - self._last_ack < 1.0
+                ready, _ = ray.wait(list(self._inflight), num_returns=1,
+                                    timeout=CHECKPOINT_POLL_S if checkpointing else POLL_S)
                 self._drain(router)  # a task's events are in the hub before it returns
                 for ref in ready:
                     _, work = self._inflight.pop(ref)
                     try:
                         ray.get(ref)
-                    except ray.exceptions.RayError as exc:
+                    except ray.exceptions.RayTaskError as exc:  # raised in dlbench's task code: a bug
+                        for trial in work.members:
+                            router.end(trial.index, TrialResult(status="failed", error=str(exc)))
+                    except ray.exceptions.RayError as exc:  # its worker (or node) died, Ray's retries spent
                         router.interrupted(work, error=f"the Ray task training this trial did not complete "
                                                        f"(its worker died and Ray's retries were spent): {exc}\n"
                                                        "Run the same command again to resume it from its checkpoint.")
@@ -239,11 +275,12 @@ class RayPool:
                               "once the cluster is up to resume them.") from None
 
     def _drain(self, router) -> None:
-        for message in ray.get(self.hub.take.remote()):
-            _, kind, index, payload, token = pickle.loads(message)
-            router.route(kind, index, payload)
-            if token is not None:  # a checkpoint: what came before is stored, it may be written
-                self.hub.ack.remote(token)
+        for batch in ray.get(self.hub.take.remote()):
+            for kind, index, payload, token in pickle.loads(batch):
+                router.route(kind, index, payload)
+                if token is not None:  # a checkpoint: what came before is stored, it may be written
+                    self.hub.ack.remote(token)
+                    self._last_ack = time.monotonic()
 
     def close(self, now: bool = False) -> None:
         """Cancel what still runs; shut down the cluster this process started (or disconnect)."""

@@ -137,7 +137,7 @@ def run_study(study_file: StudyFile, trials: list[Trial], plugins: Plugins, *, d
               checkpoint_dir: Path = Path(".dlbench/checkpoints"), checkpoint_every: float = 10.0,
               allow_data_mismatch: bool = False, jobs: int | None = None, stack_size: int | None = None,
               devices: list[torch.device] | None = None, tracking_timeout: float | None = None,
-              ray: RaySettings | None = None) -> StudyRun:
+              ray_pool=None) -> StudyRun:
     """Run the trials not already in the store; resume those a dead process left behind.
 
     Without ``force``, a trial whose config hash already FINISHED (or diverged) in the
@@ -151,20 +151,17 @@ def run_study(study_file: StudyFile, trials: list[Trial], plugins: Plugins, *, d
     Trials that can share a training loop train stacked (at most ``stack_size`` together;
     default by device, 1: never); the units of work run in this process (``jobs`` 1) or in
     ``jobs`` worker processes over ``devices`` (default: ``device`` alone); ``None``: as many as
-    the machine has room for. With ``ray``, they run as Ray tasks instead (``ray_executor.py``;
-    ``device`` is then the cluster's). A tracking server that goes away is waited for ``tracking_timeout``
+    the machine has room for. With ``ray_pool`` (:func:`start_ray`), they run as Ray tasks
+    instead, on the pool's device. A tracking server that goes away is waited for ``tracking_timeout``
     seconds (None: 600), training going on meanwhile (``tracking/resilient.py``).
     """
-    if ray is not None:  # the cluster's tasks train on GPUs when it has some (--device auto)
-        setup = _worker_setup(plugins, data_dir, deterministic, checkpoint_dir, checkpoint_every,
-                              threads=max(1, int(ray.resources.get("cpu", 1))))
-        pool = _start_ray(ray, setup, 1 if fail_fast else jobs)
-        pool.warm(_data_configs(trials))  # its workers load while this process opens the store
+    pool = ray_pool
+    if pool is not None:  # the cluster's tasks train on GPUs when it has some (--device auto)
         device = pool.device
     set_determinism(deterministic, device)
     max_stack = stack_size or DEFAULT_MAX_STACK[device.type]
     devices = devices or [device]
-    if ray is None:
+    if pool is None:
         if jobs is None:  # --fail-fast stops at the first failure in file order: one unit at a time
             jobs = 1 if fail_fast else default_jobs(device, len(plan(trials, plugins.registry, max_stack)),
                                                     len(devices))
@@ -246,15 +243,25 @@ def _data_configs(trials: list[Trial]) -> list[dict]:
     return list(by_data.values())
 
 
-def _start_ray(settings: RaySettings, setup, jobs: int | None):
+def start_ray(settings: RaySettings, plugins: Plugins, trials: list[Trial], *, data_dir: Path | None,
+              deterministic: bool = True, checkpoint_dir: Path = Path(".dlbench/checkpoints"),
+              checkpoint_every: float = 10.0, jobs: int | None = None, fail_fast: bool = False):
+    """Join (or start) the Ray cluster and send each of its slots a warm-up task: its worker
+    processes import dlbench and load the plugins and the data while this process goes on (the
+    preflight, the tracking store). Returns the pool for :func:`run_study`; close it when done."""
     try:
         from dlbench.ray_executor import ray_pool
     except ImportError as exc:
         raise UserError(f"--executor ray needs Ray, which is not installed here ({exc}). Install it with "
                         "`pip install 'dlbench[ray]'` (on every machine of the cluster), or leave --executor out "
                         "to run on this machine's cores and GPUs.") from None
-    return ray_pool(settings.address, setup, settings.resources, settings.device, jobs, settings.max_retries,
-                    settings.cpus)
+    setup = _worker_setup(plugins, data_dir, deterministic, checkpoint_dir, checkpoint_every,
+                          threads=max(1, int(settings.resources.get("cpu", 1))))
+    # --fail-fast stops at the first failure in file order: one unit at a time
+    pool = ray_pool(settings.address, setup, settings.resources, settings.device, 1 if fail_fast else jobs,
+                    settings.max_retries, settings.cpus)
+    pool.warm(_data_configs(trials))
+    return pool
 
 
 def _run(study_file, trials, plugins, device, tracking_uri, reports_dir, stream, fail_fast, force, deterministic,

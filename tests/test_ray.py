@@ -20,21 +20,24 @@ diverges = { optimizer = { name = "sgd", lr = 1e6 } }
 broken = { architecture = { width = 17 } }
 """
 EPOCHS = 4
-KILL_AT = 2  # the wide/seed=0 trial's worker dies at the end of this epoch (checkpoints every epoch)
+KILL_AT = 2  # the killed trials' worker dies at the end of this epoch (checkpoints every epoch)
 
-# an observer plugin: SIGKILL for the Ray worker training wide/seed=0, once (a worker lost to the OOM
-# killer); the "broken" level's trials raise (a bug in a plugin: those trials fail, the others go on)
+# An observer plugin. The Ray worker training wide/seed=0 gets SIGKILL once (a worker lost to the
+# OOM killer: Ray's retry continues the trial), the one training wide/seed=1 twice (with
+# --max-retries 1 its retries are spent: the trial is left KILLED for the next run). The "broken"
+# level's trials raise (a bug in a plugin: those trials fail, the others go on).
 KILLER = f"""
     import os, signal
     from pathlib import Path
     from dlbench import hookimpl
 
-    ARMED = Path(__file__).with_name("kill-once")
+    KILLS = Path(__file__).with_name("kills-left-seed")
 
     @hookimpl
     def dlbench_epoch_end(trial, epoch, metrics):
-        if trial.level == "wide" and trial.seed == 0 and epoch == {KILL_AT} and ARMED.exists():
-            ARMED.unlink()
+        left = KILLS.with_name(KILLS.name + str(trial.seed))
+        if trial.level == "wide" and epoch == {KILL_AT} and left.exists() and int(left.read_text()) > 0:
+            left.write_text(str(int(left.read_text()) - 1))
             os.kill(os.getpid(), signal.SIGKILL)
         if trial.level == "broken" and epoch == 1:
             raise RuntimeError("a bug in a plugin")
@@ -69,85 +72,76 @@ def steps(client, run, key: str = "val_accuracy") -> list[int]:
 @pytest.fixture(scope="module")
 def ray_runs(tmp_path_factory):
     """The study trained in this process one trial at a time (the reference), then on Ray with
-    a worker killed mid-trial: once with Ray's retries, once with none and then run again."""
+    two workers killed mid-trial (one retried by Ray, one past its retries), then run again."""
     root = tmp_path_factory.mktemp("ray")
     study = write_study(root, STUDY)
     write_plugin(root, "killer", KILLER)
-    common = ["--checkpoint-every", "0", "--checkpoint-dir", root / "ckpt"]
     env = cli_env(autoload=False)
 
-    def run(name: str, *args, armed: bool = False):
-        if armed:
-            (root / "plugins" / "kill-once").touch()
+    def run(name: str, *args):
         proc = run_cli(["run", study, "--tracking-uri", sqlite_uri(root / f"{name}.db"), "--reports-dir",
-                        root / f"reports-{name}", *common, *args], cwd=root, env=env)
+                        root / f"reports-{name}", "--checkpoint-every", "0", "--checkpoint-dir", root / "ckpt", *args],
+                       cwd=root, env=env)
         return proc, root / f"{name}.db"
 
     out = {"root": root, "reference": run("reference", "--jobs", "1")}
-    out["retried"] = run("retried", "--executor", "ray", armed=True)
-    out["no_retries"] = run("resumed", "--executor", "ray", "--max-retries", "0", armed=True)
-    out["rerun"] = run("resumed", "--executor", "ray")
+    (root / "plugins" / "kills-left-seed0").write_text("1")
+    (root / "plugins" / "kills-left-seed1").write_text("2")
+    out["killed"] = run("ray", "--executor", "ray", "--max-retries", "1")
+    out["rerun"] = run("ray", "--executor", "ray")
     return out
 
 
-def test_a_study_on_ray_trains_every_trial_once_with_the_same_results(ray_runs):
-    proc, db = ray_runs["retried"]
-    assert proc.returncode == 1, describe_result(proc)  # the broken level's trials failed
+def test_a_killed_ray_worker_is_retried_from_the_checkpoint_with_nothing_logged_twice(ray_runs):
+    proc, db = ray_runs["killed"]
+    assert proc.returncode == 1, describe_result(proc)  # the broken level's trials failed, one interrupted
     assert "as Ray tasks on a local Ray cluster" in proc.stdout
-    assert re.search(r"4 finished \(0 of them already in the store\), 2 diverged, 2 failed", proc.stdout)
-    assert len(re.findall(r"^\[\d/8\] .*finished \(4 epochs", proc.stdout, re.M)) == 4  # the progress line
-    assert (ray_runs["root"] / "reports-retried" / "width" / "index.md").is_file()
+    assert re.search(r"3 finished \(0 of them already in the store\), 2 diverged, 2 failed, 1 interrupted",
+                     proc.stdout)
+    assert len(re.findall(r"^\[\d/8\] .*finished \(4 epochs", proc.stdout, re.M)) == 3  # the progress line
+    assert "run the same command again to resume" in proc.stderr and "Traceback" not in proc.stderr
+    runs, client = trial_runs(db)
+    retried = runs["width/wide/seed=0"]
+    assert retried.data.tags["dlbench.retries"] == "1"
+    assert int(retried.data.tags["dlbench.resumed_from_epoch"]) < KILL_AT  # from its checkpoint, not from scratch
+    for key in retried.data.metrics:
+        history = steps(client, retried, key)
+        assert len(history) == len(set(history)), key
+    assert all("dlbench.retries" not in r.data.tags for r in runs.values() if r.data.tags["dlbench.level"] != "wide")
+
+
+def test_when_the_retries_are_spent_the_trial_is_left_killed_and_the_rerun_resumes_it(ray_runs):
+    rerun, db = ray_runs["rerun"]
+    assert rerun.returncode == 1, describe_result(rerun)  # the broken trials fail again
+    assert re.search(r"4 finished \(3 of them already in the store\), 2 diverged, 2 failed, 0 not run",
+                     rerun.stdout)
+    assert "wide/seed=1  resuming run" in rerun.stdout
+    every, _ = all_trial_runs(db)
+    assert sum(r.data.tags["dlbench.level"] != "broken" for r in every) == 6  # the resumed trial kept its run
+    resumed = trial_runs(db)[0]["width/wide/seed=1"]
+    assert resumed.info.status == "FINISHED" and resumed.data.tags["dlbench.previous_status"] == "KILLED"
+    assert int(resumed.data.tags["dlbench.resumed_from_epoch"]) < KILL_AT
+
+
+def test_a_study_on_ray_ends_with_every_trial_once_and_the_same_results(ray_runs):
+    _, db = ray_runs["rerun"]
+    assert (ray_runs["root"] / "reports-ray" / "width" / "index.md").is_file()
     runs, client = trial_runs(db)
     reference, ref_client = trial_runs(ray_runs["reference"][1])
-    assert sorted(runs) == sorted(reference) and len(runs) == len(all_trial_runs(db)[0]) == TRIALS
+    assert sorted(runs) == sorted(reference) and len(runs) == TRIALS
     assert len({r.data.tags["mlflow.parentRunId"] for r in runs.values()}) == 1
     for name, run in runs.items():
         assert (run.info.status, run.data.tags["dlbench.status"]) == {
             "diverges": ("FAILED", "diverged"), "broken": ("FAILED", "failed")}.get(
             run.data.tags["dlbench.level"], ("FINISHED", "finished")), name
-        assert exact(run.data.metrics) == exact(reference[name].data.metrics)  # deterministic: bit for bit
-        assert steps(client, run) == steps(ref_client, reference[name])  # each epoch once
+        # deterministic: bit for bit, the killed and resumed trials too
+        assert exact(run.data.metrics) == exact(reference[name].data.metrics), name
+        assert steps(client, run) == steps(ref_client, reference[name]), name  # each epoch once
         assert run.data.tags["dlbench.device"] == "cpu" and run.data.tags["dlbench.torch_threads"] == "1"
     assert steps(client, runs["width/wide/seed=1"]) == list(range(EPOCHS + 1))  # 0: before training
     error = Path(client.download_artifacts(runs["width/broken/seed=0"].info.run_id, "error.txt",
                                            str(ray_runs["root"]))).read_text()
     assert "a bug in a plugin" in error
-
-
-def test_a_killed_ray_worker_is_retried_from_the_checkpoint_with_nothing_logged_twice(ray_runs):
-    _, db = ray_runs["retried"]
-    runs, client = trial_runs(db)
-    killed = runs["width/wide/seed=0"]
-    assert killed.data.tags["dlbench.retries"] == "1"
-    assert int(killed.data.tags["dlbench.resumed_from_epoch"]) < KILL_AT  # from its checkpoint, not from scratch
-    for key in killed.data.metrics:
-        history = steps(client, killed, key)
-        assert len(history) == len(set(history)), key
-    assert all("dlbench.retries" not in r.data.tags for name, r in runs.items() if name != "width/wide/seed=0")
-
-
-def test_when_the_retries_are_spent_the_trial_is_left_killed_and_the_rerun_resumes_it(ray_runs):
-    proc, db = ray_runs["no_retries"]
-    assert proc.returncode == 1, describe_result(proc)
-    assert re.search(r"3 finished \(0 of them already in the store\), 2 diverged, 2 failed, 1 interrupted",
-                     proc.stdout)
-    assert "run the same command again to resume" in proc.stderr
-    assert "Traceback" not in proc.stderr
-
-    rerun, _ = ray_runs["rerun"]
-    assert rerun.returncode == 1, describe_result(rerun)  # the broken trials fail again
-    assert re.search(r"4 finished \(3 of them already in the store\), 2 diverged, 2 failed, 0 not run",
-                     rerun.stdout)
-    assert "wide/seed=0  resuming run" in rerun.stdout
-    every, _ = all_trial_runs(db)
-    assert sum(r.data.tags["dlbench.level"] != "broken" for r in every) == 6  # the resumed trial kept its run
-    runs, client = trial_runs(db)
-    reference, _ = trial_runs(ray_runs["reference"][1])
-    resumed = runs["width/wide/seed=0"]
-    assert resumed.info.status == "FINISHED" and resumed.data.tags["dlbench.previous_status"] == "KILLED"
-    assert int(resumed.data.tags["dlbench.resumed_from_epoch"]) < KILL_AT
-    assert steps(client, resumed) == list(range(EPOCHS + 1))  # epoch 0: before training
-    assert exact(resumed.data.metrics) == exact(reference["width/wide/seed=0"].data.metrics)
 
 
 def test_ray_options_are_checked_before_any_work(tmp_path):
