@@ -297,9 +297,9 @@ class RayPool:
 
 
 def ray_pool(address: str | None, setup, resources: dict[str, float], device: str, jobs: int | None,
-             max_retries: int, cpus: int | None = None) -> RayPool:
-    """Connect to the Ray cluster at ``address`` (None: start a local one with ``cpus`` CPUs,
-    default all) and make the pool, with the GPU request ``device`` implies: ``cpu`` asks for
+             max_retries: int) -> RayPool:
+    """Connect to the Ray cluster at ``address`` (None: start a local one of this machine's cores)
+    and make the pool, with the GPU request ``device`` implies: ``cpu`` asks for
     none, ``cuda`` needs GPUs in the cluster, ``auto`` uses them when the cluster has some."""
     if device not in ("auto", "cpu", "cuda"):
         raise UserError(f"--device {device} with --executor ray: Ray assigns each task its GPU; use auto, cpu "
@@ -309,8 +309,7 @@ def ray_pool(address: str | None, setup, resources: dict[str, float], device: st
             logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         on_sigterm = signal.getsignal(signal.SIGTERM)
         try:
-            ray.init(address=address or "local", num_cpus=cpus if address is None else None,
-                     include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+            ray.init(address=address or "local", include_dashboard=False, log_to_driver=False, logging_level="WARNING")
             # ray.init puts in a SIGTERM handler that exits at once: `kill` must close the runs as Ctrl-C does
             signal.signal(signal.SIGTERM, on_sigterm)
         except ConnectionError as exc:

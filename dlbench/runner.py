@@ -66,15 +66,14 @@ def resolve_devices(spec: str) -> list[torch.device]:
 
 @dataclass
 class RaySettings:
-    """``--executor ray``: the cluster (None: a new local one of ``cpus`` CPUs, default all), what
-    each unit of work asks for (``{"cpu": 1, "gpu": 0.5}``), the device spec (auto, cpu, cuda) and
-    how many times Ray runs a task again when its worker dies."""
+    """``--executor ray``: the cluster (None: a new local one of this machine's cores), what each
+    unit of work asks for (``{"cpu": 1, "gpu": 0.5}``), the device spec (auto, cpu, cuda) and how
+    many times Ray runs a task again when its worker dies."""
 
     address: str | None = None
     resources: dict[str, float] = field(default_factory=dict)
     device: str = "auto"
     max_retries: int = 3
-    cpus: int | None = None
 
 
 @dataclass
@@ -259,7 +258,7 @@ def start_ray(settings: RaySettings, plugins: Plugins, trials: list[Trial], *, d
                           threads=max(1, int(settings.resources.get("cpu", 1))))
     # --fail-fast stops at the first failure in file order: one unit at a time
     pool = ray_pool(settings.address, setup, settings.resources, settings.device, 1 if fail_fast else jobs,
-                    settings.max_retries, settings.cpus)
+                    settings.max_retries)
     pool.warm(_data_configs(trials))
     return pool
 
