@@ -261,6 +261,10 @@ class RayPool:
                                                        f"(its worker died and Ray's retries were spent): {exc}\n"
                                                        "Run the same command again to resume it from its checkpoint.")
         except KeyboardInterrupt:
+            try:
+                self._drain(router)  # a trial whose end was sent already ended, not interrupted
+            except ray.exceptions.RayError:
+                pass
             for ref, (_, work) in self._inflight.items():
                 ray.cancel(ref, force=True)
                 router.interrupted(work)
