@@ -10,6 +10,9 @@ import difflib
 from collections.abc import Iterable
 
 
+EXIT_TRY_AGAIN = 75  # EX_TEMPFAIL: the command may succeed when run again later (the same command resumes)
+
+
 class UserError(Exception):
     """A mistake the user can fix: bad TOML, unknown plugin, wrong type, missing file."""
 

@@ -26,13 +26,10 @@ import time
 import traceback
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 
 import ray
 
-from dlbench.errors import UserError
-
-EXIT_TRY_AGAIN = 75  # EX_TEMPFAIL, as when the tracking server stays away: the same command resumes
+from dlbench.errors import EXIT_TRY_AGAIN, UserError
 
 POLL_S = 0.1  # how long the parent waits for a task to end before it drains the events again
 CHECKPOINT_POLL_S = 0.01  # ... for a second after a checkpoint: a task waits for its acknowledgement
@@ -125,18 +122,10 @@ def _world(setup):
     if setup not in _WORLDS:
         import torch
 
-        from dlbench.data import DataCache
-        from dlbench.diagnostics import Diagnostics
-        from dlbench.plugins import load_plugins
-        from dlbench.runner import set_determinism
+        from dlbench.workers import load_world
 
-        torch.set_num_threads(setup.threads)
         device = torch.device("cuda", 0) if ray.get_gpu_ids() else torch.device("cpu")  # Ray set CUDA_VISIBLE_DEVICES
-        set_determinism(setup.deterministic, device)
-        plugins = load_plugins(setup.plugins_dir and Path(setup.plugins_dir), autoload=setup.autoload,
-                               required_dir=setup.plugins_dir_required)
-        plugins.pm.register(Diagnostics(plugins.hook, plugins.registry), name="dlbench.diagnostics")
-        _WORLDS[setup] = (plugins, DataCache(setup.data_dir and Path(setup.data_dir)), device)
+        _WORLDS[setup] = (*load_world(setup, device), device)
     return _WORLDS[setup]
 
 
@@ -151,7 +140,7 @@ def warm_up(setup, configs: list[dict]) -> None:
     torch.optim.SGD([torch.zeros(1, requires_grad=True)])  # a first optimizer imports torch._dynamo (1-2 s)
 
 
-def train_unit(key: int, work, setup, hub) -> None:
+def train_unit(work, setup, hub) -> None:
     """The body of a Ray task: train ``work`` as the local executor does, its events to ``hub``."""
     from dlbench.executor import execute
     from dlbench.workers import Forwarder
@@ -164,12 +153,11 @@ def train_unit(key: int, work, setup, hub) -> None:
 
         error = "".join(traceback.format_exception(exc))
         for trial in work.members:
-            channel.put(("end", key, trial.index, TrialResult(status="failed", error=error)))
+            channel.put(("end", None, trial.index, TrialResult(status="failed", error=error)))
         return
-    plugins.pm.register(Forwarder(key, channel, channel), name="dlbench.forwarder")
+    plugins.pm.register(Forwarder(None, channel, channel), name="dlbench.forwarder")  # the hub needs no number
     try:
-        execute(work, plugins.registry, plugins.hook, cache, device,
-                setup.checkpoint_dir and Path(setup.checkpoint_dir), setup.checkpoint_every)
+        execute(work, plugins.registry, plugins.hook, cache, device, setup.checkpoints, setup.checkpoint_every)
     finally:
         plugins.pm.unregister(name="dlbench.forwarder")
 
@@ -193,8 +181,7 @@ class RayPool:
         self.hub = ray.remote(num_cpus=0)(EventHub).remote()
         self._task = ray.remote(train_unit).options(num_cpus=resources.cpus, num_gpus=resources.gpus,
                                                     max_retries=max_retries, retry_exceptions=False)
-        self._inflight: dict = {}  # ObjectRef -> (key, work)
-        self._keys = 0
+        self._inflight: dict = {}  # ObjectRef -> the unit it trains
         self._warming: list = []
         self._last_ack = 0.0  # when a checkpoint was last acknowledged
 
@@ -212,9 +199,7 @@ class RayPool:
         self._warming = [warm.remote(self.setup, configs) for _ in range(self.jobs)]
 
     def _submit(self, work) -> None:
-        self._keys += 1
-        ref = self._task.remote(self._keys, work, self.setup, self.hub)
-        self._inflight[ref] = (self._keys, work)
+        self._inflight[self._task.remote(work, self.setup, self.hub)] = work
 
     def prestart(self, works: list) -> list:
         """Submit the first units before the parent is ready to record anything (a store known to
@@ -231,7 +216,7 @@ class RayPool:
         from dlbench.train import TrialResult
         from dlbench.workers import Router
 
-        running = [work for _, work in self._inflight.values()]
+        running = list(self._inflight.values())
         todo = [w for w in works if w not in running]
         router = Router(works, observers, on_result)
         try:
@@ -250,7 +235,7 @@ class RayPool:
                                     timeout=CHECKPOINT_POLL_S if checkpointing else POLL_S)
                 self._drain(router)  # a task's events are in the hub before it returns
                 for ref in ready:
-                    _, work = self._inflight.pop(ref)
+                    work = self._inflight.pop(ref)
                     try:
                         ray.get(ref)
                     except ray.exceptions.RayTaskError as exc:  # raised in dlbench's task code: a bug
@@ -265,16 +250,16 @@ class RayPool:
                 self._drain(router)  # a trial whose end was sent already ended, not interrupted
             except ray.exceptions.RayError:
                 pass
-            for ref, (_, work) in self._inflight.items():
+            for ref, work in self._inflight.items():
                 ray.cancel(ref, force=True)
                 router.interrupted(work)
             self._inflight.clear()
             raise
         except ray.exceptions.RayError as exc:  # not one task: the cluster itself (or the event hub) is gone
             reason = f"the Ray cluster stopped answering: {type(exc).__name__}: {str(exc).splitlines()[0]}"
-            for _, work in self._inflight.values():
+            for work in self._inflight.values():
                 router.interrupted(work, error=reason)
-            raise ClusterLost(f"{reason}. The {sum(len(w.members) for _, w in self._inflight.values())} trials "
+            raise ClusterLost(f"{reason}. The {sum(len(w.members) for w in self._inflight.values())} trials "
                               "it was training are left KILLED with their checkpoints: run the same command again "
                               "once the cluster is up to resume them.") from None
 
@@ -323,7 +308,8 @@ def ray_pool(address: str | None, setup, resources: dict[str, float], device: st
                             "needs RAY_AUTH_MODE=token here and its token (`ray get-auth-token` on its head "
                             "prints it: put it in ~/.ray/auth_token or RAY_AUTH_TOKEN). Or leave "
                             "--address out to run on a local Ray cluster of this machine.") from None
-    cluster = ray.cluster_resources().get("GPU", 0.0)
+    total = ray.cluster_resources()
+    cluster, cpus = total.get("GPU", 0.0), total.get("CPU", 0.0)
     gpus = resources.get("gpu")
     problem = None
     if device == "cpu" and gpus:
@@ -336,9 +322,9 @@ def ray_pool(address: str | None, setup, resources: dict[str, float], device: st
     elif gpus and not cluster:
         problem = (f"--resources gpu={gpus:g}: the Ray cluster has no GPU, so no unit could ever start; "
                    "leave gpu out, or add nodes with GPUs to the cluster")
-    elif resources.get("cpu", 1.0) > ray.cluster_resources().get("CPU", 0.0):
-        problem = (f"--resources cpu={resources['cpu']:g}: the Ray cluster has "
-                   f"{ray.cluster_resources().get('CPU', 0.0):g} CPUs, so no unit could ever start; ask for fewer")
+    elif resources.get("cpu", 1.0) > cpus:
+        problem = (f"--resources cpu={resources['cpu']:g}: the Ray cluster has {cpus:g} CPUs, so no unit could "
+                   "ever start; ask for fewer")
     if problem:
         ray.shutdown()
         raise UserError(problem)

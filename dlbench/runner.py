@@ -7,7 +7,6 @@ or GPUs (``workers.py``), with this process the one writer to the tracking store
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections import Counter
@@ -28,7 +27,7 @@ from dlbench.plugins import Plugins
 from dlbench.progress import Progress
 from dlbench.provenance import code_version, git_diff, installed_packages
 from dlbench.stacking import DEFAULT_MAX_STACK, Work, plan, stack_id
-from dlbench.study import Trial
+from dlbench.study import Trial, canonical_json
 from dlbench.train import TrialResult
 from dlbench.workers import default_jobs
 
@@ -237,7 +236,7 @@ def _data_configs(trials: list[Trial]) -> list[dict]:
     by_data = {}
     for trial in trials:
         cfg = trial.config
-        key = json.dumps([cfg["dataset"], cfg["val_fraction"], cfg.get("preprocessing", [])], sort_keys=True)
+        key = canonical_json({k: cfg.get(k) for k in ("dataset", "val_fraction", "preprocessing")})
         by_data.setdefault(key, cfg)
     return list(by_data.values())
 

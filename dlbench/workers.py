@@ -47,6 +47,28 @@ class WorkerSetup:
     checkpoint_dir: str | None
     checkpoint_every: float
 
+    @property
+    def checkpoints(self) -> Path | None:
+        return Path(self.checkpoint_dir) if self.checkpoint_dir else None
+
+
+def load_world(setup: WorkerSetup, device: torch.device):
+    """A worker's plugins (the training diagnostics registered) and data cache, with ``setup``'s
+    threads and determinism on ``device``: built once by every worker, local or a Ray task's."""
+    from dlbench.data import DataCache
+    from dlbench.diagnostics import Diagnostics
+    from dlbench.plugins import load_plugins
+    from dlbench.runner import set_determinism
+
+    torch.set_num_threads(setup.threads)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    set_determinism(setup.deterministic, device)
+    plugins = load_plugins(Path(setup.plugins_dir) if setup.plugins_dir else None, autoload=setup.autoload,
+                           required_dir=setup.plugins_dir_required)
+    plugins.pm.register(Diagnostics(plugins.hook, plugins.registry), name="dlbench.diagnostics")
+    return plugins, DataCache(Path(setup.data_dir) if setup.data_dir else None)
+
 
 class ModelText:
     """The model as the parent's observers see it: its printed form (the tracker logs it)."""
@@ -146,29 +168,17 @@ def _worker_main(worker: int, device: str, setup: WorkerSetup, tasks, events, ac
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a forked worker inherits the CLI's handler: drop it
     _die_with_parent()
     try:
-        from dlbench.data import DataCache
-        from dlbench.diagnostics import Diagnostics
         from dlbench.executor import execute
-        from dlbench.plugins import load_plugins
-        from dlbench.runner import set_determinism
 
-        torch.set_num_threads(setup.threads)
         dev = torch.device(device)
-        if dev.type == "cuda":
-            torch.cuda.set_device(dev)
-        set_determinism(setup.deterministic, dev)
-        plugins = load_plugins(Path(setup.plugins_dir) if setup.plugins_dir else None, autoload=setup.autoload,
-                               required_dir=setup.plugins_dir_required)
-        plugins.pm.register(Diagnostics(plugins.hook, plugins.registry), name="dlbench.diagnostics")
+        plugins, cache = load_world(setup, dev)
         plugins.pm.register(Forwarder(worker, events, acks), name="dlbench.forwarder")
-        cache = DataCache(Path(setup.data_dir) if setup.data_dir else None)
-        checkpoint_dir = Path(setup.checkpoint_dir) if setup.checkpoint_dir else None
     except Exception as exc:
         events.put(("broken", worker, None, "".join(traceback.format_exception(exc))))
         return
     events.put(("ready", worker, None, None))
     while (item := tasks.get()) is not None:
-        execute(item, plugins.registry, plugins.hook, cache, dev, checkpoint_dir, setup.checkpoint_every)
+        execute(item, plugins.registry, plugins.hook, cache, dev, setup.checkpoints, setup.checkpoint_every)
         events.put(("done", worker, None, None))
 
 

@@ -44,14 +44,13 @@ from functools import partial
 
 import requests
 
-from dlbench.errors import UserError
+from dlbench.errors import EXIT_TRY_AGAIN, UserError
 from dlbench.tracking.keys import tags_filter
 
 DEFAULT_TIMEOUT_S = 600.0  # --tracking-timeout: how long an outage may last before dlbench stops
 RETRY_S = 2.0  # a new attempt this often while the server is away (a refused connection costs nothing)
 NOTICE_S = 30.0  # the "unreachable" message this often
 MAX_PENDING_VALUES = 200_000  # metric values, tags and params held while the server is away (~60 MB)
-EXIT_TRY_AGAIN = 75  # EX_TEMPFAIL: the command may succeed when run again later
 CREATE_ID_TAG = "dlbench.create_id"
 
 # Writes are queued and sent in order; any other method is a read (it needs the answer).
