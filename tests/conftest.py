@@ -128,6 +128,18 @@ def sqlite_uri(path: Path) -> str:
     return f"sqlite:///{Path(path).resolve()}"
 
 
+def the_preflight_problem(trials, registry, tmp_path: Path) -> str:
+    """The one problem the preflight reports for ``trials`` (of a throwaway study file)."""
+    from dlbench.config import parse_study_file
+    from dlbench.preflight import PreflightError, preflight
+
+    study_file = parse_study_file({"studies": {"s": {"levels": {"x": {}}}}}, tmp_path / "t.toml")
+    with pytest.raises(PreflightError) as err:
+        preflight(study_file, trials, registry)
+    (problem,) = err.value.problems
+    return problem
+
+
 def describe_result(proc: subprocess.CompletedProcess) -> str:
     """The whole story of a subprocess, for assertion messages."""
     return f"exit {proc.returncode}\n--- stdout ---\n{proc.stdout}\n--- stderr ---\n{proc.stderr}"

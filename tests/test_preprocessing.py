@@ -7,10 +7,10 @@ from dataclasses import replace
 
 import pytest
 import torch
+from conftest import the_preflight_problem
 
 from dlbench.data import DataCache
 from dlbench.errors import ConfigError
-from dlbench.preflight import PreflightError, preflight
 from dlbench.preprocessing import apply
 from dlbench.train import make
 from dlbench.stacking import stack_key
@@ -165,14 +165,9 @@ def test_trials_of_different_preprocessing_do_not_stack(registry, make_trials):
 
 
 def test_preflight_fits_the_steps_and_names_the_key(tmp_path, registry, make_trials):
-    from dlbench.config import parse_study_file
-
     trials = make_trials(levels={"ok": {"preprocessing": [{"name": "pca", "components": 8}]},
                                  "bad": {"preprocessing": ["center", {"name": "pca", "components": 50}]}})
-    study_file = parse_study_file({"studies": {"s": {"levels": {"x": {}}}}}, tmp_path / "t.toml")
-    with pytest.raises(PreflightError) as err:
-        preflight(study_file, trials, registry)
-    (problem,) = err.value.problems
+    problem = the_preflight_problem(trials, registry, tmp_path)
     assert problem.startswith("studies.s.levels.bad.preprocessing[1] (preprocessing 'pca' [built-in]) raised "
                               "ValueError: components = 50 is more than the 40 features"), problem
     assert "when fitted and applied" in problem and "1 trial: s/bad" in problem

@@ -8,10 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import NoHooks, StopAfter
+from conftest import NoHooks, StopAfter, the_preflight_problem
 from dlbench.builtin.schedules import cosine, plateau
 from dlbench.errors import ConfigError
-from dlbench.preflight import PreflightError, preflight
 from dlbench.stacking import Work, plan, stack_id
 from dlbench.train import Checkpoints, build, run_trial
 from dlbench.train_stack import run_stack
@@ -81,13 +80,7 @@ def test_plateau_in_a_trial_records_its_rate_and_a_resumed_trial_ends_the_same(t
 
 
 def test_plateau_without_a_validation_split_is_reported_at_the_schedule_key(tmp_path, make_trials, registry):
-    from dlbench.config import parse_study_file
-
-    trials = make_trials({"schedule": "plateau", "val_fraction": 0.0})
-    study_file = parse_study_file({"studies": {"s": {"levels": {"x": {}}}}}, tmp_path / "t.toml")
-    with pytest.raises(PreflightError) as err:
-        preflight(study_file, trials, registry)
-    (problem,) = err.value.problems
+    problem = the_preflight_problem(make_trials({"schedule": "plateau", "val_fraction": 0.0}), registry, tmp_path)
     assert problem.startswith("baseline.schedule (schedule 'plateau' [built-in]) raised ValueError: plateau "
                               "follows the validation loss"), problem
     assert "set val_fraction > 0" in problem and "in epoch_end" in problem
