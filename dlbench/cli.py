@@ -175,11 +175,11 @@ def run(study_file: Path, dry_run: bool, tracking_uri: str | None, device: str, 
     together as one stacked model; --dry-run shows the stacks.
     """
     from dlbench.config import read_study_file
-    from dlbench.study import expand
+    from dlbench.study import expand_plan
 
     sf = read_study_file(study_file)
     plugins = _load_plugins(plugins_dir, sf.path.parent / "plugins")
-    trials = expand(sf, plugins.registry, list(only) or None)
+    plan = expand_plan(sf, plugins.registry, list(only) or None)
 
     from dlbench.runner import resolve_devices
 
@@ -194,16 +194,17 @@ def run(study_file: Path, dry_run: bool, tracking_uri: str | None, device: str, 
         if ray and not dry_run:  # first: Ray's workers start and load while the preflight runs
             from dlbench.runner import start_ray
 
-            ray_pool = start_ray(ray, plugins, trials, data_dir=data_dir, deterministic=deterministic,
+            ray_pool = start_ray(ray, plugins, plan.trials + [p for s in plan.searches for p in s.probes()],
+                                 data_dir=data_dir, deterministic=deterministic,
                                  checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, jobs=jobs,
                                  fail_fast=fail_fast)
             cleanup.callback(ray_pool.close)
-        _run_checked(sf, trials, plugins, dry_run, devices, tracking_uri, reports_dir, fail_fast, force,
+        _run_checked(sf, plan, plugins, dry_run, devices, tracking_uri, reports_dir, fail_fast, force,
                      deterministic, data_dir, checkpoint_dir, checkpoint_every, allow_data_mismatch, jobs,
                      stack_size, tracking_timeout, ray_pool)
 
 
-def _run_checked(sf, trials, plugins, dry_run, devices, tracking_uri, reports_dir, fail_fast, force, deterministic,
+def _run_checked(sf, plan, plugins, dry_run, devices, tracking_uri, reports_dir, fail_fast, force, deterministic,
                  data_dir, checkpoint_dir, checkpoint_every, allow_data_mismatch, jobs, stack_size, tracking_timeout,
                  ray_pool) -> None:
     """`run` past its options: the preflight, then the dry run's table or the study itself."""
@@ -212,12 +213,21 @@ def _run_checked(sf, trials, plugins, dry_run, devices, tracking_uri, reports_di
 
     # every distinct component built once on a tiny batch: a plugin that raises stops us here,
     # before any worker trains or any run is logged
-    checked = preflight(sf, trials, plugins.registry, data_dir=data_dir)
+    trials = plan.trials
+    checked = preflight(sf, trials + [p for s in plan.searches for p in s.probes()], plugins.registry,
+                        data_dir=data_dir)
     if dry_run:
-        from dlbench.stacking import DEFAULT_MAX_STACK, plan
+        from dlbench.stacking import DEFAULT_MAX_STACK
+        from dlbench.stacking import plan as stacks
 
-        works = plan(trials, plugins.registry, stack_size or DEFAULT_MAX_STACK[devices[0].type])
-        click.echo(_trial_table(sf, trials, works))
+        if trials:
+            works = stacks(trials, plugins.registry, stack_size or DEFAULT_MAX_STACK[devices[0].type])
+            click.echo(_trial_table(sf, trials, works))
+        if plan.searches:
+            from dlbench.tuning.search import describe_plan
+
+            click.echo(("\n" if trials else "") + describe_plan(plan.searches))
+            click.echo(f"\n{plan.total} trials in all from {sf.path} (dry run: nothing trained)")
         click.echo(str(checked))
         return
     click.echo(str(checked))
@@ -229,22 +239,23 @@ def _run_checked(sf, trials, plugins, dry_run, devices, tracking_uri, reports_di
                            deterministic=deterministic, data_dir=data_dir, checkpoint_dir=checkpoint_dir,
                            checkpoint_every=checkpoint_every,
                            allow_data_mismatch=allow_data_mismatch, jobs=jobs, stack_size=stack_size,
-                           tracking_timeout=tracking_timeout, ray_pool=ray_pool)
+                           tracking_timeout=tracking_timeout, ray_pool=ray_pool, searches=plan.searches)
     except KeyboardInterrupt:
         click.echo("\nInterrupted: the finished trials are in MLflow; the running one is marked KILLED.", err=True)
         sys.exit(130)
-    finished, diverged, failed, interrupted = (result.count(s) for s in ("finished", "diverged", "failed",
-                                                                         "interrupted"))
+    finished, diverged, failed, interrupted, pruned = (result.count(s) for s in ("finished", "diverged", "failed",
+                                                                                 "interrupted", "pruned"))
     others = f", {result.by_others} by other processes" if result.by_others else ""
     elsewhere = f", {result.busy} still running in another process" if result.busy else ""
     stopped = f", {interrupted} interrupted" if interrupted else ""
+    stopped += f", {pruned} pruned" if pruned else ""
     already = f"{result.skipped_finished} of them already in the store{others}"
     click.echo(f"\n{finished} finished ({already}), {diverged} diverged, "
-               f"{failed} failed{stopped}, {len(trials) - len(result.results) - result.busy} not run{elsewhere}. "
+               f"{failed} failed{stopped}, {result.total - len(result.results) - result.busy} not run{elsewhere}. "
                f"MLflow parent run: {result.parent_run_id}")
     from dlbench.paths import folder_name
 
-    studies = {folder_name(t.study): t.study for t in trials}
+    studies = {folder_name(s): s for s in plan.studies}
     for folder in result.reports:
         click.echo(report_line(studies.get(folder.name, folder.name), folder))
     if interrupted:

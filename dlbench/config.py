@@ -76,7 +76,9 @@ DEFAULT_BASELINE: dict[str, Any] = {
 BASELINE_KEYS = list(DEFAULT_BASELINE)
 TOP_KEYS = ["study", "baseline", "studies"]
 STUDY_META_KEYS = ["name", "description", "seeds", "alpha"]
-STUDY_KEYS = ["question", "description", "seeds", "reference", "baseline", "levels", "factors", "claims", "alpha"]
+STUDY_KEYS = ["question", "description", "seeds", "reference", "baseline", "levels", "factors", "claims", "alpha",
+              "tune"]
+LEVEL_KEYS = [*BASELINE_KEYS, "tune"]  # a level may add to (or set) its study's search space
 CLAIM_KEYS = ["level", "beats", "metric"]
 # What a claim may compare, and which way is better: final-epoch metrics of each trial.
 CLAIM_METRICS = {f"{split}_{m}": m == "accuracy" for split in ("test", "val", "train") for m in ("accuracy", "loss")}
@@ -98,6 +100,7 @@ class Factor:
 
     name: str
     levels: dict[str, dict]
+    tunes: dict[str, dict] = field(default_factory=dict)  # level -> its own tune table (dlbench/tuning/space.py)
 
     @property
     def level_names(self) -> list[str]:
@@ -137,6 +140,7 @@ class Study:
     overrides: dict = field(default_factory=dict)
     claims: tuple[Claim, ...] = ()
     alpha: float = DEFAULT_ALPHA  # significance level of the claims' verdicts
+    tune: dict | None = None  # the study's tune table, checked (dlbench/tuning/space.py)
 
     @property
     def factor_names(self) -> list[str]:
@@ -271,8 +275,11 @@ def _parse_study(name: str, raw: dict, default_seeds: tuple[int, ...], problems:
                 problems.append(f"{fw}.{lname}: a level is a table of overrides (use {{}} for the baseline itself), "
                                 f"got {_show(over)}")
             else:
-                _unknown_keys(over, BASELINE_KEYS, f"{fw}.{lname}.", problems)
-        factors.append(Factor(fname, {k: normalize(v) if isinstance(v, dict) else {} for k, v in levels.items()}))
+                _unknown_keys(over, LEVEL_KEYS, f"{fw}.{lname}.", problems)
+        tunes = {k: v["tune"] for k, v in levels.items() if isinstance(v, dict) and "tune" in v}
+        overrides_of = {k: normalize({o: x for o, x in v.items() if o != "tune"}) if isinstance(v, dict) else {}
+                        for k, v in levels.items()}
+        factors.append(Factor(fname, overrides_of, tunes))
 
     reference = {f.name: f.level_names[0] for f in factors}
     ref_raw = raw.get("reference")
@@ -295,7 +302,21 @@ def _parse_study(name: str, raw: dict, default_seeds: tuple[int, ...], problems:
     question = raw.get("question", raw.get("description", ""))
     alpha = _alpha(raw["alpha"], f"{where}.alpha", problems) if "alpha" in raw else default_alpha
     claims = _claims(raw.get("claims", []), factors, f"{where}.claims", problems)
-    return Study(name, str(question), tuple(factors), seeds, reference, normalize(overrides), claims, alpha)
+    tune = _tune(raw.get("tune"), factors, where, level_where, problems)
+    return Study(name, str(question), tuple(factors), seeds, reference, normalize(overrides), claims, alpha, tune)
+
+
+def _tune(raw, factors: list[Factor], where: str, level_where: dict[str, str], problems: list[str]) -> dict | None:
+    """Check the study's tune table and each level's (merged over the study's); the study's, raw."""
+    from dlbench.tuning.space import merge_tune, parse_tune
+
+    if raw is not None and parse_tune(raw, f"{where}.tune", problems) is None:
+        return None
+    for factor in factors:
+        for lname, own in factor.tunes.items():
+            parse_tune(merge_tune(raw, own) if isinstance(own, dict) else own,
+                       f"{level_where[factor.name]}.{toml_key(lname)}.tune", problems)
+    return raw
 
 
 def _claims(raw, factors: list[Factor], where: str, problems: list[str]) -> tuple[Claim, ...]:

@@ -209,27 +209,26 @@ class RayPool:
             self._submit(work)
         return early
 
-    def run(self, works: list, observers: list, on_result, claim=lambda work: work, stop=lambda: False) -> None:
-        """Train every unit (see ``WorkerPool.run``): keep ``jobs`` tasks in flight, each claimed as
+    def run(self, queue, observers: list, on_result, claim=lambda work: work, stop=lambda: False) -> None:
+        """Train every unit of ``queue`` (see ``WorkerPool.run``): keep ``jobs`` tasks in flight, each claimed as
         it is submitted; route their events; a task Ray could not complete ends its trials
         interrupted (resumable). On Ctrl-C, cancel the tasks, end their trials interrupted, re-raise."""
         from dlbench.train import TrialResult
         from dlbench.workers import Router
 
-        running = list(self._inflight.values())
-        todo = [w for w in works if w not in running]
-        router = Router(works, observers, on_result)
+        router = Router(list(self._inflight.values()), observers, on_result)  # prestarted
         try:
-            while todo or self._inflight:
+            while True:
                 if stop():  # --fail-fast: what is running finishes, nothing new starts
-                    todo.clear()
+                    queue.clear()
                 # no more than the slots: a unit waiting in Ray's queue makes Ray start (and later
                 # stop) another worker process, which loads everything again
-                while todo and len(self._inflight) < self.jobs:
-                    if (work := claim(todo.pop(0))) is not None:
+                while len(self._inflight) < self.jobs and (unit := queue.next()) is not None:
+                    if (work := claim(unit)) is not None:
+                        router.track(work)
                         self._submit(work)
-                if not self._inflight:
-                    continue
+                if not self._inflight:  # nothing running: nothing can make more work ready
+                    break
                 checkpointing = time.monotonic() - self._last_ack < 1.0
                 ready, _ = ray.wait(list(self._inflight), num_returns=1,
                                     timeout=CHECKPOINT_POLL_S if checkpointing else POLL_S)

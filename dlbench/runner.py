@@ -29,6 +29,7 @@ from dlbench.provenance import code_version, git_diff, installed_packages
 from dlbench.stacking import DEFAULT_MAX_STACK, Work, plan, stack_id
 from dlbench.study import Trial, canonical_json
 from dlbench.train import TrialResult
+from dlbench.work_queue import WorkQueue
 from dlbench.workers import default_jobs
 
 
@@ -83,6 +84,8 @@ class StudyRun:
     skipped: int = 0  # already finished (or diverged) in the store when this process planned the study
     skipped_finished: int = 0  # of those, the finished ones
     by_others: int = 0  # ended by other processes working on the study at the same time
+    total: int = 0  # trials of the invocation, the searches' included
+    not_tuned: int = 0  # final trials of searches that found no finished trial to train
     elsewhere: list[Trial] = field(default_factory=list)  # being run by another live process
 
     @property
@@ -121,11 +124,13 @@ def plan_trial(previous: list, force: bool):
     return "new", None
 
 
-def stored_result(run) -> TrialResult:
-    """A finished trial's result as the store has it (its latest metric values)."""
+def stored_result(run, tracker=None) -> TrialResult:
+    """A finished trial's result as the store has it (its latest metric values; with
+    ``tracker``, its per-epoch history too: a tuning trial's search needs its curve)."""
     status = run.tags.get("dlbench.status", "finished")
+    history = tracker.epoch_history(run) if tracker is not None else []
     return TrialResult(status=status, epochs_run=int(run.tags.get("dlbench.epochs_run", "0")),
-                       final={k: v for k, v in run.metrics.items() if "." not in k},
+                       final={k: v for k, v in run.metrics.items() if "." not in k}, history=history,
                        seconds=float(run.tags.get("dlbench.duration_s", "0")))
 
 
@@ -135,7 +140,7 @@ def run_study(study_file: StudyFile, trials: list[Trial], plugins: Plugins, *, d
               checkpoint_dir: Path = Path(".dlbench/checkpoints"), checkpoint_every: float = 10.0,
               allow_data_mismatch: bool = False, jobs: int | None = None, stack_size: int | None = None,
               devices: list[torch.device] | None = None, tracking_timeout: float | None = None,
-              ray_pool=None) -> StudyRun:
+              ray_pool=None, searches=()) -> StudyRun:
     """Run the trials not already in the store; resume those a dead process left behind.
 
     Without ``force``, a trial whose config hash already FINISHED (or diverged) in the
@@ -152,6 +157,11 @@ def run_study(study_file: StudyFile, trials: list[Trial], plugins: Plugins, *, d
     the machine has room for. With ``ray_pool`` (:func:`start_ray`), they run as Ray tasks
     instead, on the pool's device. A tracking server that goes away is waited for ``tracking_timeout``
     seconds (None: 600), training going on meanwhile (``tracking/resilient.py``).
+
+    ``searches`` (:func:`dlbench.study.expand_plan`) add the trials of tuned levels as they go:
+    rounds of tuning trials, then the best values with the study's seeds. A re-run asks the
+    same points again (the samplers are seeded), finds the trials already in the store and
+    spends only what is left of each budget.
     """
     pool = ray_pool
     if pool is not None:  # the cluster's tasks train on GPUs when it has some (--device auto)
@@ -161,8 +171,8 @@ def run_study(study_file: StudyFile, trials: list[Trial], plugins: Plugins, *, d
     devices = devices or [device]
     if pool is None:
         if jobs is None:  # --fail-fast stops at the first failure in file order: one unit at a time
-            jobs = 1 if fail_fast else default_jobs(device, len(plan(trials, plugins.registry, max_stack)),
-                                                    len(devices))
+            units = len(plan(trials, plugins.registry, max_stack)) + sum(s.spec.budget for s in searches)
+            jobs = 1 if fail_fast else default_jobs(device, units, len(devices))
         # workers start first: they import torch and load plugins and data while this process opens the store
         pool = _start_pool(jobs, devices, plugins, data_dir, deterministic, checkpoint_dir, checkpoint_every) \
             if jobs > 1 else None
@@ -184,7 +194,7 @@ def run_study(study_file: StudyFile, trials: list[Trial], plugins: Plugins, *, d
                 early = pool.prestart(units)
             return _run(study_file, trials, plugins, device, tracking_uri, reports_dir, stream, fail_fast, force,
                         deterministic, data_dir, checkpoint_dir, checkpoint_every, allow_data_mismatch, max_stack,
-                        pool, lock, startup, early, tracking_timeout)
+                        pool, lock, startup, early, tracking_timeout, list(searches))
     finally:
         if pool is not None:
             pool.close(now=True)
@@ -264,7 +274,7 @@ def start_ray(settings: RaySettings, plugins: Plugins, trials: list[Trial], *, d
 
 def _run(study_file, trials, plugins, device, tracking_uri, reports_dir, stream, fail_fast, force, deterministic,
          data_dir, checkpoint_dir, checkpoint_every, allow_data_mismatch, max_stack, pool, lock, startup,
-         early, tracking_timeout) -> StudyRun:
+         early, tracking_timeout, searches) -> StudyRun:
     from dlbench.tracking import StudyContext, Tracker  # mlflow is heavy: imported only when a study runs
 
     context = StudyContext(tags={"dlbench.deterministic": str(deterministic).lower()}, registry=plugins.registry)
@@ -279,18 +289,24 @@ def _run(study_file, trials, plugins, device, tracking_uri, reports_dir, stream,
         context.artifacts["git.diff"] = git_diff(study_file.path.resolve().parent)
 
     tracker = Tracker(tracking_uri, study_file.name, lock=lock, timeout_s=tracking_timeout)
-    progress = Progress(len(trials), stream)
-    run = StudyRun(tracker.start_study(study_file, trials, device, context, resume=not force))
+    total = len(trials) + sum(s.total for s in searches)
+    progress = Progress(total, stream)
+    run = StudyRun(tracker.start_study(study_file, trials, device, context, resume=not force, searches=searches),
+                   total=total)
     workers = f" {pool.description}" if pool else ""
-    stream.write(f"study {study_file.name!r}: {len(trials)} trials on {device}{workers}; "
+    tuned = f" ({sum(s.spec.budget for s in searches)} of them tuning {len(searches)} levels)" if searches else ""
+    stream.write(f"study {study_file.name!r}: {total} trials{tuned} on {device}{workers}; "
                  f"MLflow parent run {run.parent_run_id} in {tracking_uri}\n")
-    works = _works(trials, tracker, run, plugins, force, max_stack, checkpoint_dir, stream)
+    works = _works(trials, tracker, run, plugins, force, max_stack, checkpoint_dir, stream, total)
     for work in early:  # training already: new by construction (this process created the store, or --force)
         for trial in work.members:
             tracker.open_run(trial)
     startup.close()  # the store lock: other processes may now join and claim
-    reports = BackgroundReports(tracking_uri, run.parent_run_id, trials, reports_dir, background=pool is not None)
+    known = list(trials)  # and the trials the searches add as they go
+    reports = BackgroundReports(tracking_uri, run.parent_run_id, known, reports_dir, background=pool is not None)
     pending = Counter(t.study for w in works for t in w.members)
+    for search in searches:
+        pending[search.study.name] += search.total
     drawn: list[str] = []  # the studies whose report this process draws
 
     def settle(study: str) -> None:
@@ -302,29 +318,42 @@ def _run(study_file, trials, plugins, device, tracking_uri, reports_dir, stream,
             stream.write(f"study {study!r}: process {others[0].tags.get('dlbench.pid', '?')} still trains "
                          f"{len(others)} of its trials and draws its report\n")
             return
-        tracker.log_level_summary(study, [t for t in trials if t.study == study])  # on the parent run
+        tracker.log_level_summary(study, [t for t in known if t.study == study and not t.is_tuning])  # parent run
         drawn.append(study)
         reports.submit(study)
 
     def on_result(trial, result):
         run.results.append((trial, result))
+        queue.record(trial, result)  # a search may have its next round now
         pending[trial.study] -= 1
         if pending[trial.study] == 0:
             settle(trial.study)
 
+    def no_finals(search) -> None:
+        stream.write(f"study {search.study.name!r}, level {search.level!r}: no tuning trial of the last stage "
+                     "finished (all failed, diverged or were pruned): nothing to train with the study's seeds\n")
+        run.not_tuned += len(search.study.seeds)
+        pending[search.study.name] -= len(search.study.seeds)
+        if pending[search.study.name] == 0:
+            settle(search.study.name)
+
     def take(work: Work) -> Work | None:
         """Claim ``work`` as it is handed out; what another process took or finished meanwhile is not ours."""
-        unit, taken = claim(work, tracker, force, checkpoint_dir, stream, len(trials))
+        unit, taken = claim(work, tracker, force, checkpoint_dir, stream, total)
         for trial, action, previous in taken:
             if action == "busy":
                 run.elsewhere.append(trial)
+                queue.elsewhere(trial)
                 pending[trial.study] -= 1
                 if pending[trial.study] == 0:
                     settle(trial.study)
             else:
                 run.by_others += 1
-                on_result(trial, stored_result(previous))
+                on_result(trial, stored_result(previous, tracker if trial.is_tuning else None))
         return unit
+
+    queue = WorkQueue(hand_out_order([w for w in works if w not in early]), searches, plugins.registry, max_stack,
+                      on_new=known.extend, on_empty=no_finals)
 
     status = "KILLED"
     try:
@@ -332,10 +361,9 @@ def _run(study_file, trials, plugins, device, tracking_uri, reports_dir, stream,
             if not pending[study]:
                 settle(study)  # every trial already in the store, or in another process's hands
         if pool is not None:
-            pool.run(hand_out_order(works), [tracker, progress], on_result, take,
-                     stop=lambda: fail_fast and run.count("failed") > 0)
+            pool.run(queue, [tracker, progress], on_result, take, stop=lambda: fail_fast and run.count("failed") > 0)
         else:
-            _run_inline(works, take, on_result, plugins, tracker, progress, device, data_dir, checkpoint_dir,
+            _run_inline(queue, take, on_result, plugins, tracker, progress, device, data_dir, checkpoint_dir,
                         checkpoint_every, stop=lambda: fail_fast and run.count("failed") > 0)
         status = "FINISHED"
     except BaseException:
@@ -350,24 +378,25 @@ def _run(study_file, trials, plugins, device, tracking_uri, reports_dir, stream,
             elif status == "FINISHED" and run.count("interrupted"):  # a worker died: resumable, as after Ctrl-C
                 status = "KILLED"
             if last:  # it ends the parent run, with the summary of the whole study
-                summary = {s: run.count(s) for s in ("finished", "diverged", "failed", "interrupted")}
+                summary = {s: run.count(s) for s in ("finished", "pruned", "diverged", "failed", "interrupted")}
                 summary["skipped"] = run.skipped
                 summary["by_other_processes"] = run.by_others
                 summary["running_elsewhere"] = run.busy
-                summary["not_run"] = len(trials) - len(run.results) - run.busy
+                summary["not_run"] = total - len(run.results) - run.busy
                 tracker.end_study(status, summary)
     if pool is not None:
         pool.close()  # idle now: free the cores for the reports
-    for study in dict.fromkeys(t.study for t in trials):
+    studies = list(dict.fromkeys([t.study for t in trials] + [s.study.name for s in searches]))
+    for study in studies:
         if pending[study] > 0 and any(t.study == study for t, _ in run.results):
-            settle(study)  # not all of it ran (--fail-fast): a report of what did
+            settle(study)  # not all of it ran (--fail-fast, an interrupted search): a report of what did
     if drawn:
-        run.reports = reports.wait([s for s in dict.fromkeys(t.study for t in trials) if s in drawn], stream)
+        run.reports = reports.wait([s for s in studies if s in drawn], stream)
     return run
 
 
 def _works(trials, tracker, run: StudyRun, plugins, force: bool, max_stack: int, checkpoint_dir: Path,
-           stream) -> list[Work]:
+           stream, total: int) -> list[Work]:
     """The units of work: trials to resume from a stack's checkpoint (the same members again),
     then every other trial to run, stacked where they can. Finished ones are skipped, and those
     another live process runs are left to it; each unit is claimed as it is handed out."""
@@ -383,7 +412,7 @@ def _works(trials, tracker, run: StudyRun, plugins, force: bool, max_stack: int,
         elif action == "busy":
             run.elsewhere.append(trial)
         if action in ("skip", "busy"):
-            _say(stream, trial, len(trials), action, previous)
+            _say(stream, trial, total, action, previous)
             continue
         sid = previous.tags.get("dlbench.stack_id") if action == "resume" else None
         if sid and (checkpoint_dir / f"stack-{sid}.pt").is_file():
@@ -458,10 +487,10 @@ def _ended_elsewhere(run: StudyRun, tracker) -> None:
     run.elsewhere = still
 
 
-def _run_inline(works, take, on_result, plugins, tracker, progress, device, data_dir, checkpoint_dir,
+def _run_inline(queue, take, on_result, plugins, tracker, progress, device, data_dir, checkpoint_dir,
                 checkpoint_every, stop) -> None:
-    """Every unit in this process, one after another (each claimed by ``take`` as it starts;
-    None: another process has it): the dataset stays on the device for all."""
+    """Every unit of ``queue`` in this process, one after another (each claimed by ``take`` as it
+    starts; None: another process has it): the dataset stays on the device for all."""
     # pluggy calls the last registered first: the tracker closes a trial's run before the
     # progress line says it finished
     plugins.pm.register(progress, name="dlbench.progress")
@@ -469,7 +498,7 @@ def _run_inline(works, take, on_result, plugins, tracker, progress, device, data
     plugins.pm.register(tracker, name="dlbench.tracking")
     cache = DataCache(data_dir)
     try:
-        for work in works:
+        while (work := queue.next()) is not None:
             if (work := take(work)) is None:
                 continue
             for trial, result in execute(work, plugins.registry, plugins.hook, cache, device, checkpoint_dir,

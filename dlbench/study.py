@@ -12,7 +12,7 @@ import itertools
 import json
 from dataclasses import dataclass, field
 
-from dlbench.config import Study, StudyFile, merge, resolve
+from dlbench.config import Study, StudyFile, merge, resolve, toml_key
 from dlbench.errors import ConfigError, choose_one_of
 
 
@@ -28,6 +28,10 @@ class Trial:
     # the key path of the study file that last set each setting (see ``sources``), so a problem
     # found after expansion (the preflight) points at the line the user wrote
     where: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+    # a trial of a tuned level's search (dlbench/tuning/search.py): a tuning trial or a final one
+    tuning: object = field(default=None, compare=False, repr=False)
+    # a tuning trial's pruning rule (dlbench/tuning/pruning.py), asked by the training loop
+    prune: object = field(default=None, compare=False, repr=False)
 
     @property
     def level(self) -> str:
@@ -38,7 +42,13 @@ class Trial:
 
     @property
     def run_name(self) -> str:
+        if self.tuning is not None and self.tuning.role == "tuning":
+            return f"{self.study}/{self.level}/tune={self.tuning.number}"
         return f"{self.study}/{self.level}/seed={self.seed}"
+
+    @property
+    def is_tuning(self) -> bool:
+        return self.tuning is not None and self.tuning.role == "tuning"
 
 
 def canonical_json(config: dict) -> str:
@@ -51,8 +61,33 @@ def config_hash(config: dict) -> str:
     return hashlib.sha256(canonical_json(config).encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class Plan:
+    """A study file expanded: the trials known now, and the searches of tuned levels, whose
+    trials (tuning trials, then the best values with the study's seeds) come as they run."""
+
+    trials: list[Trial]
+    searches: list = field(default_factory=list)  # dlbench.tuning.search.Search
+
+    @property
+    def total(self) -> int:
+        return len(self.trials) + sum(s.total for s in self.searches)
+
+    @property
+    def studies(self) -> list[str]:
+        """The studies it runs, in file order."""
+        return list(dict.fromkeys([t.study for t in self.trials] + [s.study.name for s in self.searches]))
+
+
 def expand(study_file: StudyFile, registry, only: list[str] | None = None) -> list[Trial]:
-    """All trials of the file (or of the studies named in ``only``), in file order."""
+    """The trials of the file (or of the studies named in ``only``) known before anything runs,
+    in file order: every trial of a study that does not tune (see :func:`expand_plan`)."""
+    return expand_plan(study_file, registry, only).trials
+
+
+def expand_plan(study_file: StudyFile, registry, only: list[str] | None = None) -> Plan:
+    """All trials of the file (or of the studies named in ``only``) and the searches of its tuned
+    levels, numbered in file order."""
     problems: list[str] = []
     studies = list(study_file.studies)
     if only:
@@ -62,36 +97,50 @@ def expand(study_file: StudyFile, registry, only: list[str] | None = None) -> li
             raise ConfigError(str(study_file.path), [f"--study {u!r}: no such study; {choose_one_of(u, names)}"
                                                      for u in unknown])
         studies = [s for s in studies if s.name in only]
-    trials: list[Trial] = []
+    plan = Plan([], [])
     for study in studies:
-        trials.extend(_expand_study(study_file, study, registry, problems, start=len(trials) + 1))
+        _expand_study(study_file, study, registry, problems, plan)
     if problems:
         raise ConfigError(str(study_file.path), list(dict.fromkeys(problems)))  # dedupe, keep order
-    return trials
+    return plan
 
 
-def _expand_study(sf: StudyFile, study: Study, registry, problems: list[str], start: int) -> list[Trial]:
+def _expand_study(sf: StudyFile, study: Study, registry, problems: list[str], plan: Plan) -> None:
+    from dlbench.tuning.search import Search, check_space
+    from dlbench.tuning.space import merge_tune, parse_tune
+
     base = merge(sf.baseline, study.overrides)
     base_where = sources(study.overrides, f"studies.{study.name}.baseline", {})
-    trials = []
     for combo in itertools.product(*[f.level_names for f in study.factors]):
         levels = dict(zip([f.name for f in study.factors], combo))
-        config, where = base, dict(base_where)
+        config, where, tune, tune_where = base, dict(base_where), study.tune, f"studies.{toml_key(study.name)}.tune"
         for factor, lname in zip(study.factors, combo):
             over = factor.levels[lname]
             config = merge(config, over)
             prefix = f"studies.{study.name}.levels" if len(study.factors) == 1 and factor.name == study.name \
                 else f"studies.{study.name}.factors.{factor.name}"
             where = sources(over, f"{prefix}.{lname}", where)
+            if lname in factor.tunes:
+                tune, tune_where = merge_tune(tune, factor.tunes[lname]), f"{prefix}.{toml_key(lname)}.tune"
         resolved, found = resolve(config, registry, where)
         problems.extend(found)
         if found:
             continue
+        start = plan.total + 1
+        if tune is not None:  # checked when the file was read: no problem left but the keys' own
+            spec = parse_tune(tune, tune_where, problems)
+            if spec is None:
+                continue
+            label = ",".join(f"{f}={v}" for f, v in levels.items()) if len(levels) > 1 else combo[0]
+            found = check_space(spec, config, where, registry, tune_where, label)
+            problems.extend(found)
+            if not found:
+                plan.searches.append(Search(study, levels, config, where, spec, registry, tune_where, start))
+            continue
         group = config_hash(resolved)
-        for seed in study.seeds:
+        for i, seed in enumerate(study.seeds):
             full = {**resolved, "seed": seed}
-            trials.append(Trial(start + len(trials), study.name, levels, seed, full, config_hash(full), group, where))
-    return trials
+            plan.trials.append(Trial(start + i, study.name, levels, seed, full, config_hash(full), group, where))
 
 
 def sources(override: dict, path: str, where: dict[str, str]) -> dict[str, str]:

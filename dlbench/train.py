@@ -29,7 +29,9 @@ EVAL_CHUNK = 8192  # examples per forward pass at evaluation: bounded memory, fe
 
 @dataclass
 class TrialResult:
-    status: str  # "finished", "diverged" (loss became NaN/inf), "failed" (an exception), "interrupted"
+    # "finished", "diverged" (loss became NaN/inf), "failed" (an exception), "interrupted", "pruned"
+    # (a tuning trial stopped by its search's pruner)
+    status: str
     epochs_run: int = 0
     final: dict[str, float] = field(default_factory=dict)  # metrics after the last epoch
     history: list[dict[str, float]] = field(default_factory=list)  # one dict per epoch, from 0
@@ -266,6 +268,9 @@ def run_trial(trial: Trial, registry, data: DeviceData, device: torch.device, ho
         for reg in regularizers:
             reg.epoch_end(model, epoch, metrics)
         if epoch > 0 and any([reg.should_stop(epoch, metrics) for reg in regularizers]):
+            break
+        if epoch > 0 and trial.prune is not None and trial.prune.stops(epoch, result.history):
+            result.status = "pruned"  # a tuning trial behind the others of its search (tuning/pruning.py)
             break
         if checkpoints and checkpoints.due():
             hook.dlbench_checkpoint(trial=trial, epoch=epoch)

@@ -170,6 +170,9 @@ def run_stack(work: Work, registry, data: DeviceData, device: torch.device, hook
                 reg.epoch_end(m.model, epoch, row)
             if epoch > 0 and any([reg.should_stop(epoch, row) for reg in m.regularizers]):
                 leaving.append(i)
+            elif epoch > 0 and m.trial.prune is not None and m.trial.prune.stops(epoch, m.result.history):
+                m.result.status = "pruned"  # a tuning trial behind the others of its search
+                leaving.append(i)
         if leaving:
             for i in leaving:
                 _end_member(members[i], i, params, buffers, data, hook, epoch * steps_per_epoch)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import queue
+import queue as queue_module
 import signal
 import socket
 import traceback
@@ -119,6 +119,10 @@ class Router:
         self.trials = {t.index: t for w in works for t in w.members}
         self.observers, self.on_result = observers, on_result
         self.ended: set[int] = set()
+
+    def track(self, work: Work) -> None:
+        """``work`` is handed out: its trials' events may come."""
+        self.trials.update({t.index: t for t in work.members})
 
     def call(self, hook: str, **kwargs) -> None:
         for observer in self.observers:
@@ -230,58 +234,59 @@ class WorkerPool:
         self._started += 1
         return worker
 
-    def run(self, works: list[Work], observers: list, on_result, claim=lambda work: work,
-            stop=lambda: False) -> None:
-        """Train every unit; call each observer's lifecycle hooks for every event (in the order
-        given) and ``on_result(trial, result)`` when a trial ends. A unit is handed out as
-        ``claim(unit)`` returns it (None: skip it; another process has it). On Ctrl-C, every
-        trial handed out and not ended is ended as interrupted (its run KILLED, resumable),
-        then it re-raises."""
-        running = [w.work for w in self.workers if w.work is not None]  # handed out by prestart
-        todo = [w for w in works if w not in running]  # by members: two units may share a stack id
-        router = Router(works, observers, on_result)
+    def run(self, queue, observers: list, on_result, claim=lambda work: work, stop=lambda: False) -> None:
+        """Train every unit of ``queue`` (a :class:`dlbench.work_queue.WorkQueue`); call each
+        observer's lifecycle hooks for every event (in the order given) and ``on_result(trial,
+        result)`` when a trial ends. A unit is handed out as ``claim(unit)`` returns it (None:
+        skip it; another process has it). On Ctrl-C, every trial handed out and not ended is
+        ended as interrupted (its run KILLED, resumable), then it re-raises."""
+        router = Router([w.work for w in self.workers if w.work is not None], observers, on_result)  # prestarted
         by_number = {w.number: w for w in self.workers}
 
-        def hand_out(worker: _Worker) -> None:
+        def fill() -> None:
+            """Every idle worker gets the next unit (units come as searches' rounds end)."""
             if stop():  # --fail-fast: what is running finishes, nothing new starts
-                todo.clear()
-            worker.work = None
-            while todo and worker.work is None:
-                worker.work = claim(todo.pop(0))
-            if worker.work is not None:
-                worker.tasks.put(worker.work)
+                queue.clear()
+            for worker in list(by_number.values()):
+                while worker.work is None and (unit := queue.next()) is not None:
+                    if (unit := claim(unit)) is not None:
+                        worker.work = unit
+                        router.track(unit)
+                        worker.tasks.put(unit)
 
         try:
-            self._loop(todo, by_number, router, hand_out)
+            fill()
+            self._loop(queue, by_number, router, fill)
         except KeyboardInterrupt:
             for worker in by_number.values():
                 router.interrupted(worker.work)
             raise
 
-    def _loop(self, todo, by_number, router: Router, hand_out) -> None:
-        while todo or any(w.work is not None for w in by_number.values()):
+    def _loop(self, queue, by_number, router: Router, fill) -> None:
+        while any(w.work is not None for w in by_number.values()):
             try:
                 kind, number, index, payload = self.events.get(timeout=POLL_S)
-            except queue.Empty:
+            except queue_module.Empty:
                 for worker in list(by_number.values()):
                     if not worker.process.is_alive():
-                        self._replace(worker, by_number, router.end, spare=bool(todo))
+                        self._replace(worker, by_number, router.end, spare=queue.more())
                 if not by_number:
                     raise RuntimeError("every worker process died; see the errors above") from None
+                fill()
                 continue
             worker = by_number.get(number)
             if kind == "ready":
-                if worker.work is None:  # a prestarted worker is busy already
-                    hand_out(worker)
+                pass  # its first unit may be in its task queue already
             elif kind == "broken":
                 del by_number[number]
                 raise RuntimeError(f"worker {number} could not start:\n{payload}")
             elif kind == "done":
-                hand_out(worker)
+                worker.work = None
             else:
                 router.route(kind, index, payload)
                 if kind == "checkpoint":
                     worker.acks.put(True)
+            fill()
 
     def _replace(self, worker: _Worker, by_number: dict, end, spare: bool) -> None:
         """A worker died: fail what it was training (the others go on); start another when

@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 from dlbench.tracking import keys
 
 HEARTBEAT_STALE_S = 15 * 60  # a RUNNING run on another host with no heartbeat this long is dead
+TRIAL_ROLES = ("trial", "tuning")  # the runs of trials a study run skips, resumes or claims (not reproductions)
 
 
 @dataclass(frozen=True)
@@ -82,13 +83,12 @@ def trial_runs(client: MlflowClient, experiment_id: str, config_hashes=None,
                running: bool = False) -> dict[str, list[StoredRun]]:
     """Trial runs of an experiment by config hash, newest first: all of them, or those of
     ``config_hashes`` (a few: one query each), or the RUNNING ones (``running``)."""
-    role = {"dlbench.role": "trial"}
     where = "attributes.status = 'RUNNING'" if running else ""
     if config_hashes is not None and len(config_hashes) <= 8:
-        runs = [r for h in config_hashes
-                for r in search(client, experiment_id, role | {"dlbench.config_hash": h}, where)]
+        runs = [r for h in config_hashes for r in search(client, experiment_id, {"dlbench.config_hash": h}, where)
+                if r.tags.get("dlbench.role") in TRIAL_ROLES]
     else:
-        runs = search(client, experiment_id, role, where)
+        runs = [r for role in TRIAL_ROLES for r in search(client, experiment_id, {"dlbench.role": role}, where)]
     by_hash: dict[str, list[StoredRun]] = {}
     for run in sorted(runs, key=lambda r: r.start_time, reverse=True):
         if config_hashes is None or run.config_hash in config_hashes:

@@ -41,7 +41,9 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow's own default: ./mlflow.d
 BATCH_LIMIT = 1000  # MLflow accepts at most 1000 metrics per log_batch call
 PROCESS_TAG = "dlbench.process."  # + host.pid: a process working on a study's parent run
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")  # the UI opens on runs, not traces
-MLFLOW_STATUS = {"finished": "FINISHED", "diverged": "FAILED", "failed": "FAILED", "interrupted": "KILLED"}
+# a pruned tuning trial ended as its search wanted: FINISHED (never resumed), dlbench.status = pruned
+MLFLOW_STATUS = {"finished": "FINISHED", "pruned": "FINISHED", "diverged": "FAILED", "failed": "FAILED",
+                 "interrupted": "KILLED"}
 
 
 def default_tracking_uri() -> str:
@@ -108,7 +110,7 @@ class Tracker:
     # -- the study (parent run) --------------------------------------------------------------
 
     def start_study(self, study_file, trials: list[Trial], device, context: StudyContext | None = None,
-                    resume: bool = False) -> str:
+                    resume: bool = False, searches=()) -> str:
         """Open the parent run: the latest one of the same study (same trials) when ``resume``,
         so a re-run after a crash continues it and processes started together share it, else a
         new one. A tag ``dlbench.process.<host>.<pid>`` names each process working on it."""
@@ -117,12 +119,12 @@ class Tracker:
         commit, dirty = git_commit(study_file.path.resolve().parent)
         self._commit = commit
         self._source["mlflow.source.name"] = str(study_file.path)
-        study_hash = study_hash_of(trials)
+        study_hash = study_hash_of(trials, searches)
         with self.lock:  # one parent run for processes started at once: the first creates it, the others join
             previous = store.latest_parent(self.client, self.experiment_id, study_hash) if resume else None
             if previous is not None:
                 return self._join(previous)
-            self._new_parent(study_file, trials, study_hash, commit, dirty)
+            self._new_parent(study_file, trials, study_hash, commit, dirty, searches)
         if resume and not self.lock.exclusive:  # no lock (a tracking server): the earliest one made at once wins
             made = store.search(self.client, self.experiment_id,
                                 {"dlbench.role": "study", "dlbench.study_hash": study_hash})
@@ -142,10 +144,11 @@ class Tracker:
                                                     RunTag(_process_tag(), "working")])
         return self.parent_id
 
-    def _new_parent(self, study_file, trials: list[Trial], study_hash: str, commit, dirty: bool) -> str:
+    def _new_parent(self, study_file, trials: list[Trial], study_hash: str, commit, dirty: bool, searches=()) -> str:
+        studies = list(dict.fromkeys([t.study for t in trials] + [s.study.name for s in searches]))
         tags = {
             "mlflow.runName": study_file.name,
-            "mlflow.note.content": description_of(study_file, trials),
+            "mlflow.note.content": description_of(study_file, studies),
             **self._source,
             "dlbench.role": "study",
             "dlbench.study_file": str(study_file.path),
@@ -159,8 +162,8 @@ class Tracker:
         run = self.client.create_run(self.experiment_id, run_name=study_file.name, tags=tags)
         self.parent_id = run.info.run_id
         params = {
-            "studies": json.dumps(list(dict.fromkeys(t.study for t in trials)), ensure_ascii=False),  # names hold commas
-            "num_trials": str(len(trials)),
+            "studies": json.dumps(studies, ensure_ascii=False),  # names hold commas
+            "num_trials": str(len(trials) + sum(s.total for s in searches)),
             **{f"baseline.{k}": v for k, v in flatten(study_file.baseline).items()},
         }
         self.client.log_batch(self.parent_id, params=[Param(k, v) for k, v in params.items()])
@@ -198,6 +201,17 @@ class Tracker:
             if taken and (run.start_time, run.run_id) < (mine.start_time, mine.run_id):
                 return run
         return None
+
+    def epoch_history(self, run: store.StoredRun) -> list[dict[str, float]]:
+        """A run's per-epoch metrics (step = epoch), one dict per epoch from 0."""
+        keys_ = [k for k in run.metrics if "." not in k and "/" not in k]
+        histories = store.metric_histories(self.client, run.run_id, keys_)
+        epochs = 1 + max((step for h in histories.values() for step, _ in h), default=-1)
+        rows: list[dict[str, float]] = [{} for _ in range(epochs)]
+        for key, history in histories.items():
+            for step, value in history:
+                rows[step][key] = value
+        return rows
 
     def withdraw(self, trial: Trial) -> None:
         """Delete the run this process opened for ``trial``: another process claimed it first."""
@@ -292,7 +306,8 @@ class Tracker:
         name = keys.run_name(self._name_prefix + trial.run_name)
         tags = {
             "mlflow.runName": name,
-            "dlbench.role": self.role,
+            # a search's tuning trial is a run of its own role: the study's statistics read the trials
+            "dlbench.role": "tuning" if trial.is_tuning and self.role == "trial" else self.role,
             "dlbench.study": trial.study,
             "dlbench.level": trial.level,
             "dlbench.seed": str(trial.seed),
@@ -308,6 +323,8 @@ class Tracker:
         }
         if self.parent_id:
             tags["mlflow.parentRunId"] = self.parent_id
+        if trial.tuning is not None:  # which search, what it tried (tuning) or chose (final)
+            tags |= trial.tuning.tags()
         tags |= self.extra_child_tags
         if self._commit:
             tags["mlflow.source.git.commit"] = self._commit
@@ -436,10 +453,10 @@ class StudyContext:
         return {f"dlbench.plugin.{kind}": f"{name} [{origin}]" for kind, name, origin in components_used(trial, self.registry)}
 
 
-def description_of(study_file, trials: list[Trial]) -> str:
+def description_of(study_file, studies: list[str]) -> str:
     """The parent run's description (Markdown, in the UI's run page): the study file's
     description and the question of each study it runs."""
-    running = {t.study for t in trials}
+    running = set(studies)
     questions = [f"- **{s.name}**: {s.question}" for s in study_file.studies if s.name in running and s.question]
     return "\n\n".join(part for part in (study_file.description, "\n".join(questions)) if part)
 
@@ -464,6 +481,6 @@ def _process_tag() -> str:
     return f"{PROCESS_TAG}{socket.gethostname()}.{os.getpid()}"
 
 
-def study_hash_of(trials: list[Trial]) -> str:
-    """One hash for a study invocation's set of trials: the same file re-run has the same one."""
-    return hashlib.sha256("".join(sorted(t.config_hash for t in trials)).encode()).hexdigest()
+def study_hash_of(trials: list[Trial], searches=()) -> str:
+    """One hash for a study invocation's set of trials and searches: the same file re-run has the same one."""
+    return hashlib.sha256("".join(sorted([t.config_hash for t in trials] + [s.id for s in searches])).encode()).hexdigest()
