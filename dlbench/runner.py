@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections import Counter
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -288,6 +289,7 @@ def _run(study_file, trials, plugins, device, tracking_uri, reports_dir, stream,
     if code.dirty:
         context.artifacts["git.diff"] = git_diff(study_file.path.resolve().parent)
 
+    started_ms = int(time.time() * 1000)
     tracker = Tracker(tracking_uri, study_file.name, lock=lock, timeout_s=tracking_timeout)
     total = len(trials) + sum(s.total for s in searches)
     progress = Progress(total, stream)
@@ -348,7 +350,11 @@ def _run(study_file, trials, plugins, device, tracking_uri, reports_dir, stream,
                 if pending[trial.study] == 0:
                     settle(trial.study)
             else:
-                run.by_others += 1
+                if previous.start_time < started_ms:  # an earlier invocation's (a search's trial is planned late)
+                    run.skipped += 1
+                    run.skipped_finished += previous.status == "FINISHED"
+                else:
+                    run.by_others += 1
                 on_result(trial, stored_result(previous, tracker if trial.is_tuning else None))
         return unit
 

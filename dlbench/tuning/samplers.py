@@ -41,7 +41,7 @@ class OptunaSampler:
     def __init__(self, strategy: str, space: tuple[Param, ...], seed: int, higher_is_better: bool, budget: int):
         import optuna
 
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        optuna.logging.set_verbosity(optuna.logging.ERROR)  # dlbench says what went wrong itself
         startup = max(2, min(STARTUP_MAX, budget // STARTUP_FRACTION))
         if strategy == "random":
             sampler = optuna.samplers.RandomSampler(seed=seed)
