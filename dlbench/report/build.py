@@ -2,9 +2,10 @@
 
 ``reports/<folder>/`` gets ``index.md`` and a self-contained ``index.html``, every figure as PNG,
 every table as CSV (the statistics tables also as Markdown and LaTeX), and the tidy data behind
-the figures (``trials.csv``, ``epochs.csv``, ``diagnostics.csv``). The folder is the study's name
-when that is a plain one, else a slug of it with a hash (``dlbench.paths.folder_name``): no study
-name writes outside ``reports/``.
+the figures (``trials.csv``, ``epochs.csv``, ``diagnostics.csv``; ``tuning.csv`` for a tuned
+study, whose section is ``tuning.py``). The folder is the study's name when that is a plain one,
+else a slug of it with a hash (``dlbench.paths.folder_name``): no study name writes outside
+``reports/``.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ import pandas as pd
 from dlbench.paths import folder_name
 from dlbench.report import figures
 from dlbench.report.data import StudyData, column, label_of
-from dlbench.report.document import Document, fmt, fmt_p, latex_table, markdown_table
+from dlbench.report.document import Document, export_table, fmt, fmt_p
 from dlbench.report.stats import comparisons, judge_claims, label, summarize
+from dlbench.report.tuning import tuning_section
+from dlbench.tuning_runs import csv_frame
 
 METRIC = "test_accuracy"  # the study's outcome: final test accuracy of each seed
 CHANCE_MARGIN = 0.02  # a level whose mean accuracy is this close to 1/num_classes is at chance
@@ -28,7 +31,7 @@ def write_study_report(data: StudyData, out_dir: Path) -> Path:
     """Write ``out_dir`` (``reports/<study>``) and return it."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    data.trials.to_csv(out_dir / "trials.csv", index=False)
+    csv_frame(data.trials).to_csv(out_dir / "trials.csv", index=False)  # a tuned level's chosen values as JSON
     data.epochs.to_csv(out_dir / "epochs.csv", index=False)
     data.diagnostics.to_csv(out_dir / "diagnostics.csv", index=False)
 
@@ -51,14 +54,18 @@ def write_study_report(data: StudyData, out_dir: Path) -> Path:
 
     if data.claims:
         _claims_section(doc, data, out_dir)
+    tuned = tuning_section(doc, data, out_dir)  # before the results: how fairly the levels were tuned
     _levels_section(doc, data, out_dir)
     _comparisons_section(doc, data, out_dir)
     _figures_section(doc, data, out_dir)
 
     doc.heading("Files")
     doc.text("Tables: `summary.csv`, `comparisons.csv`" + (", `claims.csv`" if data.claims else "")
+             + (", `tuned.csv` (the chosen values per level)" if tuned else "")
              + " (also as `.md` and `.tex`, booktabs). Data behind the figures: `trials.csv` (one row per trial), "
-             "`epochs.csv` (per-epoch metrics), `diagnostics.csv` (per-layer diagnostics by optimizer step)."
+             "`epochs.csv` (per-epoch metrics), `diagnostics.csv` (per-layer diagnostics by optimizer step)"
+             + (", `tuning.csv` (one row per tuning run: its level, stage, trial, status, objective and sampled "
+                "values)" if tuned else "") + "."
              + (f" Rebuild with `dlbench report --run-id {src['parent_run_id']} --tracking-uri {src['tracking_uri']}`."
                 if src["tracking_uri"] else ""))
     (out_dir / "index.md").write_text(doc.to_markdown(), encoding="utf-8")
@@ -68,12 +75,6 @@ def write_study_report(data: StudyData, out_dir: Path) -> Path:
 
 def _words(metric: str) -> str:
     return metric.replace("_", " ")
-
-
-def _export(frame: pd.DataFrame, pretty: pd.DataFrame, out_dir: Path, name: str, caption: str) -> None:
-    frame.to_csv(out_dir / f"{name}.csv", index=False)
-    (out_dir / f"{name}.md").write_text(markdown_table(pretty) + "\n", encoding="utf-8")
-    (out_dir / f"{name}.tex").write_text(latex_table(pretty, caption, f"tab:{name}"), encoding="utf-8")
 
 
 # -- tables -----------------------------------------------------------------------------------------
@@ -97,7 +98,7 @@ def _levels_section(doc: Document, data: StudyData, out_dir: Path) -> None:
     })
     caption = (f"Final {_words(METRIC)} per level over seeds: n finished seeds, mean, standard deviation and "
                "95% Student-t interval of the mean.")
-    _export(table, pretty, out_dir, "summary", caption)
+    export_table(table, pretty, out_dir, "summary", caption)
     doc.heading("Results per level")
     doc.table(pretty, caption)
     if at_chance:
@@ -170,7 +171,7 @@ def _comparisons_section(doc: Document, data: StudyData, out_dir: Path) -> None:
                + "): Welch 95% interval, two-sided Welch t-test p, "
                + (f"Holm-corrected across the {testable} tested comparison(s) of this study, " if testable else "")
                + "and Hedges' g (standardized difference; |g| of 0.2/0.5/0.8 is small/medium/large).")
-    _export(table, pretty, out_dir, "comparisons", caption)
+    export_table(table, pretty, out_dir, "comparisons", caption)
     doc.heading("Differences from the reference level")
     doc.table(pretty, caption)
     tiny = [lvl for lvl, g, sd in zip(table["level"], table["hedges_g"], table["pooled_sd"]) if _tiny_spread(g, sd)]
@@ -196,7 +197,7 @@ def _claims_section(doc: Document, data: StudyData, out_dir: Path) -> None:
     caption = (f"Each claim declared in the study file, tested at alpha = {data.alpha:g}: Welch's two-sided t-test, "
                "Holm-corrected across the study's claims. Supported: significant in the claimed direction; "
                "contradicted: significant in the other; inconclusive: neither, or too few seeds.")
-    _export(table, pretty.assign(verdict=table["verdict"]), out_dir, "claims", caption)
+    export_table(table, pretty.assign(verdict=table["verdict"]), out_dir, "claims", caption)
     doc.heading("Claims")
     doc.table(pretty, caption)
 

@@ -4,7 +4,7 @@ Built from a :class:`dlbench.tracking.reader.StudyRecord` (what MLflow holds) an
 attached to the parent run, which gives the question, the level order, the reference levels,
 the seeds expected and the claims. Without a readable study file these are inferred from the
 runs and the report says so. :func:`record_from_results` makes the same record from in-memory
-trial results (no MLflow; no diagnostics).
+trial results (no MLflow; no diagnostics, no tuning runs).
 
 In every frame a factor ``f`` is the column ``factor.f`` (as in MLflow's params), so a factor
 may be named like a metric or a column (``lr``, ``test_accuracy``, ``epoch``) without clashing.
@@ -21,6 +21,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 
+from dlbench import tuning_runs
 from dlbench.config import DEFAULT_ALPHA, Claim, Study, parse_study_file
 from dlbench.errors import ConfigError
 
@@ -42,6 +43,8 @@ class StudyData:
     diagnostics: pd.DataFrame  # factor.<f>, level, seed, run_id, step, epoch, kind, layer, value
     source: dict[str, str]  # where it was read from: tracking URI, experiment, parent run ...
     notes: list[str] = field(default_factory=list)  # what is missing or was inferred
+    # one row per tuning run of the study (dlbench.tuning_runs.COLUMNS, factor.<f>, param.<key>); empty when untuned
+    tuning: pd.DataFrame = field(default_factory=tuning_runs.empty_frame)
 
     @property
     def factors(self) -> list[str]:
@@ -117,6 +120,10 @@ def study_data(record, study_name: str, study: Study | None, why_no_file: str | 
     for m in EPOCH_METRICS:
         frame[m] = trials[m].to_numpy(dtype=float) if m in trials else math.nan
     frame["generalization_gap"] = frame["train_accuracy"] - frame["test_accuracy"]
+    # a tuned level's final trials: the search, the chosen values and the tuning trial they came from
+    for name in ("search", "tuned", "tuned_from"):
+        if name in trials and trials[name].notna().any():
+            frame[name] = trials[name].reset_index(drop=True).astype("Int64" if name == "tuned_from" else object)
 
     meta = frame[["run_id", *map(column, levels), "level", "seed"]]
     epochs = record.epochs[record.epochs["run_id"].isin(frame["run_id"]) & record.epochs["key"].isin(EPOCH_METRICS)]
@@ -124,9 +131,24 @@ def study_data(record, study_name: str, study: Study | None, why_no_file: str | 
     diagnostics = _diagnostics(record.diagnostics[record.diagnostics["run_id"].isin(frame["run_id"])], meta)
 
     data = StudyData(study_name, question, levels, reference, claims, alpha, seeds, frame,
-                     epochs.reset_index(drop=True), diagnostics, _source(record), notes)
+                     epochs.reset_index(drop=True), diagnostics, _source(record), notes, _tuning(record, study_name))
     _note_missing(data)
     return data
+
+
+def _tuning(record, study_name: str) -> pd.DataFrame:
+    """The tuning runs of study ``study_name`` (a record without the field, e.g. one made in a
+    test, has none)."""
+    tuning = getattr(record, "tuning", None)
+    if tuning is None or tuning.empty:
+        return tuning_runs.empty_frame()
+    rows = tuning[tuning["study"] == study_name].reset_index(drop=True)
+    # the factors of other studies are empty columns here; the tuned keys are made again from this
+    # study's params alone (a key that other studies tune made an int one float, NaN where absent)
+    rows = rows.drop(columns=[c for c in rows if c.startswith(tuning_runs.PARAM)
+                              or (c.startswith("factor.") and rows[c].isna().all())])
+    keys = list(dict.fromkeys(k for params in rows["params"] for k in params))
+    return rows.assign(**{tuning_runs.PARAM + k: rows["params"].map(lambda p, k=k: p.get(k)) for k in keys})
 
 
 def _diagnostics(diag: pd.DataFrame, meta: pd.DataFrame) -> pd.DataFrame:
@@ -197,4 +219,4 @@ def record_from_results(study_file, results) -> SimpleNamespace:
         tracking_uri="", parent_run_id="", experiment=study_file.name, run_name=study_file.name, status="",
         start_time=0, study_file_name=study_file.path.name, study_file_text=study_file.text,
         trials=pd.DataFrame(trials), epochs=pd.DataFrame(epochs, columns=["run_id", "key", "step", "value"]),
-        diagnostics=pd.DataFrame(columns=["run_id", "key", "step", "value"]))
+        diagnostics=pd.DataFrame(columns=["run_id", "key", "step", "value"]), tuning=tuning_runs.empty_frame())

@@ -135,6 +135,14 @@ def latex_table(frame: pd.DataFrame, caption: str = "", label: str = "") -> str:
     return "\n".join(lines)
 
 
+def export_table(frame: pd.DataFrame, pretty: pd.DataFrame, out_dir: Path, name: str, caption: str) -> None:
+    """A table of the report as ``<name>.csv`` (``frame``: the numbers) and as ``.md`` and ``.tex``
+    (``pretty``: as the report shows it)."""
+    frame.to_csv(out_dir / f"{name}.csv", index=False)
+    (out_dir / f"{name}.md").write_text(markdown_table(pretty) + "\n", encoding="utf-8")
+    (out_dir / f"{name}.tex").write_text(latex_table(pretty, caption, f"tab:{name}"), encoding="utf-8")
+
+
 def latex_escape(text: str) -> str:
     specials = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",

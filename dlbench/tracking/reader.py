@@ -3,7 +3,8 @@
 A report is rebuilt from the store alone: the parent run holds the study file (as an artifact)
 and each child run its trial's tags (study, level, factors, seed, status) and metric histories:
 the per-epoch metrics (step = epoch) and the diagnostics (``diag per step/*``, step = optimizer step;
-``diag.*`` in stores written before that name, read as the same).
+``diag.*`` in stores written before that name, read as the same). The tuning runs of a tuned study
+(``dlbench.role = tuning``) are read from their tags alone, one row each (``dlbench.tuning_runs``).
 """
 
 from __future__ import annotations
@@ -11,13 +12,14 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from dlbench import tuning_runs
 from dlbench.errors import UserError, choose_one_of
 from dlbench.tracking.keys import DIAG_PREFIX, metric_name, tags_filter
 from dlbench.tracking.server import require_reachable
@@ -41,8 +43,11 @@ class StudyRecord:
     study_file_name: str | None  # the attached study file, None when it is missing
     study_file_text: str | None
     trials: pd.DataFrame  # one row per child run: run_id, study, level, seed, status, factor.<f>, final metrics
+    # (a tuned level's also search, tuned: {key: chosen value}, tuned_from: the tuning trial)
     epochs: pd.DataFrame  # run_id, key, step (the epoch), value
     diagnostics: pd.DataFrame  # run_id, key, step (the optimizer step), value
+    # one row per tuning run (dlbench.tuning_runs.COLUMNS, factor.<f>, param.<key>); empty when untuned
+    tuning: pd.DataFrame = field(default_factory=tuning_runs.empty_frame)
 
 
 def _client(tracking_uri: str) -> MlflowClient:
@@ -129,11 +134,33 @@ def read_study_run(tracking_uri: str, run_id: str, trials: dict[str, dict] | Non
         ["run_id", "key", "step"], keep="last")
     history["key"] = history["key"].map(metric_name)  # an older store's diag.* too
     is_diag = history["key"].str.startswith(DIAG_PREFIX)
+    searches = set(trials["search"].dropna()) if "search" in trials else set()
     return StudyRecord(
         tracking_uri=tracking_uri, parent_run_id=run_id, experiment=experiment, run_name=parent.info.run_name,
         status=parent.info.status, start_time=parent.info.start_time, study_file_name=name, study_file_text=text,
         trials=trials, epochs=history[~is_diag].reset_index(drop=True),
-        diagnostics=history[is_diag].reset_index(drop=True))
+        diagnostics=history[is_diag].reset_index(drop=True),
+        tuning=read_tuning_runs(client, parent.info.experiment_id, run_id, studies, searches))
+
+
+def read_tuning_runs(client: MlflowClient, experiment_id: str, run_id: str, studies: list[str] | None = None,
+                     searches: set[str] = frozenset()) -> pd.DataFrame:
+    """The tuning runs of the study run ``run_id`` (of ``studies``, when named), one row each, in
+    study, level and trial order; plus those of the ``searches`` (the search ids of its final
+    trials) that are not its children: a re-run that skips a finished level reports the search
+    an earlier invocation ran for it. Tags and latest metrics only: no metric history is read."""
+    only = {"dlbench.study": studies[0]} if studies is not None and len(studies) == 1 else {}
+    runs = search_all(client, experiment_id, {"mlflow.parentRunId": run_id, "dlbench.role": "tuning"} | only)
+    for search in sorted(set(searches) - {r.data.tags.get("dlbench.search") for r in runs}):
+        runs += search_all(client, experiment_id, {"dlbench.role": "tuning", "dlbench.search": search})
+    if studies is not None:
+        runs = [r for r in runs if r.data.tags.get("dlbench.study") in studies]
+    if not runs:
+        return tuning_runs.empty_frame()
+    rows = {r.info.run_id: tuning_runs.tuning_row(r.info.run_id, r.data.tags, r.data.metrics, r.info.status)
+            for r in runs}  # by run id: a run found both ways counts once
+    frame = pd.DataFrame(list(rows.values()))
+    return frame.sort_values(["study", "level", "search", "trial"], kind="stable").reset_index(drop=True)
 
 
 def attached_study_file(tracking_uri: str, run_id: str) -> tuple[str | None, str | None, list[str]]:
@@ -182,4 +209,4 @@ def _trial_row(run) -> dict:
         row |= {f"factor.{k.removeprefix('dlbench.factor.')}": v for k, v in tags.items()
                 if k.startswith("dlbench.factor.")}
     row |= {k: v for k, v in run.data.metrics.items() if not metric_name(k).startswith(DIAG_PREFIX)}
-    return row
+    return row | tuning_runs.final_tags(tags)
