@@ -15,7 +15,7 @@ from conftest import TINY_BASELINE, TINY_STUDY, cli_env, describe_result, run_cl
 from dlbench.config import read_study_file
 from dlbench.plugins import load_plugins
 from dlbench.preflight import PreflightError, key_path, preflight
-from dlbench.study import expand
+from dlbench.study import expand, expand_plan
 
 # Local plugins that fail at each point of a trial's build and first step.
 BROKEN = """
@@ -248,7 +248,8 @@ def test_every_study_of_the_library_passes_the_preflight(path, registry):
     """The study files in ablations/ stay runnable as the plugins change: each loads, expands
     and builds every distinct config on a tiny batch (what `dlbench run --dry-run` does)."""
     sf = read_study_file(path)
-    trials = expand(sf, registry)
+    plan = expand_plan(sf, registry)  # a tuned level: the low and the high corner of its space
+    trials = plan.trials + [probe for search in plan.searches for probe in search.probes()]
     assert trials and all(t.seed is not None for t in trials)
     checked = preflight(sf, trials, registry)
     assert checked.configs >= 2  # a study compares at least two configurations

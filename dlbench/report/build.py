@@ -20,7 +20,7 @@ from dlbench.report.data import StudyData, column, label_of
 from dlbench.report.document import Document, export_table, fmt, fmt_p
 from dlbench.report.stats import comparisons, judge_claims, label, summarize
 from dlbench.report.tuning import tuning_section
-from dlbench.tuning_runs import csv_frame
+from dlbench.tuning.runs import csv_frame
 
 METRIC = "test_accuracy"  # the study's outcome: final test accuracy of each seed
 CHANCE_MARGIN = 0.02  # a level whose mean accuracy is this close to 1/num_classes is at chance

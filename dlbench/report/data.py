@@ -21,7 +21,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 
-from dlbench import tuning_runs
+from dlbench.tuning import runs as tuning_runs
 from dlbench.config import DEFAULT_ALPHA, Claim, Study, parse_study_file
 from dlbench.errors import ConfigError
 
@@ -43,7 +43,7 @@ class StudyData:
     diagnostics: pd.DataFrame  # factor.<f>, level, seed, run_id, step, epoch, kind, layer, value
     source: dict[str, str]  # where it was read from: tracking URI, experiment, parent run ...
     notes: list[str] = field(default_factory=list)  # what is missing or was inferred
-    # one row per tuning run of the study (dlbench.tuning_runs.COLUMNS, factor.<f>, param.<key>); empty when untuned
+    # one row per tuning run of the study (dlbench.tuning.runs.COLUMNS, factor.<f>, param.<key>); empty when untuned
     tuning: pd.DataFrame = field(default_factory=tuning_runs.empty_frame)
 
     @property

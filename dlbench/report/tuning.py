@@ -5,7 +5,7 @@ section says each level's strategy, budget, trials spent and stages, and says pl
 levels differ (budget, strategy, search space, stages, objective, or a level not tuned at all).
 Then the chosen values per level (``tuned.csv``), a warning for every chosen value on the edge of
 its space (the optimum may lie outside it), and two figures. Everything is read from the tuning
-runs' tags (``dlbench.tuning_runs``), not from the study file: a report of an older run, or of a
+runs' tags (``dlbench.tuning.runs``), not from the study file: a report of an older run, or of a
 level that declared its own space, shows what actually ran.
 """
 
@@ -21,9 +21,9 @@ import pandas as pd
 from dlbench.report import tuning_figures
 from dlbench.report.data import StudyData, column
 from dlbench.report.document import Document, export_table, fmt
-from dlbench.tuning_runs import HIGHER_IS_BETTER, best_trial, csv_frame
+from dlbench.tuning.runs import HIGHER_IS_BETTER, best_trial, csv_frame
+from dlbench.tuning.space import EDGE, Param
 
-EDGE = 0.05  # a chosen value this close to a bound (fraction of the range, log space for a log range) is on the edge
 STATUSES = ["finished", "pruned", "failed", "diverged"]
 
 
@@ -95,37 +95,21 @@ def _search(data: StudyData, level: str, cell: dict[str, str]) -> Search:
 # -- the space and its edges -------------------------------------------------------------------------
 
 
-def is_log(spec: dict) -> bool:
-    return spec.get("kind") == "log_uniform" or bool(spec.get("log"))
+def _param(spec: dict) -> Param:
+    """A space entry as the tags record it (``Param.to_json``) back as a Param."""
+    return Param.from_json("", spec)
 
 
 def edge(value, spec: dict) -> str | None:
-    """``"low"`` or ``"high"`` when the numeric ``value`` lies within EDGE of the range's width
-    (in log space for a log range) from that bound; an int range's bound itself counts too."""
-    if spec.get("kind") == "choices" or isinstance(value, bool) or not isinstance(value, (int, float)):
+    """``"low"`` or ``"high"`` when the numeric ``value`` is on the edge of the range (``Param.edge``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or spec.get("kind") == "choices":
         return None
-    low, high = spec.get("low"), spec.get("high")
-    if low is None or high is None or not high > low:
-        return None
-    if is_log(spec):
-        if value <= 0 or low <= 0:
-            return None
-        low, high, value = math.log(low), math.log(high), math.log(value)
-    margin = (high - low) * EDGE
-    if value <= low + margin:
-        return "low"
-    if value >= high - margin:
-        return "high"
-    return None
+    return _param(spec).edge(value)
 
 
 def describe(spec: dict) -> str:
     """``log-uniform [0.0001, 0.1]``, ``uniform [0, 0.5]``, ``integers [1, 8] (log scale)``, ``one of 32, 64``."""
-    if spec.get("kind") == "choices":
-        return "one of " + ", ".join(json.dumps(c) for c in spec.get("choices", []))
-    name = {"uniform": "uniform", "log_uniform": "log-uniform", "int": "integers"}.get(spec.get("kind"), spec.get("kind"))
-    log = " (log scale)" if spec.get("kind") == "int" and spec.get("log") else ""
-    return f"{name} [{spec.get('low'):g}, {spec.get('high'):g}]{log}"
+    return _param(spec).describe()
 
 
 def describe_space(space: dict) -> str:

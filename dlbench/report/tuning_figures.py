@@ -1,6 +1,6 @@
 """The two figures of the Tuning section: tuning curves, and the objective against each tuned value.
 
-``tuning`` is a study's tuning frame (``dlbench.tuning_runs``): one row per tuning run with its
+``tuning`` is a study's tuning frame (``dlbench.tuning.runs``): one row per tuning run with its
 level, stage, trial number (ask order, across stages), status and objective, and ``param.<key>``
 per sampled value. ``levels`` gives the levels to draw, in order; each keeps one colour in both.
 """
@@ -18,7 +18,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter  # noqa: E402
 
-from dlbench.tuning_runs import PARAM  # noqa: E402
+from dlbench.tuning.runs import PARAM  # noqa: E402
 
 
 def _label(metric: str) -> str:

@@ -4,7 +4,7 @@ A report is rebuilt from the store alone: the parent run holds the study file (a
 and each child run its trial's tags (study, level, factors, seed, status) and metric histories:
 the per-epoch metrics (step = epoch) and the diagnostics (``diag per step/*``, step = optimizer step;
 ``diag.*`` in stores written before that name, read as the same). The tuning runs of a tuned study
-(``dlbench.role = tuning``) are read from their tags alone, one row each (``dlbench.tuning_runs``).
+(``dlbench.role = tuning``) are read from their tags alone, one row each (``dlbench.tuning.runs``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from dlbench import tuning_runs
+from dlbench.tuning import runs as tuning_runs
 from dlbench.errors import UserError, choose_one_of
 from dlbench.tracking.keys import DIAG_PREFIX, metric_name, tags_filter
 from dlbench.tracking.server import require_reachable
@@ -46,7 +46,7 @@ class StudyRecord:
     # (a tuned level's also search, tuned: {key: chosen value}, tuned_from: the tuning trial)
     epochs: pd.DataFrame  # run_id, key, step (the epoch), value
     diagnostics: pd.DataFrame  # run_id, key, step (the optimizer step), value
-    # one row per tuning run (dlbench.tuning_runs.COLUMNS, factor.<f>, param.<key>); empty when untuned
+    # one row per tuning run (dlbench.tuning.runs.COLUMNS, factor.<f>, param.<key>); empty when untuned
     tuning: pd.DataFrame = field(default_factory=tuning_runs.empty_frame)
 
 

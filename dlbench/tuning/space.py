@@ -117,6 +117,14 @@ class Param:
         log = " (log scale)" if self.kind == "int" and self.log else ""
         return f"{name} [{self.low:g}, {self.high:g}]{log}"
 
+    @classmethod
+    def from_json(cls, key: str, spec: dict) -> Param:
+        """The inverse of :meth:`to_json` (the report reads spaces back from the runs' tags)."""
+        if spec.get("kind") == "choices":
+            return cls(key, "choices", choices=tuple(spec.get("choices", ())))
+        return cls(key, spec["kind"], spec["low"], spec["high"], (), bool(spec.get("log")) and spec["kind"] == "int",
+                   spec.get("points"))
+
     def to_json(self) -> dict:
         out: dict = {"kind": self.kind}
         if self.kind == "choices":

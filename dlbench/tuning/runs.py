@@ -14,8 +14,7 @@ import math
 
 import pandas as pd
 
-# higher is better? The objectives a search may use (a validation metric, never the test split).
-HIGHER_IS_BETTER = {"val_accuracy": True, "val_loss": False}
+from dlbench.tuning.space import OBJECTIVES as HIGHER_IS_BETTER  # objective -> higher is better?
 
 # Every tuning frame has these columns, plus factor.<f> per factor and param.<key> per tuned key.
 COLUMNS = ["run_id", "study", "level", "seed", "status", "search", "stage", "trial", "strategy", "budget",
