@@ -109,14 +109,23 @@ def reproduce(run_id: str, plugins: Plugins, *, tracking_uri: str, device: torch
 
     source = Store(tracking_uri)
     stored = source.run(run_id)
-    if stored.tags.get("dlbench.role") not in ("trial", "reproduction"):
+    if stored.tags.get("dlbench.role") not in ("trial", "tuning", "reproduction"):
         raise UserError(f"run {run_id} is not a dlbench trial run (dlbench.role = "
                         f"{stored.tags.get('dlbench.role', 'missing')!r}); pass the id of a child run")
+    if stored.tags.get("dlbench.status") == "pruned":
+        raise UserError(f"run {run_id} is a tuning trial its search pruned after epoch "
+                        f"{stored.tags.get('dlbench.epochs_run', '?')} (by a rule made from the trials before it, "
+                        "which a re-run alone does not have); reproduce a tuning trial that finished, or a final run")
     trial = trial_from_run(stored, source.config(run_id))
     warnings = differences(stored, trial, plugins, device)
     work, trial = _as_it_ran(source, stored, trial, warnings)
     deterministic = stored.tags.get("dlbench.deterministic", "true") == "true"
     set_determinism(deterministic, device)
+    threads = stored.tags.get("dlbench.torch_threads", "")
+    if device.type == "cpu" and threads.isdigit() and int(threads) > 0:
+        # a CPU's reductions are split by thread count: another count changes the last bits, which
+        # 40 epochs amplify (a worker of `dlbench run` trains with its share of the cores)
+        torch.set_num_threads(int(threads))
 
     context = StudyContext(tags={"dlbench.deterministic": str(deterministic).lower()}, registry=plugins.registry)
     if data_dir is not None and pointer_for(data_dir).is_file():

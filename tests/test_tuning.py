@@ -249,6 +249,7 @@ seeds = 2
 
 [studies.lr]
 reference = "off"
+baseline = { epochs = 3 }
 
 [studies.lr.levels]
 off = {}
@@ -258,7 +259,7 @@ on = { regularizers = [{ name = "dropout", p_hidden = 0.2 }] }
 space = { "optimizer.lr" = { log_uniform = [0.0001, 0.5] } }
 strategy = "tpe"
 batch = 3
-stages = [{ trials = 6, epochs = 1 }, { trials = 3 }]
+stages = [{ trials = 6, epochs = 2 }, { trials = 3 }]
 prune = { name = "median", warmup_epochs = 1, min_trials = 2 }
 """
 
@@ -316,8 +317,8 @@ def test_a_tuned_study_runs_resumes_after_ctrl_c_and_spends_only_what_is_left(tm
     tuning = by_role["tuning"]
     assert len(tuning) == 2 * 9 and len(by_role["trial"]) == 2 * 2  # exact budgets, then the seeds
     pruned = [r for r in tuning if r.data.tags["dlbench.status"] == "pruned"]
-    assert all(r.info.status == "FINISHED" for r in pruned)  # marked as pruned, never resumed
-    assert all(int(r.data.tags["dlbench.epochs_run"]) < 2 for r in pruned)
+    assert pruned and all(r.info.status == "FINISHED" for r in pruned)  # marked as pruned, never resumed
+    assert all(int(r.data.tags["dlbench.epochs_run"]) == 1 for r in pruned)  # of stage 1's 2 epochs
     for r in by_role["trial"]:  # the final runs trained the best value of their level's last stage
         search = r.data.tags["dlbench.search"]
         best = max((t for t in tuning if t.data.tags["dlbench.search"] == search
@@ -325,6 +326,19 @@ def test_a_tuned_study_runs_resumes_after_ctrl_c_and_spends_only_what_is_left(tm
                    key=lambda t: (t.data.metrics["val_accuracy"], -int(t.data.tags["dlbench.tuning.trial"])))
         assert r.data.tags["dlbench.tuned"] == best.data.tags["dlbench.tuning.params"]
         assert r.data.params["optimizer.lr"] == best.data.params["optimizer.lr"]
+
+    # a tuning run re-runs bit for bit; a pruned one cannot (its rule came from the trials before it)
+    from dlbench.errors import UserError
+    from dlbench.reproduce import reproduce
+
+    plugins = load_plugins(None, autoload=False)
+    finished = next(r for r in tuning if r.data.tags["dlbench.status"] == "finished")
+    verdict = reproduce(finished.info.run_id, plugins, tracking_uri=sqlite_uri(whole / "mlflow.db"),
+                        device=torch_cpu(), tolerance=0.0, data_dir=None, stream=io.StringIO())
+    assert verdict.reproduced and verdict.compared > 0
+    with pytest.raises(UserError, match="pruned after epoch 1"):
+        reproduce(pruned[0].info.run_id, plugins, tracking_uri=sqlite_uri(whole / "mlflow.db"), device=torch_cpu(),
+                  tolerance=0.0, data_dir=None, stream=io.StringIO())
 
     # the same study, interrupted in the second round of level "on", then run again
     halves = tmp_path / "halves"
@@ -356,7 +370,7 @@ def test_dry_run_shows_the_search_plan(tmp_path):
     assert proc.returncode == 0, describe_result(proc)
     out = proc.stdout
     assert "study 'lr': tuned, 2 level(s), each its own search:" in out
-    assert "off: tpe search, 6 trials of 1 epochs then 3 trials narrowed to 0.25 (batch 3) on val_accuracy, " \
+    assert "off: tpe search, 6 trials of 2 epochs then 3 trials narrowed to 0.25 (batch 3) on val_accuracy, " \
            "pruning median; 9 tuning trials, then the best with 2 seed(s) = 11 trials" in out
     assert "optimizer.lr: log-uniform [0.0001, 0.5]" in out
     assert "18 tuning trials and 4 final trials in 2 searches (22 in all)" in out
