@@ -24,24 +24,17 @@ import math
 
 import pandas as pd
 import pytest
-from conftest import cli_env, copy_store, describe_result, run_cli, sqlite_uri
+from conftest import TINY_BASELINE, cli_env, copy_store, describe_result, run_cli, sqlite_uri
 
 from dlbench.report import report_from_mlflow
 from dlbench.report.tuning import edge
 from dlbench.report.tuning_figures import best_so_far
 from dlbench.tracking.reader import read_study_run
 
-STUDY = """\
+STUDY = TINY_BASELINE + """
 [study]
 name = "tuned"
 seeds = 2
-
-[baseline]
-dataset = { name = "mnist1d", num_samples = 600 }
-architecture = { name = "mlp", width = 16, depth = 1 }
-optimizer = { name = "adam", lr = 0.01 }
-epochs = 2
-batch_size = 64
 
 [studies.dropout.levels]
 off = {}

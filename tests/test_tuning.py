@@ -188,7 +188,7 @@ def test_a_level_adds_to_its_study_space_and_unequal_budgets_are_said(registry):
 def test_bayesian_search_beats_random_search_on_average_with_the_same_budget(registry):
     """A cheap objective with its optimum inside the space (lr = 10^-2.5, momentum = 0.35):
     over five sampler seeds, TPE and the Gaussian process find better points than random
-    search does with the same 24 trials in rounds of 4."""
+    search does with the same 16 trials in rounds of 4."""
     def objective(p):
         return -(math.log10(p["optimizer.lr"]) + 2.5) ** 2 - 4 * (p["optimizer.momentum"] - 0.35) ** 2
 
@@ -196,7 +196,7 @@ def test_bayesian_search_beats_random_search_on_average_with_the_same_budget(reg
         bests = []
         for seed in range(5):
             (search,) = searches_of({"levels": {"a": {}}, "tune": {
-                "strategy": strategy, "trials": 24, "seed": seed, "batch": 4,
+                "strategy": strategy, "trials": 16, "seed": seed, "batch": 4,
                 "space": {"optimizer.lr": {"log_uniform": [1e-5, 1.0]}, "optimizer.momentum": {"uniform": [0.0, 0.99]}}}},
                 registry)
             bests.append(max(objective(p) for p in drive(search, objective)))

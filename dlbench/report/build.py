@@ -352,14 +352,16 @@ def report_from_mlflow(tracking_uri: str, run_id: str, reports_dir: Path, studie
     from dlbench.tracking.writer import attach_report
 
     find_study_run(tracking_uri, run_id=run_id)  # a clear error for a wrong id
+    ran = None  # the studies the invocation ran, when the trials do not say (a tuned study's come as it runs)
     if trials is None and registry is not None:
-        trials = _expand_attached(tracking_uri, run_id, registry)
+        trials, ran = _expand_attached(tracking_uri, run_id, registry)
     labels = {t.config_hash: {"study": t.study, "level": t.level, **{f"factor.{f}": v for f, v in t.levels.items()}}
               for t in trials or []}
     record = read_study_run(tracking_uri, run_id, labels, studies)
     present = list(dict.fromkeys(record.trials["study"])) if len(record.trials) else []
-    if trials:  # the studies this invocation ran (`dlbench run --study` runs a subset)
-        present = [s for s in dict.fromkeys(t.study for t in trials) if s in present]
+    if trials or ran:  # the studies this invocation ran (`dlbench run --study` runs a subset)
+        ran = ran or list(dict.fromkeys(t.study for t in trials))
+        present = [s for s in ran if s in present]
     sf, why = parse_attached_study_file(record.study_file_name, record.study_file_text)
     known = {s.name: s for s in sf.studies} if sf is not None else {}
     order = [s for s in known if s in present] + [s for s in present if s not in known]
@@ -383,19 +385,21 @@ def report_from_mlflow(tracking_uri: str, run_id: str, reports_dir: Path, studie
     return folders
 
 
-def _expand_attached(tracking_uri: str, run_id: str, registry) -> list | None:
-    """The trials of the study file attached to ``run_id`` (None if it is missing or does not
-    expand with these plugins: the report then covers the run's own children only)."""
+def _expand_attached(tracking_uri: str, run_id: str, registry) -> tuple[list | None, list[str] | None]:
+    """The trials of the study file attached to ``run_id`` known before it ran (a tuned level's
+    are its child runs) and the studies it ran; (None, None) if the file is missing or does not
+    expand with these plugins: the report then covers the run's own children only."""
     from dlbench.errors import UserError
     from dlbench.report.data import parse_attached_study_file
-    from dlbench.study import expand
+    from dlbench.study import expand_plan
     from dlbench.tracking.reader import attached_study_file
 
     name, text, studies = attached_study_file(tracking_uri, run_id)
     sf, _ = parse_attached_study_file(name, text)
     if sf is None:
-        return None
+        return None, None
     try:  # the studies that invocation ran (`dlbench run --study` runs a subset)
-        return expand(sf, registry, [s for s in studies if any(x.name == s for x in sf.studies)] or None)
+        plan = expand_plan(sf, registry, [s for s in studies if any(x.name == s for x in sf.studies)] or None)
     except UserError:
-        return None
+        return None, None
+    return plan.trials, plan.studies

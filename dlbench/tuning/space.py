@@ -21,6 +21,8 @@ import json
 import math
 from dataclasses import dataclass, field
 
+from dlbench.config import _unknown_keys as unknown_keys
+from dlbench.config import toml_key
 from dlbench.errors import choose_one_of
 from dlbench.schema import show
 
@@ -199,15 +201,11 @@ def merge_tune(base: dict | None, override: dict | None) -> dict | None:
 
 def parse_tune(raw, where: str, problems: list[str]) -> TuneSpec | None:
     """Check a tune table (``where``: its key path); None and ``problems`` filled when it is wrong."""
-    from dlbench.config import toml_key
-
     if not isinstance(raw, dict):
         problems.append(f"{where}: expected a table such as {{ space = {{ {EXAMPLE} }}, trials = 16 }}, got {show(raw)}")
         return None
     before = len(problems)
-    for key in raw:
-        if key not in TUNE_KEYS:
-            problems.append(f"{where}.{key}: unknown key; {choose_one_of(key, TUNE_KEYS)}")
+    unknown_keys(raw, TUNE_KEYS, f"{where}.", problems)
     space_raw = raw.get("space")
     if not isinstance(space_raw, dict) or not space_raw:
         problems.append(f"{where}.space: a search space is a table of config keys, e.g. space = {{ {EXAMPLE} }}; "
@@ -247,9 +245,7 @@ def _param(key, spec, where: str, problems: list[str]) -> Param | None:
         problems.append(f"{where}: expected a list of choices or a table such as {{ log_uniform = [1e-4, 0.1] }}, "
                         f"{{ uniform = [0.0, 0.5] }}, {{ int = [32, 512] }} or {{ choices = [...] }}; got {show(spec)}")
         return None
-    for k in spec:
-        if k not in PARAM_KEYS:
-            problems.append(f"{where}.{k}: unknown key; {choose_one_of(k, PARAM_KEYS)}")
+    unknown_keys(spec, PARAM_KEYS, f"{where}.", problems)
     kinds = [k for k in KINDS if k in spec]
     if len(kinds) != 1:
         problems.append(f"{where}: give exactly one of {', '.join(KINDS)} (got {', '.join(kinds) or 'none'})")
@@ -331,9 +327,7 @@ def _stages(raw: dict, grid: int | None, where: str, problems: list[str]) -> tup
         if not isinstance(st, dict):
             problems.append(f"{path}: expected a table such as {{ trials = 12, epochs = 5 }}, got {show(st)}")
             continue
-        for k in st:
-            if k not in STAGE_KEYS:
-                problems.append(f"{path}.{k}: unknown key; {choose_one_of(k, STAGE_KEYS)}")
+        unknown_keys(st, STAGE_KEYS, f"{path}.", problems)
         trials = st.get("trials", grid)
         if trials is None:
             problems.append(f"{path}.trials: missing: how many trials this stage runs per level")
