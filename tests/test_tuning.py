@@ -86,6 +86,10 @@ def test_a_key_the_config_does_not_have_or_a_bound_it_refuses_is_an_error(regist
         searches_of({"levels": {"a": {}}, "tune": {"trials": 4, "space": {"architecture.width": {"uniform": [8, 64]}}}},
                     registry)
     assert "architecture.width" in str(err.value) and "does not fit" in str(err.value)
+    with pytest.raises(ConfigError) as err:  # no validation split: nothing to tune on
+        searches_of({"levels": {"a": {}}, "tune": {"trials": 4, "space": LR_SPACE}}, registry,
+                    baseline={"val_fraction": 0.0})
+    assert "tuning on val_accuracy needs a validation split, but level 'a' has val_fraction = 0" in str(err.value)
 
 
 def test_cli_reports_a_bad_space_with_exit_2_and_no_traceback(tmp_path):

@@ -247,6 +247,10 @@ def check_space(spec: TuneSpec, config: dict, where: dict[str, str], registry, t
         return []  # the cell's own problems are reported as for any level
     known = set(flatten(base)) | set(base)
     out = []
+    if not base["val_fraction"]:
+        out.append(f"{tune_where}: tuning on {spec.metric} needs a validation split, but level {level!r} has "
+                   f"val_fraction = 0 (set at {where.get('val_fraction', 'baseline')}.val_fraction); give it one, "
+                   "such as val_fraction = 0.1: the test split never chooses the values")
     for p in spec.space:
         path = f"{tune_where}.space.{toml_key(p.key)}"
         if p.key not in known or p.key == "seed":
