@@ -24,7 +24,7 @@ from dlbench.config import Study, level_label, merge, normalize, resolve, toml_k
 from dlbench.errors import ConfigError, choose_one_of
 from dlbench.study import Trial, canonical_json, config_hash, flatten
 from dlbench.tuning.pruning import prune_rule
-from dlbench.tuning.space import Param, TuneSpec
+from dlbench.tuning.space import TuneSpec
 
 
 @dataclass(frozen=True)
