@@ -77,9 +77,11 @@ def tuning_curves(tuning: pd.DataFrame, levels: list[str], metric: str, higher: 
     ax.set_xlim(0.5, last + 0.5)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     handles, labels = ax.get_legend_handles_labels()
-    handles += [plt.Line2D([], [], color="0.4", marker="o", ls="none", alpha=0.5, markersize=4),
-                plt.Line2D([], [], color="0.4", marker="x", ls="none", markersize=5)]
-    labels += ["finished trial", "pruned trial"]
+    handles.append(plt.Line2D([], [], color="0.4", marker="o", ls="none", alpha=0.5, markersize=4))
+    labels.append("finished trial")
+    if (tuning["status"] == "pruned").any():  # the x only where a search pruned
+        handles.append(plt.Line2D([], [], color="0.4", marker="x", ls="none", markersize=5))
+        labels.append("pruned trial")
     ax.legend(handles, labels, title="level", loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
     ax.set_title(_title(title, 60))
     ax.set_xlabel("tuning trials spent")
