@@ -385,3 +385,21 @@ def test_dry_run_shows_the_search_plan(tmp_path):
     assert "optimizer.lr: log-uniform [0.0001, 0.5]" in out
     assert "18 tuning trials and 4 final trials in 2 searches (22 in all)" in out
     assert "(dry run: nothing trained)" in out
+
+
+def test_every_cell_of_several_factors_gets_a_search_and_a_choice_may_be_a_whole_setting(registry):
+    raw = {"factors": {"act": {"relu": {"activation": "relu"}, "tanh": {"activation": "tanh"}},
+                       "depth": {"1": {"architecture": {"depth": 1}}, "2": {"architecture": {"depth": 2}}}},
+           "tune": {"strategy": "grid", "space": {
+               "optimizer": [{"name": "adam", "lr": 0.01}, {"name": "sgd", "lr": 0.2}],
+               "architecture.width": {"int": [16, 64], "log": True, "points": 3}}}}
+    searches = searches_of(raw, registry, baseline={"optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9}})
+    assert [s.level for s in searches] == ["act=relu,depth=1", "act=relu,depth=2", "act=tanh,depth=1",
+                                           "act=tanh,depth=2"]
+    trials = searches[3].ready()
+    assert [t.run_name for t in trials][:2] == ["s/act=tanh,depth=2/tune=1", "s/act=tanh,depth=2/tune=2"]
+    assert [(t.config["optimizer"]["name"], t.config["architecture"]["width"]) for t in trials] == [
+        ("adam", 16), ("adam", 32), ("adam", 64), ("sgd", 16), ("sgd", 32), ("sgd", 64)]
+    assert trials[0].config["architecture"]["depth"] == 2 and trials[0].config["activation"]["name"] == "tanh"
+    # another plugin replaces the setting (Adam's own defaults); the same plugin merges (SGD keeps momentum)
+    assert "momentum" not in trials[0].config["optimizer"] and trials[3].config["optimizer"]["momentum"] == 0.9
