@@ -9,7 +9,8 @@
 # 2. stacked vs one at a time, N = 8 and 50 (benchmarks/stacking.py);
 # 3. the per-trial overhead against a bare loop (benchmarks/overhead.py);
 # 4. `dlbench run ablation.toml` whole: --jobs 1 --stack-size 1 vs the default;
-# 5. `dlbench reproduce` of a stacked member (must print REPRODUCED, difference 0).
+# 5. `dlbench reproduce` of a stacked member (must print REPRODUCED, difference 0);
+# 6. the tuned study ablations/tuned_dropout.toml whole (its rounds stack on the GPU).
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_check}
 mkdir -p "$OUT"
@@ -51,3 +52,13 @@ print(runs[0].info.run_id if runs else "")
 EOF
 )
 [ -n "$run" ] && python -m dlbench.cli reproduce "$run" --tracking-uri sqlite:////tmp/gpu_store/m.db --data-dir "$DATA"
+
+echo "== 6. a tuned study: ablations/tuned_dropout.toml (24 tuning trials in rounds, then 10 final)"
+rm -rf /tmp/gpu_tuned && mkdir -p /tmp/gpu_tuned
+start=$(date +%s.%N)
+python -m dlbench.cli run ablations/tuned_dropout.toml --data-dir "$DATA" --tracking-uri sqlite:////tmp/gpu_tuned/m.db \
+    --reports-dir /tmp/gpu_tuned/reports --checkpoint-dir /tmp/gpu_tuned/ckpt > /tmp/gpu_tuned/run.log 2>&1
+code=$?
+end=$(date +%s.%N)
+echo "dlbench run ablations/tuned_dropout.toml: exit $code, $(python -c "print(f'{$end - $start:.1f}')") s"
+grep -h "^| on\|^| off" /tmp/gpu_tuned/reports/dropout/claims.md /tmp/gpu_tuned/reports/dropout/tuned.md | cut -c1-120
