@@ -194,8 +194,7 @@ def run(study_file: Path, dry_run: bool, tracking_uri: str | None, device: str, 
         if ray and not dry_run:  # first: Ray's workers start and load while the preflight runs
             from dlbench.runner import start_ray
 
-            ray_pool = start_ray(ray, plugins, plan.trials + [p for s in plan.searches for p in s.probes()],
-                                 data_dir=data_dir, deterministic=deterministic,
+            ray_pool = start_ray(ray, plugins, plan.to_check(), data_dir=data_dir, deterministic=deterministic,
                                  checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, jobs=jobs,
                                  fail_fast=fail_fast)
             cleanup.callback(ray_pool.close)
@@ -214,8 +213,7 @@ def _run_checked(sf, plan, plugins, dry_run, devices, tracking_uri, reports_dir,
     # every distinct component built once on a tiny batch: a plugin that raises stops us here,
     # before any worker trains or any run is logged
     trials = plan.trials
-    checked = preflight(sf, trials + [p for s in plan.searches for p in s.probes()], plugins.registry,
-                        data_dir=data_dir)
+    checked = preflight(sf, plan.to_check(), plugins.registry, data_dir=data_dir)
     if dry_run:
         from dlbench.stacking import DEFAULT_MAX_STACK
         from dlbench.stacking import plan as stacks

@@ -28,9 +28,9 @@ from dlbench.plugins import Plugins
 from dlbench.progress import Progress
 from dlbench.provenance import code_version, git_diff, installed_packages
 from dlbench.stacking import DEFAULT_MAX_STACK, Work, plan, stack_id
-from dlbench.study import Trial, canonical_json
+from dlbench.study import Plan, Trial, canonical_json
 from dlbench.train import TrialResult
-from dlbench.work_queue import WorkQueue
+from dlbench.work_queue import WorkQueue, hand_out_order
 from dlbench.workers import default_jobs
 
 
@@ -201,19 +201,6 @@ def run_study(study_file: StudyFile, trials: list[Trial], plugins: Plugins, *, d
             pool.close(now=True)
 
 
-def hand_out_order(works: list[Work]) -> list[Work]:
-    """The order workers take the units in: study by study, the studies with the most levels
-    first (their reports, the largest, are drawn while the others train, and the last study's
-    report, drawn after training, is a small one), the longest units first within a study (so
-    no long unit is left for the end while the other workers idle)."""
-    levels: dict[str, set[str]] = {}
-    for w in works:
-        for t in w.members:
-            levels.setdefault(t.study, set()).add(t.level)
-    first_seen = {study: i for i, study in enumerate(levels)}
-    return sorted(works, key=lambda w: (-len(levels[w.members[0].study]), first_seen[w.members[0].study], -w.cost))
-
-
 def _fresh_store(tracking_uri: str) -> bool:
     """A SQLite store whose file does not exist yet: it holds no runs to skip or resume."""
     if not tracking_uri.startswith("sqlite:///"):
@@ -291,10 +278,10 @@ def _run(study_file, trials, plugins, device, tracking_uri, reports_dir, stream,
 
     started_ms = int(time.time() * 1000)
     tracker = Tracker(tracking_uri, study_file.name, lock=lock, timeout_s=tracking_timeout)
-    total = len(trials) + sum(s.total for s in searches)
+    plan = Plan(list(trials), searches)
+    total = plan.total
     progress = Progress(total, stream)
-    run = StudyRun(tracker.start_study(study_file, trials, device, context, resume=not force, searches=searches),
-                   total=total)
+    run = StudyRun(tracker.start_study(study_file, plan, device, context, resume=not force), total=total)
     workers = f" {pool.description}" if pool else ""
     tuned = f" ({sum(s.spec.budget for s in searches)} of them tuning {len(searches)} levels)" if searches else ""
     stream.write(f"study {study_file.name!r}: {total} trials{tuned} on {device}{workers}; "
@@ -392,7 +379,7 @@ def _run(study_file, trials, plugins, device, tracking_uri, reports_dir, stream,
                 tracker.end_study(status, summary)
     if pool is not None:
         pool.close()  # idle now: free the cores for the reports
-    studies = list(dict.fromkeys([t.study for t in trials] + [s.study.name for s in searches]))
+    studies = plan.studies
     for study in studies:
         if pending[study] > 0 and any(t.study == study for t, _ in run.results):
             settle(study)  # not all of it ran (--fail-fast, an interrupted search): a report of what did

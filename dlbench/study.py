@@ -12,7 +12,7 @@ import itertools
 import json
 from dataclasses import dataclass, field
 
-from dlbench.config import Study, StudyFile, merge, resolve, toml_key
+from dlbench.config import Study, StudyFile, level_label, merge, resolve, toml_key
 from dlbench.errors import ConfigError, choose_one_of
 
 
@@ -36,13 +36,11 @@ class Trial:
     @property
     def level(self) -> str:
         """The level label: the level name for one factor, ``a=x,b=y`` for several."""
-        if len(self.levels) == 1:
-            return next(iter(self.levels.values()))
-        return ",".join(f"{f}={lvl}" for f, lvl in self.levels.items())
+        return level_label(self.levels)
 
     @property
     def run_name(self) -> str:
-        if self.tuning is not None and self.tuning.role == "tuning":
+        if self.is_tuning:
             return f"{self.study}/{self.level}/tune={self.tuning.number}"
         return f"{self.study}/{self.level}/seed={self.seed}"
 
@@ -72,6 +70,10 @@ class Plan:
     @property
     def total(self) -> int:
         return len(self.trials) + sum(s.total for s in self.searches)
+
+    def to_check(self) -> list[Trial]:
+        """What the preflight builds: the trials, and the low and high corner of each search's space."""
+        return self.trials + [probe for search in self.searches for probe in search.probes()]
 
     @property
     def studies(self) -> list[str]:
@@ -131,8 +133,7 @@ def _expand_study(sf: StudyFile, study: Study, registry, problems: list[str], pl
             spec = parse_tune(tune, tune_where, problems)
             if spec is None:
                 continue
-            label = ",".join(f"{f}={v}" for f, v in levels.items()) if len(levels) > 1 else combo[0]
-            found = check_space(spec, config, where, registry, tune_where, label)
+            found = check_space(spec, config, where, registry, tune_where, level_label(levels))
             problems.extend(found)
             if not found:
                 plan.searches.append(Search(study, levels, config, where, spec, registry, tune_where, start))

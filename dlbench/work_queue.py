@@ -54,8 +54,6 @@ class WorkQueue:
         self._searches.clear()
 
     def _refill(self) -> None:
-        from dlbench.runner import hand_out_order
-
         for search in self._searches.values():
             had_finals = search.finals is not None
             trials = search.ready()
@@ -64,3 +62,16 @@ class WorkQueue:
                 self._ready.extend(hand_out_order(plan(trials, self._registry, self._max_stack)))
             elif not had_finals and search.finals == []:
                 self._on_empty(search)
+
+
+def hand_out_order(works: list[Work]) -> list[Work]:
+    """The order workers take the units in: study by study, the studies with the most levels
+    first (their reports, the largest, are drawn while the others train, and the last study's
+    report, drawn after training, is a small one), the longest units first within a study (so
+    no long unit is left for the end while the other workers idle)."""
+    levels: dict[str, set[str]] = {}
+    for w in works:
+        for t in w.members:
+            levels.setdefault(t.study, set()).add(t.level)
+    first_seen = {study: i for i, study in enumerate(levels)}
+    return sorted(works, key=lambda w: (-len(levels[w.members[0].study]), first_seen[w.members[0].study], -w.cost))

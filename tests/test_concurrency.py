@@ -157,14 +157,14 @@ def test_two_processes_against_a_tracking_server_train_each_trial_once(tmp_path,
     import torch
 
     from dlbench.config import read_study_file
-    from dlbench.study import expand
+    from dlbench.study import Plan, expand
     from dlbench.tracking import Tracker
 
     sf = read_study_file(study)
     trial = expand(sf, registry)[0]
     first, later = Tracker(mlflow_server.uri, "race"), Tracker(mlflow_server.uri, "race")
     for tracker in (first, later):
-        tracker.start_study(sf, [trial], torch.device("cpu"), resume=True)
+        tracker.start_study(sf, Plan([trial]), torch.device("cpu"), resume=True)
         tracker.open_run(trial)
     assert first.parent_id == later.parent_id  # the later one joined
     assert first.rival(trial) is None and later.rival(trial).run_id == first.run_ids[trial.index]

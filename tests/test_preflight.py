@@ -248,8 +248,7 @@ def test_every_study_of_the_library_passes_the_preflight(path, registry):
     """The study files in ablations/ stay runnable as the plugins change: each loads, expands
     and builds every distinct config on a tiny batch (what `dlbench run --dry-run` does)."""
     sf = read_study_file(path)
-    plan = expand_plan(sf, registry)  # a tuned level: the low and the high corner of its space
-    trials = plan.trials + [probe for search in plan.searches for probe in search.probes()]
+    trials = expand_plan(sf, registry).to_check()  # a tuned level: the low and the high corner of its space
     assert trials and all(t.seed is not None for t in trials)
     checked = preflight(sf, trials, registry)
     assert checked.configs >= 2  # a study compares at least two configurations

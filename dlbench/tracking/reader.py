@@ -157,7 +157,7 @@ def read_tuning_runs(client: MlflowClient, experiment_id: str, run_id: str, stud
         runs = [r for r in runs if r.data.tags.get("dlbench.study") in studies]
     if not runs:
         return tuning_runs.empty_frame()
-    rows = {r.info.run_id: tuning_runs.tuning_row(r.info.run_id, r.data.tags, r.data.metrics, r.info.status)
+    rows = {r.info.run_id: tuning_runs.tuning_row(r.info.run_id, r.data.tags, r.data.metrics, _status(r))
             for r in runs}  # by run id: a run found both ways counts once
     frame = pd.DataFrame(list(rows.values()))
     return frame.sort_values(["study", "level", "search", "trial"], kind="stable").reset_index(drop=True)
@@ -186,10 +186,15 @@ def _study_file(client: MlflowClient, parent) -> tuple[str | None, str | None]:
         return name, None
 
 
+def _status(run) -> str:
+    """A trial run's status: dlbench's tag, else (a process killed before it set one) MLflow's."""
+    return run.data.tags.get("dlbench.status") or {"RUNNING": "running", "KILLED": "interrupted"}.get(
+        run.info.status, run.info.status.lower())
+
+
 def _trial_row(run) -> dict:
     tags = run.data.tags
-    status = tags.get("dlbench.status") or {"RUNNING": "running", "KILLED": "interrupted"}.get(
-        run.info.status, run.info.status.lower())
+    status = _status(run)
     row = {
         "run_id": run.info.run_id,
         "run_name": run.info.run_name,

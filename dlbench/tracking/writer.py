@@ -32,7 +32,7 @@ from dlbench.tracking import keys, store
 from dlbench.tracking.lock import StoreLock, store_lock
 from dlbench.tracking.resilient import ResilientClient
 from dlbench.provenance import code_version, command_line, components_used, environment, git_commit
-from dlbench.study import Trial, flatten
+from dlbench.study import Plan, Trial, flatten
 
 logging.getLogger("mlflow").setLevel(logging.WARNING)  # no "creating tables" chatter on first use
 logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -109,22 +109,23 @@ class Tracker:
 
     # -- the study (parent run) --------------------------------------------------------------
 
-    def start_study(self, study_file, trials: list[Trial], device, context: StudyContext | None = None,
-                    resume: bool = False, searches=()) -> str:
-        """Open the parent run: the latest one of the same study (same trials) when ``resume``,
+    def start_study(self, study_file, plan: Plan, device, context: StudyContext | None = None,
+                    resume: bool = False) -> str:
+        """Open the parent run of ``plan`` (its trials and searches): the latest one of the same
+        study (same trials and searches) when ``resume``,
         so a re-run after a crash continues it and processes started together share it, else a
         new one. A tag ``dlbench.process.<host>.<pid>`` names each process working on it."""
         self._device = device
         self._context = context or StudyContext()
-        commit, dirty = git_commit(study_file.path.resolve().parent)
+        commit, _ = git_commit(study_file.path.resolve().parent)
         self._commit = commit
         self._source["mlflow.source.name"] = str(study_file.path)
-        study_hash = study_hash_of(trials, searches)
+        study_hash = study_hash_of(plan)
         with self.lock:  # one parent run for processes started at once: the first creates it, the others join
             previous = store.latest_parent(self.client, self.experiment_id, study_hash) if resume else None
             if previous is not None:
                 return self._join(previous)
-            self._new_parent(study_file, trials, study_hash, commit, dirty, searches)
+            self._new_parent(study_file, plan, study_hash)
         if resume and not self.lock.exclusive:  # no lock (a tracking server): the earliest one made at once wins
             made = store.search(self.client, self.experiment_id,
                                 {"dlbench.role": "study", "dlbench.study_hash": study_hash})
@@ -144,8 +145,8 @@ class Tracker:
                                                     RunTag(_process_tag(), "working")])
         return self.parent_id
 
-    def _new_parent(self, study_file, trials: list[Trial], study_hash: str, commit, dirty: bool, searches=()) -> str:
-        studies = list(dict.fromkeys([t.study for t in trials] + [s.study.name for s in searches]))
+    def _new_parent(self, study_file, plan: Plan, study_hash: str) -> str:
+        studies = plan.studies
         tags = {
             "mlflow.runName": study_file.name,
             "mlflow.note.content": description_of(study_file, studies),
@@ -163,7 +164,7 @@ class Tracker:
         self.parent_id = run.info.run_id
         params = {
             "studies": json.dumps(studies, ensure_ascii=False),  # names hold commas
-            "num_trials": str(len(trials) + sum(s.total for s in searches)),
+            "num_trials": str(plan.total),
             **{f"baseline.{k}": v for k, v in flatten(study_file.baseline).items()},
         }
         self.client.log_batch(self.parent_id, params=[Param(k, v) for k, v in params.items()])
@@ -481,6 +482,7 @@ def _process_tag() -> str:
     return f"{PROCESS_TAG}{socket.gethostname()}.{os.getpid()}"
 
 
-def study_hash_of(trials: list[Trial], searches=()) -> str:
+def study_hash_of(plan: Plan) -> str:
     """One hash for a study invocation's set of trials and searches: the same file re-run has the same one."""
-    return hashlib.sha256("".join(sorted([t.config_hash for t in trials] + [s.id for s in searches])).encode()).hexdigest()
+    names = [t.config_hash for t in plan.trials] + [s.id for s in plan.searches]
+    return hashlib.sha256("".join(sorted(names)).encode()).hexdigest()

@@ -27,14 +27,12 @@ def empty_frame() -> pd.DataFrame:
     return pd.DataFrame(columns=COLUMNS)
 
 
-def tuning_row(run_id: str, tags: dict[str, str], metrics: dict[str, float], mlflow_status: str) -> dict:
-    """One tuning run as a row: its tags parsed (JSON objects to dicts, numbers to ints) and its
-    objective, the last logged value of the search's metric (NaN when it logged none)."""
+def tuning_row(run_id: str, tags: dict[str, str], metrics: dict[str, float], status: str) -> dict:
+    """One tuning run as a row: its tags parsed (JSON objects to dicts, numbers to ints), its
+    ``status`` (as the reader tells it of any trial run) and its objective, the last logged value
+    of the search's metric (NaN when it logged none)."""
     metric = tags.get("dlbench.tuning.metric", "")
     params = _json(tags.get("dlbench.tuning.params"))
-    # a run killed before it set dlbench.status (the process died) reads as MLflow has it
-    status = tags.get("dlbench.status") or {"RUNNING": "running", "KILLED": "interrupted"}.get(
-        mlflow_status, mlflow_status.lower())
     row = {
         "run_id": run_id,
         "study": tags.get("dlbench.study", ""),
