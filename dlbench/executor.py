@@ -29,8 +29,9 @@ def checkpoint_path(checkpoint_dir: Path, work: Work) -> Path:
 
 
 def execute(work: Work, registry, hook, cache: DataCache, device: torch.device, checkpoint_dir: Path | None,
-            checkpoint_every: float = 10.0) -> list[tuple[Trial, TrialResult]]:
-    """Train ``work``; return each member's result (``dlbench_trial_end`` already called)."""
+            checkpoint_every: float = 10.0, cuda_graphs: str = "auto") -> list[tuple[Trial, TrialResult]]:
+    """Train ``work``; return each member's result (``dlbench_trial_end`` already called).
+    ``cuda_graphs``: whether a stack's steps replay from CUDA graphs (``step_graph.py``)."""
     ended: dict[int, tuple[Trial, TrialResult]] = {}
 
     def finish(trial: Trial, result: TrialResult) -> None:
@@ -46,7 +47,7 @@ def execute(work: Work, registry, hook, cache: DataCache, device: torch.device, 
             from dlbench.train_stack import CannotStack, run_stack  # torch.func only where stacks train
 
             try:
-                run_stack(work, registry, data, device, hook, finish, checkpoints(work))
+                run_stack(work, registry, data, device, hook, finish, checkpoints(work), cuda_graphs)
             except CannotStack:  # found when the models were built, before any hook: one at a time
                 for trial in [t for t in work.members if t.index not in ended]:  # a failed build ended already
                     alone = Work((trial,), work.stack_id)

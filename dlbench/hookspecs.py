@@ -68,11 +68,13 @@ Example, a stackable activation and optimizer::
         return Swish(beta)
 
     class StackedSignSGD(StackedOptimizer):
+        graph_safe = True                            # tensor work only: a CUDA graph may replay it
+
         @torch.no_grad()
         def step(self, params, lr):                  # lr: [N], one per member
             for p in params:                         # p: [N, ...], p.grad likewise
                 p.sub_(self.per_member(lr, p) * p.grad.sign())
-            self.steps += 1
+            self.tick(lr)                            # the step count, on the device
 
     @stackable(stacked=StackedSignSGD)
     def sign_sgd(params, *, lr: float = 0.01) -> torch.optim.Optimizer:

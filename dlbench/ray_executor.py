@@ -157,7 +157,8 @@ def train_unit(work, setup, hub) -> None:
         return
     plugins.pm.register(Forwarder(None, channel, channel), name="dlbench.forwarder")  # the hub needs no number
     try:
-        execute(work, plugins.registry, plugins.hook, cache, device, setup.checkpoints, setup.checkpoint_every)
+        execute(work, plugins.registry, plugins.hook, cache, device, setup.checkpoints, setup.checkpoint_every,
+                setup.cuda_graphs)
     finally:
         plugins.pm.unregister(name="dlbench.forwarder")
 

@@ -102,14 +102,28 @@ def weights(model: nn.Module) -> list[nn.Parameter]:
 class StackedRegularizer:
     """A regularizer over a stack of N members: stacked parameters have the member axis first
     (``params`` maps each parameter's name to its [N, ...] tensor), batches are [N, B, ...],
-    penalties are [N] (one per member). The defaults do nothing."""
+    penalties are [N] (one per member). The defaults do nothing.
+
+    ``graph_safe = True`` promises that ``transform_batch``, ``penalty``, ``before_step`` and
+    ``after_step`` are tensor work alone (random draws from torch's default generator allowed):
+    no Python state that changes from step to step, no read of a tensor's value on the host, so
+    a CUDA graph may capture them once and replay them (``dlbench run --cuda-graphs``).
+    """
+
+    graph_safe = False
 
     def __init__(self, members: list[Regularizer]):
         self.members = members
 
     def values(self, attribute: str, like: torch.Tensor) -> torch.Tensor:
-        """The members' ``attribute`` as an [N] float tensor on ``like``'s device."""
-        return torch.tensor([float(getattr(m, attribute)) for m in self.members], device=like.device)
+        """The members' ``attribute`` as an [N] float tensor on ``like``'s device (made once per
+        attribute and device, so a step copies nothing from the host)."""
+        cache = self.__dict__.setdefault("_values", {})
+        members, values = cache.get((attribute, like.device), (None, None))
+        if members is not self.members:  # first use, or members left the stack (select)
+            values = torch.tensor([float(getattr(m, attribute)) for m in self.members], device=like.device)
+            cache[(attribute, like.device)] = (self.members, values)
+        return values
 
     def transform_batch(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return x, y

@@ -126,6 +126,8 @@ def reproduce(run_id: str, plugins: Plugins, *, tracking_uri: str, device: torch
         # a CPU's reductions are split by thread count: another count changes the last bits, which
         # 40 epochs amplify (a worker of `dlbench run` trains with its share of the cores)
         torch.set_num_threads(int(threads))
+    # a stack that replayed its steps from CUDA graphs does so again (an older run has no tag: eager)
+    cuda_graphs = "on" if stored.tags.get("dlbench.cuda_graphs") == "true" and device.type == "cuda" else "off"
 
     context = StudyContext(tags={"dlbench.deterministic": str(deterministic).lower()}, registry=plugins.registry)
     if data_dir is not None and pointer_for(data_dir).is_file():
@@ -138,7 +140,7 @@ def reproduce(run_id: str, plugins: Plugins, *, tracking_uri: str, device: torch
         plugins.pm.register(observer, name=name)
     try:
         results = dict((t.index, r) for t, r in execute(work, plugins.registry, plugins.hook, DataCache(data_dir),
-                                                        device, checkpoint_dir=None))
+                                                        device, checkpoint_dir=None, cuda_graphs=cuda_graphs))
     finally:
         for name in observers:
             plugins.pm.unregister(name=name)

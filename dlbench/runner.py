@@ -141,7 +141,7 @@ def run_study(study_file: StudyFile, trials: list[Trial], plugins: Plugins, *, d
               checkpoint_dir: Path = Path(".dlbench/checkpoints"), checkpoint_every: float = 10.0,
               allow_data_mismatch: bool = False, jobs: int | None = None, stack_size: int | None = None,
               devices: list[torch.device] | None = None, tracking_timeout: float | None = None,
-              ray_pool=None, searches=()) -> StudyRun:
+              ray_pool=None, searches=(), cuda_graphs: str = "auto") -> StudyRun:
     """Run the trials not already in the store; resume those a dead process left behind.
 
     Without ``force``, a trial whose config hash already FINISHED (or diverged) in the
@@ -163,6 +163,9 @@ def run_study(study_file: StudyFile, trials: list[Trial], plugins: Plugins, *, d
     rounds of tuning trials, then the best values with the study's seeds. A re-run asks the
     same points again (the samplers are seeded), finds the trials already in the store and
     spends only what is left of each budget.
+
+    ``cuda_graphs`` (auto, on, off): a stack's training steps replay from CUDA graphs on a GPU
+    (``step_graph.py``; a Ray pool has its own setting, from :func:`start_ray`).
     """
     pool = ray_pool
     if pool is not None:  # the cluster's tasks train on GPUs when it has some (--device auto)
@@ -175,8 +178,8 @@ def run_study(study_file: StudyFile, trials: list[Trial], plugins: Plugins, *, d
             units = len(plan(trials, plugins.registry, max_stack)) + sum(s.spec.budget for s in searches)
             jobs = 1 if fail_fast else default_jobs(device, units, len(devices))
         # workers start first: they import torch and load plugins and data while this process opens the store
-        pool = _start_pool(jobs, devices, plugins, data_dir, deterministic, checkpoint_dir, checkpoint_every) \
-            if jobs > 1 else None
+        pool = _start_pool(jobs, devices, plugins, data_dir, deterministic, checkpoint_dir, checkpoint_every,
+                           cuda_graphs) if jobs > 1 else None
     from dlbench.tracking.lock import store_lock  # imports mlflow: after the workers forked
 
     try:
@@ -195,7 +198,7 @@ def run_study(study_file: StudyFile, trials: list[Trial], plugins: Plugins, *, d
                 early = pool.prestart(units)
             return _run(study_file, trials, plugins, device, tracking_uri, reports_dir, stream, fail_fast, force,
                         deterministic, data_dir, checkpoint_dir, checkpoint_every, allow_data_mismatch, max_stack,
-                        pool, lock, startup, early, tracking_timeout, list(searches))
+                        pool, lock, startup, early, tracking_timeout, list(searches), cuda_graphs)
     finally:
         if pool is not None:
             pool.close(now=True)
@@ -208,7 +211,8 @@ def _fresh_store(tracking_uri: str) -> bool:
     return not Path(tracking_uri.removeprefix("sqlite:///")).exists()
 
 
-def _worker_setup(plugins, data_dir, deterministic, checkpoint_dir, checkpoint_every, threads: int):
+def _worker_setup(plugins, data_dir, deterministic, checkpoint_dir, checkpoint_every, threads: int,
+                  cuda_graphs: str = "auto"):
     """What a worker needs to rebuild this process's world; absolute paths (a Ray worker does
     not start in this directory)."""
     from dlbench.workers import WorkerSetup
@@ -218,14 +222,15 @@ def _worker_setup(plugins, data_dir, deterministic, checkpoint_dir, checkpoint_e
 
     return WorkerSetup(plugins_dir=absolute(plugins.plugins_dir), plugins_dir_required=plugins.required_dir,
                        autoload=plugins.autoload, data_dir=absolute(data_dir), deterministic=deterministic,
-                       threads=threads, checkpoint_dir=absolute(checkpoint_dir), checkpoint_every=checkpoint_every)
+                       threads=threads, checkpoint_dir=absolute(checkpoint_dir), checkpoint_every=checkpoint_every,
+                       cuda_graphs=cuda_graphs)
 
 
-def _start_pool(jobs, devices, plugins, data_dir, deterministic, checkpoint_dir, checkpoint_every):
+def _start_pool(jobs, devices, plugins, data_dir, deterministic, checkpoint_dir, checkpoint_every, cuda_graphs):
     from dlbench.workers import WorkerPool, cpu_cores
 
     threads = max(1, cpu_cores() // jobs) if devices[0].type == "cpu" else 1
-    setup = _worker_setup(plugins, data_dir, deterministic, checkpoint_dir, checkpoint_every, threads)
+    setup = _worker_setup(plugins, data_dir, deterministic, checkpoint_dir, checkpoint_every, threads, cuda_graphs)
     return WorkerPool(jobs, [str(d) for d in devices], setup)
 
 
@@ -241,7 +246,8 @@ def _data_configs(trials: list[Trial]) -> list[dict]:
 
 def start_ray(settings: RaySettings, plugins: Plugins, trials: list[Trial], *, data_dir: Path | None,
               deterministic: bool = True, checkpoint_dir: Path = Path(".dlbench/checkpoints"),
-              checkpoint_every: float = 10.0, jobs: int | None = None, fail_fast: bool = False):
+              checkpoint_every: float = 10.0, jobs: int | None = None, fail_fast: bool = False,
+              cuda_graphs: str = "auto"):
     """Join (or start) the Ray cluster and send each of its slots a warm-up task: its worker
     processes import dlbench and load the plugins and the data while this process goes on (the
     preflight, the tracking store). Returns the pool for :func:`run_study`; close it when done."""
@@ -252,7 +258,7 @@ def start_ray(settings: RaySettings, plugins: Plugins, trials: list[Trial], *, d
                         "`pip install 'dlbench[ray]'` (on every machine of the cluster), or leave --executor out "
                         "to run on this machine's cores and GPUs.") from None
     setup = _worker_setup(plugins, data_dir, deterministic, checkpoint_dir, checkpoint_every,
-                          threads=max(1, int(settings.resources.get("cpu", 1))))
+                          threads=max(1, int(settings.resources.get("cpu", 1))), cuda_graphs=cuda_graphs)
     # --fail-fast stops at the first failure in file order: one unit at a time
     pool = ray_pool(settings.address, setup, settings.resources, settings.device, 1 if fail_fast else jobs,
                     settings.max_retries)
@@ -262,7 +268,7 @@ def start_ray(settings: RaySettings, plugins: Plugins, trials: list[Trial], *, d
 
 def _run(study_file, trials, plugins, device, tracking_uri, reports_dir, stream, fail_fast, force, deterministic,
          data_dir, checkpoint_dir, checkpoint_every, allow_data_mismatch, max_stack, pool, lock, startup,
-         early, tracking_timeout, searches) -> StudyRun:
+         early, tracking_timeout, searches, cuda_graphs) -> StudyRun:
     from dlbench.tracking import StudyContext, Tracker  # mlflow is heavy: imported only when a study runs
 
     context = StudyContext(tags={"dlbench.deterministic": str(deterministic).lower()}, registry=plugins.registry)
@@ -357,7 +363,7 @@ def _run(study_file, trials, plugins, device, tracking_uri, reports_dir, stream,
             pool.run(queue, [tracker, progress], on_result, take, stop=lambda: fail_fast and run.count("failed") > 0)
         else:
             _run_inline(queue, take, on_result, plugins, tracker, progress, device, data_dir, checkpoint_dir,
-                        checkpoint_every, stop=lambda: fail_fast and run.count("failed") > 0)
+                        checkpoint_every, cuda_graphs, stop=lambda: fail_fast and run.count("failed") > 0)
         status = "FINISHED"
     except BaseException:
         reports.close()
@@ -481,7 +487,7 @@ def _ended_elsewhere(run: StudyRun, tracker) -> None:
 
 
 def _run_inline(queue, take, on_result, plugins, tracker, progress, device, data_dir, checkpoint_dir,
-                checkpoint_every, stop) -> None:
+                checkpoint_every, cuda_graphs, stop) -> None:
     """Every unit of ``queue`` in this process, one after another (each claimed by ``take`` as it
     starts; None: another process has it): the dataset stays on the device for all."""
     # pluggy calls the last registered first: the tracker closes a trial's run before the
@@ -495,7 +501,7 @@ def _run_inline(queue, take, on_result, plugins, tracker, progress, device, data
             if (work := take(work)) is None:
                 continue
             for trial, result in execute(work, plugins.registry, plugins.hook, cache, device, checkpoint_dir,
-                                         checkpoint_every):
+                                         checkpoint_every, cuda_graphs):
                 on_result(trial, result)
             if stop():
                 break

@@ -84,12 +84,20 @@ class StackedOptimizer:
     anything else as the single value every member shares. Every state tensor has the member
     axis first, so dropping members (:meth:`select`) is an index. ``step(params, lr)`` gets
     the stacked parameters (gradients in ``.grad``) and the members' learning rates [N].
+
+    ``graph_safe = True`` promises that ``step`` is tensor work alone once its state exists
+    (created on the first step): no Python value that changes from step to step, no read of a
+    tensor's value on the host. A CUDA graph captures such a step once and replays it
+    (``dlbench run --cuda-graphs``); count steps with :meth:`tick`, which counts on the device.
     """
+
+    graph_safe = False
 
     def __init__(self, options: dict):
         self.options = options
         self.state: dict[str, list[torch.Tensor | None]] = {}
-        self.steps = 0
+        self._count: torch.Tensor | None = None  # steps taken, on the device (see tick)
+        self._loaded_steps = 0
 
     per_member = staticmethod(per_member)  # an [N] tensor shaped to broadcast against a stacked [N, ...]
 
@@ -101,6 +109,28 @@ class StackedOptimizer:
         if slots[index] is None:
             slots[index] = init(like)
         return slots[index]
+
+    def has(self, name: str, index: int) -> bool:
+        """Whether state tensor ``name`` of parameter ``index`` exists yet."""
+        slots = self.state.get(name, [])
+        return index < len(slots) and slots[index] is not None
+
+    def tick(self, like: torch.Tensor) -> torch.Tensor:
+        """Count one more step; returns the steps taken, this one included, as a float64 tensor
+        on ``like``'s device, incremented in place (so a replayed CUDA graph counts too)."""
+        if self._count is None:
+            self._count = torch.tensor(float(self._loaded_steps), dtype=torch.float64, device=like.device)
+        self._count += 1
+        return self._count
+
+    @property
+    def steps(self) -> int:
+        """Steps taken (reads the device counter: for checkpoints, not for every step)."""
+        return int(self._count.item()) if self._count is not None else self._loaded_steps
+
+    @steps.setter
+    def steps(self, value: int) -> None:  # an optimizer that counts by hand (not graph-safe)
+        self._loaded_steps, self._count = int(value), None
 
     def step(self, params: list[torch.Tensor], lr: torch.Tensor) -> None:
         raise NotImplementedError
@@ -114,7 +144,7 @@ class StackedOptimizer:
         return {"state": self.state, "steps": self.steps}
 
     def load_state_dict(self, state: dict) -> None:
-        self.state, self.steps = state["state"], state["steps"]
+        self.state, self._loaded_steps, self._count = state["state"], state["steps"], None
 
 
 # -- the planner --------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import math
 import time
 import traceback
 import warnings
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +30,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from dlbench.data import DeviceData
 from dlbench.regularizer import Regularizer
 from dlbench.stacking import STACKED, Work
+from dlbench.step_graph import GraphedStep, graphs_wanted, why_not_graphed
 from dlbench.study import Trial, canonical_json
 from dlbench.train import (EVAL_CHUNK, Checkpoints, TrialResult, build, end_training, exact_accuracies,
                            order_generator_after_build, seed_everything)
@@ -57,7 +59,7 @@ class _LrView:
 
 
 def run_stack(work: Work, registry, data: DeviceData, device: torch.device, hook, finish,
-              checkpoints: Checkpoints | None = None) -> None:
+              checkpoints: Checkpoints | None = None, cuda_graphs: str = "auto") -> None:
     """Train the members of ``work`` together; ``finish(trial, result)`` is called for each
     member as it leaves the stack (finished, diverged, stopped early) and at the end.
 
@@ -65,6 +67,9 @@ def run_stack(work: Work, registry, data: DeviceData, device: torch.device, hook
     train. Raises :class:`CannotStack` before any other hook is called when the members' models
     differ in structure; an exception while training propagates (the executor marks the
     remaining members failed with its traceback).
+
+    ``cuda_graphs`` (auto, on, off): replay each training step from a CUDA graph on a GPU when
+    the stack's optimizer and regularizers are graph-safe (``step_graph.py``).
     """
     started = time.perf_counter()
     cfg = work.members[0].config
@@ -113,13 +118,36 @@ def run_stack(work: Work, registry, data: DeviceData, device: torch.device, hook
             m.result.history = state["history"]
         first = resumed["epoch"] + 1
 
+    def grads(idx):  # idx [N, B]: each member its own batch
+        x, y = data.x_train[idx], data.y_train[idx]
+        for reg in stacked_regs:
+            x, y = reg.transform_batch(x, y)
+        logits = train_forward(params, buffers, x)
+        losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(len(idx), -1)
+        losses = losses.mean(1)
+        for reg in stacked_regs:
+            losses = losses + reg.penalty(params)
+        for p in params.values():
+            p.grad = None
+        losses.sum().backward()  # member i's parameters get the gradient of its own loss
+
+    def update(lr):  # lr [N]: each member's rate for this step
+        for reg in stacked_regs:
+            reg.before_step(params)
+        optimizer.step(list(params.values()), lr)
+        for reg in stacked_regs:
+            reg.after_step(params)
+
+    why_eager = why_not_graphed(optimizer, stacked_regs)
+    step_fn = GraphedStep(grads, update, enabled=graphs_wanted(cuda_graphs, device) and not why_eager)
+
     for m in members:
         info = {"device": str(device), "dataset_hash": data.content_hash, "dataset": cfg["dataset"]["name"],
                 "num_classes": data.num_classes, "dataset_source": data.source, "preprocessing": data.preprocessing,
                 "num_params": sum(p.numel() for p in m.model.parameters()),
                 "resumed_from_epoch": resumed["epoch"] if resumed else None,
                 "stack": {"id": work.stack_id, "size": len(work.members), "member": work.members.index(m.trial),
-                          "members": [t.config for t in work.members]}}
+                          "members": [t.config for t in work.members], "cuda_graphs": step_fn.enabled}}
         hook.dlbench_trial_start(trial=m.trial, model=m.model, info=info)
         for epoch, metrics in enumerate(m.result.history):  # a resumed member replays what it had
             hook.dlbench_epoch_end(trial=m.trial, epoch=epoch, metrics=metrics)
@@ -134,24 +162,10 @@ def run_stack(work: Work, registry, data: DeviceData, device: torch.device, hook
             orders = torch.stack([torch.randperm(n, device=device, generator=m.order) for m in members])
             for j, idx in enumerate(orders.split(cfg["batch_size"], dim=1)):
                 step = (epoch - 1) * steps_per_epoch + j + 1
-                x, y = data.x_train[idx], data.y_train[idx]  # [N, B, ...]: each member its own batch
-                for reg in stacked_regs:
-                    x, y = reg.transform_batch(x, y)
-                logits = train_forward(params, buffers, x)
-                losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(len(members), -1)
-                losses = losses.mean(1)
-                for reg in stacked_regs:
-                    losses = losses + reg.penalty(params)
-                for p in params.values():
-                    p.grad = None
-                losses.sum().backward()  # member i's parameters get the gradient of its own loss
+                observe = None
                 if every and (step == 1 or step % every == 0):
-                    _observe_gradients(members, params, buffers, hook, step, data)
-                for reg in stacked_regs:
-                    reg.before_step(params)
-                optimizer.step(list(params.values()), lr_table[:, step - 1])
-                for reg in stacked_regs:
-                    reg.after_step(params)
+                    observe = partial(_observe_gradients, members, params, buffers, hook, step, data)
+                step_fn(idx, lr_table[:, step - 1], observe)
         base.eval()
         metrics = _evaluate(eval_forward, params, buffers, data, len(members))  # one device sync
         leaving = []
@@ -185,6 +199,7 @@ def run_stack(work: Work, registry, data: DeviceData, device: torch.device, hook
             optimizer.select(torch.tensor(keep, device=device))
             for reg in stacked_regs:
                 reg.select(keep)
+            step_fn.reset()  # the graphs hold the old stack's tensors
         if checkpoints and epoch < cfg["epochs"] and checkpoints.due():
             for m in members:
                 hook.dlbench_checkpoint(trial=m.trial, epoch=epoch)

@@ -46,6 +46,7 @@ class WorkerSetup:
     threads: int
     checkpoint_dir: str | None
     checkpoint_every: float
+    cuda_graphs: str = "auto"
 
     @property
     def checkpoints(self) -> Path | None:
@@ -182,7 +183,8 @@ def _worker_main(worker: int, device: str, setup: WorkerSetup, tasks, events, ac
         return
     events.put(("ready", worker, None, None))
     while (item := tasks.get()) is not None:
-        execute(item, plugins.registry, plugins.hook, cache, dev, setup.checkpoints, setup.checkpoint_every)
+        execute(item, plugins.registry, plugins.hook, cache, dev, setup.checkpoints, setup.checkpoint_every,
+                setup.cuda_graphs)
         events.put(("done", worker, None, None))
 
 

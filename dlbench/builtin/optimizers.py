@@ -27,30 +27,34 @@ def dlbench_register_optimizers(register):
 
 
 class StackedSGD(StackedOptimizer):
+    graph_safe = True
+
     @torch.no_grad()
     def step(self, params, lr):
-        o, first = self.options, self.steps == 0
+        o = self.options
         for i, p in enumerate(params):
             g = p.grad + self.per_member(o["weight_decay"], p) * p
             mu = self.per_member(o["momentum"], p)
+            first = not self.has("momentum", i)
             buf = self.buffer("momentum", i, g, init=torch.clone)  # torch.optim starts it at g
             if not first:
                 buf.mul_(mu).add_(g)
             g = g + mu * buf if o["nesterov"] else buf
             p.sub_(self.per_member(lr, p) * g)
-        self.steps += 1
+        self.tick(lr)
 
 
 class StackedAdam(StackedOptimizer):
     decoupled = False  # AdamW: weight decay applied to the parameters, not the gradient
+    graph_safe = True
 
     @torch.no_grad()
     def step(self, params, lr):
         o = self.options
-        self.steps += 1
+        t = self.tick(lr)  # the step count on the device: the bias corrections need it
         beta1, beta2 = o["beta1"].double(), o["beta2"].double()
-        step_size = (lr.double() / (1 - beta1 ** self.steps)).float()
-        bc2_sqrt = ((1 - beta2 ** self.steps) ** 0.5).float()
+        step_size = (lr.double() / (1 - beta1 ** t)).float()
+        bc2_sqrt = ((1 - beta2 ** t) ** 0.5).float()
         for i, p in enumerate(params):
             wd = self.per_member(o["weight_decay"], p)
             if self.decoupled:
@@ -70,6 +74,8 @@ class StackedAdamW(StackedAdam):
 
 
 class StackedRMSprop(StackedOptimizer):
+    graph_safe = True
+
     @torch.no_grad()
     def step(self, params, lr):
         o = self.options
@@ -82,10 +88,12 @@ class StackedRMSprop(StackedOptimizer):
             buf = self.buffer("momentum", i, p)  # momentum 0: the buffer is g / avg, as without one
             buf.mul_(self.per_member(o["momentum"], p)).add_(g / avg)
             p.sub_(self.per_member(lr, p) * buf)
-        self.steps += 1
+        self.tick(lr)
 
 
 class StackedAdagrad(StackedOptimizer):
+    graph_safe = True
+
     @torch.no_grad()
     def step(self, params, lr):
         o = self.options
@@ -94,7 +102,7 @@ class StackedAdagrad(StackedOptimizer):
             total = self.buffer("sum", i, p)
             total.addcmul_(g, g)
             p.sub_(self.per_member(lr, p) * g / total.sqrt().add_(self.per_member(o["eps"], p)))
-        self.steps += 1
+        self.tick(lr)
 
 
 @stackable(stacked=StackedSGD)

@@ -110,6 +110,7 @@ class L1(Regularizer):
 
 class StackedPenalty(StackedRegularizer):
     """scale * weight_i * sum over member i's weights of f(w): one value per member."""
+    graph_safe = True
 
     def __init__(self, members, f, scale: float):
         super().__init__(members)
@@ -146,6 +147,8 @@ class MaxNorm(Regularizer):
 
 
 class StackedMaxNorm(StackedRegularizer):
+    graph_safe = True
+
     @torch.no_grad()
     def after_step(self, params):
         for w in stacked_weights(params):
@@ -171,6 +174,7 @@ class GradClip(Regularizer):
 
 class StackedGradClip(StackedRegularizer):
     """``clip_grad_norm_`` per member: each member's global gradient norm, its own max_norm."""
+    graph_safe = True
 
     @torch.no_grad()
     def before_step(self, params):
@@ -196,6 +200,8 @@ class InputNoise(Regularizer):
 
 
 class StackedInputNoise(StackedRegularizer):
+    graph_safe = True
+
     def transform_batch(self, x, y):
         return x + per_member(self.values("std", x), x) * torch.randn_like(x), y
 
