@@ -31,7 +31,7 @@ from dlbench.data import DataCache
 from dlbench.diagnostics import Diagnostics
 from dlbench.plugins import load_plugins
 from dlbench.runner import resolve_device
-from dlbench.study import expand
+from dlbench.study import Plan, expand
 from dlbench.train import build, run_trial, seed_everything, train_epoch
 
 INTERVALS = [0, 100, 50, 25, 10]
@@ -109,7 +109,7 @@ def main() -> None:
                 from dlbench.tracking import Tracker
 
                 tracker = Tracker(f"sqlite:///{tmp}/mlflow.db", "diagnostics-benchmark")
-                tracker.start_study(sf, trials, device)
+                tracker.start_study(sf, Plan(trials), device)
                 plugins.pm.register(tracker, name="tracker")
             run_trial(trials[0], plugins.registry, data, device, plugins.hook)  # warm-up
             times = {t.level: [] for t in trials}

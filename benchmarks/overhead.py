@@ -25,7 +25,7 @@ from dlbench.config import parse_study_file
 from dlbench.data import DataCache
 from dlbench.plugins import load_plugins
 from dlbench.runner import resolve_device
-from dlbench.study import expand
+from dlbench.study import Plan, expand
 from dlbench.train import evaluate, run_trial
 
 STUDY = """
@@ -93,7 +93,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         tracker = Tracker(f"sqlite:///{tmp}/mlflow.db", "overhead")
-        tracker.start_study(sf, [trial], device)
+        tracker.start_study(sf, Plan([trial]), device)
 
         def tracked():
             plugins.pm.register(tracker, name="tracker")

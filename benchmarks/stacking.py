@@ -5,10 +5,13 @@ N seeds of the default MLP of ``ablation.toml`` (2 x 128 ReLU, SGD lr 0.05 momen
 after another, dlbench's loop one trial after another (``run_trial``), and dlbench's stack of N
 (``run_stack``). No tracking store: this is the training itself.
 
-    python benchmarks/stacking.py [--members 8 50] [--epochs 20] [--repeats 3] [--device auto]
+    python benchmarks/stacking.py [--members 8 50] [--epochs 20] [--repeats 3] [--alone K] [--device auto]
 
 Prints the median seconds per trial (and the spread: min-max over repetitions) of each, and the
-ratios: how many times faster the stack is than each one-at-a-time way.
+ratios: how many times faster the stack is than each one-at-a-time way. On a GPU the stack is
+timed twice: stepping eagerly and replaying its steps from CUDA graphs (``--cuda-graphs``). ``--alone K`` times the
+one-at-a-time ways on the first K trials only (the figure is per trial either way; on a GPU, 50
+trials one at a time twice over would take minutes of the check's time).
 """
 
 from __future__ import annotations
@@ -76,8 +79,9 @@ def one_at_a_time(trials, registry, data, device) -> None:
         run_trial(trial, registry, data, device, NoHooks())
 
 
-def stacked(trials, registry, data, device) -> None:
-    run_stack(Work(tuple(trials), stack_id(trials)), registry, data, device, NoHooks(), lambda t, r: None)
+def stacked(trials, registry, data, device, cuda_graphs="off") -> None:
+    run_stack(Work(tuple(trials), stack_id(trials)), registry, data, device, NoHooks(), lambda t, r: None,
+              cuda_graphs=cuda_graphs)
 
 
 def main() -> None:
@@ -85,6 +89,7 @@ def main() -> None:
     ap.add_argument("--members", type=int, nargs="+", default=[8, 50])
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--alone", type=int, default=None, help="one-at-a-time ways: time the first K trials only")
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
     device = resolve_device(args.device)
@@ -96,11 +101,17 @@ def main() -> None:
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.epochs} epochs, "
           f"median of {args.repeats} (min-max)")
     stacked(trials_for(2, 1, plugins.registry), plugins.registry, data, device)  # warm-up: kernels, allocator
+    if device.type == "cuda":
+        stacked(trials_for(2, 1, plugins.registry), plugins.registry, data, device, "on")
     for n in args.members:
         trials = trials_for(n, args.epochs, plugins.registry)
-        ways = {"bare loop, one at a time": lambda: bare(trials, data, device),
-                "dlbench, one at a time": lambda: one_at_a_time(trials, plugins.registry, data, device),
+        alone = trials[:args.alone] if args.alone else trials
+        ways = {"bare loop, one at a time": lambda: bare(alone, data, device),
+                "dlbench, one at a time": lambda: one_at_a_time(alone, plugins.registry, data, device),
                 f"dlbench, stack of {n}": lambda: stacked(trials, plugins.registry, data, device)}
+        if device.type == "cuda":  # the same stack, its steps replayed from CUDA graphs
+            ways[f"dlbench, stack of {n}, graphs"] = lambda: stacked(trials, plugins.registry, data, device, "on")
+        count = {name: len(trials if name.startswith("dlbench, stack") else alone) for name in ways}
         times: dict[str, list[float]] = {k: [] for k in ways}
         for _ in range(args.repeats):
             for name, fn in ways.items():  # interleaved: a slow moment of the machine hits all three
@@ -108,14 +119,14 @@ def main() -> None:
                 start = time.perf_counter()
                 fn()
                 sync(device)
-                times[name].append((time.perf_counter() - start) / n)
+                times[name].append((time.perf_counter() - start) / count[name])
         med = {k: statistics.median(v) for k, v in times.items()}
-        print(f"\nN = {n} trials")
+        print(f"\nN = {n} trials" + (f" (one at a time: the first {len(alone)})" if len(alone) < n else ""))
         for name, values in times.items():
             print(f"  {name:<28} {med[name] * 1000:8.1f} ms/trial  ({min(values) * 1000:.1f}-{max(values) * 1000:.1f})")
-        stack = med[f"dlbench, stack of {n}"]
-        print(f"  stack vs bare loop: {med['bare loop, one at a time'] / stack:.2f}x faster; "
-              f"vs dlbench one at a time: {med['dlbench, one at a time'] / stack:.2f}x faster")
+        for way in [w for w in ways if w.startswith("dlbench, stack")]:
+            print(f"  {way[9:]} vs bare loop: {med['bare loop, one at a time'] / med[way]:.2f}x faster; "
+                  f"vs dlbench one at a time: {med['dlbench, one at a time'] / med[way]:.2f}x faster")
 
 
 if __name__ == "__main__":

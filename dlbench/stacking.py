@@ -164,9 +164,21 @@ class Work:
 
     @property
     def cost(self) -> float:
-        """Relative cost, for handing the longest work out first."""
+        """Relative cost, for handing the longest work out first: the training epochs (a stack
+        of n costs about sqrt(n) trials), and an initializer's own epochs (greedy pretraining,
+        one pass per layer, member after member: measured on an H100, 10 s of a 12 s stack whose
+        training alone took under 1 s with CUDA graphs)."""
         cfg = self.members[0].config
-        return cfg["epochs"] * (len(self.members) ** 0.5 if self.stacked else 1) / cfg["batch_size"]
+        training = cfg["epochs"] * (len(self.members) ** 0.5 if self.stacked else 1)
+        pretraining = sum(_pretraining_epochs(t.config) for t in self.members)
+        return (training + pretraining) / cfg["batch_size"]
+
+
+def _pretraining_epochs(cfg: dict) -> int:
+    init = cfg.get("initializer")
+    epochs = init.get("epochs", 0) if isinstance(init, dict) else 0
+    depth = cfg.get("architecture", {}).get("depth", 1)
+    return epochs * depth if isinstance(epochs, int) and isinstance(depth, int) else 0
 
 
 def stack_id(trials) -> str:

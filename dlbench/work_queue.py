@@ -68,10 +68,15 @@ def hand_out_order(works: list[Work]) -> list[Work]:
     """The order workers take the units in: study by study, the studies with the most levels
     first (their reports, the largest, are drawn while the others train, and the last study's
     report, drawn after training, is a small one), the longest units first within a study (so
-    no long unit is left for the end while the other workers idle)."""
+    no long unit is left for the end while the other workers idle). A stack holding trials of
+    several studies goes with the largest of them."""
     levels: dict[str, set[str]] = {}
     for w in works:
         for t in w.members:
             levels.setdefault(t.study, set()).add(t.level)
     first_seen = {study: i for i, study in enumerate(levels)}
-    return sorted(works, key=lambda w: (-len(levels[w.members[0].study]), first_seen[w.members[0].study], -w.cost))
+
+    def study(w: Work) -> str:  # a stack of several studies' trials goes with the largest of them
+        return min((t.study for t in w.members), key=lambda s: (-len(levels[s]), first_seen[s]))
+
+    return sorted(works, key=lambda w: (-len(levels[study(w)]), first_seen[study(w)], -w.cost))

@@ -115,6 +115,25 @@ def test_a_large_group_splits_into_near_equal_stacks(make_trials, registry):
     assert all(not w.stacked and "off" in w.alone_because for w in plan(trials, registry, max_size=1))
 
 
+def test_pretraining_counts_in_a_units_cost_and_a_mixed_stack_goes_with_its_largest_study(make_trials, registry):
+    from dataclasses import replace
+
+    from dlbench.work_queue import hand_out_order
+
+    greedy = {"initializer": {"name": "greedy_autoencoder", "epochs": 5}, "activation": "sigmoid"}
+    trials = make_trials({"activation": "sigmoid"}, levels={"random": {}, "pretrained": greedy}, seeds=2)
+    random_init, pretrained = plan(trials[:2], registry, 8)[0], plan(trials[2:], registry, 8)[0]
+    assert pretrained.cost > random_init.cost  # 5 epochs a layer, member after member
+    # as in ablation.toml on a GPU: the pretraining study's stack also holds a level of the
+    # 10-level activation study; it must not wait for the end behind the activation study's units
+    small = [replace(t, study="pretraining") for t in trials]
+    large = [replace(t, study="activation", index=10 + k)
+             for k, t in enumerate(make_trials(levels={f"l{k}": {"architecture": {"width": 8 + k}} for k in range(3)}))]
+    mixed = Work(tuple(small) + tuple(large[:1]), "mixed")
+    order = hand_out_order([Work((t,), t.config_hash) for t in large[1:]] + [mixed])
+    assert order[0] is mixed
+
+
 def test_a_component_that_never_said_it_stacks_trains_alone_and_says_why(make_trials):
     class Plain:
         @hookimpl
