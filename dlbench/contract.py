@@ -29,7 +29,10 @@ architecture itself when an architecture is checked) on a fixed batch of 32 rand
   (see ``dlbench/stacking.py``): two members' outputs and gradients under ``vmap`` (architecture,
   activation), their parameters after three stacked updates (optimizer), the learning rate as a
   function of the step alone (schedule), the stacked penalty, gradient and parameter updates
-  (regularizer), each against the members trained one at a time.
+  (regularizer), each against the members trained one at a time. A stacked optimizer or
+  regularizer that declares ``graph_safe = True`` must also leave its Python state (every value
+  that is not a tensor, and which tensor objects it holds) as it was from one step to the next:
+  a CUDA graph's replay runs only the kernels of the step it captured.
 
 Kind-specific checks: an activation returns a fresh module per call and keeps the shape of
 [B, F], [B, C, L] and [B, C, H, W] inputs; an optimizer resumes from its ``state_dict`` exactly;
@@ -555,7 +558,10 @@ def _stacked_optimizer(s: Subject) -> str | None:
     optimizers = [s.make(m.parameters()) for m in models]
     lr = torch.tensor([o.param_groups[0]["lr"] for o in optimizers])
     base.train()
-    for _ in range(STEPS):
+    before = None
+    for step in range(STEPS):
+        if step == STEPS - 1:
+            before = _python_state(stacked)  # past the first step, which may create the state
         logits = train(params, buffers, x.expand(len(models), *x.shape))
         losses = F.cross_entropy(logits.flatten(0, 1), y.repeat(len(models)), reduction="none").view(len(models), -1)
         for p in params.values():
@@ -573,7 +579,53 @@ def _stacked_optimizer(s: Subject) -> str | None:
                 diff = (params[name][i] - p).abs().max().item()
                 return (f"after {STEPS} steps, member {i}'s {name!r} updated by {type(stacked).__name__} differs from "
                         f"the optimizer's own update by {diff:.3g}")
+    if problem := _graph_unsafe(stacked, before):
+        return problem
     return passed(f"{len(models)} members, {STEPS} steps of {type(stacked).__name__}")
+
+
+def _python_state(obj, depth: int = 4) -> object:
+    """What a CUDA graph's replay cannot redo: every non-tensor value reachable from ``obj``'s
+    attributes (through dicts, lists, tuples and objects), and which tensor objects it holds."""
+    if isinstance(obj, torch.Tensor):
+        return ("tensor", id(obj))
+    if depth == 0 or obj is None or isinstance(obj, (bool, int, float, str, bytes, torch.device, torch.dtype)):
+        return obj if depth else ("object", id(obj))
+    if isinstance(obj, dict):
+        return {repr(k): _python_state(v, depth - 1) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_python_state(v, depth - 1) for v in obj]
+    if hasattr(obj, "__dict__") and not callable(obj):
+        return {k: _python_state(v, depth - 1) for k, v in vars(obj).items()}
+    return ("object", id(obj))
+
+
+def _graph_unsafe(stacked, before) -> str | None:
+    """The failure of a stacked component that says it is graph-safe but changed its Python state
+    in a step past the first (``before``: its state before that step)."""
+    if not getattr(type(stacked), "graph_safe", False):
+        return None
+    after = _python_state(stacked)
+    if after == before:
+        return None
+    changed = _first_change(before, after, type(stacked).__name__)
+    return (f"{type(stacked).__name__} declares graph_safe = True, but its step changes {changed} from one step "
+            "to the next, which a CUDA graph's replay would not do: keep what changes in tensors updated in place "
+            "(count steps with self.tick(lr)), or drop graph_safe")
+
+
+def _first_change(a, b, path: str) -> str:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in a.keys() | b.keys():
+            if a.get(k) != b.get(k):
+                return _first_change(a.get(k), b.get(k), f"{path}.{k.strip(chr(39))}")
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b)):
+            if x != y:
+                return _first_change(x, y, f"{path}[{i}]")
+    if isinstance(a, tuple) and a[:1] == ("tensor",):
+        return f"{path} (another tensor object)"
+    return f"{path} ({a!r} to {b!r})"
 
 
 def _stacked_schedule(s: Subject) -> str | None:
@@ -636,6 +688,13 @@ def _stacked_regularizer(s: Subject) -> str | None:
     out, _ = stacked.transform_batch(xs, y.expand(len(models), len(y)))
     if out.shape != xs.shape:
         return f"the stacked transform_batch turns a batch of shape {tuple(xs.shape)} into {tuple(out.shape)}"
+    before = _python_state(stacked)  # a second step: what a CUDA graph would replay
+    stacked.transform_batch(xs, y.expand(len(models), len(y)))
+    stacked.penalty(params)
+    stacked.before_step(params)
+    stacked.after_step(params)
+    if problem := _graph_unsafe(stacked, before):
+        return problem
     return passed("eval-mode logits, penalty, before_step and after_step of 2 members")
 
 

@@ -184,6 +184,26 @@ def sgd_badly_stacked(params, *, lr: float = 0.1):
     return torch.optim.SGD(params, lr=lr)
 
 
+class StackedSGDCountingInPython(StackedOptimizer):
+    graph_safe = True  # but the learning rate decays with a Python counter, which a replay would not advance
+
+    def __init__(self, options):
+        super().__init__(options)
+        self.count = 0
+
+    @torch.no_grad()
+    def step(self, params, lr):
+        self.count += 1
+        for p in params:
+            p.sub_(self.per_member(lr, p) * p.grad)
+
+
+@stackable(stacked=StackedSGDCountingInPython)
+def sgd_graph_unsafe(params, *, lr: float = 0.1):
+    """SGD whose stacked update says it is graph-safe and keeps a Python counter."""
+    return torch.optim.SGD(params, lr=lr)
+
+
 def labels_out_of_range():
     """A dataset whose labels exceed num_classes."""
     x = np.zeros((8, 3), np.float32)
@@ -227,6 +247,8 @@ def registry_with():
     ("architecture", slotless, "builds on a tiny input", "exposes no input or norm or hidden slot"),
     ("initializer", unseeded, "the same seed gives identical parameters", "differs"),
     ("optimizer", sgd_badly_stacked, "a stacked step equals the members' own steps", "StackedSGDWithoutLr"),
+    ("optimizer", sgd_graph_unsafe, "a stacked step equals the members' own steps",
+     "StackedSGDCountingInPython declares graph_safe = True, but its step changes StackedSGDCountingInPython.count (2 to 3)"),
     ("dataset", labels_out_of_range, "has float inputs, integer labels in range", "class ids in [0, 4)"),
     ("preprocessing", BatchCentered, "transforms each example alone", "depends on the size of the batch"),
     ("regularizer", Inflate, "a few optimizer steps lower the loss", "expected lower"),
