@@ -491,6 +491,13 @@ def test_unknown_study_filter_is_a_user_error(tmp_path):
     assert_user_error(proc, "--study 'dropot': no such study", "did you mean 'dropout'?")
 
 
+def test_cuda_graphs_on_a_cpu_is_a_user_error(tmp_path):
+    study = write_study(tmp_path, TINY_STUDY)
+    proc = run_cli(["run", study, "--device", "cpu", "--cuda-graphs", "on"], cwd=tmp_path, env=cli_env(autoload=False))
+    assert_user_error(proc, "--cuda-graphs on", "need a GPU", "--device cpu", "Leave --cuda-graphs at auto")
+    assert not (tmp_path / "mlflow.db").exists()  # refused before anything was written
+
+
 @pytest.mark.parametrize("device, expected", [
     ("cuda:7", "--device cuda:7"),
     ("tpu", "--device 'tpu'"),
