@@ -72,8 +72,7 @@ class Regularizer:
 
     @classmethod
     def acts_only_on_stopping(cls) -> bool:
-        per_step = ("wrap_model", "transform_batch", "penalty", "before_step", "after_step")
-        return all(getattr(cls, m) is getattr(Regularizer, m) for m in per_step)
+        return not overrides(cls, Regularizer, "wrap_model", "transform_batch", "penalty", "before_step", "after_step")
 
     def stack_model(self, model: nn.Module) -> nn.Module:
         """Adapt a member's model (already wrapped and initialized) before it joins a stack:
@@ -92,6 +91,12 @@ class Regularizer:
 
     def load_state_dict(self, state: dict) -> None:
         vars(self).update(state)
+
+
+def overrides(cls: type, base: type, *methods: str) -> bool:
+    """Whether ``cls`` replaces any of ``methods`` of ``base`` (else base's default runs, which for
+    a regularizer does nothing)."""
+    return any(getattr(cls, m) is not getattr(base, m) for m in methods)
 
 
 def weights(model: nn.Module) -> list[nn.Parameter]:

@@ -144,7 +144,7 @@ class StackedOptimizer:
         return {"state": self.state, "steps": self.steps}
 
     def load_state_dict(self, state: dict) -> None:
-        self.state, self._loaded_steps, self._count = state["state"], state["steps"], None
+        self.state, self.steps = state["state"], state["steps"]
 
 
 # -- the planner --------------------------------------------------------------------------------

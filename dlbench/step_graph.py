@@ -25,6 +25,8 @@ from typing import Callable
 
 import torch
 
+from dlbench.regularizer import StackedRegularizer, overrides
+
 WARMUP = 3  # eager steps after a (re)build before a capture; PyTorch's docs use 3 on a side stream
 CUDA_GRAPHS = ("auto", "on", "off")
 # `--cuda-graphs auto`: graphs where they are possible (a CUDA device, graph-safe components).
@@ -53,11 +55,8 @@ def why_not_graphed(optimizer, regularizers) -> str:
 
 
 def _graph_safe(reg) -> bool:
-    from dlbench.regularizer import StackedRegularizer
-
     in_step = ("transform_batch", "penalty", "before_step", "after_step")
-    overrides = any(getattr(type(reg), m) is not getattr(StackedRegularizer, m) for m in in_step)
-    return getattr(type(reg), "graph_safe", False) or not overrides
+    return getattr(type(reg), "graph_safe", False) or not overrides(type(reg), StackedRegularizer, *in_step)
 
 
 class GraphedStep:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 
 from dlbench.data import DeviceData
-from dlbench.regularizer import Regularizer
+from dlbench.regularizer import Regularizer, overrides
 from dlbench.stacking import STACKED, Work
 from dlbench.step_graph import GraphedStep, graphs_wanted, why_not_graphed
 from dlbench.study import Trial, canonical_json
@@ -264,7 +264,7 @@ def _stacked_optimizer(members: list[_Member], registry, device):
 
 
 def _overrides(regularizers, method: str) -> bool:
-    return any(getattr(type(r), method) is not getattr(Regularizer, method) for r in regularizers)
+    return any(overrides(type(r), Regularizer, method) for r in regularizers)
 
 
 @torch.no_grad()
