@@ -185,6 +185,7 @@ def run(study_file: Path, dry_run: bool, tracking_uri: str | None, device: str, 
     plan = expand_plan(sf, plugins.registry, list(only) or None)
 
     from dlbench.runner import resolve_devices
+    from dlbench.workers import start_method
 
     ray = _ray_settings(executor, address, resources, max_retries, device)
     devices = [torch_device(device)] if ray else resolve_devices(device)  # a Ray cluster has its own GPUs
@@ -207,14 +208,26 @@ def run(study_file: Path, dry_run: bool, tracking_uri: str | None, device: str, 
                                  checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, jobs=jobs,
                                  fail_fast=fail_fast, cuda_graphs=cuda_graphs)
             cleanup.callback(ray_pool.close)
+        workers = None
+        if not ray and not dry_run and start_method([str(d) for d in devices]) == "spawn":
+            # spawned workers (a GPU's) take seconds to import torch and start CUDA: they do it
+            # while the preflight runs (forked ones start in milliseconds, after it)
+            from dlbench.runner import start_workers
+
+            workers = start_workers(plan.trials, plugins, devices, jobs=jobs, fail_fast=fail_fast,
+                                    stack_size=stack_size, searches=plan.searches, data_dir=data_dir,
+                                    deterministic=deterministic, checkpoint_dir=checkpoint_dir,
+                                    checkpoint_every=checkpoint_every, cuda_graphs=cuda_graphs)
+            if workers is not None:
+                cleanup.callback(workers.close, now=True)
         _run_checked(sf, plan, plugins, dry_run, devices, tracking_uri, reports_dir, fail_fast, force,
                      deterministic, data_dir, checkpoint_dir, checkpoint_every, allow_data_mismatch, jobs,
-                     stack_size, tracking_timeout, ray_pool, cuda_graphs)
+                     stack_size, tracking_timeout, ray_pool, workers, cuda_graphs)
 
 
 def _run_checked(sf, plan, plugins, dry_run, devices, tracking_uri, reports_dir, fail_fast, force, deterministic,
                  data_dir, checkpoint_dir, checkpoint_every, allow_data_mismatch, jobs, stack_size, tracking_timeout,
-                 ray_pool, cuda_graphs) -> None:
+                 ray_pool, workers, cuda_graphs) -> None:
     """`run` past its options: the preflight, then the dry run's table or the study itself."""
     from dlbench.preflight import preflight
     from dlbench.runner import run_study
@@ -246,7 +259,8 @@ def _run_checked(sf, plan, plugins, dry_run, devices, tracking_uri, reports_dir,
                            deterministic=deterministic, data_dir=data_dir, checkpoint_dir=checkpoint_dir,
                            checkpoint_every=checkpoint_every,
                            allow_data_mismatch=allow_data_mismatch, jobs=jobs, stack_size=stack_size,
-                           tracking_timeout=tracking_timeout, ray_pool=ray_pool, searches=plan.searches,
+                           tracking_timeout=tracking_timeout, ray_pool=ray_pool, workers=workers,
+                           searches=plan.searches,
                            cuda_graphs=cuda_graphs)
     except KeyboardInterrupt:
         click.echo("\nInterrupted: the finished trials are in MLflow; the running one is marked KILLED.", err=True)

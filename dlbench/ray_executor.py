@@ -132,12 +132,9 @@ def _world(setup):
 def warm_up(setup, configs: list[dict]) -> None:
     """A Ray task sent to each slot as the pool starts: this worker process imports dlbench, loads
     the plugins and the study's datasets (seconds) while the parent opens the tracking store."""
-    import torch
+    from dlbench.workers import warm_up as warm
 
-    plugins, cache, device = _world(setup)
-    for config in configs:
-        cache.for_config(config, plugins.registry, device)
-    torch.optim.SGD([torch.zeros(1, requires_grad=True)])  # a first optimizer imports torch._dynamo (1-2 s)
+    warm(*_world(setup), configs)
 
 
 def train_unit(work, setup, hub) -> None:

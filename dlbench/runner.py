@@ -141,7 +141,7 @@ def run_study(study_file: StudyFile, trials: list[Trial], plugins: Plugins, *, d
               checkpoint_dir: Path = Path(".dlbench/checkpoints"), checkpoint_every: float = 10.0,
               allow_data_mismatch: bool = False, jobs: int | None = None, stack_size: int | None = None,
               devices: list[torch.device] | None = None, tracking_timeout: float | None = None,
-              ray_pool=None, searches=(), cuda_graphs: str = "auto") -> StudyRun:
+              ray_pool=None, workers=None, searches=(), cuda_graphs: str = "auto") -> StudyRun:
     """Run the trials not already in the store; resume those a dead process left behind.
 
     Without ``force``, a trial whose config hash already FINISHED (or diverged) in the
@@ -156,7 +156,8 @@ def run_study(study_file: StudyFile, trials: list[Trial], plugins: Plugins, *, d
     default by device, 1: never); the units of work run in this process (``jobs`` 1) or in
     ``jobs`` worker processes over ``devices`` (default: ``device`` alone); ``None``: as many as
     the machine has room for. With ``ray_pool`` (:func:`start_ray`), they run as Ray tasks
-    instead, on the pool's device. A tracking server that goes away is waited for ``tracking_timeout``
+    instead, on the pool's device; with ``workers`` (:func:`start_workers`, started before the
+    preflight), in those worker processes. A tracking server that goes away is waited for ``tracking_timeout``
     seconds (None: 600), training going on meanwhile (``tracking/resilient.py``).
 
     ``searches`` (:func:`dlbench.study.expand_plan`) add the trials of tuned levels as they go:
@@ -167,19 +168,16 @@ def run_study(study_file: StudyFile, trials: list[Trial], plugins: Plugins, *, d
     ``cuda_graphs`` (auto, on, off): a stack's training steps replay from CUDA graphs on a GPU
     (``step_graph.py``; a Ray pool has its own setting, from :func:`start_ray`).
     """
-    pool = ray_pool
-    if pool is not None:  # the cluster's tasks train on GPUs when it has some (--device auto)
+    pool = ray_pool or workers
+    if ray_pool is not None:  # the cluster's tasks train on GPUs when it has some (--device auto)
         device = pool.device
     set_determinism(deterministic, device)
     max_stack = stack_size or DEFAULT_MAX_STACK[device.type]
     devices = devices or [device]
-    if pool is None:
-        if jobs is None:  # --fail-fast stops at the first failure in file order: one unit at a time
-            units = len(plan(trials, plugins.registry, max_stack)) + sum(s.spec.budget for s in searches)
-            jobs = 1 if fail_fast else default_jobs(device, units, len(devices))
-        # workers start first: they import torch and load plugins and data while this process opens the store
-        pool = _start_pool(jobs, devices, plugins, data_dir, deterministic, checkpoint_dir, checkpoint_every,
-                           cuda_graphs) if jobs > 1 else None
+    if pool is None:  # workers start first: they import torch and load plugins and data while this process opens the store
+        pool = start_workers(trials, plugins, devices, jobs=jobs, fail_fast=fail_fast, stack_size=stack_size,
+                             searches=searches, data_dir=data_dir, deterministic=deterministic,
+                             checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, cuda_graphs=cuda_graphs)
     from dlbench.tracking.lock import store_lock  # imports mlflow: after the workers forked
 
     try:
@@ -226,12 +224,26 @@ def _worker_setup(plugins, data_dir, deterministic, checkpoint_dir, checkpoint_e
                        cuda_graphs=cuda_graphs)
 
 
-def _start_pool(jobs, devices, plugins, data_dir, deterministic, checkpoint_dir, checkpoint_every, cuda_graphs):
+def start_workers(trials: list[Trial], plugins: Plugins, devices: list[torch.device], *, jobs: int | None,
+                  fail_fast: bool = False, stack_size: int | None = None, searches=(), data_dir: Path | None = None,
+                  deterministic: bool = True, checkpoint_dir: Path = Path(".dlbench/checkpoints"),
+                  checkpoint_every: float = 10.0, cuda_graphs: str = "auto"):
+    """The local worker processes for a run of ``trials`` on ``devices`` (``jobs`` None: as many as
+    the machine has room for), or None when the units train in this process (one job). They
+    start at once and warm up (``workers.warm_up``: imports, CUDA, the datasets when ``data_dir``
+    holds them already) while this process goes on. Pass the pool to :func:`run_study`."""
     from dlbench.workers import WorkerPool, cpu_cores
 
+    if jobs is None:  # --fail-fast stops at the first failure in file order: one unit at a time
+        max_stack = stack_size or DEFAULT_MAX_STACK[devices[0].type]
+        units = len(plan(trials, plugins.registry, max_stack)) + sum(s.spec.budget for s in searches)
+        jobs = 1 if fail_fast else default_jobs(devices[0], units, len(devices))
+    if jobs <= 1:
+        return None
     threads = max(1, cpu_cores() // jobs) if devices[0].type == "cpu" else 1
     setup = _worker_setup(plugins, data_dir, deterministic, checkpoint_dir, checkpoint_every, threads, cuda_graphs)
-    return WorkerPool(jobs, [str(d) for d in devices], setup)
+    in_place = data_dir is None or Path(data_dir).is_dir()  # else the parent's data check writes it first
+    return WorkerPool(jobs, [str(d) for d in devices], setup, warm=_data_configs(trials) if in_place else [])
 
 
 def _data_configs(trials: list[Trial]) -> list[dict]:

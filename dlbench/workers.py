@@ -168,7 +168,20 @@ def _die_with_parent() -> None:
         pass
 
 
-def _worker_main(worker: int, device: str, setup: WorkerSetup, tasks, events, acks) -> None:
+def warm_up(plugins, cache, device: torch.device, configs: list[dict]) -> None:
+    """What a worker's first unit would otherwise wait for, done while the parent goes on (the
+    preflight, the tracking store): the study's datasets on ``device``, torch's optimizer imports
+    and, on a GPU, the CUDA context, cuBLAS and the autograd engine's device thread."""
+    for config in configs:
+        cache.for_config(config, plugins.registry, device)
+    w = torch.zeros(8, 8, device=device, requires_grad=True)
+    (w @ w).sum().backward()
+    torch.optim.SGD([w]).step()  # a first optimizer imports torch._dynamo (1-2 s)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _worker_main(worker: int, device: str, setup: WorkerSetup, tasks, events, acks, warm: list[dict]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a forked worker inherits the CLI's handler: drop it
     _die_with_parent()
@@ -177,6 +190,7 @@ def _worker_main(worker: int, device: str, setup: WorkerSetup, tasks, events, ac
 
         dev = torch.device(device)
         plugins, cache = load_world(setup, dev)
+        warm_up(plugins, cache, dev, warm)
         plugins.pm.register(Forwarder(worker, events, acks), name="dlbench.forwarder")
     except Exception as exc:
         events.put(("broken", worker, None, "".join(traceback.format_exception(exc))))
@@ -189,27 +203,32 @@ def _worker_main(worker: int, device: str, setup: WorkerSetup, tasks, events, ac
 
 
 class _Worker:
-    def __init__(self, ctx, number: int, device: str, setup: WorkerSetup, events):
+    def __init__(self, ctx, number: int, device: str, setup: WorkerSetup, events, warm: list[dict]):
         self.number, self.device = number, device
         self.tasks, self.acks = ctx.Queue(), ctx.Queue()
         self.process = ctx.Process(target=_worker_main, name=f"dlbench-worker-{number}", daemon=True,
-                                   args=(number, device, setup, self.tasks, events, self.acks))
+                                   args=(number, device, setup, self.tasks, events, self.acks, warm))
         self.process.start()
         self.work: Work | None = None
 
 
+def start_method(devices: list[str]) -> str:
+    """How workers start. On a CPU, fork: a worker starts in milliseconds with torch, the plugins
+    and what the preflight imported already there (the parent computes nothing on the CPU before,
+    so no OpenMP pool exists to be copied half-alive). With CUDA, spawn: a CUDA context does not
+    survive a fork, and a spawned worker takes seconds to import torch and start CUDA."""
+    cpu_only = all(d.startswith("cpu") for d in devices) and "fork" in mp.get_all_start_methods()
+    return os.environ.get(START_METHOD_ENV) or ("fork" if cpu_only else "spawn")
+
+
 class WorkerPool:
     """``jobs`` worker processes over ``devices`` (round robin), started at once so that their
-    imports overlap with the parent's own start-up (the tracking store)."""
+    start-up (imports, CUDA, the datasets in ``warm``: one config per dataset) overlaps with the
+    parent's (the preflight, the tracking store)."""
 
-    def __init__(self, jobs: int, devices: list[str], setup: WorkerSetup):
-        # On a CPU, fork: a worker starts in milliseconds with torch and the plugins already
-        # imported (this runs before the parent has computed anything, so no OpenMP pool exists
-        # to be copied half-alive). With CUDA, spawn: a CUDA context does not survive a fork.
-        cpu_only = all(d.startswith("cpu") for d in devices) and "fork" in mp.get_all_start_methods()
-        method = os.environ.get(START_METHOD_ENV) or ("fork" if cpu_only else "spawn")
-        self._ctx = mp.get_context(method)
-        self.devices, self.setup = devices, setup
+    def __init__(self, jobs: int, devices: list[str], setup: WorkerSetup, warm: list[dict] = ()):
+        self._ctx = mp.get_context(start_method(devices))
+        self.devices, self.setup, self.warm = devices, setup, list(warm)
         self.events = self._ctx.Queue()
         self._started = 0
         self.workers = [self._spawn() for _ in range(jobs)]
@@ -232,7 +251,7 @@ class WorkerPool:
 
     def _spawn(self) -> _Worker:
         worker = _Worker(self._ctx, self._started, self.devices[self._started % len(self.devices)], self.setup,
-                         self.events)
+                         self.events, self.warm)
         self._started += 1
         return worker
 

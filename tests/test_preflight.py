@@ -233,7 +233,10 @@ on = { regularizers = [{ name = "dropout", p_hidden = 0.3 }, { name = "grumpy" }
     dry = run_cli(["run", study, "--dry-run", "--plugins-dir", plugins_dir], cwd=tmp_path, env=cli_env(autoload=False))
     real = run_cli(["run", study, "--plugins-dir", plugins_dir, "--tracking-uri", sqlite_uri(tmp_path / "m.db"),
                     "--jobs", "2"], cwd=tmp_path, env=cli_env(autoload=False))
-    for proc in (dry, real):
+    # spawned workers (as on a GPU) start before the preflight: they are stopped with it
+    spawned = run_cli(["run", study, "--plugins-dir", plugins_dir, "--tracking-uri", sqlite_uri(tmp_path / "m.db"),
+                       "--jobs", "2"], cwd=tmp_path, env=cli_env({"DLBENCH_WORKER_START": "spawn"}, autoload=False))
+    for proc in (dry, real, spawned):
         assert proc.returncode == 2, describe_result(proc)
         assert proc.stderr.startswith(f"Error: {study}: 1 problem"), describe_result(proc)
         assert "Traceback" not in proc.stderr, describe_result(proc)
