@@ -6,7 +6,9 @@ hooks, once with no observer and once with the MLflow tracker writing to a fresh
 
     python benchmarks/overhead.py [--epochs 20] [--repeats 3] [--device auto]
 
-Prints the median seconds of each and the ratios dlbench / bare.
+Prints the median seconds of each and the ratios dlbench / bare. On a GPU, ``dlbench run`` trains
+a trial that has no partner to stack with as a stack of one, replaying its steps from CUDA graphs:
+that is timed too ("as dlbench run trains it").
 """
 
 from __future__ import annotations
@@ -25,8 +27,11 @@ from dlbench.config import parse_study_file
 from dlbench.data import DataCache
 from dlbench.plugins import load_plugins
 from dlbench.runner import resolve_device
+from dlbench.stacking import DEFAULT_MAX_STACK, plan
+from dlbench.step_graph import graphs_wanted
 from dlbench.study import Plan, expand
 from dlbench.train import evaluate, run_trial
+from dlbench.train_stack import run_stack
 
 STUDY = """
 [study]
@@ -108,18 +113,26 @@ def main() -> None:
             "quiet": lambda: run_trial(trial, plugins.registry, data, device, NoHooks()),
             "logged": tracked,
         }
+        # what `dlbench run` makes of a lone trial here: on a GPU a stack of one, with graphs
+        work = plan([trial], plugins.registry, DEFAULT_MAX_STACK[device.type], graphs_wanted("auto", device))[0]
+        if work.stacked:
+            variants["as run"] = lambda: run_stack(work, plugins.registry, data, device, NoHooks(),
+                                                   lambda trial, result: None, cuda_graphs="auto")
         bare_loop(data, 1, 128, 0)  # warm-up: allocator, kernels
         times = {name: [] for name in variants}
         for _ in range(args.repeats):  # interleaved, so load changes hit every variant alike
             for name, fn in variants.items():
                 times[name].append(once(fn))
-        bare, quiet, logged = (statistics.median(times[n]) for n in variants)
+        bare, quiet, logged = (statistics.median(times[n]) for n in ("bare", "quiet", "logged"))
 
     print(f"device: {device} ({torch.get_num_threads()} threads), torch {torch.__version__}, "
           f"{args.epochs} epochs x {len(data.y_train) // cfg['batch_size'] + 1} steps, median of {args.repeats}")
     print(f"bare PyTorch loop        {bare:7.2f} s   1.00x")
     print(f"dlbench run_trial        {quiet:7.2f} s   {quiet / bare:.2f}x")
     print(f"dlbench + MLflow SQLite  {logged:7.2f} s   {logged / bare:.2f}x")
+    if "as run" in times:
+        graphed = statistics.median(times["as run"])
+        print(f"as dlbench run trains it {graphed:7.2f} s   {graphed / bare:.2f}x  (a stack of one, CUDA graphs)")
 
 
 if __name__ == "__main__":

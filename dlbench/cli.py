@@ -239,9 +239,12 @@ def _run_checked(sf, plan, plugins, dry_run, devices, tracking_uri, reports_dir,
     if dry_run:
         from dlbench.stacking import DEFAULT_MAX_STACK
         from dlbench.stacking import plan as stacks
+        from dlbench.step_graph import graphs_wanted
 
         if trials:
-            works = stacks(trials, plugins.registry, stack_size or DEFAULT_MAX_STACK[devices[0].type])
+            max_size = stack_size or DEFAULT_MAX_STACK[devices[0].type]
+            graphs = max_size > 1 and graphs_wanted(cuda_graphs, devices[0])
+            works = stacks(trials, plugins.registry, max_size, graphs)
             click.echo(_trial_table(sf, trials, works))
         if plan.searches:
             from dlbench.tuning.search import describe_plan
@@ -343,6 +346,8 @@ def _trial_table(sf, trials, works) -> str:
     stacks = sum(w.stacked for w in works)
     summary = (f"{len(works)} units of work: {stacks} stacks (S<n>(members): trained together as one model) "
                f"and {len(alone)} trials alone")
+    if any(len(w.members) == 1 and w.stacked for w in works):
+        summary += "; a stack of one (S<n>(1)) replays its steps from CUDA graphs"
     if alone:
         summary += ":\n" + "\n".join(alone)
     studies = len({t.study for t in trials})

@@ -168,15 +168,14 @@ def _as_it_ran(source, stored, trial: Trial, warnings: list[str]):
 
     from dlbench.stacking import Work, stack_id
 
-    size = int(stored.tags.get("dlbench.stack_size", "1"))
-    if size <= 1:
+    if not stored.tags.get("dlbench.stack_id"):  # trained alone (a stack of one has an id: it ran as a stack)
         return Work((trial,), stack_id([trial])), trial
     record = source.artifact_json(stored.run_id, "stack.json")
     position = int(stored.tags.get("dlbench.stack_member", "0"))
     members = [replace(trial_from_run(stored, config), index=i + 1) for i, config in enumerate(record["members"])]
     target = replace(trial, index=position + 1)
     members[position] = target
-    work = Work(tuple(members), stack_id(members))
+    work = Work(tuple(members), stack_id(members), as_stack=True)
     if work.stack_id != record.get("stack_id"):
         warnings.append(f"stack: the recorded members hash to {work.stack_id}, not {record.get('stack_id')}")
     return work, target

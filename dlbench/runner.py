@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TextIO
 
@@ -31,6 +32,7 @@ from dlbench.stacking import DEFAULT_MAX_STACK, Work, plan, stack_id
 from dlbench.study import Plan, Trial, canonical_json
 from dlbench.train import TrialResult
 from dlbench.work_queue import WorkQueue, hand_out_order
+from dlbench.step_graph import graphs_wanted
 from dlbench.workers import default_jobs
 
 
@@ -173,6 +175,9 @@ def run_study(study_file: StudyFile, trials: list[Trial], plugins: Plugins, *, d
         device = pool.device
     set_determinism(deterministic, device)
     max_stack = stack_size or DEFAULT_MAX_STACK[device.type]
+    # a trial with no partner on a GPU: a stack of one, to replay its steps from CUDA graphs
+    stacks = partial(plan, registry=plugins.registry, max_size=max_stack,
+                     graphs=max_stack > 1 and graphs_wanted(cuda_graphs, device))
     devices = devices or [device]
     if pool is None:  # workers start first: they import torch and load plugins and data while this process opens the store
         pool = start_workers(trials, plugins, devices, jobs=jobs, fail_fast=fail_fast, stack_size=stack_size,
@@ -190,12 +195,12 @@ def run_study(study_file: StudyFile, trials: list[Trial], plugins: Plugins, *, d
             early: list[Work] = []
             data_in_place = data_dir is None or Path(data_dir).is_dir()  # else the data check writes it first
             if pool is not None and data_in_place and (force or _fresh_store(tracking_uri)):
-                units = hand_out_order(plan(trials, plugins.registry, max_stack))
+                units = hand_out_order(stacks(trials))
                 for work in units:
                     checkpoint_path(checkpoint_dir, work).unlink(missing_ok=True)
                 early = pool.prestart(units)
             return _run(study_file, trials, plugins, device, tracking_uri, reports_dir, stream, fail_fast, force,
-                        deterministic, data_dir, checkpoint_dir, checkpoint_every, allow_data_mismatch, max_stack,
+                        deterministic, data_dir, checkpoint_dir, checkpoint_every, allow_data_mismatch, stacks,
                         pool, lock, startup, early, tracking_timeout, list(searches), cuda_graphs)
     finally:
         if pool is not None:
@@ -279,7 +284,7 @@ def start_ray(settings: RaySettings, plugins: Plugins, trials: list[Trial], *, d
 
 
 def _run(study_file, trials, plugins, device, tracking_uri, reports_dir, stream, fail_fast, force, deterministic,
-         data_dir, checkpoint_dir, checkpoint_every, allow_data_mismatch, max_stack, pool, lock, startup,
+         data_dir, checkpoint_dir, checkpoint_every, allow_data_mismatch, stacks, pool, lock, startup,
          early, tracking_timeout, searches, cuda_graphs) -> StudyRun:
     from dlbench.tracking import StudyContext, Tracker  # mlflow is heavy: imported only when a study runs
 
@@ -304,7 +309,7 @@ def _run(study_file, trials, plugins, device, tracking_uri, reports_dir, stream,
     tuned = f" ({sum(s.spec.budget for s in searches)} of them tuning {len(searches)} levels)" if searches else ""
     stream.write(f"study {study_file.name!r}: {total} trials{tuned} on {device}{workers}; "
                  f"MLflow parent run {run.parent_run_id} in {tracking_uri}\n")
-    works = _works(trials, tracker, run, plugins, force, max_stack, checkpoint_dir, stream, total)
+    works = _works(trials, tracker, run, stacks, force, checkpoint_dir, stream, total)
     for work in early:  # training already: new by construction (this process created the store, or --force)
         for trial in work.members:
             tracker.open_run(trial)
@@ -363,7 +368,7 @@ def _run(study_file, trials, plugins, device, tracking_uri, reports_dir, stream,
                 on_result(trial, stored_result(previous, tracker if trial.is_tuning else None))
         return unit
 
-    queue = WorkQueue(hand_out_order([w for w in works if w not in early]), searches, plugins.registry, max_stack,
+    queue = WorkQueue(hand_out_order([w for w in works if w not in early]), stacks, searches,
                       on_new=known.extend, on_empty=no_finals)
 
     status = "KILLED"
@@ -406,8 +411,8 @@ def _run(study_file, trials, plugins, device, tracking_uri, reports_dir, stream,
     return run
 
 
-def _works(trials, tracker, run: StudyRun, plugins, force: bool, max_stack: int, checkpoint_dir: Path,
-           stream, total: int) -> list[Work]:
+def _works(trials, tracker, run: StudyRun, stacks, force: bool, checkpoint_dir: Path, stream,
+           total: int) -> list[Work]:
     """The units of work: trials to resume from a stack's checkpoint (the same members again),
     then every other trial to run, stacked where they can. Finished ones are skipped, and those
     another live process runs are left to it; each unit is claimed as it is handed out."""
@@ -430,9 +435,9 @@ def _works(trials, tracker, run: StudyRun, plugins, force: bool, max_stack: int,
             resumed_stacks.setdefault(sid, []).append((int(previous.tags.get("dlbench.stack_member", 0)), trial))
             continue
         to_plan.append(trial)
-    works = [Work(tuple(t for _, t in sorted(members, key=lambda m: m[0])), sid)
+    works = [Work(tuple(t for _, t in sorted(members, key=lambda m: m[0])), sid, as_stack=True)
              for sid, members in resumed_stacks.items()]
-    return works + plan(to_plan, plugins.registry, max_stack)
+    return works + stacks(to_plan)
 
 
 def claim(work: Work, tracker, force: bool, checkpoint_dir: Path, stream, total: int):

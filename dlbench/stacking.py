@@ -20,6 +20,10 @@ their configs can share one training loop:
   (so greedy layer-wise pretraining stacks too).
 
 Anything else trains alone, and ``dlbench run --dry-run`` says why.
+
+On a GPU with CUDA graphs (``step_graph.py``), a trial that could stack but has no partner
+trains as a *stack of one*: its steps replay from a graph, which an eager step of a small model
+on a GPU, launch-bound, cannot match (when its optimizer and regularizers are graph-safe).
 """
 
 from __future__ import annotations
@@ -157,10 +161,11 @@ class Work:
     members: tuple[Trial, ...]
     stack_id: str  # names the stack's checkpoint and tags its members' runs
     alone_because: str = ""  # for a single trial: why it does not stack (shown by --dry-run)
+    as_stack: bool = False  # a single trial trained as a stack of one (to replay its steps from CUDA graphs)
 
     @property
     def stacked(self) -> bool:
-        return len(self.members) > 1
+        return len(self.members) > 1 or self.as_stack
 
     @property
     def cost(self) -> float:
@@ -191,11 +196,12 @@ class _Group:
     members: list[Trial] = field(default_factory=list)
 
 
-def plan(trials: list[Trial], registry, max_size: int) -> list[Work]:
+def plan(trials: list[Trial], registry, max_size: int, graphs: bool = False) -> list[Work]:
     """Group ``trials`` into stacks of at most ``max_size`` (1: no stacking), in first-seen order.
 
     A group larger than ``max_size`` is split into near-equal stacks (10 with a limit of 8
-    gives 5 + 5, not 8 + 2).
+    gives 5 + 5, not 8 + 2). With ``graphs`` (CUDA graphs on a GPU), a trial that could stack
+    but has no partner is a stack of one when its components are graph-safe.
     """
     groups: dict[str, _Group] = {}
     works: list[Work | _Group] = []
@@ -215,7 +221,9 @@ def plan(trials: list[Trial], registry, max_size: int) -> list[Work]:
             continue
         members = item.members
         if len(members) == 1:
-            out.append(Work((members[0],), stack_id(members), "no other trial shares its loop"))
+            alone = Work((members[0],), stack_id(members), "no other trial shares its loop")
+            out.append(Work(alone.members, alone.stack_id, as_stack=True)
+                       if graphs and graph_safe(members[0], registry) else alone)
             continue
         parts = math.ceil(len(members) / max_size)
         size = math.ceil(len(members) / parts)
@@ -255,6 +263,22 @@ def stack_key(trial: Trial, registry) -> tuple[str | None, str]:
             return None, f"regularizer {component.name!r} could not be built ({exc})"
         key["regularizers"].append([_shared_options(spec), repr(extra)])
     return json.dumps(key, sort_keys=True, default=str), ""
+
+
+def graph_safe(trial: Trial, registry) -> bool:
+    """Whether a stack of ``trial`` may replay its steps from a CUDA graph: its optimizer's stacked
+    update and its regularizers' stacked forms declare themselves graph-safe (``step_graph.py``)."""
+    from dlbench.step_graph import regularizer_graph_safe
+
+    cfg = trial.config
+    optimizer = getattr(registry.get("optimizer", cfg["optimizer"]["name"]).factory, STACKED, None)
+    try:
+        regs = [registry.get("regularizer", spec["name"]).factory(**{k: v for k, v in spec.items() if k != "name"})
+                for spec in cfg["regularizers"]]
+        stacked = [type(reg).stacked([reg]) for reg in regs]
+    except Exception:  # a bad option: the trial will report it where it trains
+        return False
+    return getattr(optimizer, "graph_safe", False) and all(regularizer_graph_safe(reg) for reg in stacked)
 
 
 def _shared_options(spec: dict) -> dict:

@@ -49,12 +49,14 @@ def why_not_graphed(optimizer, regularizers) -> str:
     if not getattr(type(optimizer), "graph_safe", False):
         return f"its stacked optimizer {type(optimizer).__name__} does not declare graph_safe = True"
     for reg in regularizers:
-        if not _graph_safe(reg):
+        if not regularizer_graph_safe(reg):
             return f"its stacked regularizer {type(reg).__name__} does not declare graph_safe = True"
     return ""
 
 
-def _graph_safe(reg) -> bool:
+def regularizer_graph_safe(reg) -> bool:
+    """Whether a stacked regularizer's step may be captured: declared graph-safe, or doing
+    nothing inside a step (acting between epochs only)."""
     in_step = ("transform_batch", "penalty", "before_step", "after_step")
     return getattr(type(reg), "graph_safe", False) or not overrides(type(reg), StackedRegularizer, *in_step)
 

@@ -11,16 +11,16 @@ in flight and ``next`` has nothing: nothing can then make a search ready again.
 
 from __future__ import annotations
 
-from dlbench.stacking import Work, plan
+from dlbench.stacking import Work
 
 
 class WorkQueue:
-    def __init__(self, works: list[Work], searches=(), registry=None, max_stack: int = 1,
-                 on_new=lambda trials: None, on_empty=lambda search: None):
+    def __init__(self, works: list[Work], stacks, searches=(), on_new=lambda trials: None,
+                 on_empty=lambda search: None):
         self._static = list(works)
         self._ready: list[Work] = []
         self._searches = {s.id: s for s in searches}
-        self._registry, self._max_stack = registry, max_stack
+        self._stacks = stacks  # a round's trials -> units of work (``stacking.plan`` with its settings)
         self._on_new, self._on_empty = on_new, on_empty  # trials a search made; a search with no final trials
 
     def next(self) -> Work | None:
@@ -59,7 +59,7 @@ class WorkQueue:
             trials = search.ready()
             if trials:
                 self._on_new(trials)
-                self._ready.extend(hand_out_order(plan(trials, self._registry, self._max_stack)))
+                self._ready.extend(hand_out_order(self._stacks(trials)))
             elif not had_finals and search.finals == []:
                 self._on_empty(search)
 

@@ -210,3 +210,76 @@ def test_a_stacked_regularizers_values_are_made_once_and_follow_its_members():
     assert reg.values("std", like) is first  # no copy from the host at every step
     reg.select([2, 0])
     assert reg.values("std", like).tolist() == pytest.approx([0.3, 0.1])
+
+
+# -- a trial with no partner: a stack of one ------------------------------------------------------
+
+
+def test_on_a_gpu_a_lone_trial_is_a_stack_of_one_when_graph_safe(make_trials, registry):
+    from dlbench.stacking import plan
+
+    trials = make_trials({}, levels={"narrow": {}, "wide": {"architecture": {"width": 32}},
+                                     "augmented": {"regularizers": [{"name": "augment_1d"}]}}, seeds=[0])
+    alone = plan(trials, registry, 128)
+    assert [(w.stacked, w.alone_because) for w in alone] == [(False, "no other trial shares its loop")] * 3
+    graphed = plan(trials, registry, 128, graphs=True)
+    # augment_1d draws per-example options on the host: not graph-safe, so a stack of one would only be slower
+    assert [(len(w.members), w.stacked) for w in graphed] == [(1, True), (1, True), (1, False)]
+    assert graphed[0].stack_id == alone[0].stack_id and graphed[2].alone_because == "no other trial shares its loop"
+    pairs = plan(make_trials({}, seeds=[0, 1]), registry, 128, graphs=True)
+    assert [(len(w.members), w.as_stack) for w in pairs] == [(2, False)]  # a real stack: nothing changes
+
+
+def test_a_stack_of_one_trains_as_the_trial_alone_and_replays_exactly(graphs, make_trials, registry, tiny_data):
+    from dlbench.train import run_trial
+
+    (trial,) = make_trials({"epochs": 3, "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9}}, seeds=[0])
+    eager = train([trial], registry, tiny_data, "off")
+    graphed = train([trial], registry, tiny_data, "on")
+    assert same(graphed, eager)
+    solo = run_trial(trial, registry, tiny_data, DEVICE, NoHooks()).history
+    assert graphed[trial.index][0] == pytest.approx(solo[0], rel=1e-6, abs=1e-6)  # the same start
+    for a, b in zip(graphed[trial.index], solo):  # and the same training, to the batched kernels' rounding
+        assert a == pytest.approx(b, rel=1e-4, abs=1e-4)
+
+
+def test_a_study_on_a_gpu_records_its_stacks_of_one_and_reproduces_them(tmp_path, new_store, monkeypatch, graphs):
+    """The runner on a GPU, as far as a CPU can play one: the planner makes stacks of one, their
+    runs say so (stack size 1, a stack id, graphs) and `dlbench reproduce` re-runs them the same way."""
+    import io
+
+    from conftest import TINY_BASELINE, sqlite_uri, write_study
+    from mlflow.tracking import MlflowClient
+
+    from dlbench.config import read_study_file
+    from dlbench.plugins import load_plugins
+    from dlbench.reproduce import reproduce
+    from dlbench.runner import run_study
+    from dlbench.study import expand
+
+    monkeypatch.setattr("dlbench.runner.graphs_wanted", lambda setting, device: setting != "off")
+    plugins = load_plugins(None, autoload=False)
+    sf = read_study_file(write_study(tmp_path, TINY_BASELINE + """
+[study]
+name = "solo"
+seeds = 1
+[studies.width.levels]
+narrow = {}
+wide = { architecture = { width = 24 } }
+"""))
+    uri = sqlite_uri(new_store(tmp_path))
+    run_study(sf, expand(sf, plugins.registry), plugins, device=DEVICE, tracking_uri=uri, stack_size=8,
+              reports_dir=tmp_path / "reports", stream=io.StringIO(), jobs=1, checkpoint_dir=tmp_path / "ckpt")
+    client = MlflowClient(uri)
+    runs = [r for r in client.search_runs([client.get_experiment_by_name("solo").experiment_id])
+            if r.data.tags.get("dlbench.role") == "trial"]
+    assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
+    assert {(r.data.tags["dlbench.stack_size"], r.data.tags["dlbench.cuda_graphs"]) for r in runs} == {("1", "true")}
+    assert len({r.data.tags["dlbench.stack_id"] for r in runs}) == 2
+    verdict = reproduce(runs[0].info.run_id, plugins, tracking_uri=uri, device=DEVICE, tolerance=0.0, data_dir=None,
+                        stream=io.StringIO())
+    assert verdict.reproduced and verdict.largest[2] == 0
+    again = client.get_run(verdict.rerun).data.tags
+    assert again["dlbench.stack_id"] == runs[0].data.tags["dlbench.stack_id"]  # re-run as a stack of one
+    if DEVICE.type != "cuda":
+        assert Recorded.captured > 0
