@@ -11,7 +11,10 @@
 # stacking   stacked (eager and CUDA graphs) vs one at a time, N = 8 and 50 (benchmarks/stacking.py);
 # study      `dlbench run ablation.toml` whole, the default (CUDA graphs on);
 # reproduce  `dlbench reproduce` of a stacked member of that run (must print REPRODUCED, difference 0);
-# overhead   the per-trial overhead against a bare loop (benchmarks/overhead.py);
+# overhead   the per-trial overhead against a bare loop (benchmarks/overhead.py), and a lone trial as
+#            `dlbench run` trains it on a GPU (a stack of one, CUDA graphs);
+# lone       ten trials that cannot stack (benchmarks/studies/lone_trials.toml): stacks of one with
+#            graphs, then --cuda-graphs off;
 # eager      `dlbench run ablation.toml --cuda-graphs off` (the same, stepping eagerly);
 # alone      `dlbench run ablation.toml --jobs 1 --stack-size 1` (one trial at a time: minutes);
 # tuned      the tuned study ablations/tuned_dropout.toml whole (its rounds stack);
@@ -22,10 +25,15 @@ mkdir -p "$OUT"
 exec > >(tee "$OUT/gpu_check.txt") 2>&1
 export MPLBACKEND=Agg PYTHONUNBUFFERED=1
 DATA=${DATA:-/tmp/data}
-STEPS=${STEPS:-tests stacking study reproduce overhead eager alone tuned sweep500}
+STEPS=${STEPS:-tests study reproduce overhead lone sweep500 eager stacking tuned alone}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))"
 python -m dlbench.cli data prepare --data-dir "$DATA" --no-dvc > /dev/null
+
+# stamp: each line prefixed with the seconds since it started (where a run's time goes)
+stamp() { python -u -c "import sys, time
+t = time.time()
+for line in sys.stdin: print(f'{time.time() - t:6.1f}  {line}', end='')"; }
 
 # run_study NAME FILE [OPTIONS...]: a whole `dlbench run` in a fresh store /tmp/gpu_NAME, timed
 run_study() {
@@ -34,8 +42,8 @@ run_study() {
   rm -rf "$store" && mkdir -p "$store"
   local start=$(date +%s.%N)
   timeout 300 python -m dlbench.cli run "$file" --data-dir "$DATA" --tracking-uri "sqlite:///$store/m.db" \
-      --reports-dir "$store/reports" --checkpoint-dir "$store/ckpt" "$@" > "$store/run.log" 2>&1
-  local code=$?
+      --reports-dir "$store/reports" --checkpoint-dir "$store/ckpt" "$@" 2>&1 | stamp > "$store/run.log"
+  local code=${PIPESTATUS[0]}
   local end=$(date +%s.%N)
   echo "dlbench run $file $*: exit $code, $(python -c "print(f'{$end - $start:.1f}')") s"
   cp "$store/run.log" "$OUT/$name.log"
@@ -54,6 +62,10 @@ step_study() { run_study study ablation.toml; }
 step_eager() { run_study eager ablation.toml --cuda-graphs off; }
 step_alone() { run_study alone ablation.toml --jobs 1 --stack-size 1; }
 step_tuned() { run_study tuned ablations/tuned_dropout.toml; }
+step_lone() {
+  run_study lone benchmarks/studies/lone_trials.toml
+  run_study lone_eager benchmarks/studies/lone_trials.toml --cuda-graphs off
+}
 step_sweep500() { run_study sweep500 benchmarks/studies/lr_sweep_500.toml; }
 step_overhead() { timeout 300 python benchmarks/overhead.py --device cuda --epochs 20 --repeats 3; }
 step_reproduce() {
