@@ -245,7 +245,7 @@ def _run_checked(sf, plan, plugins, dry_run, devices, tracking_uri, reports_dir,
             max_size = stack_size or DEFAULT_MAX_STACK[devices[0].type]
             graphs = max_size > 1 and graphs_wanted(cuda_graphs, devices[0])
             works = stacks(trials, plugins.registry, max_size, graphs)
-            click.echo(_trial_table(sf, trials, works))
+            click.echo(_trial_table(sf, trials, works, plugins.registry if graphs else None))
         if plan.searches:
             from dlbench.tuning.search import describe_plan
 
@@ -324,9 +324,10 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def _trial_table(sf, trials, works) -> str:
+def _trial_table(sf, trials, works, graphs_registry=None) -> str:
     """One table per study: the trials with what varies between them (the study's factors) and
-    the stack each trains in; then why the trials that train alone do."""
+    the stack each trains in; then why the trials that train alone do and, with CUDA graphs
+    (``graphs_registry``: the plugins' registry), why a stack steps eagerly."""
     stack_of, alone = {}, []
     for number, work in enumerate(works, start=1):
         for t in work.members:
@@ -348,6 +349,13 @@ def _trial_table(sf, trials, works) -> str:
                f"and {len(alone)} trials alone")
     if any(len(w.members) == 1 and w.stacked for w in works):
         summary += "; a stack of one (S<n>(1)) replays its steps from CUDA graphs"
+    if graphs_registry is not None:
+        from dlbench.stacking import why_eager
+
+        eager = [f"  S{n}: {why}" for n, w in enumerate(works, start=1)
+                 if w.stacked and (why := why_eager(w.members[0], graphs_registry))]
+        if eager:
+            summary += "\nstacks that step eagerly (no CUDA graphs):\n" + "\n".join(eager)
     if alone:
         summary += ":\n" + "\n".join(alone)
     studies = len({t.study for t in trials})

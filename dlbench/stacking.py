@@ -223,7 +223,7 @@ def plan(trials: list[Trial], registry, max_size: int, graphs: bool = False) -> 
         if len(members) == 1:
             alone = Work((members[0],), stack_id(members), "no other trial shares its loop")
             out.append(Work(alone.members, alone.stack_id, as_stack=True)
-                       if graphs and graph_safe(members[0], registry) else alone)
+                       if graphs and not why_eager(members[0], registry) else alone)
             continue
         parts = math.ceil(len(members) / max_size)
         size = math.ceil(len(members) / parts)
@@ -265,20 +265,26 @@ def stack_key(trial: Trial, registry) -> tuple[str | None, str]:
     return json.dumps(key, sort_keys=True, default=str), ""
 
 
-def graph_safe(trial: Trial, registry) -> bool:
-    """Whether a stack of ``trial`` may replay its steps from a CUDA graph: its optimizer's stacked
-    update and its regularizers' stacked forms declare themselves graph-safe (``step_graph.py``)."""
+def why_eager(trial: Trial, registry) -> str:
+    """Why a stack of ``trial`` would step eagerly on a GPU ("" when its steps may replay from a
+    CUDA graph): its optimizer's stacked update and its regularizers' stacked forms must declare
+    themselves graph-safe (``step_graph.py``)."""
     from dlbench.step_graph import regularizer_graph_safe
 
     cfg = trial.config
-    optimizer = getattr(registry.get("optimizer", cfg["optimizer"]["name"]).factory, STACKED, None)
-    try:
-        regs = [registry.get("regularizer", spec["name"]).factory(**{k: v for k, v in spec.items() if k != "name"})
-                for spec in cfg["regularizers"]]
-        stacked = [type(reg).stacked([reg]) for reg in regs]
-    except Exception:  # a bad option: the trial will report it where it trains
-        return False
-    return getattr(optimizer, "graph_safe", False) and all(regularizer_graph_safe(reg) for reg in stacked)
+    optimizer = registry.get("optimizer", cfg["optimizer"]["name"])
+    if not getattr(getattr(optimizer.factory, STACKED, None), "graph_safe", False):
+        return f"the stacked update of optimizer {optimizer.name!r} [{optimizer.origin}] does not declare graph_safe"
+    for spec in cfg["regularizers"]:
+        component = registry.get("regularizer", spec["name"])
+        try:
+            reg = component.factory(**{k: v for k, v in spec.items() if k != "name"})
+            stacked = type(reg).stacked([reg])
+        except Exception as exc:  # a bad option: the trial will report it where it trains
+            return f"regularizer {component.name!r} could not be built ({exc})"
+        if not regularizer_graph_safe(stacked):
+            return f"the stacked form of regularizer {component.name!r} [{component.origin}] does not declare graph_safe"
+    return ""
 
 
 def _shared_options(spec: dict) -> dict:
