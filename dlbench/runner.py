@@ -29,10 +29,10 @@ from dlbench.plugins import Plugins
 from dlbench.progress import Progress
 from dlbench.provenance import code_version, git_diff, installed_packages
 from dlbench.stacking import DEFAULT_MAX_STACK, Work, plan, stack_id
+from dlbench.step_graph import graphs_wanted
 from dlbench.study import Plan, Trial, canonical_json
 from dlbench.train import TrialResult
 from dlbench.work_queue import WorkQueue, hand_out_order
-from dlbench.step_graph import graphs_wanted
 from dlbench.workers import default_jobs
 
 

@@ -221,9 +221,9 @@ def plan(trials: list[Trial], registry, max_size: int, graphs: bool = False) -> 
             continue
         members = item.members
         if len(members) == 1:
-            alone = Work((members[0],), stack_id(members), "no other trial shares its loop")
-            out.append(Work(alone.members, alone.stack_id, as_stack=True)
-                       if graphs and not why_eager(members[0], registry) else alone)
+            graphed = graphs and not why_eager(members[0], registry)
+            out.append(Work((members[0],), stack_id(members), "" if graphed else "no other trial shares its loop",
+                            as_stack=graphed))
             continue
         parts = math.ceil(len(members) / max_size)
         size = math.ceil(len(members) / parts)
