@@ -619,6 +619,41 @@ a = {}
 """
 
 
+def test_an_interrupt_between_claiming_a_trial_and_training_it_leaves_no_run_running(tmp_path, new_store,
+                                                                                     monkeypatch):
+    """Ctrl-C or SIGTERM may come while the second trial's run is being made (its claim), before
+    any executor holds it: that run is ended KILLED too, not left RUNNING for a dead process."""
+    import io
+
+    import torch
+
+    from dlbench import runner
+    from dlbench.config import read_study_file
+    from dlbench.plugins import load_plugins
+    from dlbench.study import expand
+
+    real_claim, claims = runner.claim, []
+
+    def claim_then_interrupt(work, *args):
+        out = real_claim(work, *args)
+        claims.append(work)
+        if len(claims) == 2:
+            raise KeyboardInterrupt  # the run exists now; training has not started
+        return out
+
+    monkeypatch.setattr(runner, "claim", claim_then_interrupt)
+    sf = read_study_file(write_study(tmp_path, LONG_STUDY.replace("epochs = 400", "epochs = 1")))
+    plugins = load_plugins(None, autoload=False)
+    db = new_store(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_study(sf, expand(sf, plugins.registry), plugins, device=torch.device("cpu"), tracking_uri=sqlite_uri(db),
+                         reports_dir=tmp_path / "reports", stream=io.StringIO(), jobs=1, stack_size=1)
+    runs = {r.info.run_name: r for r in runs_of(client_for(db), "long")}
+    assert runs["s/a/seed=0"].info.status == "FINISHED"
+    assert runs["s/a/seed=1"].info.status == "KILLED"  # resumable: the next run adopts it
+    assert "s/a/seed=2" not in runs and runs["long"].info.status == "KILLED"
+
+
 def test_sigterm_closes_the_running_trial_as_killed(tmp_path, new_store):
     from mlflow.entities import ViewType
 

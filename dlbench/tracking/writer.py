@@ -75,6 +75,7 @@ class Tracker:
         self._logged_steps: dict[str, dict[str, int]] = {}  # run id -> metric -> last step logged
         self._started: set[str] = set()  # runs whose trial started in this process (a second start: a retry)
         self._restarts: dict[str, int] = {}
+        self._ended: set[str] = set()  # runs this process ended (the others it opened are still RUNNING)
         self.role = "trial"  # "reproduction" for `dlbench reproduce` re-runs (never resumed or skipped to)
         self.extra_child_tags: dict[str, str] = {}
         self._source = {"mlflow.user": _user(), "mlflow.source.type": "LOCAL"}  # the UI's Created by, Source
@@ -250,6 +251,7 @@ class Tracker:
         process has its own tag, so two leaving at once both see the other gone."""
         if stopping:  # Ctrl-C, an error: an absent tracking server is not waited for
             self.client.stop_waiting()
+            self.kill_open_runs()
         self.client.delete_tag(self.parent_id, _process_tag())
         tags = self.client.get_run(self.parent_id).data.tags
         others = []
@@ -261,6 +263,14 @@ class Tracker:
                 others.append(key)  # (one on another host counts until it leaves)
         self.client.sync()
         return not others
+
+    def kill_open_runs(self) -> None:
+        """End as KILLED (resumable) every run this process made or adopted and did not end: a
+        trial claimed when Ctrl-C or SIGTERM came, before it started training (one in training
+        is ended as interrupted by its executor)."""
+        for run_id in [r for r in self.run_ids.values() if r not in self._ended]:
+            self.client.set_terminated(run_id, "KILLED")
+            self._ended.add(run_id)
 
     def end_study(self, status: str, summary: dict[str, int]) -> None:
         """End the parent run with ``status`` and ``summary`` (its tags ``dlbench.trials_*``)."""
@@ -412,6 +422,7 @@ class Tracker:
         if result.error:
             self.client.log_text(run_id, result.error, "error.txt")
         self.client.set_terminated(run_id, MLFLOW_STATUS[result.status])
+        self._ended.add(run_id)
 
     def flush(self, wait: bool = True) -> None:
         """Send the buffered metrics; ``wait``: until they are stored (a checkpoint, a report
