@@ -62,17 +62,41 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def _grid(data: pd.DataFrame, **kwargs) -> sns.FacetGrid:
+def _grid(data: pd.DataFrame, sharex: bool = True, sharey: bool = True, **kwargs) -> sns.FacetGrid:
     """A FacetGrid that lays itself out once, when saved: seaborn re-runs tight_layout after every
-    map and legend, which dominates the time of a many-facet figure."""
+    map and legend, which dominates the time of a many-facet figure. ``sharex``/``sharey`` are
+    applied when it is saved (:func:`_share`), not as matplotlib's shared axes."""
     layout = sns.FacetGrid.tight_layout
     sns.FacetGrid.tight_layout = lambda self, *args, **kw: self  # the constructor lays out too
     try:
-        grid = sns.FacetGrid(data, **kwargs)
+        grid = sns.FacetGrid(data, sharex=False, sharey=False, **kwargs)
     finally:
         sns.FacetGrid.tight_layout = layout
     grid.tight_layout = lambda *args, **kw: grid
+    grid.dlbench_share = (sharex, sharey)
     return grid
+
+
+def _share(grid: sns.FacetGrid) -> None:
+    """What sharing the x or y axis gives (one range over every facet, tick labels on the outer
+    facets only), without matplotlib's shared axes: each update of a shared axis visits all its
+    siblings, which with 50 facets cost about two thirds of a figure's time."""
+    sharex, sharey = grid.dlbench_share
+    axes = list(grid.axes.flat)
+    with_data = [ax for ax in axes if ax.has_data()] or axes
+    for share, axis, inner in ((sharex, "x", grid._not_bottom_axes), (sharey, "y", grid._not_left_axes)):
+        if not share:
+            continue
+        limits = [getattr(ax, f"get_{axis}lim")() for ax in with_data]
+        if getattr(axes[0], f"get_{axis}scale")() == "log":  # a facet of zeros alone has no log range
+            limits = [lim for lim in limits if lim[0] > 0]
+        if limits:
+            low, high = min(lim[0] for lim in limits), max(lim[1] for lim in limits)
+            for ax in axes:
+                getattr(ax, f"set_{axis}lim")(low, high)
+        for ax in inner:
+            ax.tick_params(axis=axis, **{"labelbottom" if axis == "x" else "labelleft": False})
+            getattr(ax, f"{axis}axis").offsetText.set_visible(False)
 
 
 def _legend(grid: sns.FacetGrid, title: str, colors: dict, marker: str | None = None) -> None:
@@ -83,6 +107,7 @@ def _legend(grid: sns.FacetGrid, title: str, colors: dict, marker: str | None = 
 
 
 def _save_grid(grid: sns.FacetGrid, path: Path, title: str) -> Path:
+    _share(grid)
     rows = len({round(ax.get_position().y0, 3) for ax in grid.axes.flat})
     cols = len({round(ax.get_position().x0, 3) for ax in grid.axes.flat})
     if rows > 1:  # one y label for all rows: a long label per row runs into the next
@@ -391,25 +416,30 @@ def learning_curves(epochs: pd.DataFrame, levels: dict[str, list[str]], quantity
 def snapshots(diag: pd.DataFrame, count: int = 4, last: int | None = None) -> pd.DataFrame:
     """The rows of ``diag`` at a few moments of training: the first recorded step and the steps
     nearest the whole epochs about 1/3, 2/3 and all of the way to the final epoch ``last`` (by
-    default the last recorded one), chosen per run; column ``when`` labels them."""
+    default the last recorded one), chosen per run (a moment whose step an earlier one took is
+    left out); column ``when`` labels them."""
     if diag.empty:
         return diag.assign(when=pd.Series(dtype=str))
     last = last if last is not None else round(diag["epoch"].max())
     targets = [0] + list(dict.fromkeys(max(1, round(last * (i + 1) / (count - 1))) for i in range(count - 1)))
-    picked = []
-    for _, run in diag.groupby("run_id"):
-        steps = run.drop_duplicates("step")[["step", "epoch"]]
-        used = set()
-        for i, target in enumerate(targets):
-            step = int(steps["step"].iloc[0]) if i == 0 else int(steps.loc[(steps["epoch"] - target).abs().idxmin(), "step"])
-            if step in used:
-                continue
-            used.add(step)
-            when = "step 1 (start)" if i == 0 else _epoch_label(target)
-            picked.append(run[run["step"] == step].assign(when=when))
-    out = pd.concat(picked, ignore_index=True)
-    order = ["step 1 (start)"] + [_epoch_label(t) for t in targets[1:]]
-    out["when"] = pd.Categorical(out["when"], categories=[o for o in order if o in set(out["when"])], ordered=True)
+    labels = ["step 1 (start)"] + [_epoch_label(t) for t in targets[1:]]
+    steps = diag.drop_duplicates(["run_id", "step"])[["run_id", "step", "epoch"]]
+    runs = steps["run_id"]
+    chosen = [steps.groupby(runs, sort=True)["step"].first()]  # each run's first recorded step
+    for target in targets[1:]:  # the first of the steps nearest the target epoch
+        nearest = (steps["epoch"] - target).abs().groupby(runs, sort=True).idxmin()
+        chosen.append(pd.Series(steps.loc[nearest.to_numpy(), "step"].to_numpy(), index=nearest.index))
+    table = pd.concat(chosen, axis=1, keys=range(len(labels)))  # run x moment -> step
+    picks = []
+    for i, label in enumerate(labels):
+        fresh = ~table.iloc[:, :i].eq(table[i], axis=0).any(axis=1)  # its step not an earlier moment's
+        picks.append(pd.DataFrame({"run_id": table.index[fresh], "step": table[i][fresh].to_numpy(), "when": label,
+                                   "_moment": i}))
+    wanted = pd.concat(picks, ignore_index=True)
+    rows = diag.assign(_row=np.arange(len(diag)))
+    out = wanted.merge(rows, on=["run_id", "step"]).sort_values(["run_id", "_moment", "_row"], kind="stable")
+    out = out[[*diag.columns, "when"]].reset_index(drop=True)
+    out["when"] = pd.Categorical(out["when"], categories=[w for w in labels if w in set(out["when"])], ordered=True)
     return out
 
 
