@@ -214,8 +214,8 @@ class _Worker:
 
 def start_method(devices: list[str]) -> str:
     """How workers start. On a CPU, fork: a worker starts in milliseconds with torch, the plugins
-    and what the preflight imported already there (the parent computes nothing on the CPU before,
-    so no OpenMP pool exists to be copied half-alive). With CUDA, spawn: a CUDA context does not
+    and what the preflight imported already there (the preflight computes on one thread, so no
+    OpenMP pool exists yet to be copied half-alive). With CUDA, spawn: a CUDA context does not
     survive a fork, and a spawned worker takes seconds to import torch and start CUDA."""
     cpu_only = all(d.startswith("cpu") for d in devices) and "fork" in mp.get_all_start_methods()
     return os.environ.get(START_METHOD_ENV) or ("fork" if cpu_only else "spawn")
