@@ -27,8 +27,7 @@ from dlbench.config import parse_study_file
 from dlbench.data import DataCache
 from dlbench.plugins import load_plugins
 from dlbench.runner import resolve_device
-from dlbench.stacking import DEFAULT_MAX_STACK, plan
-from dlbench.step_graph import graphs_wanted
+from dlbench.stacking import plan, stack_settings
 from dlbench.study import Plan, expand
 from dlbench.train import evaluate, run_trial
 from dlbench.train_stack import run_stack
@@ -114,7 +113,7 @@ def main() -> None:
             "logged": tracked,
         }
         # what `dlbench run` makes of a lone trial here: on a GPU a stack of one, with graphs
-        work = plan([trial], plugins.registry, DEFAULT_MAX_STACK[device.type], graphs_wanted("auto", device))[0]
+        work = plan([trial], plugins.registry, *stack_settings(device, None, "auto"))[0]
         if work.stacked:
             variants["as run"] = lambda: run_stack(work, plugins.registry, data, device, NoHooks(),
                                                    lambda trial, result: None, cuda_graphs="auto")

@@ -237,13 +237,11 @@ def _run_checked(sf, plan, plugins, dry_run, devices, tracking_uri, reports_dir,
     trials = plan.trials
     checked = preflight(sf, plan.to_check(), plugins.registry, data_dir=data_dir)
     if dry_run:
-        from dlbench.stacking import DEFAULT_MAX_STACK
         from dlbench.stacking import plan as stacks
-        from dlbench.step_graph import graphs_wanted
+        from dlbench.stacking import stack_settings
 
         if trials:
-            max_size = stack_size or DEFAULT_MAX_STACK[devices[0].type]
-            graphs = max_size > 1 and graphs_wanted(cuda_graphs, devices[0])
+            max_size, graphs = stack_settings(devices[0], stack_size, cuda_graphs)
             works = stacks(trials, plugins.registry, max_size, graphs)
             click.echo(_trial_table(sf, trials, works, plugins.registry if graphs else None))
         if plan.searches:
@@ -347,8 +345,10 @@ def _trial_table(sf, trials, works, graphs_registry=None) -> str:
     stacks = sum(w.stacked for w in works)
     summary = (f"{len(works)} units of work: {stacks} stacks (S<n>(members): trained together as one model) "
                f"and {len(alone)} trials alone")
+    if alone:
+        summary += ":\n" + "\n".join(alone)
     if any(len(w.members) == 1 and w.stacked for w in works):
-        summary += "; a stack of one (S<n>(1)) replays its steps from CUDA graphs"
+        summary += "\nOn a GPU, a stack of one (S<n>(1)) replays its steps from CUDA graphs."
     if graphs_registry is not None:
         from dlbench.stacking import why_eager
 
@@ -356,8 +356,6 @@ def _trial_table(sf, trials, works, graphs_registry=None) -> str:
                  if w.stacked and (why := why_eager(w.members[0], graphs_registry))]
         if eager:
             summary += "\nstacks that step eagerly (no CUDA graphs):\n" + "\n".join(eager)
-    if alone:
-        summary += ":\n" + "\n".join(alone)
     studies = len({t.study for t in trials})
     in_studies = f"{studies} study" if studies == 1 else f"{studies} studies"
     return ("\n\n".join(blocks) + f"\n\n{summary}\n\n{len(trials)} trials in {in_studies} from {sf.path} "

@@ -28,8 +28,7 @@ from dlbench.executor import checkpoint_path, execute
 from dlbench.plugins import Plugins
 from dlbench.progress import Progress
 from dlbench.provenance import code_version, git_diff, installed_packages
-from dlbench.stacking import DEFAULT_MAX_STACK, Work, plan, stack_id
-from dlbench.step_graph import graphs_wanted
+from dlbench.stacking import Work, plan, stack_id, stack_settings
 from dlbench.study import Plan, Trial, canonical_json
 from dlbench.train import TrialResult
 from dlbench.work_queue import WorkQueue, hand_out_order
@@ -174,10 +173,9 @@ def run_study(study_file: StudyFile, trials: list[Trial], plugins: Plugins, *, d
     if ray_pool is not None:  # the cluster's tasks train on GPUs when it has some (--device auto)
         device = pool.device
     set_determinism(deterministic, device)
-    max_stack = stack_size or DEFAULT_MAX_STACK[device.type]
     # a trial with no partner on a GPU: a stack of one, to replay its steps from CUDA graphs
-    stacks = partial(plan, registry=plugins.registry, max_size=max_stack,
-                     graphs=max_stack > 1 and graphs_wanted(cuda_graphs, device))
+    max_stack, graphs = stack_settings(device, stack_size, cuda_graphs)
+    stacks = partial(plan, registry=plugins.registry, max_size=max_stack, graphs=graphs)
     devices = devices or [device]
     if pool is None:  # workers start first: they import torch and load plugins and data while this process opens the store
         pool = start_workers(trials, plugins, devices, jobs=jobs, fail_fast=fail_fast, stack_size=stack_size,
@@ -240,7 +238,7 @@ def start_workers(trials: list[Trial], plugins: Plugins, devices: list[torch.dev
     from dlbench.workers import WorkerPool, cpu_cores
 
     if jobs is None:  # --fail-fast stops at the first failure in file order: one unit at a time
-        max_stack = stack_size or DEFAULT_MAX_STACK[devices[0].type]
+        max_stack, _ = stack_settings(devices[0], stack_size, cuda_graphs)
         units = len(plan(trials, plugins.registry, max_stack)) + sum(s.spec.budget for s in searches)
         jobs = 1 if fail_fast else default_jobs(devices[0], units, len(devices))
     if jobs <= 1:

@@ -186,6 +186,16 @@ def _pretraining_epochs(cfg: dict) -> int:
     return epochs * depth if isinstance(epochs, int) and isinstance(depth, int) else 0
 
 
+def stack_settings(device: torch.device, stack_size: int | None, cuda_graphs: str) -> tuple[int, bool]:
+    """(the largest stack, whether a lone trial is a stack of one) for a run on ``device`` with
+    ``--stack-size`` (None: the device's default) and ``--cuda-graphs``: what :func:`plan` takes,
+    the same for the run and its dry run."""
+    from dlbench.step_graph import graphs_wanted
+
+    max_size = stack_size or DEFAULT_MAX_STACK[device.type]
+    return max_size, max_size > 1 and graphs_wanted(cuda_graphs, device)
+
+
 def stack_id(trials) -> str:
     return hashlib.sha256("".join(t.config_hash for t in trials).encode()).hexdigest()[:16]
 
@@ -270,6 +280,7 @@ def why_eager(trial: Trial, registry) -> str:
     CUDA graph): its optimizer's stacked update and its regularizers' stacked forms must declare
     themselves graph-safe (``step_graph.py``)."""
     from dlbench.step_graph import regularizer_graph_safe
+    from dlbench.train import make
 
     cfg = trial.config
     optimizer = registry.get("optimizer", cfg["optimizer"]["name"])
@@ -278,7 +289,7 @@ def why_eager(trial: Trial, registry) -> str:
     for spec in cfg["regularizers"]:
         component = registry.get("regularizer", spec["name"])
         try:
-            reg = component.factory(**{k: v for k, v in spec.items() if k != "name"})
+            reg = make(registry, "regularizer", spec)
             stacked = type(reg).stacked([reg])
         except Exception as exc:  # a bad option: the trial will report it where it trains
             return f"regularizer {component.name!r} could not be built ({exc})"

@@ -271,7 +271,7 @@ def test_a_study_on_a_gpu_records_its_stacks_of_one_and_reproduces_them(tmp_path
     from dlbench.runner import run_study
     from dlbench.study import expand
 
-    monkeypatch.setattr("dlbench.runner.graphs_wanted", lambda setting, device: setting != "off")
+    monkeypatch.setattr("dlbench.step_graph.graphs_wanted", lambda setting, device: setting != "off")
     plugins = load_plugins(None, autoload=False)
     sf = read_study_file(write_study(tmp_path, TINY_BASELINE + """
 [study]
