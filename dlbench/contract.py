@@ -29,7 +29,8 @@ architecture itself when an architecture is checked) on a fixed batch of 32 rand
   (see ``dlbench/stacking.py``): two members' outputs and gradients under ``vmap`` (architecture,
   activation), their parameters after three stacked updates (optimizer), the learning rate as a
   function of the step alone (schedule), the stacked penalty, gradient and parameter updates
-  (regularizer), each against the members trained one at a time. A stacked optimizer or
+  (regularizer), two members' parameters and random streams after an initializer's stacked form
+  (initializer), each against the members trained (or initialized) one at a time. A stacked optimizer or
   regularizer that declares ``graph_safe = True`` must also leave its Python state (every value
   that is not a tensor, and which tensor objects it holds) as it was from one step to the next:
   a CUDA graph's replay runs only the kernels of the step it captured.
@@ -73,8 +74,8 @@ from dlbench.regularizer import Regularizer
 from dlbench.schema import check as check_value, coerce
 from dlbench.shapes import accepted_ranks
 from dlbench.slots import ROLES, Slot, slots
-from dlbench.stacking import STACKED, component_stacks
-from dlbench.train import seed_everything, training_loss, update
+from dlbench.stacking import STACKED, MemberStreams, component_stacks, stacked_initializer
+from dlbench.train import rng_state, seed_everything, training_loss, update
 
 BATCH = 32  # examples of the fixed batch
 CLASSES = 4
@@ -498,10 +499,43 @@ def _gradcheck(f, inputs, what: str) -> str | None:
 
 def stacks(s: Subject) -> str | None:
     """a stacked step equals the members' own steps"""
+    if s.kind == "initializer":
+        if stacked_initializer(s.component) is None:
+            raise Skip("it has no stacked form: the members of a stack initialize one after another")
+        return _stacked_initializer(s)
     if not component_stacks(s.component):
         raise Skip("it does not declare itself stackable: trials using it train alone")
     return {"architecture": _stacked_forward, "activation": _stacked_forward, "optimizer": _stacked_optimizer,
             "schedule": _stacked_schedule, "regularizer": _stacked_regularizer}[s.kind](s)
+
+
+def _stacked_initializer(s: Subject) -> str | None:
+    """Two members initialized at once by the stacked form, against each initialized alone: the
+    same parameters, and each member's random stream left where its own initialization leaves it
+    (so its batches afterwards are those it draws alone)."""
+    _, shape = s.setting
+    data = tiny_data(shape)
+    models, states, alone = [], [], []
+    for seed in range(2):
+        seed_everything(seed)
+        models.append(s.architecture(shape))
+        states.append(rng_state())
+        seed_everything(seed)
+        own = s.architecture(shape)
+        s.make(own, data)
+        alone.append((own, rng_state()))
+    streams = MemberStreams(states)
+    stacked_initializer(s.component)(models, data, streams, **s.options)
+    for i, (model, state, (own, own_state)) in enumerate(zip(models, streams.states, alone)):
+        for (name, p), q in zip(own.named_parameters(), model.parameters()):
+            if not _close(q, p):
+                return f"member {i}'s {name!r} after the stacked form differs from its own initialization " \
+                       f"by {(q - p).abs().max().item():.3g}"
+        if not torch.equal(state["torch"], own_state["torch"]):
+            return f"member {i}'s random stream ends elsewhere than its own initialization leaves it: the " \
+                   "stacked form drew other values, or another number of them (draw each member's in " \
+                   "streams.member(i) or with streams.generator(i, device))"
+    return passed(f"{len(models)} members, parameters and random streams")
 
 
 def _members(s: Subject, n: int = 2) -> list[nn.Module]:
@@ -916,7 +950,7 @@ TRAINS = [lowers_the_loss, same_seed_same_result, eval_is_deterministic, gradche
 CHECKS: dict[str, list[Callable[[Subject], str | None]]] = {
     "architecture": [builds, *TRAINS],
     "activation": [builds, fresh_module_per_call, *TRAINS],
-    "initializer": [builds, initializer_keeps_the_model, lowers_the_loss, same_seed_same_result, gradcheck],
+    "initializer": [builds, initializer_keeps_the_model, lowers_the_loss, same_seed_same_result, gradcheck, stacks],
     "optimizer": [builds, optimizer_type, lowers_the_loss, same_seed_same_result, optimizer_resumes, stacks],
     "schedule": [builds, schedule_rates, lowers_the_loss, same_seed_same_result, stacks],
     "regularizer": [builds, regularizer_type, *TRAINS],

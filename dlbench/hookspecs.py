@@ -54,8 +54,15 @@ alone and ``dlbench run --dry-run`` names it:
   given as one value per member;
 * regularizer: a ``stacked(members)`` classmethod returning a
   ``dlbench.regularizer.StackedRegularizer`` (one that only decides when to stop needs none);
-* initializer, dataset, preprocessing: nothing to do (initializers run per member before stacking;
-  trials stack only with trials of the same dataset and preprocessing).
+* initializer: nothing to do: initializers run per member, on each member's own model, before
+  stacking. One that trains (greedy pretraining) may add a stacked form,
+  ``@stackable(stacked=f)`` with ``f(models, data, streams, **options)``, that initializes the
+  members sharing its options at once; it must leave each model and each member's random stream
+  as the plain form would (draw member ``i``'s values inside ``with streams.member(i):`` or with
+  ``generator=streams.generator(i, device)``; see ``dlbench.stacking.MemberStreams`` and
+  ``greedy_autoencoder_stacked`` in ``dlbench/builtin/pretraining.py``);
+* dataset, preprocessing: nothing to do (trials stack only with trials of the same dataset and
+  preprocessing).
 
 Example, a stackable activation and optimizer::
 

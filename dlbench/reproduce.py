@@ -175,7 +175,9 @@ def _as_it_ran(source, stored, trial: Trial, warnings: list[str]):
     members = [replace(trial_from_run(stored, config), index=i + 1) for i, config in enumerate(record["members"])]
     target = replace(trial, index=position + 1)
     members[position] = target
-    work = Work(tuple(members), stack_id(members), as_stack=True)
+    # members that shared a stacked initializer initialized at once (an older run has no tag: one by one)
+    work = Work(tuple(members), stack_id(members), as_stack=True,
+                stacked_init=stored.tags.get("dlbench.stacked_init") == "true")
     if work.stack_id != record.get("stack_id"):
         warnings.append(f"stack: the recorded members hash to {work.stack_id}, not {record.get('stack_id')}")
     return work, target

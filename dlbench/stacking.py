@@ -17,7 +17,10 @@ their configs can share one training loop:
 * the same regularizers in the same order, each with a ``stacked`` form
   (:meth:`dlbench.regularizer.Regularizer.stacked`) and equal ``stack_key()``;
 * any initializer: initializers run per member, on the member's own model, before stacking
-  (so greedy layer-wise pretraining stacks too).
+  (so greedy layer-wise pretraining stacks too). One with a stacked form
+  (``@stackable(stacked=f)``: ``f(models, data, streams, **options)``, see
+  :class:`MemberStreams`) initializes the members that share its options at once: greedy
+  pretraining trains their autoencoders as one vmapped model instead of member after member.
 
 Anything else trains alone, and ``dlbench run --dry-run`` says why.
 
@@ -31,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -39,7 +43,7 @@ from dlbench.regularizer import Regularizer, per_member
 from dlbench.study import Trial
 
 STACKABLE = "dlbench_stackable"  # attribute a factory carries when it is declared stackable
-STACKED = "dlbench_stacked"  # an optimizer factory's StackedOptimizer class
+STACKED = "dlbench_stacked"  # an optimizer factory's StackedOptimizer class, an initializer's stacked form
 # Largest stack by default. On a GPU a step of a small model is launch-bound and a stack of 100
 # costs about what one trial costs. On a CPU the step is compute-bound: measured on 2 cores
 # (benchmarks/stacking.py, benchmarks/study.py), a stack is at best 1.1x one trial at a time and
@@ -52,7 +56,9 @@ def stackable(factory=None, *, stacked=None):
     """Declare a plugin factory stackable (see the module docstring for what that promises).
 
     ``@stackable`` on an architecture, activation or schedule factory; ``@stackable(stacked=
-    StackedSGD)`` on an optimizer factory, naming the class that updates stacked parameters.
+    StackedSGD)`` on an optimizer factory, naming the class that updates stacked parameters;
+    ``@stackable(stacked=f)`` on an initializer, naming the function that initializes several
+    members' models at once (:class:`MemberStreams`).
     """
     def mark(f):
         setattr(f, STACKABLE, True)
@@ -151,6 +157,82 @@ class StackedOptimizer:
         self.state, self.steps = state["state"], state["steps"]
 
 
+class MemberStreams:
+    """The random streams of a stack's members while a stacked initializer runs.
+
+    Member ``i``'s stream is the global one (Python, NumPy, torch's CPU and CUDA generators) as
+    it stood when the member's model was built, before its initializer. Inside
+    ``with streams.member(i):`` the global generators are member ``i``'s, so whatever is drawn
+    there (an init, a decoder's weights) is what the member's initializer alone draws at that
+    point of its sequence; on leaving, the stream is kept where it got to and the outer one put
+    back. For draws in a loop (a data order per epoch, a mask per batch), ``generator(i,
+    device)`` is the same stream's torch generator of ``device`` as a ``torch.Generator``, to
+    pass as ``generator=``: ``torch.randperm(n, device=d, generator=streams.generator(i, d))``
+    draws what ``torch.randperm(n, device=d)`` draws alone, without swapping every generator.
+    A stacked initializer draws every member's values in the order its plain form draws them.
+    """
+
+    def __init__(self, states: list[dict]):
+        self._states = list(states)
+        self._generators: dict[int, tuple[torch.device, torch.Generator]] = {}
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    @property
+    def states(self) -> list[dict]:
+        """Each member's stream where it got to (``dlbench.train.rng_state`` dicts)."""
+        for i in list(self._generators):
+            self._take_back(i)
+        return self._states
+
+    @contextmanager
+    def member(self, i: int):
+        from dlbench.train import rng_state, set_rng_state
+
+        self._take_back(i)
+        outer = rng_state()
+        set_rng_state(self._states[i])
+        try:
+            yield
+        finally:
+            self._states[i] = rng_state()
+            set_rng_state(outer)
+
+    def generator(self, i: int, device: torch.device) -> torch.Generator:
+        """Member ``i``'s torch generator of ``device`` (valid until the next ``member(i)``)."""
+        device = torch.device(device)
+        if i in self._generators and self._generators[i][0] != device:
+            self._take_back(i)
+        if i not in self._generators:
+            generator = torch.Generator(device=device)
+            generator.set_state(self._torch_state(i, device))
+            self._generators[i] = (device, generator)
+        return self._generators[i][1]
+
+    def _torch_state(self, i: int, device: torch.device) -> torch.Tensor:
+        if device.type == "cuda":
+            return self._states[i]["cuda"][device.index if device.index is not None else torch.cuda.current_device()]
+        return self._states[i]["torch"]
+
+    def _take_back(self, i: int) -> None:
+        if i not in self._generators:
+            return
+        device, generator = self._generators.pop(i)
+        state = dict(self._states[i])
+        if device.type == "cuda":
+            state["cuda"] = list(state["cuda"])
+            state["cuda"][device.index if device.index is not None else torch.cuda.current_device()] = generator.get_state()
+        else:
+            state["torch"] = generator.get_state()
+        self._states[i] = state
+
+
+def stacked_initializer(component):
+    """A registered initializer's stacked form, or None (it runs per member)."""
+    return getattr(component.factory, STACKED, None)
+
+
 # -- the planner --------------------------------------------------------------------------------
 
 
@@ -162,6 +244,9 @@ class Work:
     stack_id: str  # names the stack's checkpoint and tags its members' runs
     alone_because: str = ""  # for a single trial: why it does not stack (shown by --dry-run)
     as_stack: bool = False  # a single trial trained as a stack of one (to replay its steps from CUDA graphs)
+    # members sharing an initializer with a stacked form initialize at once (False: member after
+    # member, as a run recorded before stacked initializers existed did; `reproduce` reads the tag)
+    stacked_init: bool = True
 
     @property
     def stacked(self) -> bool:
@@ -171,11 +256,17 @@ class Work:
     def cost(self) -> float:
         """Relative cost, for handing the longest work out first: the training epochs (a stack
         of n costs about sqrt(n) trials), and an initializer's own epochs (greedy pretraining,
-        one pass per layer, member after member: measured on an H100, 10 s of a 12 s stack whose
-        training alone took under 1 s with CUDA graphs)."""
+        one pass per layer: measured on an H100 when it ran member after member, 10 s of a 12 s
+        stack whose training alone took under 1 s with CUDA graphs), for k members sharing it
+        as for a stack of k."""
         cfg = self.members[0].config
         training = cfg["epochs"] * (len(self.members) ** 0.5 if self.stacked else 1)
-        pretraining = sum(_pretraining_epochs(t.config) for t in self.members)
+        shared: dict[str, list[int]] = {}
+        for t in self.members:
+            shared.setdefault(json.dumps(t.config.get("initializer"), sort_keys=True, default=str), []).append(
+                _pretraining_epochs(t.config))
+        pretraining = sum(epochs[0] * (len(epochs) ** 0.5 if self.stacked_init else len(epochs))
+                          for epochs in shared.values())
         return (training + pretraining) / cfg["batch_size"]
 
 

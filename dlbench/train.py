@@ -59,6 +59,15 @@ def build(trial: Trial, registry, data: DeviceData, device: torch.device, blame=
     component up, such as ``optimizer`` or ``regularizers[0]``); the preflight passes one that
     attributes an exception to its key (see ``preflight.py``).
     """
+    model, regularizers = build_model(trial, registry, data, device, blame)
+    with blame("initializer"):
+        make(registry, "initializer", trial.config["initializer"], model, data)
+    return model, regularizers, *build_optimizer(trial, registry, model, data, blame)
+
+
+def build_model(trial: Trial, registry, data: DeviceData, device: torch.device, blame=lambda *keys: nullcontext()):
+    """The first part of :func:`build`: the model (regularizers applied, on the device, not yet
+    initialized by the trial's initializer) and the regularizers."""
     cfg = trial.config
 
     def activation():
@@ -76,8 +85,12 @@ def build(trial: Trial, registry, data: DeviceData, device: torch.device, blame=
             model = reg.wrap_model(model)
     with blame("architecture"):
         model.to(device)
-    with blame("initializer"):
-        make(registry, "initializer", cfg["initializer"], model, data)
+    return model, regularizers
+
+
+def build_optimizer(trial: Trial, registry, model, data: DeviceData, blame=lambda *keys: nullcontext()):
+    """The last part of :func:`build`, after the initializer: the optimizer and the schedule."""
+    cfg = trial.config
     with blame("optimizer"):
         optimizer = make(registry, "optimizer", cfg["optimizer"], model.parameters())
     steps = cfg["epochs"] * math.ceil(len(data.y_train) / cfg["batch_size"])
@@ -86,7 +99,7 @@ def build(trial: Trial, registry, data: DeviceData, device: torch.device, blame=
         warm = warmup_steps(cfg.get("warmup_fraction", 0.0), steps)  # a core setting, absent when 0
         if warm:
             schedule = Warmup(schedule, optimizer, warm)
-    return model, regularizers, optimizer, schedule
+    return optimizer, schedule
 
 
 @torch.no_grad()

@@ -29,11 +29,11 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from dlbench.data import DeviceData
 from dlbench.regularizer import Regularizer, overrides
-from dlbench.stacking import STACKED, Work
+from dlbench.stacking import STACKED, MemberStreams, Work, stacked_initializer
 from dlbench.step_graph import GraphedStep, graphs_wanted, why_not_graphed
 from dlbench.study import Trial, canonical_json
-from dlbench.train import (EVAL_CHUNK, Checkpoints, TrialResult, build, end_training, exact_accuracies,
-                           order_generator_after_build, seed_everything)
+from dlbench.train import (EVAL_CHUNK, Checkpoints, TrialResult, build, build_model, build_optimizer, end_training,
+                           exact_accuracies, order_generator_after_build, rng_state, seed_everything, set_rng_state)
 
 
 class CannotStack(Exception):
@@ -73,13 +73,7 @@ def run_stack(work: Work, registry, data: DeviceData, device: torch.device, hook
     """
     started = time.perf_counter()
     cfg = work.members[0].config
-    members = []
-    for trial in work.members:
-        seed_everything(trial.seed)
-        try:
-            members.append(_Member(trial, *build(trial, registry, data, device), device))
-        except Exception as exc:  # a member whose plugins raise fails alone; the others train
-            finish(trial, TrialResult(status="failed", error="".join(traceback.format_exception(exc))))
+    members = _build_members(work, registry, data, device, finish)
     if not members:
         return
     for reg in members[0].regularizers:  # e.g. dropout: p as a buffer, one per member
@@ -147,7 +141,8 @@ def run_stack(work: Work, registry, data: DeviceData, device: torch.device, hook
                 "num_params": sum(p.numel() for p in m.model.parameters()),
                 "resumed_from_epoch": resumed["epoch"] if resumed else None,
                 "stack": {"id": work.stack_id, "size": len(work.members), "member": work.members.index(m.trial),
-                          "members": [t.config for t in work.members], "cuda_graphs": step_fn.enabled}}
+                          "members": [t.config for t in work.members], "cuda_graphs": step_fn.enabled,
+                          "stacked_init": work.stacked_init}}
         hook.dlbench_trial_start(trial=m.trial, model=m.model, info=info)
         for epoch, metrics in enumerate(m.result.history):  # a resumed member replays what it had
             hook.dlbench_epoch_end(trial=m.trial, epoch=epoch, metrics=metrics)
@@ -217,6 +212,74 @@ def run_stack(work: Work, registry, data: DeviceData, device: torch.device, hook
             finish(m.trial, m.result)
     if checkpoints:
         checkpoints.clear()
+
+
+def _build_members(work: Work, registry, data: DeviceData, device, finish) -> list[_Member]:
+    """Each member built as it would be alone (its seed, model, regularizers, initializer,
+    optimizer, schedule). Members whose initializer has a stacked form and the same options
+    (``work.stacked_init``) are initialized together: each model is built with the member's seed,
+    then the stacked form initializes them all, each drawing from its own stream
+    (:class:`~dlbench.stacking.MemberStreams`), and each member's build goes on from where its
+    stream got to. A member whose build raises fails alone (``finish``); the others train."""
+    def failed(trial, exc):
+        finish(trial, TrialResult(status="failed", error="".join(traceback.format_exception(exc))))
+
+    def alone(trial):
+        seed_everything(trial.seed)
+        try:
+            return _Member(trial, *build(trial, registry, data, device), device)
+        except Exception as exc:  # a member whose plugins raise fails alone; the others train
+            failed(trial, exc)
+
+    together = _initializer_groups(work, registry) if work.stacked_init else []
+    built: dict[int, _Member | None] = {i: alone(t) for i, t in enumerate(work.members)
+                                         if not any(i in group for group, _ in together)}
+    for group, stacked_init in together:
+        models, states = {}, {}
+        for i in group:
+            trial = work.members[i]
+            seed_everything(trial.seed)
+            try:
+                models[i] = build_model(trial, registry, data, device)
+                states[i] = rng_state()
+            except Exception as exc:
+                failed(trial, exc)
+        if not models:
+            continue
+        streams = MemberStreams([states[i] for i in models])
+        spec = work.members[next(iter(models))].config["initializer"] if models else {}
+        try:
+            stacked_init([model for model, _ in models.values()], data, streams,
+                         **{k: v for k, v in spec.items() if k != "name"})
+        except Exception as exc:  # a stacked form that raises: the members initialize one by one
+            built |= {i: alone(work.members[i]) for i in models}
+            if any(built[i] is not None for i in models):  # not an option every member's build rejects
+                warnings.warn(f"the stacked form of initializer {spec.get('name')!r} raised ({exc!r}); "
+                              "its members initialized one after another")
+            continue
+        for i, state in zip(models, streams.states):
+            trial, (model, regularizers) = work.members[i], models[i]
+            set_rng_state(state)  # the member's stream where its initializer left it
+            try:
+                built[i] = _Member(trial, model, regularizers, *build_optimizer(trial, registry, model, data), device)
+            except Exception as exc:
+                failed(trial, exc)
+    return [built[i] for i in sorted(built) if built[i] is not None]
+
+
+def _initializer_groups(work: Work, registry) -> list[tuple[list[int], object]]:
+    """(member positions, stacked form) for each initializer with a stacked form that two or more
+    members share with the same options."""
+    groups: dict[str, list[int]] = {}
+    forms = {}
+    for i, trial in enumerate(work.members):
+        spec = trial.config["initializer"]
+        form = stacked_initializer(registry.get("initializer", spec["name"]))
+        if form is not None:
+            key = canonical_json(spec)
+            groups.setdefault(key, []).append(i)
+            forms[key] = form
+    return [(group, forms[key]) for key, group in groups.items() if len(group) > 1]
 
 
 def _check_same_structure(members: list[_Member]) -> None:

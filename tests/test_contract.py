@@ -204,6 +204,22 @@ def sgd_graph_unsafe(params, *, lr: float = 0.1):
     return torch.optim.SGD(params, lr=lr)
 
 
+def noisy_init_drawing_the_stacks_stream(models, data, streams):
+    """A stacked form that draws every member's noise from the global stream, not the member's."""
+    for model in models:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.01 * torch.randn_like(p))
+
+
+@stackable(stacked=noisy_init_drawing_the_stacks_stream)
+def noisy_init(model, data):
+    """Adds a little Gaussian noise to the default init."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+
+
 def labels_out_of_range():
     """A dataset whose labels exceed num_classes."""
     x = np.zeros((8, 3), np.float32)
@@ -249,6 +265,7 @@ def registry_with():
     ("optimizer", sgd_badly_stacked, "a stacked step equals the members' own steps", "StackedSGDWithoutLr"),
     ("optimizer", sgd_graph_unsafe, "a stacked step equals the members' own steps",
      "StackedSGDCountingInPython declares graph_safe = True, but its step changes StackedSGDCountingInPython.count (2 to 3)"),
+    ("initializer", noisy_init, "a stacked step equals the members' own steps", "member 0's"),
     ("dataset", labels_out_of_range, "has float inputs, integer labels in range", "class ids in [0, 4)"),
     ("preprocessing", BatchCentered, "transforms each example alone", "depends on the size of the batch"),
     ("regularizer", Inflate, "a few optimizer steps lower the loss", "expected lower"),

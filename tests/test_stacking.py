@@ -215,10 +215,70 @@ def test_a_learned_slope_and_a_zero_gradient_activation_stack(activation, make_t
 @pytest.mark.parametrize("initializer", [
     {"name": "greedy_autoencoder", "epochs": 1}, {"name": "greedy_rbm", "epochs": 1}, {"name": "lsuv"},
 ])
-def test_greedy_pretraining_runs_per_member_before_stacking(initializer, make_trials, registry, tiny_data):
+def test_data_dependent_initializers_in_a_stack_agree_with_the_trial_alone(initializer, make_trials, registry, tiny_data):
     trials = make_trials({"activation": "sigmoid", "architecture": {"depth": 2},
                           "initializer": initializer}, seeds=[0, 1])
     together = stacked(trials, registry, tiny_data)
+    for trial in trials:
+        assert_agree(together[trial.index], alone(trial, registry, tiny_data))
+
+
+@pytest.fixture
+def stacked_init_calls(registry, monkeypatch):
+    """How many members each call of greedy_autoencoder's stacked form initialized."""
+    from dlbench.stacking import STACKED
+
+    factory = registry.get("initializer", "greedy_autoencoder").factory
+    form, calls = getattr(factory, STACKED), []
+
+    def counted(models, *args, **options):
+        calls.append(len(models))
+        return form(models, *args, **options)
+
+    monkeypatch.setattr(factory, STACKED, counted)
+    return calls
+
+
+def test_members_sharing_greedy_pretraining_pretrain_at_once_as_they_would_alone(make_trials, registry, tiny_data,
+                                                                                 stacked_init_calls):
+    from dlbench.train_stack import _build_members
+
+    greedy = {"name": "greedy_autoencoder", "epochs": 2, "batch_size": 128, "corruption": 0.25}
+    trials = make_trials({"activation": "sigmoid", "architecture": {"depth": 3}}, levels={
+        "random": {}, "pretrained": {"initializer": greedy},
+        "shorter": {"initializer": greedy | {"epochs": 1}}}, seeds=[0, 1, 2])
+    (work,) = plan(trials, registry, 16)  # initializers do not stand in the way of a stack
+
+    def build(stacked_init):
+        from dataclasses import replace
+
+        return _build_members(replace(work, stacked_init=stacked_init), registry, tiny_data, DEVICE,
+                              lambda t, r: pytest.fail(r.error))
+
+    at_once, one_by_one = build(True), build(False)
+    assert sorted(stacked_init_calls) == [3, 3]  # each group of members sharing the options, at once
+    for a, b in zip(at_once, one_by_one):
+        assert a.trial is b.trial
+        for (name, p), q in zip(a.model.named_parameters(), b.model.parameters()):
+            # the same draws, the same Adam; only batched matrix products round differently (3e-8 here)
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=lambda m: f"{a.trial.run_name} {name}: {m}")
+        # its random stream is where its own pretraining leaves it: the same batches afterwards
+        assert torch.equal(a.order.get_state(), b.order.get_state()), a.trial.run_name
+    assert sorted(stacked_init_calls) == [3, 3]  # and none when initializing one by one
+
+
+def test_a_stacked_initializer_that_raises_leaves_its_members_to_initialize_one_by_one(
+        make_trials, registry, tiny_data, monkeypatch):
+    from dlbench.stacking import STACKED
+
+    def broken(models, data, streams, **options):
+        raise RuntimeError("no batching rule")
+
+    monkeypatch.setattr(registry.get("initializer", "greedy_autoencoder").factory, STACKED, broken)
+    trials = make_trials({"activation": "sigmoid", "initializer": {"name": "greedy_autoencoder", "epochs": 1}},
+                         seeds=[0, 1])
+    with pytest.warns(UserWarning, match="no batching rule.*initialized one after another"):
+        together = stacked(trials, registry, tiny_data)
     for trial in trials:
         assert_agree(together[trial.index], alone(trial, registry, tiny_data))
 
@@ -358,3 +418,45 @@ def test_every_built_in_component_stacks_and_plugins_list_says_so(registry):
     out = CliRunner().invoke(main, ["plugins", "list", "--kind", "regularizer"]).output
     regularizers_alone = {a for a in expected_alone if a.startswith("regularizer ")}
     assert out.count("(stacks)") == len(registry.names("regularizer")) - len(regularizers_alone) >= 7
+
+
+def test_a_member_records_that_it_pretrained_at_once_and_reproduce_does_the_same(tmp_path, new_store,
+                                                                                 stacked_init_calls):
+    import io
+
+    from conftest import TINY_BASELINE, sqlite_uri, write_study
+    from mlflow.tracking import MlflowClient
+
+    from dlbench.config import read_study_file
+    from dlbench.plugins import load_plugins
+    from dlbench.reproduce import reproduce
+    from dlbench.runner import run_study
+    from dlbench.study import expand
+
+    plugins = load_plugins(None, autoload=False)
+    sf = read_study_file(write_study(tmp_path, TINY_BASELINE + """
+[study]
+name = "pre"
+seeds = 2
+[studies.init.levels]
+pretrained = { initializer = { name = "greedy_autoencoder", epochs = 1, corruption = 0.2 } }
+"""))
+    uri = sqlite_uri(new_store(tmp_path))
+    run_study(sf, expand(sf, plugins.registry), plugins, device=DEVICE, tracking_uri=uri, stack_size=8,
+              reports_dir=tmp_path / "reports", stream=io.StringIO(), jobs=1, checkpoint_dir=tmp_path / "ckpt")
+    assert stacked_init_calls == [2]
+    client = MlflowClient(uri)
+    runs = [r for r in client.search_runs([client.get_experiment_by_name("pre").experiment_id])
+            if r.data.tags.get("dlbench.role") == "trial"]
+    assert [(r.data.tags["dlbench.stack_size"], r.data.tags["dlbench.stacked_init"]) for r in runs] == [("2", "true")] * 2
+
+    def rerun():
+        return reproduce(runs[0].info.run_id, plugins, tracking_uri=uri, device=DEVICE, tolerance=0.0,
+                         data_dir=None, stream=io.StringIO())
+
+    verdict = rerun()
+    assert verdict.reproduced and verdict.largest[2] == 0 and stacked_init_calls == [2, 2]
+    # a run recorded before stacked initializers existed has no tag: its stack re-runs them one by one
+    client.delete_tag(runs[0].info.run_id, "dlbench.stacked_init")
+    verdict = rerun()
+    assert stacked_init_calls == [2, 2] and client.get_run(verdict.rerun).data.tags["dlbench.stacked_init"] == "false"

@@ -12,13 +12,16 @@ A hidden block's input and code may be shaped (a convolution's [B, C, L], a recu
 
 from __future__ import annotations
 
+import copy
+import inspect
 from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
 
-from dlbench import Range, hookimpl
+from dlbench import Range, hookimpl, stackable
 from dlbench.builtin import initializers
 
 
@@ -27,6 +30,32 @@ def dlbench_register_initializers(register):
     register("greedy_autoencoder", greedy_autoencoder)
 
 
+def greedy_autoencoder_stacked(models, data, streams, **options) -> None:
+    """:func:`greedy_autoencoder` for several members of a stack at once: at each depth, the
+    members' autoencoders train as one model (parameters stacked on a member axis, the forward
+    pass vmapped), not member after member.
+
+    Member ``i`` draws inside ``streams.member(i)`` what it draws alone, in the same order (its
+    ``then`` initialization, each decoder's init, each epoch's data order, each batch's
+    corruption, the forward passes outside the training step), and Adam updates the stacked
+    tensors with the member's scalars, elementwise as it would its own. So a member ends where
+    it would alone up to the rounding of batched matrix products, except for random draws
+    inside a training step's forward pass (dropout in a hidden block), which come from the
+    stack's stream.
+    """
+    bound = inspect.signature(greedy_autoencoder).bind(None, None, **options)  # its options, checked as alone
+    bound.apply_defaults()
+    options = bound.arguments
+    for i, model in enumerate(models):
+        _hidden_blocks(model)
+        with streams.member(i):
+            getattr(initializers, options["then"])(model, data)
+    codes = [data.x_train] * len(models)
+    for depth in range(len(models[0].hidden_blocks)):
+        codes = _pretrain_layers([m.hidden_blocks[depth] for m in models], codes, streams, options)
+
+
+@stackable(stacked=greedy_autoencoder_stacked)
 def greedy_autoencoder(
     model, data, *,
     epochs: Annotated[int, Range(ge=0)] = 5,
@@ -41,15 +70,20 @@ def greedy_autoencoder(
     pretrained for ``epochs`` on the training split with Adam, minimising the squared error of
     reconstructing its input; ``corruption`` is the fraction of inputs zeroed (Vincent et al. 2008).
     """
-    blocks = getattr(model, "hidden_blocks", None)
-    if blocks is None:
-        raise ValueError(f"greedy_autoencoder needs an architecture that exposes hidden_blocks; "
-                         f"{type(model).__name__} does not")
+    blocks = _hidden_blocks(model)
     getattr(initializers, then)(model, data)
 
     codes = data.x_train  # the first block takes the input batch as the model receives it
     for block in blocks:
         codes = _pretrain_layer(block, codes, epochs, lr, batch_size, corruption)
+
+
+def _hidden_blocks(model: nn.Module) -> nn.ModuleList:
+    blocks = getattr(model, "hidden_blocks", None)
+    if blocks is None:
+        raise ValueError(f"greedy_autoencoder needs an architecture that exposes hidden_blocks; "
+                         f"{type(model).__name__} does not")
+    return blocks
 
 
 def _pretrain_layer(encoder: nn.Module, inputs: torch.Tensor, epochs: int, lr: float,
@@ -71,3 +105,56 @@ def _pretrain_layer(encoder: nn.Module, inputs: torch.Tensor, epochs: int, lr: f
             opt.step()
     with torch.no_grad():
         return encoder(inputs)
+
+
+class _Autoencoder(nn.Module):
+    def __init__(self, encoder: nn.Module, decoder: nn.Module):
+        super().__init__()
+        self.encoder, self.decoder = encoder, decoder
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(x).flatten(1))
+
+
+def _pretrain_layers(encoders: list[nn.Module], inputs: list[torch.Tensor], streams, options: dict) -> list[torch.Tensor]:
+    """:func:`_pretrain_layer` of every member at once: ``encoders[i]`` reconstructs
+    ``inputs[i]`` (each member's own codes; the first layer's are one shared tensor)."""
+    n_members, n = len(encoders), len(inputs[0])
+    device = inputs[0].device
+    autoencoders = []
+    for i, encoder in enumerate(encoders):
+        with streams.member(i):  # as _pretrain_layer: a probe forward pass, then the decoder's init
+            width = encoder(inputs[i][:1]).flatten(1).shape[1]
+            decoder = nn.Linear(width, inputs[i][:1].flatten(1).shape[1]).to(device)
+        autoencoders.append(_Autoencoder(encoder, decoder))
+    params, buffers = stack_module_state(autoencoders)
+    base = copy.deepcopy(autoencoders[0]).to("meta")
+    forward = vmap(lambda p, b, x: functional_call(base, (p, b), (x,)), randomness="different")
+    # Adam over the stacked tensors: elementwise, with every member's scalars the same (they share
+    # the options), it is each member's own Adam
+    opt = torch.optim.Adam(params.values(), lr=options["lr"])
+    shared = all(x is inputs[0] for x in inputs)
+    stacked = inputs[0] if shared else torch.stack(inputs)
+    rows = torch.arange(n_members, device=device)[:, None]
+    for _ in range(options["epochs"]):
+        orders = [torch.randperm(n, device=device, generator=streams.generator(i, device)) for i in range(n_members)]
+        for idx in torch.stack(orders).split(options["batch_size"], dim=1):  # [N, B]
+            target = stacked[idx] if shared else stacked[rows, idx]  # [N, B, ...]
+            noisy = target
+            if options["corruption"]:
+                draws = [torch.rand(target.shape[1:], device=device, generator=streams.generator(i, device))
+                         for i in range(n_members)]  # what torch.rand_like(target) draws alone
+                noisy = target * (torch.stack(draws) >= options["corruption"])
+            reconstruction = forward(params, buffers, noisy)  # [N, B, D]
+            loss = F.mse_loss(reconstruction, target.flatten(2), reduction="none").flatten(1).mean(1)
+            opt.zero_grad(set_to_none=True)
+            loss.sum().backward()  # member i's parameters get the gradient of its own loss
+            opt.step()
+    codes = []
+    with torch.no_grad():
+        for i, autoencoder in enumerate(autoencoders):
+            for name, p in autoencoder.named_parameters():
+                p.copy_(params[name][i])
+            with streams.member(i):
+                codes.append(encoders[i](inputs[i]))
+    return codes

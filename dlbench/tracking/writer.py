@@ -378,7 +378,8 @@ class Tracker:
         tags["dlbench.stack_size"] = str(stack["size"] if stack else 1)  # how it ran: `reproduce` does the same
         if stack:
             tags |= {"dlbench.stack_id": stack["id"], "dlbench.stack_member": str(stack["member"]),
-                     "dlbench.cuda_graphs": str(bool(stack.get("cuda_graphs"))).lower()}
+                     "dlbench.cuda_graphs": str(bool(stack.get("cuda_graphs"))).lower(),
+                     "dlbench.stacked_init": str(bool(stack.get("stacked_init"))).lower()}
             self.client.log_dict(run_id, {"stack_id": stack["id"], "members": stack["members"]}, "stack.json")
         self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         self.client.log_text(run_id, repr(model), "model.txt")
