@@ -261,7 +261,7 @@ def test_members_sharing_greedy_pretraining_pretrain_at_once_as_they_would_alone
         assert a.trial is b.trial
         for (name, p), q in zip(a.model.named_parameters(), b.model.parameters()):
             # the same draws, the same Adam; only batched matrix products round differently (3e-8 here)
-            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=lambda m: f"{a.trial.run_name} {name}: {m}")
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-5, msg=lambda m: f"{a.trial.run_name} {name}: {m}")
         # its random stream is where its own pretraining leaves it: the same batches afterwards
         assert torch.equal(a.order.get_state(), b.order.get_state()), a.trial.run_name
     assert sorted(stacked_init_calls) == [3, 3]  # and none when initializing one by one
