@@ -446,10 +446,16 @@ def report(study_file: Path | None, run_id: str | None, experiment: str | None, 
     uri = tracking_uri or _default_uri()
     parent = find_study_run(uri, run_id=run_id, experiment=experiment)
     from dlbench.report import report_from_mlflow
+    from dlbench.report.painter import Painter, spare_processes
 
     registry = _load_plugins(plugins_dir, default_plugins).registry
-    folders = report_from_mlflow(uri, parent, reports_dir, list(only) or None, attach=not no_attach,
-                                 registry=registry, announce=lambda s, f: click.echo(report_line(s, f, html=True)))
+    painter = Painter(spare_processes())  # the figures of a large study drawn side by side on the cores
+    try:
+        folders = report_from_mlflow(uri, parent, reports_dir, list(only) or None, attach=not no_attach,
+                                     registry=registry, announce=lambda s, f: click.echo(report_line(s, f, html=True)),
+                                     painter=painter)
+    finally:
+        painter.close()
     if not folders:
         raise UserError(f"study run {parent} has no trial runs: nothing to report")
     click.echo(f"from MLflow study run {parent} in {uri}" + ("" if no_attach else "; attached to it as artifacts"))

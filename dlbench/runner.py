@@ -313,7 +313,8 @@ def _run(study_file, trials, plugins, device, tracking_uri, reports_dir, stream,
             tracker.open_run(trial)
     startup.close()  # the store lock: other processes may now join and claim
     known = list(trials)  # and the trials the searches add as they go
-    reports = BackgroundReports(tracking_uri, run.parent_run_id, known, reports_dir, background=pool is not None)
+    reports = BackgroundReports(tracking_uri, run.parent_run_id, known, reports_dir, background=pool is not None,
+                                busy_cores=pool.jobs if pool is not None else 1)
     pending = Counter(t.study for w in works for t in w.members)
     for search in searches:
         pending[search.study.name] += search.total
@@ -400,12 +401,15 @@ def _run(study_file, trials, plugins, device, tracking_uri, reports_dir, stream,
                 tracker.end_study(status, summary)
     if pool is not None:
         pool.close()  # idle now: free the cores for the reports
+    reports.training_done()
     studies = plan.studies
     for study in studies:
         if pending[study] > 0 and any(t.study == study for t, _ in run.results):
             settle(study)  # not all of it ran (--fail-fast, an interrupted search): a report of what did
     if drawn:
         run.reports = reports.wait([s for s in studies if s in drawn], stream)
+    else:
+        reports.close(now=False)
     return run
 
 

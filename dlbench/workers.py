@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from dlbench import hookimpl
+from dlbench.children import die_with_parent
 from dlbench.provenance import environment
 from dlbench.stacking import Work
 from dlbench.train import TrialResult
@@ -158,16 +159,6 @@ class Router:
             self.end(index, payload)
 
 
-def _die_with_parent() -> None:
-    """Linux: the kernel kills this worker when the parent dies (even by kill -9)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
 def warm_up(plugins, cache, device: torch.device, configs: list[dict]) -> None:
     """What a worker's first unit would otherwise wait for, done while the parent goes on (the
     preflight, the tracking store): the study's datasets on ``device``, torch's optimizer imports
@@ -184,7 +175,7 @@ def warm_up(plugins, cache, device: torch.device, configs: list[dict]) -> None:
 def _worker_main(worker: int, device: str, setup: WorkerSetup, tasks, events, acks, warm: list[dict]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a forked worker inherits the CLI's handler: drop it
-    _die_with_parent()
+    die_with_parent()
     try:
         from dlbench.executor import execute
 
@@ -236,6 +227,10 @@ class WorkerPool:
     @property
     def description(self) -> str:
         return f"in {len(self.workers)} worker processes"
+
+    @property
+    def jobs(self) -> int:
+        return len(self.workers)
 
     def prestart(self, works: list[Work]) -> list[Work]:
         """Hand each worker its first unit now, before the parent is ready to record anything:

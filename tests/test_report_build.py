@@ -234,3 +234,25 @@ def test_hedges_g_from_a_near_zero_spread_says_so(tmp_path, noise, flagged):
     index = (folder / "index.md").read_text()
     assert ("† Hedges' g is this large because the seeds barely vary" in index) == flagged
     assert (" † |" in index) == flagged
+
+
+def test_figures_drawn_in_processes_are_the_files_drawn_here_and_a_report_repeats_byte_for_byte(tmp_path):
+    from dlbench.report.painter import Painter
+
+    levels = {"a": ["relu", "sigmoid"], "d": ["1", "2"]}  # two factors: every kind of figure
+    data = study_data(synthetic_record(levels, seeds=3, num_classes=10), "s", None, "no file")
+    here, again = write_study_report(data, tmp_path / "here"), write_study_report(data, tmp_path / "again")
+    painter = Painter(2, warm=True)
+    try:
+        there = write_study_report(data, tmp_path / "there", painter)
+        # a figure that raises in a process raises where the report waits for it, as it would here
+        batch = painter.batch(trials=1)
+        batch.draw(figures.heatmap, data.trials.iloc[:0], data.columns, "no_such_metric", "t", tmp_path / "x.png")
+        with pytest.raises(KeyError):
+            batch.wait()
+    finally:
+        painter.close()
+    names = sorted(p.name for p in here.iterdir())
+    assert len(pngs(here)) == 9 and names == sorted(p.name for p in there.iterdir())
+    for name in names:  # strip points are jittered: from a seeded generator, the same in every process
+        assert (here / name).read_bytes() == (again / name).read_bytes() == (there / name).read_bytes(), name

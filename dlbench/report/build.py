@@ -18,6 +18,7 @@ from dlbench.paths import folder_name
 from dlbench.report import figures
 from dlbench.report.data import StudyData, column, label_of
 from dlbench.report.document import Document, export_table, fmt, fmt_p
+from dlbench.report.painter import Painter
 from dlbench.report.stats import comparisons, judge_claims, label, summarize
 from dlbench.report.tuning import tuning_section
 from dlbench.tuning.runs import csv_frame
@@ -27,9 +28,11 @@ CHANCE_MARGIN = 0.02  # a level whose mean accuracy is this close to 1/num_class
 TINY_SPREAD = 0.005  # a pooled std below this (or |g| > 10) makes Hedges' g huge: it is flagged
 
 
-def write_study_report(data: StudyData, out_dir: Path) -> Path:
-    """Write ``out_dir`` (``reports/<study>``) and return it."""
+def write_study_report(data: StudyData, out_dir: Path, painter: Painter | None = None) -> Path:
+    """Write ``out_dir`` (``reports/<study>``) and return it; ``painter`` draws the figures (in
+    processes when it has them: see ``painter.py``), else this process does."""
     out_dir = Path(out_dir)
+    figures_of = (painter or Painter()).batch(len(data.trials))
     out_dir.mkdir(parents=True, exist_ok=True)
     csv_frame(data.trials).to_csv(out_dir / "trials.csv", index=False)  # a tuned level's chosen values as JSON
     data.epochs.to_csv(out_dir / "epochs.csv", index=False)
@@ -57,7 +60,8 @@ def write_study_report(data: StudyData, out_dir: Path) -> Path:
     tuned = tuning_section(doc, data, out_dir)  # before the results: how fairly the levels were tuned
     _levels_section(doc, data, out_dir)
     _comparisons_section(doc, data, out_dir)
-    _figures_section(doc, data, out_dir)
+    _figures_section(doc, data, out_dir, figures_of.draw)
+    figures_of.wait()  # every figure written before the index that shows them
 
     doc.heading("Files")
     doc.text("Tables: `summary.csv`, `comparisons.csv`" + (", `claims.csv`" if data.claims else "")
@@ -205,7 +209,7 @@ def _claims_section(doc: Document, data: StudyData, out_dir: Path) -> None:
 # -- figures ----------------------------------------------------------------------------------------
 
 
-def _figures_section(doc: Document, data: StudyData, out_dir: Path) -> None:
+def _figures_section(doc: Document, data: StudyData, out_dir: Path, draw) -> None:
     doc.heading("Figures")
     if data.finished.empty:
         doc.text("No trial finished: there is nothing to plot.")
@@ -217,7 +221,7 @@ def _figures_section(doc: Document, data: StudyData, out_dir: Path) -> None:
     chance, at_chance = chance_levels(data)
     marks = {"at_chance": set(at_chance)}
 
-    path = figures.final_metric(data.trials, levels, METRIC, f"{name}: final test accuracy per level", out_dir / f"{METRIC}.png",
+    path = draw(figures.final_metric, data.trials, levels, METRIC, f"{name}: final test accuracy per level", out_dir / f"{METRIC}.png",
                                 chance=chance, **marks)
     doc.figure(path, "Final test accuracy per level",
                f"**Final test accuracy per level.** Each small point is one seed (up to {seeds} per level); the "
@@ -227,19 +231,19 @@ def _figures_section(doc: Document, data: StudyData, out_dir: Path) -> None:
                + (f" Lines join the levels of {last} for each {', '.join(data.factors[:-1])}."
                   if len(data.factors) > 1 else ""))
     if two:
-        path = figures.interaction(data.trials, levels, METRIC, f"{name}: test accuracy vs {data.factors[1]}, by {first}",
+        path = draw(figures.interaction, data.trials, levels, METRIC, f"{name}: test accuracy vs {data.factors[1]}, by {first}",
                                    out_dir / "interaction.png")
         doc.figure(path, f"Test accuracy vs {data.factors[1]}",
                    f"**Interaction of {first} and {data.factors[1]}.** Mean final test accuracy against "
                    f"{data.factors[1]}, one line per {first}, with the 95% band over seeds (faint points: seeds). "
                    "Parallel lines mean the factors act independently; lines that diverge or cross mean the effect "
                    f"of {first} depends on {data.factors[1]}.")
-        path = figures.heatmap(data.trials, levels, METRIC, f"{name}: mean test accuracy", out_dir / "heatmap.png")
+        path = draw(figures.heatmap, data.trials, levels, METRIC, f"{name}: mean test accuracy", out_dir / "heatmap.png")
         doc.figure(path, "Heatmap of mean test accuracy",
                    f"**Mean final test accuracy for every {first} × {data.factors[1]} cell**, annotated with the mean "
                    "and the half-width of its 95% interval. Look for the best cell and for rows or columns where "
                    "accuracy collapses.")
-    path = figures.learning_curves(data.epochs, levels, "accuracy", f"{name}: learning curves (accuracy)",
+    path = draw(figures.learning_curves, data.epochs, levels, "accuracy", f"{name}: learning curves (accuracy)",
                                    out_dir / "learning_curves.png", chance=chance, **marks)
     doc.figure(path, "Learning curves (accuracy)",
                "**Learning curves per level.** Train and test accuracy after every epoch (epoch 0: the "
@@ -248,20 +252,20 @@ def _figures_section(doc: Document, data: StudyData, out_dir: Path) -> None:
                + (f" (the dotted line, {chance:.2f} for {round(1 / chance)} classes)" if chance else "")
                + " is a network that does not train"
                + ("; such levels say \"at chance\" in their title." if at_chance else "."))
-    path = figures.learning_curves(data.epochs, levels, "loss", f"{name}: learning curves (loss)",
+    path = draw(figures.learning_curves, data.epochs, levels, "loss", f"{name}: learning curves (loss)",
                                    out_dir / "loss_curves.png", **marks)
     doc.figure(path, "Learning curves (loss)",
                "**Loss curves per level.** Train and test cross-entropy per epoch, mean over seeds with a 95% band. "
                "A test loss that turns upward while the train loss keeps falling marks the onset of overfitting "
                "(it often comes before the test accuracy drops).")
-    path = figures.final_metric(data.trials, levels, "generalization_gap",
+    path = draw(figures.final_metric, data.trials, levels, "generalization_gap",
                                 f"{name}: generalization gap (train − test accuracy) per level",
                                 out_dir / "generalization_gap.png", **marks)
     doc.figure(path, "Generalization gap per level",
                "**Generalization gap per level**: final train accuracy minus final test accuracy, seeds as points, "
                "mean with 95% interval. A regularizer that works shrinks the gap; a gap near 0 with a low accuracy "
                "is underfitting, not good generalization.")
-    _diagnostic_figures(doc, data, out_dir, marks)
+    _diagnostic_figures(doc, data, out_dir, marks, draw)
 
 
 def _zero_gradient_note(diag: pd.DataFrame, levels: dict[str, list[str]]) -> str:
@@ -280,14 +284,14 @@ def _zero_gradient_note(diag: pd.DataFrame, levels: dict[str, list[str]]) -> str
             f"almost everywhere) or through all-zero weights, so gradient descent cannot train it. Here: {'; '.join(cells)}.")
 
 
-def _diagnostic_figures(doc: Document, data: StudyData, out_dir: Path, marks: dict) -> None:
+def _diagnostic_figures(doc: Document, data: StudyData, out_dir: Path, marks: dict, draw) -> None:
     diag = data.diagnostics
     if diag.empty:
         return
     levels, name = data.columns, data.name
     marks = {**marks, "last_epoch": int(data.epochs["epoch"].max()) if len(data.epochs) else None}
     if (diag["kind"] == "grad_norm").any():
-        path = figures.grad_norms(diag, levels, f"{name}: gradient norm per layer", out_dir / "grad_norms.png", **marks)
+        path = draw(figures.grad_norms, diag, levels, f"{name}: gradient norm per layer", out_dir / "grad_norms.png", **marks)
         doc.figure(path, "Gradient norm per layer",
                    "**Gradient norm per layer** (L2 norm of each weight matrix's gradient, log scale) at the first "
                    "step and at whole epochs about a third, two thirds and all of the way through training; "
@@ -297,7 +301,7 @@ def _diagnostic_figures(doc: Document, data: StudyData, out_dir: Path, marks: di
                    "Healthy networks keep the layers within about one order of magnitude of each other."
                    + _zero_gradient_note(diag, levels))
     if diag["kind"].isin(["act_saturation", "dead_relu"]).any():
-        path = figures.saturation(diag, levels, f"{name}: saturated or dead units per layer over training",
+        path = draw(figures.saturation, diag, levels, f"{name}: saturated or dead units per layer over training",
                                   out_dir / "saturation.png", **marks)
         doc.figure(path, "Saturated or dead units per layer",
                    "**Saturated or dead units per layer over training**, on a fixed probe batch of 512 training "
@@ -307,7 +311,7 @@ def _diagnostic_figures(doc: Document, data: StudyData, out_dir: Path, marks: di
                    "layers that saturate early and stay saturated (Glorot & Bengio 2010 saw the top sigmoid layer "
                    "driven to 0) and for dead ReLUs growing with depth or learning rate.")
     if diag["kind"].isin(["act_mean"]).any():
-        path = figures.activations(diag, levels, f"{name}: activation mean ± std per layer over training",
+        path = draw(figures.activations, diag, levels, f"{name}: activation mean ± std per layer over training",
                                    out_dir / "activations.png", **marks)
         doc.figure(path, "Activations per layer",
                    "**Activation statistics per layer over training** on the probe batch: the line is the mean "
@@ -337,14 +341,16 @@ def report_from_results(study_file, results, reports_dir: Path) -> list[Path]:
 
 
 def report_from_mlflow(tracking_uri: str, run_id: str, reports_dir: Path, studies: list[str] | None = None,
-                       attach: bool = True, trials=None, registry=None, announce=None) -> list[Path]:
+                       attach: bool = True, trials=None, registry=None, announce=None,
+                       painter: Painter | None = None) -> list[Path]:
     """Build ``reports_dir/<folder>/`` (see ``report_folder``) for every study of the MLflow
     study run ``run_id`` (or the ``studies`` named) from what the store holds, and attach each
     folder to that run; ``announce(study, folder)`` is called as each is written.
 
     The trials of the run are its child runs, plus the earlier runs of trials it skipped as
     already done: ``trials`` (the expanded trials) names them, else the attached study file is
-    expanded with ``registry`` when one is given.
+    expanded with ``registry`` when one is given. ``painter`` draws the figures (see
+    :func:`write_study_report`).
     """
     from dlbench.errors import UserError, choose_one_of
     from dlbench.report.data import parse_attached_study_file, study_data
@@ -376,7 +382,7 @@ def report_from_mlflow(tracking_uri: str, run_id: str, reports_dir: Path, studie
         study = known.get(name)
         reason = why if sf is None else f"study {name!r} is not in the attached study file"
         data = study_data(record, name, study, None if study is not None else reason)
-        folder = write_study_report(data, report_folder(reports_dir, name))
+        folder = write_study_report(data, report_folder(reports_dir, name), painter)
         if attach:
             attach_report(tracking_uri, run_id, folder)
         if announce is not None:

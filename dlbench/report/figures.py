@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import textwrap
+from contextlib import contextmanager
 from pathlib import Path
 
 import matplotlib
@@ -294,8 +295,9 @@ def final_metric(frame: pd.DataFrame, levels: dict[str, list[str]], metric: str,
     fig, ax = plt.subplots(figsize=(width, 4.2))
     if not data.empty:
         common = dict(data=data, x=x, y=metric, order=order, hue=hue, hue_order=hue_order, ax=ax)
-        sns.stripplot(**common, dodge=hue is not None, alpha=0.5, size=4.5, jitter=0.08 if hue else 0.12,
-                      legend=False, palette="deep" if hue else None, color=None if hue else "0.4", zorder=1)
+        with _same_jitter():
+            sns.stripplot(**common, dodge=hue is not None, alpha=0.5, size=4.5, jitter=0.08 if hue else 0.12,
+                          legend=False, palette="deep" if hue else None, color=None if hue else "0.4", zorder=1)
         sns.pointplot(**common, errorbar=_interval(metric), dodge=dodge if hue else False, capsize=0.12,
                       markers="D", markersize=6, linestyles="-" if hue else "none", linewidth=1.5,
                       palette="deep" if hue else None, color=None if hue else "black")
@@ -320,6 +322,18 @@ def final_metric(frame: pd.DataFrame, levels: dict[str, list[str]], metric: str,
     if metric == "generalization_gap":
         ax.axhline(0, color="0.3", lw=0.8, ls=":")
     return _save(fig, path)
+
+
+@contextmanager
+def _same_jitter():
+    """Seaborn jitters strip points with NumPy's global generator: seeded here, the same report
+    draws the same figure, byte for byte, however often and in whichever process it is built."""
+    state = np.random.get_state()
+    np.random.seed(0)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
 
 
 def _tick(level: str, levels: dict[str, list[str]], at_chance: set[tuple]) -> str:

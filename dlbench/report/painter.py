@@ -1,0 +1,115 @@
+"""Drawing a report's figures: one after another in this process, or several at once in processes.
+
+A figure (``figures.py``) is a function of data frames that writes one PNG, and drawing it is
+mostly matplotlib's Python: in threads, figures would wait for each other (the GIL); in
+processes they do not. A report of 50 levels spends most of its time in five figures of 4-9 s
+each (learning curves, gradient norms, saturation, activations, on a 2-core CPU), which
+processes draw side by side on as many cores. Starting a process costs its imports (pandas,
+matplotlib, seaborn: about 2 s), so a pool is worth it where it starts ahead of time (``dlbench
+run`` with cores to spare starts it with the run, the imports done while the study trains) or
+where the figures are large. A figure drawn in another process is the same file, byte for byte.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import multiprocessing
+import os
+import signal
+from concurrent.futures import Future, ProcessPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+# A report has at most 9 figures, and four or five of them take most of its time: with 4
+# processes a report of 50 levels waits for its largest figure, about as long as with 8.
+MAX_PROCESSES = 4
+# A study of at least this many trials draws its figures in processes even when the pool has
+# not started yet (its start is then paid in full): below it, the figures take about what the
+# pool takes to start (measured on this project's 2-core CPU, see the README).
+LARGE_STUDY = 100
+
+
+def spare_processes(busy: int = 0) -> int:
+    """How many figure processes this machine has room for besides ``busy`` cores' work: 0 when
+    fewer than two cores would be left (drawing in this process is then as fast)."""
+    free = (os.cpu_count() or 1) - busy
+    return min(MAX_PROCESSES, free) if free >= 2 else 0
+
+
+class Painter:
+    """Draws figures for the reports of one command, in a pool of ``processes`` processes (0:
+    in this process). ``warm``: start the pool now and let it import while the caller goes on;
+    otherwise it starts for the first study of at least :data:`LARGE_STUDY` trials."""
+
+    def __init__(self, processes: int = 0, warm: bool = False):
+        self.processes, self.warm = processes, warm
+        self._pool: ProcessPoolExecutor | None = None
+        if processes and warm:
+            for _ in range(processes):
+                self._start().submit(_ready)
+
+    def grow(self, processes: int) -> None:
+        """Use up to ``processes`` processes from the next figures on (the cores the training
+        used are free), when no pool has started yet."""
+        if self._pool is None:
+            self.processes = max(self.processes, processes)
+
+    def batch(self, trials: int) -> Batch:
+        """The figures of one report (of a study of ``trials`` trials)."""
+        parallel = self.processes > 0 and (self.warm or trials >= LARGE_STUDY)
+        return Batch(self._start() if parallel else None)
+
+    def close(self, now: bool = False) -> None:
+        """Stop the pool; ``now``: drop the figures not started (Ctrl-C)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=not now, cancel_futures=now)
+            self._pool = None
+
+    def _start(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_child)
+        return self._pool
+
+
+class Batch:
+    """``draw(figure, *args)`` for each figure of one report, then ``wait()`` before the report
+    is written: a figure's exception is raised there, as it would be in this process."""
+
+    def __init__(self, pool: ProcessPoolExecutor | None):
+        self.pool = pool
+        self.futures: list[Future] = []
+
+    def draw(self, figure: Callable[..., Path], *args, **kwargs) -> Path:
+        """Draw ``figure(*args, **kwargs)``, which writes its ``path`` argument; returns that path."""
+        if self.pool is None:
+            return figure(*args, **kwargs)
+        self.futures.append(self.pool.submit(figure, *args, **kwargs))
+        return Path(inspect.signature(figure).bind(*args, **kwargs).arguments["path"])
+
+    def wait(self) -> None:
+        for future in self.futures:
+            future.result()
+
+
+def _child() -> None:
+    """A figure process: Ctrl-C is the parent's to handle, and it dies with the parent."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    from dlbench.children import die_with_parent
+
+    die_with_parent()
+
+
+def _ready() -> None:
+    """The imports and matplotlib's first-figure set-up (its font list), before the first report."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    importlib.import_module("dlbench.report.figures")  # pandas, matplotlib, seaborn
+
+    fig = plt.figure(figsize=(1, 1))
+    fig.text(0.5, 0.5, "x")
+    fig.savefig(io.BytesIO(), format="png")
+    plt.close(fig)
