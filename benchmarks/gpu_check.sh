@@ -10,7 +10,8 @@
 # tests      the stacking and CUDA-graph tests on the GPU (DLBENCH_TEST_DEVICE=cuda);
 # stacking   stacked (eager and CUDA graphs) vs one at a time, N = 8 and 50 (benchmarks/stacking.py);
 # study      `dlbench run ablation.toml` whole, the default (CUDA graphs on);
-# reproduce  `dlbench reproduce` of a stacked member of that run (must print REPRODUCED, difference 0);
+# reproduce  `dlbench reproduce` of a stacked member of that run and of a pretrained one (its greedy
+#            pretraining stacked): each must print REPRODUCED, difference 0;
 # overhead   the per-trial overhead against a bare loop (benchmarks/overhead.py), and a lone trial as
 #            `dlbench run` trains it on a GPU (a stack of one, CUDA graphs);
 # lone       ten trials that cannot stack (benchmarks/studies/lone_trials.toml): stacks of one with
@@ -69,18 +70,26 @@ step_lone() {
 step_sweep500() { run_study sweep500 benchmarks/studies/lr_sweep_500.toml; }
 step_overhead() { timeout 300 python benchmarks/overhead.py --device cuda --epochs 20 --repeats 3; }
 step_reproduce() {
-  local run
-  run=$(python - <<'EOF'
+  # a stacked member, and a member whose greedy pretraining ran stacked with its level's other seeds
+  local runs run
+  runs=$(python - <<'EOF'
 from mlflow.tracking import MlflowClient
 c = MlflowClient("sqlite:////tmp/gpu_study/m.db")
 exp = c.get_experiment_by_name("standard-ablations")
-runs = c.search_runs([exp.experiment_id], "tags.`dlbench.stack_member` = '1'", max_results=1) if exp else []
-print(runs[0].info.run_id, runs[0].data.tags.get("dlbench.cuda_graphs")) if runs else print("")
+for where in ("tags.`dlbench.stack_member` = '1'", "params.`initializer.name` = 'greedy_autoencoder'"):
+    runs = c.search_runs([exp.experiment_id], where, max_results=1) if exp else []
+    if runs:
+        t = runs[0].data.tags
+        print(runs[0].info.run_id, f"{t.get('mlflow.runName')}:cuda_graphs={t.get('dlbench.cuda_graphs')},"
+              f"stacked_init={t.get('dlbench.stacked_init')}")
 EOF
 )
-  echo "stacked member, cuda_graphs: ${run#* }"
-  [ -n "$run" ] && timeout 120 python -m dlbench.cli reproduce "${run%% *}" \
-      --tracking-uri sqlite:////tmp/gpu_study/m.db --data-dir "$DATA"
+  while read -r run; do
+    [ -z "$run" ] && continue
+    echo "reproduce ${run#* }"
+    timeout 120 python -m dlbench.cli reproduce "${run%% *}" --tracking-uri sqlite:////tmp/gpu_study/m.db \
+        --data-dir "$DATA"
+  done <<< "$runs"
 }
 
 SECONDS=0
