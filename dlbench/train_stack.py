@@ -234,7 +234,7 @@ def _build_members(work: Work, registry, data: DeviceData, device, finish) -> li
     together = _initializer_groups(work, registry) if work.stacked_init else []
     built: dict[int, _Member | None] = {i: alone(t) for i, t in enumerate(work.members)
                                          if not any(i in group for group, _ in together)}
-    for group, stacked_init in together:
+    for group, form in together:
         models, states = {}, {}
         for i in group:
             trial = work.members[i]
@@ -247,10 +247,9 @@ def _build_members(work: Work, registry, data: DeviceData, device, finish) -> li
         if not models:
             continue
         streams = MemberStreams([states[i] for i in models])
-        spec = work.members[next(iter(models))].config["initializer"] if models else {}
+        spec = work.members[group[0]].config["initializer"]  # the group's, the same for each member
         try:
-            stacked_init([model for model, _ in models.values()], data, streams,
-                         **{k: v for k, v in spec.items() if k != "name"})
+            form([model for model, _ in models.values()], data, streams, **{k: v for k, v in spec.items() if k != "name"})
         except Exception as exc:  # a stacked form that raises: the members initialize one by one
             built |= {i: alone(work.members[i]) for i in models}
             if any(built[i] is not None for i in models):  # not an option every member's build rejects

@@ -283,7 +283,7 @@ def test_read_only_checkout_runs_with_outputs_elsewhere_and_writes_nothing_in_it
     assert run.data.tags["dlbench.git_commit"].startswith("none (no git repository")
     assert run.data.tags["dlbench.data_check"].startswith("recorded dataset hashes, of datasets generated in memory")
     assert run.data.tags["dlbench.data_matches_dvc"] == "true"
-    assert (out / "reports" / "s" / "index.md").is_file()
+    assert (out / "reports" / "s" / "index.md").is_file(), describe_result(proc)
     assert run.info.artifact_uri.startswith(str(out / "mlruns"))  # beside the store, not in ./mlruns
     assert (out / "mlruns").is_dir()
 

@@ -17,7 +17,9 @@ import inspect
 import multiprocessing
 import os
 import signal
+import warnings
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Callable
 
@@ -40,25 +42,28 @@ def spare_processes(busy: int = 0) -> int:
 class Painter:
     """Draws figures for the reports of one command, in a pool of ``processes`` processes (0:
     in this process). ``warm``: start the pool now and let it import while the caller goes on;
-    otherwise it starts for the first study of at least :data:`LARGE_STUDY` trials."""
+    otherwise it starts for the first study of at least :data:`LARGE_STUDY` trials. Where
+    processes cannot start (a sandbox without semaphores, say), the figures are drawn here."""
 
     def __init__(self, processes: int = 0, warm: bool = False):
-        self.processes, self.warm = processes, warm
+        self.processes = processes
         self._pool: ProcessPoolExecutor | None = None
-        if processes and warm:
+        if processes and warm and self._start() is not None:
             for _ in range(processes):
-                self._start().submit(_ready)
+                self._pool.submit(_ready)
 
     def grow(self, processes: int) -> None:
-        """Use up to ``processes`` processes from the next figures on (the cores the training
+        """Use up to ``processes`` processes from the next large study on (the cores the training
         used are free), when no pool has started yet."""
         if self._pool is None:
             self.processes = max(self.processes, processes)
 
     def batch(self, trials: int) -> Batch:
-        """The figures of one report (of a study of ``trials`` trials)."""
-        parallel = self.processes > 0 and (self.warm or trials >= LARGE_STUDY)
-        return Batch(self._start() if parallel else None)
+        """The figures of one report (of a study of ``trials`` trials): in the pool when it has
+        started, or when the study is large enough to start it for."""
+        if self._pool is None and self.processes and trials >= LARGE_STUDY:
+            self._start()
+        return Batch(self._pool)
 
     def close(self, now: bool = False) -> None:
         """Stop the pool; ``now``: drop the figures not started (Ctrl-C)."""
@@ -66,31 +71,42 @@ class Painter:
             self._pool.shutdown(wait=not now, cancel_futures=now)
             self._pool = None
 
-    def _start(self) -> ProcessPoolExecutor:
-        if self._pool is None:
+    def _start(self) -> ProcessPoolExecutor | None:
+        try:
             self._pool = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"),
                                              initializer=_child)
+        except (OSError, RuntimeError) as exc:  # no semaphores or pipes for processes here
+            warnings.warn(f"the report's figures are drawn one after another: no figure process could start ({exc})")
+            self.processes, self._pool = 0, None
         return self._pool
 
 
 class Batch:
     """``draw(figure, *args)`` for each figure of one report, then ``wait()`` before the report
-    is written: a figure's exception is raised there, as it would be in this process."""
+    is written: a figure's exception is raised there, as it would be in this process. A figure
+    whose process could not run it (the pool broke: a process killed, or none could start) is
+    drawn here instead."""
 
     def __init__(self, pool: ProcessPoolExecutor | None):
         self.pool = pool
-        self.futures: list[Future] = []
+        self.pending: list[tuple[Future, Callable, tuple, dict]] = []
 
     def draw(self, figure: Callable[..., Path], *args, **kwargs) -> Path:
         """Draw ``figure(*args, **kwargs)``, which writes its ``path`` argument; returns that path."""
-        if self.pool is None:
-            return figure(*args, **kwargs)
-        self.futures.append(self.pool.submit(figure, *args, **kwargs))
-        return Path(inspect.signature(figure).bind(*args, **kwargs).arguments["path"])
+        if self.pool is not None:
+            try:
+                self.pending.append((self.pool.submit(figure, *args, **kwargs), figure, args, kwargs))
+                return Path(inspect.signature(figure).bind(*args, **kwargs).arguments["path"])
+            except (BrokenProcessPool, RuntimeError):  # broken or shut down: this process draws
+                self.pool = None
+        return figure(*args, **kwargs)
 
     def wait(self) -> None:
-        for future in self.futures:
-            future.result()
+        for future, figure, args, kwargs in self.pending:
+            try:
+                future.result()
+            except BrokenProcessPool:
+                figure(*args, **kwargs)
 
 
 def _child() -> None:
