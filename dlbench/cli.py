@@ -243,7 +243,7 @@ def _run_checked(sf, plan, plugins, dry_run, devices, tracking_uri, reports_dir,
         if trials:
             max_size, graphs = stack_settings(devices[0], stack_size, cuda_graphs)
             works = stacks(trials, plugins.registry, max_size, graphs)
-            click.echo(_trial_table(sf, trials, works, plugins.registry if graphs else None))
+            click.echo(_trial_table(sf, trials, works, plugins.registry, graphs))
         if plan.searches:
             from dlbench.tuning.search import describe_plan
 
@@ -322,10 +322,12 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def _trial_table(sf, trials, works, graphs_registry=None) -> str:
+def _trial_table(sf, trials, works, registry, graphs: bool = False) -> str:
     """One table per study: the trials with what varies between them (the study's factors) and
-    the stack each trains in; then why the trials that train alone do and, with CUDA graphs
-    (``graphs_registry``: the plugins' registry), why a stack steps eagerly."""
+    the stack each trains in; then why the trials that train alone do, which members of a stack
+    initialize at once (greedy pretraining) and, with CUDA graphs, why a stack steps eagerly."""
+    from dlbench.stacking import initializer_groups, why_eager
+
     stack_of, alone = {}, []
     for number, work in enumerate(works, start=1):
         for t in work.members:
@@ -349,11 +351,14 @@ def _trial_table(sf, trials, works, graphs_registry=None) -> str:
         summary += ":\n" + "\n".join(alone)
     if any(len(w.members) == 1 and w.stacked for w in works):
         summary += "\nOn a GPU, a stack of one (S<n>(1)) replays its steps from CUDA graphs."
-    if graphs_registry is not None:
-        from dlbench.stacking import why_eager
-
+    together = [f"  S{n}: {w.members[group[0]].config['initializer']['name']}, {len(group)} of its "
+                f"{len(w.members)} members at once" for n, w in enumerate(works, start=1) if w.stacked
+                for group, _ in initializer_groups(w, registry)]
+    if together:
+        summary += "\nmembers initialized at once (a stacked initializer, the same options):\n" + "\n".join(together)
+    if graphs:
         eager = [f"  S{n}: {why}" for n, w in enumerate(works, start=1)
-                 if w.stacked and (why := why_eager(w.members[0], graphs_registry))]
+                 if w.stacked and (why := why_eager(w.members[0], registry))]
         if eager:
             summary += "\nstacks that step eagerly (no CUDA graphs):\n" + "\n".join(eager)
     studies = len({t.study for t in trials})

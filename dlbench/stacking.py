@@ -366,6 +366,22 @@ def stack_key(trial: Trial, registry) -> tuple[str | None, str]:
     return json.dumps(key, sort_keys=True, default=str), ""
 
 
+def initializer_groups(work: Work, registry) -> list[tuple[list[int], object]]:
+    """(member positions, stacked form) for each initializer with a stacked form that two or more
+    members of ``work`` share with the same options, when it initializes them at once
+    (``work.stacked_init``)."""
+    groups: dict[str, list[int]] = {}
+    forms = {}
+    for i, trial in enumerate(work.members if work.stacked_init else ()):
+        spec = trial.config["initializer"]
+        form = stacked_initializer(registry.get("initializer", spec["name"]))
+        if form is not None:
+            key = json.dumps(spec, sort_keys=True, default=str)
+            groups.setdefault(key, []).append(i)
+            forms[key] = form
+    return [(group, forms[key]) for key, group in groups.items() if len(group) > 1]
+
+
 def why_eager(trial: Trial, registry) -> str:
     """Why a stack of ``trial`` would step eagerly on a GPU ("" when its steps may replay from a
     CUDA graph): its optimizer's stacked update and its regularizers' stacked forms must declare

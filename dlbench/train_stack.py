@@ -29,7 +29,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from dlbench.data import DeviceData
 from dlbench.regularizer import Regularizer, overrides
-from dlbench.stacking import STACKED, MemberStreams, Work, stacked_initializer
+from dlbench.stacking import STACKED, MemberStreams, Work, initializer_groups
 from dlbench.step_graph import GraphedStep, graphs_wanted, why_not_graphed
 from dlbench.study import Trial, canonical_json
 from dlbench.train import (EVAL_CHUNK, Checkpoints, TrialResult, build, build_model, build_optimizer, end_training,
@@ -231,7 +231,7 @@ def _build_members(work: Work, registry, data: DeviceData, device, finish) -> li
         except Exception as exc:  # a member whose plugins raise fails alone; the others train
             failed(trial, exc)
 
-    together = _initializer_groups(work, registry) if work.stacked_init else []
+    together = initializer_groups(work, registry)
     built: dict[int, _Member | None] = {i: alone(t) for i, t in enumerate(work.members)
                                          if not any(i in group for group, _ in together)}
     for group, form in together:
@@ -264,21 +264,6 @@ def _build_members(work: Work, registry, data: DeviceData, device, finish) -> li
             except Exception as exc:
                 failed(trial, exc)
     return [built[i] for i in sorted(built) if built[i] is not None]
-
-
-def _initializer_groups(work: Work, registry) -> list[tuple[list[int], object]]:
-    """(member positions, stacked form) for each initializer with a stacked form that two or more
-    members share with the same options."""
-    groups: dict[str, list[int]] = {}
-    forms = {}
-    for i, trial in enumerate(work.members):
-        spec = trial.config["initializer"]
-        form = stacked_initializer(registry.get("initializer", spec["name"]))
-        if form is not None:
-            key = canonical_json(spec)
-            groups.setdefault(key, []).append(i)
-            forms[key] = form
-    return [(group, forms[key]) for key, group in groups.items() if len(group) > 1]
 
 
 def _check_same_structure(members: list[_Member]) -> None:

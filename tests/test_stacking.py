@@ -267,6 +267,18 @@ def test_members_sharing_greedy_pretraining_pretrain_at_once_as_they_would_alone
     assert sorted(stacked_init_calls) == [3, 3]  # and none when initializing one by one
 
 
+def test_dry_run_says_which_members_of_a_stack_pretrain_at_once(make_trials, registry):
+    from types import SimpleNamespace
+
+    from dlbench.cli import _trial_table
+
+    greedy = {"name": "greedy_autoencoder", "epochs": 1}
+    trials = make_trials({"activation": "sigmoid"}, levels={"random": {}, "pre": {"initializer": greedy}},
+                         seeds=[0, 1, 2])
+    text = _trial_table(SimpleNamespace(path="t.toml"), trials, plan(trials, registry, 16), registry)
+    assert "S1(6)" in text and "S1: greedy_autoencoder, 3 of its 6 members at once" in text
+
+
 def test_a_stacked_initializer_that_raises_leaves_its_members_to_initialize_one_by_one(
         make_trials, registry, tiny_data, monkeypatch):
     from dlbench.stacking import STACKED
