@@ -218,6 +218,45 @@ def new_store(mlflow_template):
     return lambda directory: copy_store(mlflow_template, directory)
 
 
+@pytest.fixture
+def study_in_process(tmp_path, new_store):
+    """``study_in_process(text, device, **run_study_options)`` -> (plugins, tracking URI, the trial
+    runs): the study file ``TINY_BASELINE + text`` run by ``run_study`` in this process (one job)
+    into a fresh store; ``reproduce(run_id)`` on the result re-runs a trial as `dlbench reproduce`."""
+    import io
+
+    from mlflow.tracking import MlflowClient
+
+    from dlbench.config import read_study_file
+    from dlbench.plugins import load_plugins
+    from dlbench.runner import run_study
+    from dlbench.study import expand
+
+    def run(text: str, device, **options):
+        plugins = load_plugins(None, autoload=False)
+        sf = read_study_file(write_study(tmp_path, TINY_BASELINE + text))
+        uri = sqlite_uri(new_store(tmp_path))
+        run_study(sf, expand(sf, plugins.registry), plugins, device=device, tracking_uri=uri,
+                  reports_dir=tmp_path / "reports", stream=io.StringIO(), jobs=1, checkpoint_dir=tmp_path / "ckpt",
+                  **options)
+        client = MlflowClient(uri)
+        runs = [r for r in client.search_runs([client.get_experiment_by_name(sf.name).experiment_id])
+                if r.data.tags.get("dlbench.role") == "trial"]
+        return plugins, uri, runs
+
+    return run
+
+
+def reproduce_in_process(run_id: str, plugins, uri: str, device):
+    """`dlbench reproduce` of ``run_id`` in this process, with tolerance 0: its verdict."""
+    import io
+
+    from dlbench.reproduce import reproduce
+
+    return reproduce(run_id, plugins, tracking_uri=uri, device=device, tolerance=0.0, data_dir=None,
+                     stream=io.StringIO())
+
+
 @pytest.fixture(scope="session")
 def example_site(tmp_path_factory) -> Path:
     """plugins/dlbench-example installed (offline, as a wheel build) into a temporary site dir."""

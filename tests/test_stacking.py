@@ -432,43 +432,24 @@ def test_every_built_in_component_stacks_and_plugins_list_says_so(registry):
     assert out.count("(stacks)") == len(registry.names("regularizer")) - len(regularizers_alone) >= 7
 
 
-def test_a_member_records_that_it_pretrained_at_once_and_reproduce_does_the_same(tmp_path, new_store,
+def test_a_member_records_that_it_pretrained_at_once_and_reproduce_does_the_same(study_in_process,
                                                                                  stacked_init_calls):
-    import io
-
-    from conftest import TINY_BASELINE, sqlite_uri, write_study
+    from conftest import reproduce_in_process
     from mlflow.tracking import MlflowClient
 
-    from dlbench.config import read_study_file
-    from dlbench.plugins import load_plugins
-    from dlbench.reproduce import reproduce
-    from dlbench.runner import run_study
-    from dlbench.study import expand
-
-    plugins = load_plugins(None, autoload=False)
-    sf = read_study_file(write_study(tmp_path, TINY_BASELINE + """
+    plugins, uri, runs = study_in_process("""
 [study]
 name = "pre"
 seeds = 2
 [studies.init.levels]
 pretrained = { initializer = { name = "greedy_autoencoder", epochs = 1, corruption = 0.2 } }
-"""))
-    uri = sqlite_uri(new_store(tmp_path))
-    run_study(sf, expand(sf, plugins.registry), plugins, device=DEVICE, tracking_uri=uri, stack_size=8,
-              reports_dir=tmp_path / "reports", stream=io.StringIO(), jobs=1, checkpoint_dir=tmp_path / "ckpt")
+""", DEVICE, stack_size=8)
     assert stacked_init_calls == [2]
-    client = MlflowClient(uri)
-    runs = [r for r in client.search_runs([client.get_experiment_by_name("pre").experiment_id])
-            if r.data.tags.get("dlbench.role") == "trial"]
     assert [(r.data.tags["dlbench.stack_size"], r.data.tags["dlbench.stacked_init"]) for r in runs] == [("2", "true")] * 2
-
-    def rerun():
-        return reproduce(runs[0].info.run_id, plugins, tracking_uri=uri, device=DEVICE, tolerance=0.0,
-                         data_dir=None, stream=io.StringIO())
-
-    verdict = rerun()
+    verdict = reproduce_in_process(runs[0].info.run_id, plugins, uri, DEVICE)
     assert verdict.reproduced and verdict.largest[2] == 0 and stacked_init_calls == [2, 2]
     # a run recorded before stacked initializers existed has no tag: its stack re-runs them one by one
+    client = MlflowClient(uri)
     client.delete_tag(runs[0].info.run_id, "dlbench.stacked_init")
-    verdict = rerun()
+    verdict = reproduce_in_process(runs[0].info.run_id, plugins, uri, DEVICE)
     assert stacked_init_calls == [2, 2] and client.get_run(verdict.rerun).data.tags["dlbench.stacked_init"] == "false"

@@ -237,10 +237,12 @@ def test_on_a_gpu_a_lone_trial_is_a_stack_of_one_when_graph_safe(make_trials, re
 
     assert why_eager(trials[0], registry) == ""
     assert "regularizer 'augment_1d' [built-in] does not declare graph_safe" in why_eager(trials[2], registry)
-    table = _trial_table(SimpleNamespace(path="t.toml"), trials, graphed, registry)
+    table = _trial_table(SimpleNamespace(path="t.toml"), trials, graphed, registry, graphs=True)
     assert "S1(1)" in table and "S2(1)" in table and "a stack of one (S<n>(1)) replays its steps" in table
     augmented = plan(make_trials({"regularizers": [{"name": "augment_1d"}]}, seeds=[0, 1]), registry, 128, True)
     assert "S1: the stacked form of regularizer 'augment_1d'" in _trial_table(
+        SimpleNamespace(path="t.toml"), augmented[0].members, augmented, registry, graphs=True)
+    assert "step eagerly" not in _trial_table(  # without CUDA graphs there is nothing to say
         SimpleNamespace(path="t.toml"), augmented[0].members, augmented, registry)
 
 
@@ -257,41 +259,26 @@ def test_a_stack_of_one_trains_as_the_trial_alone_and_replays_exactly(graphs, ma
         assert a == pytest.approx(b, rel=1e-4, abs=1e-4)
 
 
-def test_a_study_on_a_gpu_records_its_stacks_of_one_and_reproduces_them(tmp_path, new_store, monkeypatch, graphs):
+def test_a_study_on_a_gpu_records_its_stacks_of_one_and_reproduces_them(study_in_process, monkeypatch, graphs):
     """The runner on a GPU, as far as a CPU can play one: the planner makes stacks of one, their
     runs say so (stack size 1, a stack id, graphs) and `dlbench reproduce` re-runs them the same way."""
-    import io
-
-    from conftest import TINY_BASELINE, sqlite_uri, write_study
+    from conftest import reproduce_in_process
     from mlflow.tracking import MlflowClient
 
-    from dlbench.config import read_study_file
-    from dlbench.plugins import load_plugins
-    from dlbench.reproduce import reproduce
-    from dlbench.runner import run_study
-    from dlbench.study import expand
-
     monkeypatch.setattr("dlbench.step_graph.graphs_wanted", lambda setting, device: setting != "off")
-    plugins = load_plugins(None, autoload=False)
-    sf = read_study_file(write_study(tmp_path, TINY_BASELINE + """
+    plugins, uri, runs = study_in_process("""
 [study]
 name = "solo"
 seeds = 1
 [studies.width.levels]
 narrow = {}
 wide = { architecture = { width = 24 } }
-"""))
-    uri = sqlite_uri(new_store(tmp_path))
-    run_study(sf, expand(sf, plugins.registry), plugins, device=DEVICE, tracking_uri=uri, stack_size=8,
-              reports_dir=tmp_path / "reports", stream=io.StringIO(), jobs=1, checkpoint_dir=tmp_path / "ckpt")
+""", DEVICE, stack_size=8)
     client = MlflowClient(uri)
-    runs = [r for r in client.search_runs([client.get_experiment_by_name("solo").experiment_id])
-            if r.data.tags.get("dlbench.role") == "trial"]
     assert len(runs) == 2 and {r.info.status for r in runs} == {"FINISHED"}
     assert {(r.data.tags["dlbench.stack_size"], r.data.tags["dlbench.cuda_graphs"]) for r in runs} == {("1", "true")}
     assert len({r.data.tags["dlbench.stack_id"] for r in runs}) == 2
-    verdict = reproduce(runs[0].info.run_id, plugins, tracking_uri=uri, device=DEVICE, tolerance=0.0, data_dir=None,
-                        stream=io.StringIO())
+    verdict = reproduce_in_process(runs[0].info.run_id, plugins, uri, DEVICE)
     assert verdict.reproduced and verdict.largest[2] == 0
     again = client.get_run(verdict.rerun).data.tags
     assert again["dlbench.stack_id"] == runs[0].data.tags["dlbench.stack_id"]  # re-run as a stack of one
