@@ -283,6 +283,7 @@ wide = { architecture = { width = 32 } }
     kill_when(proc, two_finished)
     before = trial_runs(db, "resume")
     assert any(r.info.status == "RUNNING" for r in before) or len(before) < 6
+    write_plugin(tmp_path, "slow", SLOW_OBSERVER.replace("0.15", "0"))  # the kill has landed: the rest at full speed
 
     proc = run_cli(["run", study, "--tracking-uri", sqlite_uri(db)], cwd=tmp_path)
     assert proc.returncode == 0, describe_result(proc)
