@@ -2,7 +2,7 @@
 
 A figure (``figures.py``) is a function of data frames that writes one PNG, and drawing it is
 mostly matplotlib's Python: in threads, figures would wait for each other (the GIL); in
-processes they do not. A report of 50 levels spends most of its time in five figures of 4-9 s
+processes they do not. A report of 50 levels spends most of its time in five figures of 4-7 s
 each (learning curves, gradient norms, saturation, activations, on a 2-core CPU), which
 processes draw side by side on as many cores. Starting a process costs its imports (pandas,
 matplotlib, seaborn: about 2 s), so a pool is worth it where it starts ahead of time (``dlbench
@@ -27,8 +27,10 @@ from typing import Callable
 # processes a report of 50 levels waits for its largest figure, about as long as with 8.
 MAX_PROCESSES = 4
 # A study of at least this many trials draws its figures in processes even when the pool has
-# not started yet (its start is then paid in full): below it, the figures take about what the
-# pool takes to start (measured on this project's 2-core CPU, see the README).
+# not started yet (its start is then paid in full). Below it the figures take a few seconds
+# (ablation.toml's largest study, 30 trials: about 6 s on this project's 2-core CPU), of the
+# order of starting the pool (about 2 s of imports a process, on the same cores): a judgement,
+# not a measured crossover; 500 trials: 29.0 s in one process, 21.5 s with 2 started for it.
 LARGE_STUDY = 100
 
 
