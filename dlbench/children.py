@@ -5,6 +5,12 @@ from __future__ import annotations
 import signal
 
 
+def become_helper() -> None:
+    """Ctrl-C is the parent's to handle (it stops its helpers), and the helper dies with its parent."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent()
+
+
 def die_with_parent() -> None:
     """Linux: the kernel kills this process when its parent dies (even by kill -9), so no helper
     outlives the command that started it. Elsewhere nothing happens."""

@@ -65,7 +65,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, stack_module_state, vmap
+from torch.func import functional_call, vmap
 
 from dlbench.data import Dataset, DeviceData
 from dlbench.errors import UserError
@@ -74,7 +74,7 @@ from dlbench.regularizer import Regularizer
 from dlbench.schema import check as check_value, coerce
 from dlbench.shapes import accepted_ranks
 from dlbench.slots import ROLES, Slot, slots
-from dlbench.stacking import STACKED, MemberStreams, component_stacks, stacked_initializer
+from dlbench.stacking import STACKED, MemberStreams, component_stacks, stacked_initializer, stacked_module
 from dlbench.train import rng_state, seed_everything, training_loss, update
 
 BATCH = 32  # examples of the fixed batch
@@ -547,13 +547,9 @@ def _members(s: Subject, n: int = 2) -> list[nn.Module]:
 
 
 def _vmapped(models: list[nn.Module]):
-    """The members' parameters and buffers stacked, and their forward pass under ``vmap``."""
-    params, buffers = stack_module_state(models)
-    base = copy.deepcopy(models[0]).to("meta")
-
-    def forward(p, b, x):
-        return functional_call(base, (p, b), (x,))
-
+    """The members' parameters and buffers stacked, and their forward pass under ``vmap`` (one
+    batch for every member)."""
+    params, buffers, base, forward = stacked_module(models)
     return params, buffers, base, vmap(forward, in_dims=(0, 0, None), randomness="different")
 
 
@@ -584,8 +580,8 @@ def _stacked_forward(s: Subject) -> str | None:
 def _stacked_optimizer(s: Subject) -> str | None:
     models = _members(s)
     x, y = fixed_batch(s.setting[1])
-    params, buffers, base, _ = _vmapped(models)
-    train = vmap(lambda p, b, xb: functional_call(base, (p, b), (xb,)), randomness="different")
+    params, buffers, base, forward = stacked_module(models)
+    train = vmap(forward, randomness="different")  # a batch per member
     options = {k: torch.tensor([float(v)] * len(models)) if isinstance(v, (int, float)) and not isinstance(v, bool)
                else v for k, v in s.options.items()}
     stacked = getattr(s.component.factory, STACKED)(options)

@@ -212,7 +212,7 @@ class MemberStreams:
 
     def _torch_state(self, i: int, device: torch.device) -> torch.Tensor:
         if device.type == "cuda":
-            return self._states[i]["cuda"][device.index if device.index is not None else torch.cuda.current_device()]
+            return self._states[i]["cuda"][_cuda_index(device)]
         return self._states[i]["torch"]
 
     def _take_back(self, i: int) -> None:
@@ -222,10 +222,32 @@ class MemberStreams:
         state = dict(self._states[i])
         if device.type == "cuda":
             state["cuda"] = list(state["cuda"])
-            state["cuda"][device.index if device.index is not None else torch.cuda.current_device()] = generator.get_state()
+            state["cuda"][_cuda_index(device)] = generator.get_state()
         else:
             state["torch"] = generator.get_state()
         self._states[i] = state
+
+
+def _cuda_index(device: torch.device) -> int:
+    """Where ``device``'s state is in ``torch.cuda.get_rng_state_all()``."""
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+def stacked_module(models: list):
+    """The members' parameters and buffers stacked along a leading member axis, a structure-only
+    copy of the first model (``base``: put it in train or eval mode) and ``forward(p, b, x)``, that
+    module as a function of them, for ``torch.func.vmap`` to batch over the members."""
+    import copy
+
+    from torch.func import functional_call, stack_module_state  # only where stacks train
+
+    params, buffers = stack_module_state(models)
+    base = copy.deepcopy(models[0]).to("meta")
+
+    def forward(p, b, x):
+        return functional_call(base, (p, b), (x,))
+
+    return params, buffers, base, forward
 
 
 def stacked_initializer(component):

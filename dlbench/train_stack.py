@@ -16,7 +16,6 @@ stack (``dlbench reproduce`` does, from the members recorded in ``stack.json``) 
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 import traceback
@@ -25,11 +24,11 @@ from functools import partial
 
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call, stack_module_state, vmap
+from torch.func import vmap
 
 from dlbench.data import DeviceData
 from dlbench.regularizer import Regularizer, overrides
-from dlbench.stacking import STACKED, MemberStreams, Work, initializer_groups
+from dlbench.stacking import STACKED, MemberStreams, Work, initializer_groups, stacked_module
 from dlbench.step_graph import GraphedStep, graphs_wanted, why_not_graphed
 from dlbench.study import Trial, canonical_json
 from dlbench.train import (EVAL_CHUNK, Checkpoints, TrialResult, build, build_model, build_optimizer, end_training,
@@ -84,12 +83,7 @@ def run_stack(work: Work, registry, data: DeviceData, device: torch.device, hook
 
     steps_per_epoch = math.ceil(len(data.y_train) / cfg["batch_size"])
     _learning_rates(members, cfg["epochs"] * steps_per_epoch)
-    params, buffers = stack_module_state([m.model for m in members])
-    base = copy.deepcopy(members[0].model).to("meta")  # structure only; weights come from the stack
-
-    def forward(p, b, x):
-        return functional_call(base, (p, b), (x,))
-
+    params, buffers, base, forward = stacked_module([m.model for m in members])  # base: structure only
     train_forward = vmap(forward, randomness="different")  # x: [N, B, ...], one batch per member
     eval_forward = vmap(forward, in_dims=(0, 0, None), randomness="different")  # x shared
     optimizer = _stacked_optimizer(members, registry, device)

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from dlbench import hookimpl
-from dlbench.children import die_with_parent
+from dlbench.children import become_helper
 from dlbench.provenance import environment
 from dlbench.stacking import Work
 from dlbench.train import TrialResult
@@ -173,9 +173,8 @@ def warm_up(plugins, cache, device: torch.device, configs: list[dict]) -> None:
 
 
 def _worker_main(worker: int, device: str, setup: WorkerSetup, tasks, events, acks, warm: list[dict]) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    become_helper()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a forked worker inherits the CLI's handler: drop it
-    die_with_parent()
     try:
         from dlbench.executor import execute
 

@@ -12,17 +12,17 @@ A hidden block's input and code may be shaped (a convolution's [B, C, L], a recu
 
 from __future__ import annotations
 
-import copy
 import inspect
 from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, stack_module_state, vmap
+from torch.func import vmap
 
 from dlbench import Range, hookimpl, stackable
 from dlbench.builtin import initializers
+from dlbench.stacking import stacked_module
 
 
 @hookimpl
@@ -127,9 +127,8 @@ def _pretrain_layers(encoders: list[nn.Module], inputs: list[torch.Tensor], stre
             width = encoder(inputs[i][:1]).flatten(1).shape[1]
             decoder = nn.Linear(width, inputs[i][:1].flatten(1).shape[1]).to(device)
         autoencoders.append(_Autoencoder(encoder, decoder))
-    params, buffers = stack_module_state(autoencoders)
-    base = copy.deepcopy(autoencoders[0]).to("meta")
-    forward = vmap(lambda p, b, x: functional_call(base, (p, b), (x,)), randomness="different")
+    params, buffers, _, forward = stacked_module(autoencoders)
+    forward = vmap(forward, randomness="different")
     # Adam over the stacked tensors: elementwise, with every member's scalars the same (they share
     # the options), it is each member's own Adam
     opt = torch.optim.Adam(params.values(), lr=options["lr"])

@@ -16,7 +16,6 @@ import importlib
 import inspect
 import multiprocessing
 import os
-import signal
 import warnings
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -113,10 +112,9 @@ class Batch:
 
 def _child() -> None:
     """A figure process: Ctrl-C is the parent's to handle, and it dies with the parent."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    from dlbench.children import die_with_parent
+    from dlbench.children import become_helper
 
-    die_with_parent()
+    become_helper()
 
 
 def _ready() -> None:
