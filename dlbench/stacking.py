@@ -20,7 +20,8 @@ their configs can share one training loop:
   (so greedy layer-wise pretraining stacks too). One with a stacked form
   (``@stackable(stacked=f)``: ``f(models, data, streams, **options)``, see
   :class:`MemberStreams`) initializes the members that share its options at once: greedy
-  pretraining trains their autoencoders as one vmapped model instead of member after member.
+  pretraining trains their autoencoders (RBMs) as one batched model instead of member after
+  member.
 
 Anything else trains alone, and ``dlbench run --dry-run`` says why.
 

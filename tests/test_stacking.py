@@ -223,12 +223,11 @@ def test_data_dependent_initializers_in_a_stack_agree_with_the_trial_alone(initi
         assert_agree(together[trial.index], alone(trial, registry, tiny_data))
 
 
-@pytest.fixture
-def stacked_init_calls(registry, monkeypatch):
-    """How many members each call of greedy_autoencoder's stacked form initialized."""
+def count_stacked_calls(registry, monkeypatch, initializer: str) -> list[int]:
+    """How many members each call of ``initializer``'s stacked form initialized."""
     from dlbench.stacking import STACKED
 
-    factory = registry.get("initializer", "greedy_autoencoder").factory
+    factory = registry.get("initializer", initializer).factory
     form, calls = getattr(factory, STACKED), []
 
     def counted(models, *args, **options):
@@ -239,11 +238,22 @@ def stacked_init_calls(registry, monkeypatch):
     return calls
 
 
-def test_members_sharing_greedy_pretraining_pretrain_at_once_as_they_would_alone(make_trials, registry, tiny_data,
-                                                                                 stacked_init_calls):
+@pytest.fixture
+def stacked_init_calls(registry, monkeypatch):
+    """How many members each call of greedy_autoencoder's stacked form initialized."""
+    return count_stacked_calls(registry, monkeypatch, "greedy_autoencoder")
+
+
+@pytest.mark.parametrize("greedy", [
+    {"name": "greedy_autoencoder", "epochs": 2, "batch_size": 128, "corruption": 0.25},
+    {"name": "greedy_rbm", "epochs": 2, "batch_size": 128, "k": 2},
+    {"name": "greedy_rbm", "epochs": 2, "batch_size": 128, "visible": "bernoulli", "then": "xavier"},
+], ids=["autoencoder", "rbm", "rbm-bernoulli"])
+def test_members_sharing_greedy_pretraining_pretrain_at_once_as_they_would_alone(greedy, make_trials, registry,
+                                                                                 tiny_data, monkeypatch):
     from dlbench.train_stack import _build_members
 
-    greedy = {"name": "greedy_autoencoder", "epochs": 2, "batch_size": 128, "corruption": 0.25}
+    stacked_init_calls = count_stacked_calls(registry, monkeypatch, greedy["name"])
     trials = make_trials({"activation": "sigmoid", "architecture": {"depth": 3}}, levels={
         "random": {}, "pretrained": {"initializer": greedy},
         "shorter": {"initializer": greedy | {"epochs": 1}}}, seeds=[0, 1, 2])

@@ -11,12 +11,13 @@ whole network. The course material names greedy layer-wise pretraining among the
 
 from __future__ import annotations
 
+import inspect
 from typing import Annotated, Literal
 
 import torch
 from torch import nn
 
-from dlbench import Range, hookimpl
+from dlbench import Range, hookimpl, stackable
 from dlbench.builtin import initializers
 
 
@@ -25,6 +26,41 @@ def dlbench_register_initializers(register):
     register("greedy_rbm", greedy_rbm)
 
 
+def greedy_rbm_stacked(models, data, streams, **options) -> None:
+    """:func:`greedy_rbm` for several members of a stack at once: at each depth the members'
+    RBMs are one RBM with a member axis (weights [N, hidden, visible], batched products), each
+    member drawing from its own stream what it draws alone, in the same order (its ``then``
+    initialization, each epoch's data order, each Gibbs step's hidden states). A member ends
+    where it would alone, up to the rounding of batched matrix products."""
+    bound = inspect.signature(greedy_rbm).bind(None, None, **options)  # its options, checked as alone
+    bound.apply_defaults()
+    o = bound.arguments
+    layers = []
+    for i, model in enumerate(models):
+        layers.append(_linear_layers(model))
+        with streams.member(i):
+            initializers.__dict__[o["then"]](model, data)
+    n_members, device = len(models), data.x_train.device
+    codes = data.x_train.flatten(1)  # the first RBM's inputs: one tensor for every member
+    rows = torch.arange(n_members, device=device)[:, None]
+
+    def sample(p):  # [N, B, H]: member i's hidden states from its own stream
+        return torch.stack([torch.bernoulli(p[i], generator=streams.generator(i, device)) for i in range(n_members)])
+
+    for depth in range(len(layers[0])):
+        depth_layers = [member_layers[depth] for member_layers in layers]
+        _check_feeds(depth_layers[0], codes.shape[-1], depth)
+        rbm = RBM.stacked(depth_layers, gaussian=o["visible"] == "gaussian" and depth == 0)
+        for _ in range(o["epochs"]):
+            orders = torch.stack([torch.randperm(codes.shape[-2], device=device, generator=streams.generator(i, device))
+                                  for i in range(n_members)])
+            for idx in orders.split(o["batch_size"], dim=1):  # [N, B]
+                rbm.contrastive_divergence(codes[idx] if codes.dim() == 2 else codes[rows, idx], o["k"], o["lr"], sample)
+        rbm.write_back(depth_layers)
+        codes = rbm.hidden_probabilities(codes)  # [N, n, H]: each member's own codes from here on
+
+
+@stackable(stacked=greedy_rbm_stacked)
 def greedy_rbm(
     model, data, *,
     epochs: Annotated[int, Range(ge=0)] = 5,
@@ -49,22 +85,30 @@ def greedy_rbm(
     hidden units are sigmoid units); every hidden block must start with a Linear layer fed by the
     previous block (mlp, highway_mlp).
     """
-    blocks = getattr(model, "hidden_blocks", None)
-    if blocks is None:
-        raise ValueError(f"greedy_rbm needs an architecture that exposes hidden_blocks; {type(model).__name__} does not")
-    layers = [_first_linear(block, i) for i, block in enumerate(blocks)]
+    layers = _linear_layers(model)
     initializers.__dict__[then](model, data)
     codes = data.x_train.flatten(1)
     for i, layer in enumerate(layers):
-        if layer.in_features != codes.shape[1]:
-            raise ValueError(f"greedy_rbm: hidden block {i} takes {layer.in_features} inputs, but the previous "
-                             f"RBM gives {codes.shape[1]}: the blocks must feed each other (mlp, highway_mlp)")
+        _check_feeds(layer, codes.shape[1], i)
         rbm = RBM(layer, gaussian=visible == "gaussian" and i == 0)
         for _ in range(epochs):
             for idx in torch.randperm(len(codes), device=codes.device).split(batch_size):
                 rbm.contrastive_divergence(codes[idx], k, lr)
         rbm.write_back(layer)
         codes = rbm.hidden_probabilities(codes)
+
+
+def _linear_layers(model: nn.Module) -> list[nn.Linear]:
+    blocks = getattr(model, "hidden_blocks", None)
+    if blocks is None:
+        raise ValueError(f"greedy_rbm needs an architecture that exposes hidden_blocks; {type(model).__name__} does not")
+    return [_first_linear(block, i) for i, block in enumerate(blocks)]
+
+
+def _check_feeds(layer: nn.Linear, inputs: int, i: int) -> None:
+    if layer.in_features != inputs:
+        raise ValueError(f"greedy_rbm: hidden block {i} takes {layer.in_features} inputs, but the previous "
+                         f"RBM gives {inputs}: the blocks must feed each other (mlp, highway_mlp)")
 
 
 def _first_linear(block: nn.Module, i: int) -> nn.Linear:
@@ -78,7 +122,8 @@ def _first_linear(block: nn.Module, i: int) -> nn.Linear:
 
 
 class RBM:
-    """A restricted Boltzmann machine whose weights start as a Linear layer's (W: [hidden, visible])."""
+    """A restricted Boltzmann machine whose weights start as a Linear layer's (W: [hidden, visible]),
+    or several members' RBMs at once (:meth:`stacked`: W [N, hidden, visible], batches [N, B, visible])."""
 
     def __init__(self, layer: nn.Linear, gaussian: bool):
         with torch.no_grad():
@@ -88,30 +133,35 @@ class RBM:
         self.b = torch.zeros(layer.in_features, device=self.w.device)
         self.gaussian = gaussian
 
+    @classmethod
+    def stacked(cls, layers: list[nn.Linear], gaussian: bool) -> "RBM":
+        rbms = [cls(layer, gaussian) for layer in layers]
+        rbm = cls.__new__(cls)
+        rbm.w, rbm.b, rbm.c = (torch.stack([getattr(r, name) for r in rbms]) for name in "wbc")
+        rbm.gaussian = gaussian
+        return rbm
+
     def hidden_probabilities(self, v: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(v @ self.w.T + self.c)
+        return torch.sigmoid(v @ self.w.mT + self.c.unsqueeze(-2))
 
     def visible_mean(self, h: torch.Tensor) -> torch.Tensor:
-        mean = h @ self.w + self.b
+        mean = h @ self.w + self.b.unsqueeze(-2)
         return mean if self.gaussian else torch.sigmoid(mean)
 
     @torch.no_grad()
-    def contrastive_divergence(self, v0: torch.Tensor, k: int, lr: float) -> float:
-        """One CD-k update on the batch ``v0``; returns the squared reconstruction error of v1."""
+    def contrastive_divergence(self, v0: torch.Tensor, k: int, lr: float, sample=torch.bernoulli) -> None:
+        """One CD-k update on the batch ``v0``, hidden states drawn by ``sample`` (nothing is read
+        back from the device)."""
         p0 = self.hidden_probabilities(v0)
-        h, vk, pk = torch.bernoulli(p0), v0, p0
-        error = None
-        for step in range(k):
+        h, vk, pk = sample(p0), v0, p0
+        for _ in range(k):
             vk = self.visible_mean(h)
-            if step == 0:
-                error = float(((vk - v0) ** 2).mean())
             pk = self.hidden_probabilities(vk)
-            h = torch.bernoulli(pk)
-        n = len(v0)
-        self.w += lr * (p0.T @ v0 - pk.T @ vk) / n
-        self.b += lr * (v0 - vk).mean(0)
-        self.c += lr * (p0 - pk).mean(0)
-        return error
+            h = sample(pk)
+        n = v0.shape[-2]
+        self.w += lr * (p0.mT @ v0 - pk.mT @ vk) / n
+        self.b += lr * (v0 - vk).mean(-2)
+        self.c += lr * (p0 - pk).mean(-2)
 
     @torch.no_grad()
     def reconstruction_error(self, v: torch.Tensor) -> float:
@@ -119,7 +169,13 @@ class RBM:
         return float(((self.visible_mean(self.hidden_probabilities(v)) - v) ** 2).mean())
 
     @torch.no_grad()
-    def write_back(self, layer: nn.Linear) -> None:
-        layer.weight.copy_(self.w)
-        if layer.bias is not None:
-            layer.bias.copy_(self.c)
+    def write_back(self, layers: nn.Linear | list[nn.Linear]) -> None:
+        """Copy W and c into the layer (a stacked RBM: member i's into ``layers[i]``)."""
+        if isinstance(layers, nn.Linear):
+            layers, w, c = [layers], self.w[None], self.c[None]
+        else:
+            w, c = self.w, self.c
+        for layer, wi, ci in zip(layers, w, c):
+            layer.weight.copy_(wi)
+            if layer.bias is not None:
+                layer.bias.copy_(ci)
