@@ -5,6 +5,8 @@ Heavy imports (torch, mlflow, pandas) happen inside the commands so ``dlbench --
 
 from __future__ import annotations
 
+import atexit
+import gc
 import os
 import signal
 import subprocess
@@ -115,6 +117,17 @@ def main() -> None:
     Write a study in TOML, run it with `dlbench run ablation.toml`, compare the runs in the
     MLflow UI (`dlbench ui`) and read the report in reports/<study>/.
     """
+    atexit.register(_freeze_before_finalization)  # first registered, so it runs after every other exit handler
+
+
+def _freeze_before_finalization() -> None:
+    """Spare the interpreter's finalization its garbage collections: at exit Python collects
+    every object the imports made (torch, mlflow, pandas, seaborn: millions of them), 1.3-2.5 s
+    of every command on a 2-core machine, to hand back memory the OS takes back anyway. Frozen
+    (``gc.freeze``), they are still released one by one as modules are torn down and every
+    other exit handler has run; only garbage caught in reference cycles keeps its finalizers
+    unrun, and nothing of dlbench's waits on one (files, runs and stores are closed before)."""
+    gc.freeze()
 
 
 @main.command()

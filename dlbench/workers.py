@@ -14,6 +14,7 @@ marked FAILED with the reason and a new worker takes the remaining work.
 
 from __future__ import annotations
 
+import gc
 import multiprocessing as mp
 import os
 import queue as queue_module
@@ -198,6 +199,8 @@ class _Worker:
         self.tasks, self.acks = ctx.Queue(), ctx.Queue()
         self.process = ctx.Process(target=_worker_main, name=f"dlbench-worker-{number}", daemon=True,
                                    args=(number, device, setup, self.tasks, events, self.acks, warm))
+        if ctx.get_start_method() == "fork":
+            gc.freeze()  # what the child inherits stays out of both processes' collections (Python's advice for fork)
         self.process.start()
         self.work: Work | None = None
 
