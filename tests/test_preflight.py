@@ -245,11 +245,15 @@ on = { regularizers = [{ name = "dropout", p_hidden = 0.3 }, { name = "grumpy" }
     assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere", "study.toml"]
 
 
-@pytest.mark.parametrize("path", sorted((Path(__file__).parent.parent / "ablations").glob("*.toml")),
-                         ids=lambda p: p.name)
+REPO = Path(__file__).parent.parent
+
+
+@pytest.mark.parametrize("path", sorted([*(REPO / "ablations").glob("*.toml"), *(REPO / "benchmarks" / "studies").glob("*.toml")]),
+                         ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_study_of_the_library_passes_the_preflight(path, registry):
-    """The study files in ablations/ stay runnable as the plugins change: each loads, expands
-    and builds every distinct config on a tiny batch (what `dlbench run --dry-run` does)."""
+    """The study files in ablations/ and benchmarks/studies/ stay runnable as the plugins change:
+    each loads, expands and builds every distinct config on a tiny batch (what `dlbench run
+    --dry-run` does)."""
     sf = read_study_file(path)
     trials = expand_plan(sf, registry).to_check()  # a tuned level: the low and the high corner of its space
     assert trials and all(t.seed is not None for t in trials)
