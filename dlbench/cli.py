@@ -124,9 +124,10 @@ def _freeze_before_finalization() -> None:
     """Spare the interpreter's finalization its garbage collections: at exit Python collects
     every object the imports made (torch, mlflow, pandas, seaborn: millions of them), 1.3-2.5 s
     of every command on a 2-core machine, to hand back memory the OS takes back anyway. Frozen
-    (``gc.freeze``), they are still released one by one as modules are torn down and every
-    other exit handler has run; only garbage caught in reference cycles keeps its finalizers
-    unrun, and nothing of dlbench's waits on one (files, runs and stores are closed before)."""
+    (``gc.freeze``), they are still released one by one as the modules are torn down, after
+    every other exit handler has run; only garbage caught in reference cycles keeps its
+    finalizers unrun, and a command has ended its runs, written its files and joined its
+    processes before it returns."""
     gc.freeze()
 
 
