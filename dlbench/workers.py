@@ -199,8 +199,11 @@ class _Worker:
         self.tasks, self.acks = ctx.Queue(), ctx.Queue()
         self.process = ctx.Process(target=_worker_main, name=f"dlbench-worker-{number}", daemon=True,
                                    args=(number, device, setup, self.tasks, events, self.acks, warm))
-        if ctx.get_start_method() == "fork":
-            gc.freeze()  # what the child inherits stays out of both processes' collections (Python's advice for fork)
+        if ctx.get_start_method() == "fork" and not gc.get_freeze_count():
+            # the start-up's objects (imports, plugins, data), inherited, stay out of both processes'
+            # collections (Python's advice for fork); once: a worker started later to replace one
+            # that died would freeze whatever the parent is drawing or logging then, for good
+            gc.freeze()
         self.process.start()
         self.work: Work | None = None
 
