@@ -169,7 +169,8 @@ class MemberStreams:
     back. For draws in a loop (a data order per epoch, a mask per batch), ``generator(i,
     device)`` is the same stream's torch generator of ``device`` as a ``torch.Generator``, to
     pass as ``generator=``: ``torch.randperm(n, device=d, generator=streams.generator(i, d))``
-    draws what ``torch.randperm(n, device=d)`` draws alone, without swapping every generator.
+    draws what ``torch.randperm(n, device=d)`` draws alone, without swapping every generator;
+    ``epoch_batches`` gives an epoch's minibatches of every member so drawn.
     A stacked initializer draws every member's values in the order its plain form draws them.
     """
 
@@ -210,6 +211,19 @@ class MemberStreams:
             generator.set_state(self._torch_state(i, device))
             self._generators[i] = (device, generator)
         return self._generators[i][1]
+
+    def epoch_batches(self, inputs: torch.Tensor, batch_size: int, per_member: bool = False):
+        """One epoch of minibatches for every member at once, ``[N, B, ...]`` each: member ``i``'s
+        rows in the order ``torch.randperm(n, device=inputs.device).split(batch_size)`` gives it
+        alone, drawn from its stream when the first batch is asked for. ``inputs``: ``[n, ...]``
+        shared by the members, or with ``per_member`` ``[N, n, ...]``, each member's own."""
+        device, n_members = inputs.device, len(self)
+        n = inputs.shape[1] if per_member else inputs.shape[0]
+        orders = torch.stack([torch.randperm(n, device=device, generator=self.generator(i, device))
+                              for i in range(n_members)])
+        rows = torch.arange(n_members, device=device)[:, None]
+        for idx in orders.split(batch_size, dim=1):  # [N, B]
+            yield inputs[rows, idx] if per_member else inputs[idx]
 
     def _torch_state(self, i: int, device: torch.device) -> torch.Tensor:
         if device.type == "cuda":
@@ -286,11 +300,15 @@ class Work:
         training = cfg["epochs"] * (len(self.members) ** 0.5 if self.stacked else 1)
         shared: dict[str, list[int]] = {}
         for t in self.members:
-            shared.setdefault(json.dumps(t.config.get("initializer"), sort_keys=True, default=str), []).append(
-                _pretraining_epochs(t.config))
+            shared.setdefault(_initializer_key(t), []).append(_pretraining_epochs(t.config))
         pretraining = sum(epochs[0] * (len(epochs) ** 0.5 if self.stacked_init else len(epochs))
                           for epochs in shared.values())
         return (training + pretraining) / cfg["batch_size"]
+
+
+def _initializer_key(trial: Trial) -> str:
+    """The trial's initializer with its options: members with equal keys may initialize at once."""
+    return json.dumps(trial.config.get("initializer"), sort_keys=True, default=str)
 
 
 def _pretraining_epochs(cfg: dict) -> int:
@@ -396,10 +414,9 @@ def initializer_groups(work: Work, registry) -> list[tuple[list[int], object]]:
     groups: dict[str, list[int]] = {}
     forms = {}
     for i, trial in enumerate(work.members if work.stacked_init else ()):
-        spec = trial.config["initializer"]
-        form = stacked_initializer(registry.get("initializer", spec["name"]))
+        form = stacked_initializer(registry.get("initializer", trial.config["initializer"]["name"]))
         if form is not None:
-            key = json.dumps(spec, sort_keys=True, default=str)
+            key = _initializer_key(trial)
             groups.setdefault(key, []).append(i)
             forms[key] = form
     return [(group, forms[key]) for key, group in groups.items() if len(group) > 1]

@@ -119,7 +119,6 @@ class _Autoencoder(nn.Module):
 def _pretrain_layers(encoders: list[nn.Module], inputs: list[torch.Tensor], streams, options: dict) -> list[torch.Tensor]:
     """:func:`_pretrain_layer` of every member at once: ``encoders[i]`` reconstructs
     ``inputs[i]`` (each member's own codes; the first layer's are one shared tensor)."""
-    n_members, n = len(encoders), len(inputs[0])
     device = inputs[0].device
     autoencoders = []
     for i, encoder in enumerate(encoders):
@@ -134,15 +133,12 @@ def _pretrain_layers(encoders: list[nn.Module], inputs: list[torch.Tensor], stre
     opt = torch.optim.Adam(params.values(), lr=options["lr"])
     shared = all(x is inputs[0] for x in inputs)
     stacked = inputs[0] if shared else torch.stack(inputs)
-    rows = torch.arange(n_members, device=device)[:, None]
     for _ in range(options["epochs"]):
-        orders = [torch.randperm(n, device=device, generator=streams.generator(i, device)) for i in range(n_members)]
-        for idx in torch.stack(orders).split(options["batch_size"], dim=1):  # [N, B]
-            target = stacked[idx] if shared else stacked[rows, idx]  # [N, B, ...]
+        for target in streams.epoch_batches(stacked, options["batch_size"], per_member=not shared):  # [N, B, ...]
             noisy = target
             if options["corruption"]:
                 draws = [torch.rand(target.shape[1:], device=device, generator=streams.generator(i, device))
-                         for i in range(n_members)]  # what torch.rand_like(target) draws alone
+                         for i in range(len(encoders))]  # what torch.rand_like(target) draws alone
                 noisy = target * (torch.stack(draws) >= options["corruption"])
             reconstruction = forward(params, buffers, noisy)  # [N, B, D]
             loss = F.mse_loss(reconstruction, target.flatten(2), reduction="none").flatten(1).mean(1)

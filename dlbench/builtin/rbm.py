@@ -40,22 +40,18 @@ def greedy_rbm_stacked(models, data, streams, **options) -> None:
         layers.append(_linear_layers(model))
         with streams.member(i):
             initializers.__dict__[options["then"]](model, data)
-    n_members, device = len(models), data.x_train.device
+    device = data.x_train.device
     codes = data.x_train.flatten(1)  # the first RBM's inputs: one tensor for every member
-    rows = torch.arange(n_members, device=device)[:, None]
 
     def sample(p):  # [N, B, H]: member i's hidden states from its own stream
-        return torch.stack([torch.bernoulli(p[i], generator=streams.generator(i, device)) for i in range(n_members)])
+        return torch.stack([torch.bernoulli(p[i], generator=streams.generator(i, device)) for i in range(len(models))])
 
     for depth in range(len(layers[0])):
         depth_layers = [member_layers[depth] for member_layers in layers]
         _check_feeds(depth_layers[0], codes.shape[-1], depth)
         rbm = RBM.stacked(depth_layers, gaussian=options["visible"] == "gaussian" and depth == 0)
         for _ in range(options["epochs"]):
-            orders = torch.stack([torch.randperm(codes.shape[-2], device=device, generator=streams.generator(i, device))
-                                  for i in range(n_members)])
-            for idx in orders.split(options["batch_size"], dim=1):  # [N, B]
-                batch = codes[idx] if codes.dim() == 2 else codes[rows, idx]  # [N, B, visible]
+            for batch in streams.epoch_batches(codes, options["batch_size"], per_member=depth > 0):  # [N, B, visible]
                 rbm.contrastive_divergence(batch, options["k"], options["lr"], sample)
         rbm.write_back(depth_layers)
         codes = rbm.hidden_probabilities(codes)  # [N, n, H]: each member's own codes from here on
