@@ -24,7 +24,8 @@ def bench(*args: str) -> str:
     (["benchmarks/stacking.py", "--members", "2", "--epochs", "1", "--repeats", "1", "--alone", "1",
       "--device", "cpu"], "stack of 2 vs bare loop"),
     (["benchmarks/diagnostics.py", "--epochs", "1", "--repeats", "1"], "hook, no implementation"),
-], ids=["overhead", "stacking", "diagnostics"])
+    (["benchmarks/tracking_ingest.py", "--trials", "2", "--repeats", "1"], "fewest calls"),
+], ids=["overhead", "stacking", "diagnostics", "tracking_ingest"])
 def test_a_benchmark_runs_and_prints_its_ratios(args, expect):
     assert expect in bench(*args)
 

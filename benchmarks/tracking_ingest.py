@@ -1,0 +1,175 @@
+"""What the parent process spends writing one trial to MLflow, against the fewest MLflow calls
+that store the same run.
+
+In `dlbench run` the parent alone writes to the store: every trial's run, params, tags,
+artifacts, dataset input, epoch metrics and diagnostics go through it, one trial after another,
+while the workers train. When training is fast (a GPU, stacks of many members) that writing sets
+the pace of a large study. This benchmark trains one trial of the default MLP of
+``benchmarks/studies/lr_sweep_500.toml`` with the diagnostics on, records the events a worker
+sends for it, and replays them for N trials of that study:
+
+* ``dlbench``: through dlbench's ``Tracker`` as the parent does (the run opened when the trial is
+  taken, its start, its epochs and diagnostics as they come, its end);
+* ``fewest calls``: the same run written by hand with the fewest MLflow calls that store it all,
+  after the fact (``create_run`` with every tag, one ``log_batch`` of params, metrics and tags,
+  the artifacts, the dataset input, ``set_terminated``): a floor for anything that logs it live.
+
+Each gets a fresh SQLite store; the two are interleaved over repetitions.
+
+    python benchmarks/tracking_ingest.py [--trials 100] [--repeats 3]
+
+Prints the milliseconds per trial of each (median, spread), the ratio, and what N trials cost the
+parent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+import tomllib
+from pathlib import Path
+
+import torch
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.data.sources import LocalArtifactDatasetSource
+from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from dlbench import hookimpl
+from dlbench.config import parse_study_file
+from dlbench.data import DataCache
+from dlbench.diagnostics import Diagnostics
+from dlbench.plugins import load_plugins
+from dlbench.study import Plan, expand
+from dlbench.tracking import Tracker
+from dlbench.train import TrialResult, run_trial
+
+STUDY = Path(__file__).parent / "studies" / "lr_sweep_500.toml"
+
+
+class Recorder:
+    """Keeps the events of one trial as a worker sends them to the parent."""
+
+    def __init__(self):
+        self.events: list[tuple[str, dict]] = []
+
+    @hookimpl
+    def dlbench_trial_start(self, trial, model, info):
+        self.events.append(("start", {"model": model, "info": info}))
+
+    @hookimpl
+    def dlbench_epoch_end(self, trial, epoch, metrics):
+        self.events.append(("epoch", {"epoch": epoch, "metrics": dict(metrics)}))
+
+    @hookimpl
+    def dlbench_diagnostics(self, trial, step, values):
+        self.events.append(("diagnostics", {"step": step, "values": dict(values)}))
+
+
+def record(trial, plugins, data, device) -> tuple[list, TrialResult]:
+    recorder = Recorder()
+    plugins.pm.register(Diagnostics(plugins.hook, plugins.registry), name="diagnostics")
+    plugins.pm.register(recorder, name="recorder")
+    try:
+        result = run_trial(trial, plugins.registry, data, device, plugins.hook)
+    finally:
+        plugins.pm.unregister(name="recorder")
+        plugins.pm.unregister(name="diagnostics")
+    return recorder.events, result
+
+
+def with_dlbench(uri, study_file, trials, events, result, device) -> None:
+    tracker = Tracker(uri, "ingest")
+    tracker.start_study(study_file, Plan(trials), device)
+    for trial in trials:
+        tracker.open_run(trial)  # as the parent does when it hands the trial to a worker
+        for kind, e in events:
+            if kind == "start":
+                tracker.dlbench_trial_start(trial=trial, model=e["model"], info=e["info"])
+            elif kind == "epoch":
+                tracker.dlbench_epoch_end(trial=trial, epoch=e["epoch"], metrics=e["metrics"])
+            else:
+                tracker.dlbench_diagnostics(trial=trial, step=e["step"], values=e["values"])
+        tracker.dlbench_trial_end(trial=trial, result=result)
+    tracker.flush()
+
+
+def by_hand(uri, trials, events, result, artifacts: Path) -> None:
+    """The same run's content with the fewest calls: written once the trial is over."""
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("ingest", artifact_location=artifacts.as_uri())
+    start = next(e for kind, e in events if kind == "start")
+    now = int(time.time() * 1000)
+    for trial in trials:
+        tags = {"mlflow.runName": trial.run_name, "dlbench.study": trial.study, "dlbench.level": trial.level,
+                "dlbench.seed": str(trial.seed), "dlbench.config_hash": trial.config_hash,
+                "dlbench.status": result.status, "dlbench.num_params": str(start["info"]["num_params"])}
+        run_id = client.create_run(experiment, tags=tags).info.run_id
+        params = [Param(k, str(v)) for k, v in _flat(trial.config).items()]
+        metrics = [Metric(k, float(v), now, e["epoch"]) for kind, e in events if kind == "epoch"
+                   for k, v in e["metrics"].items()]
+        metrics += [Metric(k, float(v), now, e["step"]) for kind, e in events if kind == "diagnostics"
+                    for k, v in e["values"].items()]
+        for i in range(0, max(len(metrics), 1), 1000):
+            client.log_batch(run_id, metrics=metrics[i:i + 1000], params=params if i == 0 else [],
+                             tags=[RunTag("dlbench.epochs_run", str(result.epochs_run))] if i == 0 else [])
+        client.log_dict(run_id, trial.config, "config.json")
+        client.log_text(run_id, repr(start["model"]), "model.txt")
+        dataset = MetaDataset(LocalArtifactDatasetSource("dlbench://mnist1d"), name="mnist1d",
+                              digest=start["info"]["dataset_hash"][:32])
+        client.log_inputs(run_id, [DatasetInput(dataset._to_mlflow_entity(),
+                                                [InputTag("mlflow.data.context", "training")])])
+        client.set_terminated(run_id, "FINISHED")
+
+
+def _flat(config: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out |= _flat(value, f"{prefix}{key}.")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--trials", type=int, default=100)
+    ap.add_argument("--repeats", type=int, default=3)
+    args = ap.parse_args()
+
+    text = STUDY.read_text()
+    study_file = parse_study_file(tomllib.loads(text), STUDY, text)
+    plugins = load_plugins(None, autoload=False)
+    trials = expand(study_file, plugins.registry)[:args.trials]
+    device = torch.device("cpu")
+    data = DataCache().get(plugins.registry.get("dataset", "mnist1d"), {}, trials[0].config["val_fraction"], device)
+    events, result = record(trials[0], plugins, data, device)
+    values = sum(len(e.get("metrics", e.get("values", {}))) for kind, e in events if kind != "start")
+
+    ways = {"dlbench": lambda tmp, uri: with_dlbench(uri, study_file, trials, events, result, device),
+            "fewest calls": lambda tmp, uri: by_hand(uri, trials, events, result, Path(tmp) / "artifacts")}
+    times = {name: [] for name in ways}
+    for _ in range(args.repeats):
+        for name, way in ways.items():
+            with tempfile.TemporaryDirectory() as tmp:
+                uri = f"sqlite:///{tmp}/mlflow.db"
+                MlflowClient(uri).search_experiments()  # the store's tables: made before the clock starts
+                t0 = time.perf_counter()
+                way(tmp, uri)
+                times[name].append((time.perf_counter() - t0) / len(trials) * 1000)
+
+    floor = statistics.median(times["fewest calls"])
+    print(f"{len(trials)} trials of {STUDY.name}, {values} metric values each "
+          f"({sum(kind == 'diagnostics' for kind, _ in events)} diagnostics steps), fresh SQLite store, "
+          f"median of {args.repeats}")
+    for name, ms in times.items():
+        median = statistics.median(ms)
+        print(f"{name:13s} {median:6.1f} ms per trial ({min(ms):.1f}-{max(ms):.1f})  {median / floor:.2f}x  "
+              f"-> 500 trials: {median * 500 / 1000:.0f} s of the parent")
+
+
+if __name__ == "__main__":
+    main()
