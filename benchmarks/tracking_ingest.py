@@ -26,6 +26,7 @@ parent.
 from __future__ import annotations
 
 import argparse
+import socket
 import statistics
 import tempfile
 import time
@@ -43,6 +44,7 @@ from dlbench.config import parse_study_file
 from dlbench.data import DataCache
 from dlbench.diagnostics import Diagnostics
 from dlbench.plugins import load_plugins
+from dlbench.provenance import environment
 from dlbench.study import Plan, expand
 from dlbench.tracking import Tracker
 from dlbench.train import TrialResult, run_trial
@@ -58,7 +60,8 @@ class Recorder:
 
     @hookimpl
     def dlbench_trial_start(self, trial, model, info):
-        self.events.append(("start", {"model": model, "info": info}))
+        where = environment(torch.device(info["device"])) | {"dlbench.worker_host": socket.gethostname()}
+        self.events.append(("start", {"model": model, "info": info | {"environment": where}}))  # as a worker sends it
 
     @hookimpl
     def dlbench_epoch_end(self, trial, epoch, metrics):
