@@ -19,14 +19,16 @@
 # eager      `dlbench run ablation.toml --cuda-graphs off` (the same, stepping eagerly);
 # alone      `dlbench run ablation.toml --jobs 1 --stack-size 1` (one trial at a time: minutes);
 # tuned      the tuned study ablations/tuned_dropout.toml whole (its rounds stack);
-# sweep500   500 trials (benchmarks/studies/lr_sweep_500.toml) whole.
+# sweep500   500 trials (benchmarks/studies/lr_sweep_500.toml) whole;
+# ingest     what the parent spends writing a trial to MLflow on this machine's CPU
+#            (benchmarks/tracking_ingest.py): the pace a 500-trial study cannot beat.
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_check}
 mkdir -p "$OUT"
 exec > >(tee "$OUT/gpu_check.txt") 2>&1
 export MPLBACKEND=Agg PYTHONUNBUFFERED=1
 DATA=${DATA:-/tmp/data}
-STEPS=${STEPS:-tests study reproduce overhead lone sweep500 eager stacking tuned alone}
+STEPS=${STEPS:-tests study reproduce overhead lone sweep500 ingest eager stacking tuned alone}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))"
 python -m dlbench.cli data prepare --data-dir "$DATA" --no-dvc > /dev/null
@@ -68,6 +70,7 @@ step_lone() {
   run_study lone_eager benchmarks/studies/lone_trials.toml --cuda-graphs off
 }
 step_sweep500() { run_study sweep500 benchmarks/studies/lr_sweep_500.toml; }
+step_ingest() { timeout 300 python benchmarks/tracking_ingest.py --trials 100 --repeats 3 2>&1 | grep -v " INFO "; }
 step_overhead() { timeout 300 python benchmarks/overhead.py --device cuda --epochs 20 --repeats 3; }
 step_reproduce() {
   # a stacked member, and a member whose greedy pretraining ran stacked with its level's other seeds
