@@ -6,10 +6,11 @@ artifacts, dataset input, epoch metrics and diagnostics go through it, one trial
 while the workers train. When training is fast (a GPU, stacks of many members) that writing sets
 the pace of a large study. This benchmark trains one trial of the default MLP of
 ``benchmarks/studies/lr_sweep_500.toml`` with the diagnostics on, records the events a worker
-sends for it, and replays them for N trials of that study:
+sends for it (``workers.Forwarder``), and replays them for N trials of that study:
 
 * ``dlbench``: through dlbench's ``Tracker`` as the parent does (the run opened when the trial is
-  taken, its start, its epochs and diagnostics as they come, its end);
+  taken, then the events routed by ``workers.Router``: its start, its epochs and diagnostics as
+  they come, its end);
 * ``fewest calls``: the same runs (the tags and params of a run dlbench wrote, the same metrics,
   artifacts and dataset input) written by hand with the fewest MLflow calls, after the fact
   (``create_run`` with every tag, one ``log_batch`` of params and metrics, the artifacts, the
@@ -26,12 +27,12 @@ parent.
 from __future__ import annotations
 
 import argparse
-import socket
 import statistics
 import tempfile
 import time
 import tomllib
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from mlflow.data.meta_dataset import MetaDataset
@@ -39,64 +40,42 @@ from mlflow.data.sources import LocalArtifactDatasetSource
 from mlflow.entities import DatasetInput, InputTag, Metric, Param
 from mlflow.tracking import MlflowClient
 
-from dlbench import hookimpl
 from dlbench.config import parse_study_file
 from dlbench.data import DataCache
 from dlbench.diagnostics import Diagnostics
 from dlbench.plugins import load_plugins
-from dlbench.provenance import environment
+from dlbench.stacking import Work
 from dlbench.study import Plan, expand
 from dlbench.tracking import Tracker
-from dlbench.train import TrialResult, run_trial
+from dlbench.train import run_trial
+from dlbench.workers import Forwarder, Router
 
 STUDY = Path(__file__).parent / "studies" / "lr_sweep_500.toml"
 
 
-class Recorder:
-    """Keeps the events of one trial as a worker sends them to the parent."""
-
-    def __init__(self):
-        self.events: list[tuple[str, dict]] = []
-
-    @hookimpl
-    def dlbench_trial_start(self, trial, model, info):
-        where = environment(torch.device(info["device"])) | {"dlbench.worker_host": socket.gethostname()}
-        self.events.append(("start", {"model": model, "info": info | {"environment": where}}))  # as a worker sends it
-
-    @hookimpl
-    def dlbench_epoch_end(self, trial, epoch, metrics):
-        self.events.append(("epoch", {"epoch": epoch, "metrics": dict(metrics)}))
-
-    @hookimpl
-    def dlbench_diagnostics(self, trial, step, values):
-        self.events.append(("diagnostics", {"step": step, "values": dict(values)}))
-
-
-def record(trial, plugins, data, device) -> tuple[list, TrialResult]:
-    recorder = Recorder()
+def record(trial, plugins, data, device) -> list[tuple]:
+    """The events of ``trial`` trained here, as a worker sends them (``workers.Forwarder``)."""
+    events: list[tuple] = []
     plugins.pm.register(Diagnostics(plugins.hook, plugins.registry), name="diagnostics")
-    plugins.pm.register(recorder, name="recorder")
+    plugins.pm.register(Forwarder(0, SimpleNamespace(put=events.append), acks=None), name="forwarder")
     try:
         result = run_trial(trial, plugins.registry, data, device, plugins.hook)
+        plugins.hook.dlbench_trial_end(trial=trial, result=result)  # as the executor ends it
     finally:
-        plugins.pm.unregister(name="recorder")
+        plugins.pm.unregister(name="forwarder")
         plugins.pm.unregister(name="diagnostics")
-    return recorder.events, result
+    return events
 
 
-def with_dlbench(uri, study_file, trials, events, result, device) -> None:
+def with_dlbench(uri, study_file, trials, events, device) -> None:
+    """``events`` replayed for each trial as the parent routes a worker's (``workers.Router``)."""
     tracker = Tracker(uri, "ingest")
     tracker.start_study(study_file, Plan(trials), device)
+    router = Router([Work((t,), str(t.index)) for t in trials], [tracker], lambda trial, result: None)
     for trial in trials:
         tracker.open_run(trial)  # as the parent does when it hands the trial to a worker
-        for kind, e in events:
-            if kind == "start":
-                tracker.dlbench_trial_start(trial=trial, model=e["model"], info=e["info"])
-            elif kind == "epoch":
-                tracker.dlbench_epoch_end(trial=trial, epoch=e["epoch"], metrics=e["metrics"])
-            else:
-                tracker.dlbench_diagnostics(trial=trial, step=e["step"], values=e["values"])
-        tracker.dlbench_trial_end(trial=trial, result=result)
+        for kind, _, _, payload in events:
+            router.route(kind, trial.index, payload)
     tracker.flush()
 
 
@@ -106,24 +85,27 @@ def by_hand(uri, trials, events, template: tuple[dict, dict], artifacts: Path) -
     client = MlflowClient(uri)
     experiment = client.create_experiment("ingest", artifact_location=artifacts.as_uri())
     tags, params = template
-    start = next(e for kind, e in events if kind == "start")
+    model_text, info = next(payload for kind, _, _, payload in events if kind == "start")
     now = int(time.time() * 1000)
-    metrics = [Metric(k, float(v), now, e["epoch"]) for kind, e in events if kind == "epoch"
-               for k, v in e["metrics"].items()]
-    metrics += [Metric(k, float(v), now, e["step"]) for kind, e in events if kind == "diagnostics"
-                for k, v in e["values"].items()]
+    metrics = [Metric(k, float(v), now, step) for kind, _, _, (step, values) in _metric_events(events)
+               for k, v in values.items()]
     for trial in trials:
         run_id = client.create_run(experiment, tags=tags | {"mlflow.runName": trial.run_name}).info.run_id
         for i in range(0, len(metrics), 1000):
             client.log_batch(run_id, metrics=metrics[i:i + 1000],
                              params=[Param(k, v) for k, v in params.items()] if i == 0 else [])
         client.log_dict(run_id, trial.config, "config.json")
-        client.log_text(run_id, repr(start["model"]), "model.txt")
+        client.log_text(run_id, model_text, "model.txt")
         dataset = MetaDataset(LocalArtifactDatasetSource("dlbench://mnist1d"), name="mnist1d",
-                              digest=start["info"]["dataset_hash"][:32])
+                              digest=info["dataset_hash"][:32])
         client.log_inputs(run_id, [DatasetInput(dataset._to_mlflow_entity(),
                                                 [InputTag("mlflow.data.context", "training")])])
         client.set_terminated(run_id, "FINISHED")
+
+
+def _metric_events(events: list[tuple]) -> list[tuple]:
+    """The epoch and diagnostics events: payload (epoch or step, {name: value})."""
+    return [e for e in events if e[0] in ("epoch", "diag")]
 
 
 def written_by_dlbench(uri: str) -> tuple[dict, dict]:
@@ -146,11 +128,11 @@ def main() -> None:
     trials = expand(study_file, plugins.registry)[:args.trials]
     device = torch.device("cpu")
     data = DataCache().get(plugins.registry.get("dataset", "mnist1d"), {}, trials[0].config["val_fraction"], device)
-    events, result = record(trials[0], plugins, data, device)
-    values = sum(len(e.get("metrics", e.get("values", {}))) for kind, e in events if kind != "start")
+    events = record(trials[0], plugins, data, device)
+    values = sum(len(payload[1]) for _, _, _, payload in _metric_events(events))
 
     template = {}  # the tags and params dlbench wrote, for the runs written by hand (dlbench goes first)
-    ways = {"dlbench": lambda tmp, uri: with_dlbench(uri, study_file, trials, events, result, device),
+    ways = {"dlbench": lambda tmp, uri: with_dlbench(uri, study_file, trials, events, device),
             "fewest calls": lambda tmp, uri: by_hand(uri, trials, events, template["run"], Path(tmp) / "artifacts")}
     times = {name: [] for name in ways}
     for _ in range(args.repeats):
@@ -165,7 +147,7 @@ def main() -> None:
 
     floor = statistics.median(times["fewest calls"])
     print(f"{len(trials)} trials of {STUDY.name}, {values} metric values each "
-          f"({sum(kind == 'diagnostics' for kind, _ in events)} diagnostics steps), fresh SQLite store, "
+          f"({sum(e[0] == 'diag' for e in events)} diagnostics steps), fresh SQLite store, "
           f"median of {args.repeats}")
     for name, ms in times.items():
         median = statistics.median(ms)
