@@ -32,6 +32,7 @@ on a GPU, launch-bound, cannot match (when its optimizer and regularizers are gr
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -252,8 +253,6 @@ def stacked_module(models: list):
     """The members' parameters and buffers stacked along a leading member axis, a structure-only
     copy of the first model (``base``: put it in train or eval mode) and ``forward(p, b, x)``, that
     module as a function of them, for ``torch.func.vmap`` to batch over the members."""
-    import copy
-
     from torch.func import functional_call, stack_module_state  # only where stacks train
 
     params, buffers = stack_module_state(models)
