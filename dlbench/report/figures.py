@@ -535,7 +535,7 @@ def saturation(diag: pd.DataFrame, levels: dict[str, list[str]], title: str, pat
     top = float(data["value"].max()) if len(data) else 100.0
     grid.set(ylim=(-0.02 * max(top, 5.0), min(103.0, max(5.0, 1.25 * top))))  # room for the label
     for ax in grid.axes.flat:
-        ax.yaxis.set_major_formatter(PercentFormatter(decimals=0))
+        ax.yaxis.set_major_formatter(_ExactPercent())  # 2.5% steps say 2.5%, never "2%"
     grid.set_axis_labels("epoch", "units saturated or dead (%)")
     _epoch_axis(grid, last_epoch or _last_epoch(data))
     _chance_marks(grid, levels, at_chance, None, accuracy=False)
@@ -597,10 +597,36 @@ def _last_epoch(frame: pd.DataFrame) -> int:
     return max(1, math.ceil(frame["epoch"].max() - 1e-6)) if len(frame) and frame["epoch"].notna().any() else 1
 
 
+class _ExactPercent(PercentFormatter):
+    """Percent tick labels (of values already in percent) with as few decimals as make every tick's
+    label its value, the same number on all ticks of an axis, as matplotlib's plain numbers: "0%, 5%,
+    10%" at steps of 5, "0.0%, 2.5%, 5.0%, 7.5%" at steps of 2.5 (``decimals=0`` wrote those "0%,
+    2%, 5%, 8%"), "0.25%" at steps of 0.25."""
+
+    def __init__(self) -> None:
+        super().__init__(xmax=100, decimals=0)
+
+    def set_locs(self, locs) -> None:  # called with the axis's ticks before their labels are made
+        super().set_locs(locs)
+        pct = [self.convert_to_pct(x) for x in locs if math.isfinite(x)]
+        self.decimals = next((d for d in range(7) if all(abs(round(p, d) - p) <= 1e-9 * max(1.0, abs(p)) for p in pct)),
+                             None)  # None: matplotlib's choice from the axis range (ticks off any grid)
+
+
+_SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
 def _power_of_ten(value: float, _pos=None) -> str:
-    """10⁻⁷ as plain text (mathtext is off: names are shown as typed)."""
-    exponent = round(math.log10(value)) if value > 0 else 0
-    return "10" + str(exponent).translate(str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹"))
+    """10⁻⁷ as plain text (mathtext is off: names are shown as typed). A log axis's major ticks are
+    powers of ten; any other value is written as it is (2×10⁻³, 0), never as the nearest power."""
+    if not (value > 0 and math.isfinite(value)):
+        return f"{value:g}".replace("-", "\N{MINUS SIGN}")
+    exponent = round(math.log10(value))
+    if not math.isclose(value, 10.0 ** exponent, rel_tol=1e-9):
+        exponent = math.floor(math.log10(value))
+        mantissa = value / 10.0 ** exponent
+        return f"{mantissa:.6g}×10" + str(exponent).translate(_SUPERSCRIPT)
+    return "10" + str(exponent).translate(_SUPERSCRIPT)
 
 
 def _present_key(levels: dict[str, list[str]]):
