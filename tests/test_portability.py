@@ -4,8 +4,9 @@ every output pointed elsewhere, and studies, levels and plugins named with any t
 The end-to-end tests copy the project's files (what ``git archive`` or GitHub's "Download ZIP"
 gives, with the uncommitted work of this tree) into a folder without ``.git`` and run the real
 ``dlbench`` command there (``python -m dlbench.cli`` in that folder imports the copy's package).
-The read-only test runs it as an unprivileged user when the tests run as root, who may write
-anywhere.
+The read-only test runs it as a user a read-only folder stops when the tests run as root, who may
+write anywhere: uid 65534 where it can run this interpreter, else root without the capabilities that
+pass over file modes (a clone in a private folder, whose virtual environment no other user can read).
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from conftest import REPO, TINY_BASELINE, cli_env, copy_store, describe_result, 
 from dlbench.paths import folder_name
 
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+# root, still uid 0 but bound by file modes as any owner is: after exec, a root process has the
+# capabilities of its bounding set, which loses those that read, write and chmod past the modes
+ROOT_BOUND_BY_MODES = ["setpriv", "--inh-caps=-all", "--bounding-set=-dac_override,-dac_read_search,-fowner"]
 ONE_EPOCH = TINY_BASELINE.replace("epochs = 2", "epochs = 1") + "diagnostics_every = 0\n"
 
 
@@ -242,20 +246,63 @@ def shared_tmp():
     shutil.rmtree(path)
 
 
-def unprivileged() -> list[str]:
-    """The command prefix that runs as a user a read-only folder stops (root writes anywhere)."""
+# What the read-only test needs of the user it runs dlbench as, checked by running it as that user:
+# this interpreter runs and imports the copy's dlbench (from the working folder) and its dependencies
+# (from this environment, which may sit in a folder no other user can enter), the checkout is
+# read-only to it and the output folder writable.
+PROBE = """\
+import os, sys
+from pathlib import Path
+src, out = Path(sys.argv[1]), Path(sys.argv[2])
+assert not os.access(src, os.W_OK), f"{src} (mode 555) is writable for uid {os.geteuid()}"
+import dlbench, dlbench.cli, pluggy, torch, mlflow
+assert Path(dlbench.__file__).resolve().is_relative_to(src.resolve()), f"dlbench imported from {dlbench.__file__}"
+(out / "probe").write_text("x")
+(out / "probe").unlink()
+"""
+
+
+def closed_parent(path: Path) -> str:
+    """The first folder on the way to ``path`` that others may not enter, by its mode (a hint, not a check)."""
+    for folder in [*reversed(Path(path).absolute().parents), Path(path).absolute()]:
+        try:
+            mode = folder.stat().st_mode
+        except OSError:
+            return f"{folder} cannot be examined"
+        if not mode & stat.S_IXOTH:
+            return f"{folder} is mode {stat.S_IMODE(mode):o}"
+    return "no folder on its way is closed to others by its mode"
+
+
+def unprivileged(src: Path, out: Path, env: dict) -> list[str]:
+    """The command prefix that runs dlbench as a user the read-only ``src`` stops (root writes
+    anywhere): none when the tests do not run as root; uid 65534 when it can run this interpreter
+    with its packages, write in ``out`` and not in ``src``; else root bound by file modes, which
+    enters what root owns (a private clone and its environment) as an ordinary owner does; a skip
+    that says what each lacks when neither can."""
     if os.geteuid() != 0:
         return []
     if shutil.which("setpriv") is None:
-        pytest.skip("running as root without setpriv: a read-only folder cannot be simulated")
-    return NOBODY
+        pytest.skip("running as root without setpriv: no user that a read-only folder stops can be run")
+    failures = []
+    for prefix, who in [(NOBODY, f"uid 65534 cannot run dlbench with {sys.prefix} ({closed_parent(sys.prefix)})"),
+                        (ROOT_BOUND_BY_MODES, "root without CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH and CAP_FOWNER "
+                                              "cannot run it either")]:
+        probe = subprocess.run([*prefix, sys.executable, "-c", PROBE, str(src), str(out)], cwd=src,
+                               env={**env, "PYTHONDONTWRITEBYTECODE": "1"}, capture_output=True, text=True, timeout=300)
+        if probe.returncode == 0:
+            print(f"dlbench runs as: {' '.join(prefix)}")  # shown with a failure's captured output
+            return prefix
+        said = (probe.stderr.strip() or probe.stdout.strip() or f"exit {probe.returncode}").splitlines()[-1]
+        failures.append(f"{who}: {said}")
+    pytest.skip("no user that a read-only checkout stops can run dlbench here (checked by importing dlbench, "
+                "pluggy, torch and mlflow as that user): " + "; ".join(failures))
 
 
 def test_read_only_checkout_runs_with_outputs_elsewhere_and_writes_nothing_in_it(shared_tmp):
     """A read-only source archive without data/: by default the run stops at once and names the
     option for each output; pointed elsewhere it runs, generates the data in memory, checks it
     against data.dvc's hashes, and writes nothing inside the checkout."""
-    user = unprivileged()
     src = source_copy(shared_tmp / "src")
     study = '[study]\nname = "portable"\nseeds = 1\n\n' + ONE_EPOCH + "\n[studies.s.levels]\na = {}\n"
     (src / "study.toml").write_text(study, encoding="utf-8")
@@ -266,6 +313,8 @@ def test_read_only_checkout_runs_with_outputs_elsewhere_and_writes_nothing_in_it
         p.chmod(0o555 if p.is_dir() else 0o444)
     before = listing(src)
     env = cli_env({"HOME": str(out / "home")}, autoload=False)
+    user = unprivileged(src, out, env)
+    assert listing(src) == before
 
     refused = dlbench(["run", "study.toml"], src, env, user)
     assert refused.returncode == 2, describe_result(refused)
