@@ -210,9 +210,11 @@ def run(study_file: Path, dry_run: bool, tracking_uri: str | None, device: str, 
                         f"trains on the CPU (--device {device}). Leave --cuda-graphs at auto (graphs wherever there "
                         f"is a GPU), or give --device cuda on a machine with one.")
     if not dry_run:  # a read-only checkout: say which option puts each output elsewhere, before any work
-        from dlbench.paths import check_run_outputs
+        from dlbench.paths import check_report_folders, check_run_outputs
 
         check_run_outputs(tracking_uri or _default_uri(), reports_dir, checkpoint_dir)
+        # a report folder of another study file's study of the same name is not overwritten
+        check_report_folders(reports_dir, sf.path.resolve(), plan.studies, sf.name, doing=f"this run of {sf.path}")
     with ExitStack() as cleanup:
         ray_pool = None
         if ray and not dry_run:  # first: Ray's workers start and load while the preflight runs
@@ -255,8 +257,11 @@ def _run_checked(sf, plan, plugins, dry_run, devices, tracking_uri, reports_dir,
         from dlbench.stacking import stack_settings
 
         if trials:
+            from dlbench.study import first_of_each_config
+
             max_size, graphs = stack_settings(devices[0], stack_size, cuda_graphs)
-            works = stacks(trials, plugins.registry, max_size, graphs)
+            same = first_of_each_config(trials)  # identical trials train once: the first
+            works = stacks([t for t in trials if t.index not in same], plugins.registry, max_size, graphs)
             click.echo(_trial_table(sf, trials, works, plugins.registry, graphs))
         if plan.searches:
             from dlbench.tuning.search import describe_plan
@@ -287,6 +292,10 @@ def _run_checked(sf, plan, plugins, dry_run, devices, tracking_uri, reports_dir,
     stopped = f", {interrupted} interrupted" if interrupted else ""
     stopped += f", {pruned} pruned" if pruned else ""
     already = f"{result.skipped_finished} of them already in the store{others}"
+    if result.shared:
+        already += f", {result.shared} recorded from an identical trial of this file"
+    if result.reused:
+        already += f", {result.reused} reused from an earlier study run"
     click.echo(f"\n{finished} finished ({already}), {diverged} diverged, "
                f"{failed} failed{stopped}, {result.total - len(result.results) - result.busy} not run{elsewhere}. "
                f"MLflow parent run: {result.parent_run_id}")
@@ -341,6 +350,7 @@ def _trial_table(sf, trials, works, registry, graphs: bool = False) -> str:
     the stack each trains in; then why the trials that train alone do, which members of a stack
     initialize at once (greedy pretraining) and, with CUDA graphs, why a stack steps eagerly."""
     from dlbench.stacking import initializer_groups, why_eager
+    from dlbench.study import first_of_each_config, identical_levels
 
     stack_of, alone = {}, []
     for number, work in enumerate(works, start=1):
@@ -348,6 +358,9 @@ def _trial_table(sf, trials, works, registry, graphs: bool = False) -> str:
             stack_of[t.index] = f"S{number}({len(work.members)})" if work.stacked else "alone"
         if not work.stacked:
             alone.append(f"  #{work.members[0].index} {work.members[0].run_name}: {work.alone_because}")
+    same = first_of_each_config(trials)
+    for index, first in same.items():
+        stack_of[index] = f"= #{first.index}"
     blocks = []
     for study in dict.fromkeys(t.study for t in trials):
         group = [t for t in trials if t.study == study]
@@ -360,7 +373,8 @@ def _trial_table(sf, trials, works, registry, graphs: bool = False) -> str:
         blocks.append(f"study {study!r} ({len(group)} trials)\n" + "\n".join(lines))
     stacks = sum(w.stacked for w in works)
     summary = (f"{len(works)} units of work: {stacks} stacks (S<n>(members): trained together as one model) "
-               f"and {len(alone)} trials alone")
+               f"and {len(alone)} trials alone" + (f"; {len(same)} trials the same as an earlier one (= #n: trained "
+                                                    "once, recorded under both)" if same else ""))
     if alone:
         summary += ":\n" + "\n".join(alone)
     if any(len(w.members) == 1 and w.stacked for w in works):
@@ -375,6 +389,12 @@ def _trial_table(sf, trials, works, registry, graphs: bool = False) -> str:
                  if w.stacked and (why := why_eager(w.members[0], registry))]
         if eager:
             summary += "\nstacks that step eagerly (no CUDA graphs):\n" + "\n".join(eager)
+    pairs = identical_levels(trials)
+    if pairs:
+        summary += ("\nlevels that resolve to the same configuration (equal config hashes): a trial of the second "
+                    "trains once, as the first's (= #n), and is recorded under its own study; within one study their "
+                    "difference is zero by construction:\n"
+                    + "\n".join(f"  {a} = {b} ({n} seed{'s' if n != 1 else ''} in common)" for a, b, n in pairs))
     studies = len({t.study for t in trials})
     in_studies = f"{studies} study" if studies == 1 else f"{studies} studies"
     return ("\n\n".join(blocks) + f"\n\n{summary}\n\n{len(trials)} trials in {in_studies} from {sf.path} "
@@ -465,14 +485,19 @@ def report(study_file: Path | None, run_id: str | None, experiment: str | None, 
     uri = tracking_uri or _default_uri()
     parent = find_study_run(uri, run_id=run_id, experiment=experiment)
     from dlbench.report import report_from_mlflow
+    from dlbench.report.build import study_run_identity
     from dlbench.report.painter import Painter, spare_processes
+
+    identity = study_run_identity(uri, parent)  # a report folder of another study file's study is not overwritten
+    identity.check(reports_dir, list(only) or identity.studies,
+                   doing=f"this report of study run {parent} of {identity.tail or identity.study_file}")
 
     registry = _load_plugins(plugins_dir, default_plugins).registry
     painter = Painter(spare_processes())  # the figures of a large study drawn side by side on the cores
     try:
         folders = report_from_mlflow(uri, parent, reports_dir, list(only) or None, attach=not no_attach,
                                      registry=registry, announce=lambda s, f: click.echo(report_line(s, f, html=True)),
-                                     painter=painter)
+                                     painter=painter, identity=identity)
     finally:
         painter.close()
     if not folders:

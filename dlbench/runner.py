@@ -29,7 +29,7 @@ from dlbench.plugins import Plugins
 from dlbench.progress import Progress
 from dlbench.provenance import code_version, git_diff, installed_packages
 from dlbench.stacking import Work, plan, stack_id, stack_settings
-from dlbench.study import Plan, Trial, canonical_json
+from dlbench.study import Plan, Trial, canonical_json, first_of_each_config
 from dlbench.train import TrialResult
 from dlbench.work_queue import WorkQueue, hand_out_order
 from dlbench.workers import default_jobs
@@ -88,6 +88,8 @@ class StudyRun:
     by_others: int = 0  # ended by other processes working on the study at the same time
     total: int = 0  # trials of the invocation, the searches' included
     not_tuned: int = 0  # final trials of searches that found no finished trial to train
+    shared: int = 0  # recorded from an identical trial of the file (equal config hash), trained once
+    reused: int = 0  # recorded from an earlier study run of the experiment (equal config hash)
     elsewhere: list[Trial] = field(default_factory=list)  # being run by another live process
 
     @property
@@ -109,21 +111,26 @@ def set_determinism(on: bool, device: torch.device) -> None:
     torch.backends.cudnn.benchmark = not on
 
 
-def plan_trial(previous: list, force: bool):
-    """What to do with a trial given its earlier runs (newest first): ``("new", None)``,
-    ``("skip", run)`` when it finished or diverged, ``("busy", run)`` when a live process runs
-    it, ``("resume", run)`` when it was left RUNNING by a dead process or KILLED."""
-    if force or not previous:
+def plan_trial(previous: list):
+    """What to do with a trial given its runs under the study run (newest first):
+    ``("new", None)`` when it has none, ``("skip", run)`` when it finished or diverged,
+    ``("busy", run)`` when a live process runs it, ``("resume", run)`` when it was left RUNNING
+    by a dead process or KILLED, ``("retry", run)`` when it failed (or a record of an identical
+    trial was left half-written): it trains (or is recorded) again in a new run, the failed ones
+    deleted, so that it keeps one run."""
+    if not previous:
         return "new", None
     for run in previous:
-        if run.status == "FINISHED" or run.tags.get("dlbench.status") == "diverged":
+        if run.ended:
             return "skip", run
     newest = previous[0]
-    if newest.status == "RUNNING":
-        return ("busy", newest) if newest.process_alive() else ("resume", newest)
-    if newest.status == "KILLED":
+    if newest.status == "RUNNING" and newest.process_alive():
+        return "busy", newest
+    if newest.is_record:
+        return "retry", newest
+    if newest.status in ("RUNNING", "KILLED"):
         return "resume", newest
-    return "new", None
+    return "retry", newest
 
 
 def stored_result(run, tracker=None) -> TrialResult:
@@ -145,9 +152,14 @@ def run_study(study_file: StudyFile, trials: list[Trial], plugins: Plugins, *, d
               ray_pool=None, workers=None, searches=(), cuda_graphs: str = "auto") -> StudyRun:
     """Run the trials not already in the store; resume those a dead process left behind.
 
-    Without ``force``, a trial whose config hash already FINISHED (or diverged) in the
-    experiment is skipped, and one left RUNNING by a dead process (or KILLED) continues in its
-    own run from its last epoch checkpoint, so every trial has exactly one run.
+    Every (study, level, seed) of the file ends with exactly one run under the study run (the
+    parent run, continued by a re-run of the same file unless ``force``), whatever happened:
+    a trial whose run there finished (or diverged) is skipped, one left RUNNING by a dead process
+    (or KILLED) continues in its own run from its last epoch checkpoint, a failed one trains
+    again in a new run (the failed one deleted). Identical trials (equal config hash) train
+    once, as the first of them; the others are recorded from its run under their own study
+    (``dlbench.same_as``). A trial whose configuration finished in an earlier study run of the
+    experiment is recorded from that run the same way, and said so, unless ``force``.
 
     Processes started at once on one store share the work: one parent run (the first creates
     it, the others join it), each trial claimed by one process at dispatch (``claim``), a
@@ -193,7 +205,8 @@ def run_study(study_file: StudyFile, trials: list[Trial], plugins: Plugins, *, d
             early: list[Work] = []
             data_in_place = data_dir is None or Path(data_dir).is_dir()  # else the data check writes it first
             if pool is not None and data_in_place and (force or _fresh_store(tracking_uri)):
-                units = hand_out_order(stacks(trials))
+                same = first_of_each_config(trials)
+                units = hand_out_order(stacks([t for t in trials if t.index not in same]))
                 for work in units:
                     checkpoint_path(checkpoint_dir, work).unlink(missing_ok=True)
                 early = pool.prestart(units)
@@ -307,7 +320,8 @@ def _run(study_file, trials, plugins, device, tracking_uri, reports_dir, stream,
     tuned = f" ({sum(s.spec.budget for s in searches)} of them tuning {len(searches)} levels)" if searches else ""
     stream.write(f"study {study_file.name!r}: {total} trials{tuned} on {device}{workers}; "
                  f"MLflow parent run {run.parent_run_id} in {tracking_uri}\n")
-    works = _works(trials, tracker, run, stacks, force, checkpoint_dir, stream, total)
+    same = first_of_each_config(trials)  # identical trials: the first trains, the others record its run
+    works, waiting = _works(trials, same, tracker, run, stacks, force, checkpoint_dir, stream, total)
     for work in early:  # training already: new by construction (this process created the store, or --force)
         for trial in work.members:
             tracker.open_run(trial)
@@ -315,7 +329,7 @@ def _run(study_file, trials, plugins, device, tracking_uri, reports_dir, stream,
     known = list(trials)  # and the trials the searches add as they go
     reports = BackgroundReports(tracking_uri, run.parent_run_id, known, reports_dir, background=pool is not None,
                                 busy_cores=pool.jobs if pool is not None else 1)
-    pending = Counter(t.study for w in works for t in w.members)
+    pending = Counter(t.study for w in works for t in w.members) + Counter(t.study for ts in waiting.values() for t in ts)
     for search in searches:
         pending[search.study.name] += search.total
     drawn: list[str] = []  # the studies whose report this process draws
@@ -324,7 +338,7 @@ def _run(study_file, trials, plugins, device, tracking_uri, reports_dir, stream,
         """This process has nothing left of ``study``: its report builds while the others train,
         unless another process still trains some of its trials (that one draws it when done)."""
         tracker.flush()
-        others = tracker.running_elsewhere({t.config_hash for t in trials if t.study == study})
+        others = tracker.running_elsewhere([t for t in trials if t.study == study])
         if others:
             stream.write(f"study {study!r}: process {others[0].tags.get('dlbench.pid', '?')} still trains "
                          f"{len(others)} of its trials and draws its report\n")
@@ -339,6 +353,25 @@ def _run(study_file, trials, plugins, device, tracking_uri, reports_dir, stream,
         pending[trial.study] -= 1
         if pending[trial.study] == 0:
             settle(trial.study)
+        twins = waiting.pop(trial.index, [])
+        if twins and result.status != "interrupted":  # an interrupted one resumes, its twins then
+            for twin in twins:
+                action, recorded = record_identical(twin, trial, tracker, stream, total)
+                if action == "busy":
+                    gone_elsewhere(twin)
+                    continue
+                run.by_others += action == "skip"
+                run.shared += action == "recorded"
+                on_result(twin, stored_result(recorded))
+
+    def gone_elsewhere(trial) -> None:
+        """Another live process trains ``trial`` (and so records its twins)."""
+        for t in [trial, *waiting.pop(trial.index, [])]:
+            run.elsewhere.append(t)
+            queue.elsewhere(t)
+            pending[t.study] -= 1
+            if pending[t.study] == 0:
+                settle(t.study)
 
     def no_finals(search) -> None:
         stream.write(f"study {search.study.name!r}, level {search.level!r}: no tuning trial of the last stage "
@@ -353,11 +386,10 @@ def _run(study_file, trials, plugins, device, tracking_uri, reports_dir, stream,
         unit, taken = claim(work, tracker, force, checkpoint_dir, stream, total)
         for trial, action, previous in taken:
             if action == "busy":
-                run.elsewhere.append(trial)
-                queue.elsewhere(trial)
-                pending[trial.study] -= 1
-                if pending[trial.study] == 0:
-                    settle(trial.study)
+                gone_elsewhere(trial)
+            elif action == "reused":
+                run.reused += 1
+                on_result(trial, stored_result(previous, tracker if trial.is_tuning else None))
             else:
                 if previous.start_time < started_ms:  # an earlier invocation's (a search's trial is planned late)
                     run.skipped += 1
@@ -395,6 +427,8 @@ def _run(study_file, trials, plugins, device, tracking_uri, reports_dir, stream,
             if last:  # it ends the parent run, with the summary of the whole study
                 summary = {s: run.count(s) for s in ("finished", "pruned", "diverged", "failed", "interrupted")}
                 summary["skipped"] = run.skipped
+                summary["recorded_from_identical"] = run.shared
+                summary["reused"] = run.reused
                 summary["by_other_processes"] = run.by_others
                 summary["running_elsewhere"] = run.busy
                 summary["not_run"] = total - len(run.results) - run.busy
@@ -413,59 +447,146 @@ def _run(study_file, trials, plugins, device, tracking_uri, reports_dir, stream,
     return run
 
 
-def _works(trials, tracker, run: StudyRun, stacks, force: bool, checkpoint_dir: Path, stream,
-           total: int) -> list[Work]:
+def _works(trials, same: dict[int, Trial], tracker, run: StudyRun, stacks, force: bool, checkpoint_dir: Path,
+           stream, total: int) -> tuple[list[Work], dict[int, list[Trial]]]:
     """The units of work: trials to resume from a stack's checkpoint (the same members again),
-    then every other trial to run, stacked where they can. Finished ones are skipped, and those
-    another live process runs are left to it; each unit is claimed as it is handed out."""
-    existing = {} if force else tracker.existing_trials()
+    then every other trial to run, stacked where they can; and the trials waiting for an
+    identical one (``same``) to be trained, by its index. Each trial of the study run is looked
+    for among the runs under it: one that finished is skipped, one another live process runs is
+    left to it. A trial with no run there whose configuration finished in an earlier study run of
+    the experiment is recorded from it (unless ``force``). Each unit is claimed as it is handed out."""
+    own = tracker.study_trials()
+    earlier = {} if force else tracker.existing_trials()
     resumed_stacks: dict[str, list[tuple[int, Trial]]] = {}
-    to_plan = []
+    to_plan, reused = [], []
+    waiting: dict[int, list[Trial]] = {}
+    done: dict[int, object] = {}  # the first of identical trials, ended: index -> its run
     for trial in trials:
-        action, previous = plan_trial(existing.get(trial.config_hash, []), force)
+        action, previous = plan_trial(own.get(trial.run_name, []))
         if action == "skip":
             run.skipped += 1
             run.skipped_finished += previous.status == "FINISHED"
             run.results.append((trial, stored_result(previous)))
+            done[trial.index] = previous
         elif action == "busy":
             run.elsewhere.append(trial)
         if action in ("skip", "busy"):
             _say(stream, trial, total, action, previous)
+            continue
+        if trial.index in same:  # recorded from its first once that one has ended
+            waiting.setdefault(same[trial.index].index, []).append(trial)
+            continue
+        source = None if action != "new" or trial.is_tuning else _earlier_result(earlier.get(trial.config_hash, []),
+                                                                                  tracker.parent_id)
+        if source is not None:
+            recorded = tracker.record_same(trial, source, reused=True)
+            reused.append(source)
+            run.reused += 1
+            run.results.append((trial, stored_result(recorded)))
+            done[trial.index] = recorded
             continue
         sid = previous.tags.get("dlbench.stack_id") if action == "resume" else None
         if sid and (checkpoint_dir / f"stack-{sid}.pt").is_file():
             resumed_stacks.setdefault(sid, []).append((int(previous.tags.get("dlbench.stack_member", 0)), trial))
             continue
         to_plan.append(trial)
+    if reused:
+        parents = Counter(r.tags.get("mlflow.parentRunId", "?") for r in reused)
+        stream.write(f"{len(reused)} trials reused from earlier study runs of experiment {tracker.experiment!r} "
+                     f"(the same configuration and seed finished there: "
+                     f"{', '.join(f'{n} of run {p}' for p, n in parents.items())}); each is recorded under this "
+                     "study run with dlbench.same_as naming the run that trained it. --force trains them again.\n")
+    busy = {t.index for t in run.elsewhere}
+    for first, twins in list(waiting.items()):
+        if first in busy:  # the process training it records them
+            for twin in waiting.pop(first):
+                run.elsewhere.append(twin)
+        elif first in done:
+            for twin in waiting.pop(first):
+                action, recorded = _record(twin, done[first], tracker, stream, total)
+                run.shared += action == "recorded"
+                if action == "busy":
+                    run.elsewhere.append(twin)
+                else:
+                    run.results.append((twin, stored_result(recorded)))
     works = [Work(tuple(t for _, t in sorted(members, key=lambda m: m[0])), sid, as_stack=True)
              for sid, members in resumed_stacks.items()]
-    return works + stacks(to_plan)
+    return works + stacks(to_plan), waiting
+
+
+def _earlier_result(runs: list, parent_id: str):
+    """The newest run that trained this configuration and ended (finished or diverged) under
+    another study run of the experiment, or None."""
+    for run in runs:
+        if run.ended and run.tags.get("dlbench.role") == "trial" and run.tags.get("mlflow.parentRunId") != parent_id:
+            return run
+    return None
+
+
+def record_identical(twin: Trial, first: Trial, tracker, stream, total: int):
+    """Record ``twin`` from the run of ``first``, the identical trial of the file that trained
+    (just now, or in another process or invocation): see :func:`_record`."""
+    tracker.flush()  # its metrics stored before they are read back
+    runs = tracker.study_trials([first.run_name]).get(first.run_name, [])
+    if first.index in tracker.run_ids:
+        runs.insert(0, tracker.stored(tracker.run_ids[first.index]))
+    ended = [r for r in runs if r.ended] or [r for r in runs if r.status == "FAILED"]
+    return _record(twin, ended[0], tracker, stream, total)
+
+
+def _record(twin: Trial, source, tracker, stream, total: int):
+    """Under the store lock: ``("recorded", run)``, the run made for ``twin`` from ``source``;
+    or ``("skip" | "busy", run)`` when another process has recorded it, or is recording it."""
+    with tracker.lock:
+        previous = tracker.study_trials([twin.run_name]).get(twin.run_name, [])
+        action, other = plan_trial(previous)
+        if action in ("skip", "busy"):
+            _say(stream, twin, total, action, other)
+            return action, other
+        tracker.retire(previous)  # a half-written record, or a failed one
+        made = tracker.record_same(twin, source)
+        if not tracker.lock.exclusive and (first := tracker.rival(twin)) is not None:
+            tracker.withdraw(twin)
+            return ("busy" if first.status == "RUNNING" else "skip"), first
+    stream.write(f"[{twin.index}/{total}] {twin.run_name}  {made.tags.get('dlbench.status', 'finished')}: the same "
+                 f"configuration and seed as {made.tags.get('dlbench.same_as_name')} (trained once, run "
+                 f"{made.tags.get('dlbench.same_as')}); recorded as run {made.run_id}\n")
+    return "recorded", made
 
 
 def claim(work: Work, tracker, force: bool, checkpoint_dir: Path, stream, total: int):
-    """Take ``work`` for this process, under the store lock: re-read its members' runs, leave
-    out the members another process has finished or is running since the plan, open a run
-    (RUNNING, with this process's pid) for each of the others, or adopt the one a dead process
-    left. Returns the unit to train (None: nothing left of it) and (trial, "skip" or "busy",
-    the other process's run) for each member left out."""
+    """Take ``work`` for this process, under the store lock: re-read its members' runs under the
+    study run, leave out the members another process has finished or is running since the plan,
+    open a run (RUNNING, with this process's pid) for each of the others, or adopt the one a dead
+    process left (a failed one is deleted: the trial trains again in a new run). Returns the unit
+    to train (None: nothing left of it) and (trial, "skip" or "busy", the other process's run)
+    for each member left out."""
     with tracker.lock:
-        existing = {} if force else tracker.existing_trials({t.config_hash for t in work.members})
-        actions = {t.index: plan_trial(existing.get(t.config_hash, []), force) for t in work.members}
+        existing = tracker.study_trials([t.run_name for t in work.members])
+        actions = {t.index: plan_trial(existing.get(t.run_name, [])) for t in work.members}
+        # a search's trial (planned as it runs) that an earlier study run of the experiment ended
+        searched = [t for t in work.members if t.tuning is not None and actions[t.index][0] == "new"]
+        earlier = tracker.existing_trials({t.config_hash for t in searched}) if searched and not force else {}
+        for trial in searched:
+            if (source := _earlier_result(earlier.get(trial.config_hash, []), tracker.parent_id)) is not None:
+                actions[trial.index] = ("reused", tracker.record_same(trial, source, reused=True))
         for trial in work.members:
             action, previous = actions[trial.index]
             if action == "resume":
                 tracker.adopt(trial, previous)
-            elif action == "new":
-                tracker.open_run(trial)
-        if not tracker.lock.exclusive and not force:  # no lock (a tracking server): the earlier claim wins
+            elif action in ("new", "retry"):
+                failed = existing.get(trial.run_name, [])
+                tracker.retire(failed)
+                tracker.open_run(trial, {"dlbench.replaces": ",".join(r.run_id for r in failed)} if failed else None)
+        if not tracker.lock.exclusive:  # no lock (a tracking server): the earlier claim wins
             for trial in work.members:
-                if actions[trial.index][0] == "new" and (first := tracker.rival(trial)) is not None:
+                if actions[trial.index][0] in ("new", "retry") and (first := tracker.rival(trial)) is not None:
                     tracker.withdraw(trial)
                     actions[trial.index] = ("busy" if first.status == "RUNNING" else "skip", first)
-    taken = [(t, *actions[t.index]) for t in work.members if actions[t.index][0] in ("skip", "busy")]
+    taken = [(t, *actions[t.index]) for t in work.members if actions[t.index][0] in ("skip", "busy", "reused")]
     for trial in work.members:
         _say(stream, trial, total, *actions[trial.index])
-    mine = tuple(t for t in work.members if actions[t.index][0] in ("new", "resume"))
+    mine = tuple(t for t in work.members if actions[t.index][0] in ("new", "retry", "resume"))
     if not mine:
         return None, taken
     unit = work if len(mine) == len(work.members) else Work(mine, stack_id(mine), work.alone_because)
@@ -479,9 +600,16 @@ def _say(stream, trial: Trial, total: int, action: str, previous) -> None:
     if action in ("skip", "busy"):
         what = "already done" if action == "skip" else "is running in another live process"
         stream.write(f"[{trial.index}/{total}] {trial.run_name}  skipped: run {previous.run_id} {what}\n")
+    elif action == "reused":
+        stream.write(f"[{trial.index}/{total}] {trial.run_name}  reused: run {previous.tags.get('dlbench.same_as')} of "
+                     f"an earlier study run ended the same configuration; recorded as run {previous.run_id} "
+                     "(--force trains it again)\n")
     elif action == "resume":
         stream.write(f"[{trial.index}/{total}] {trial.run_name}  resuming run {previous.run_id} "
                      f"(left {previous.status} by process {previous.tags.get('dlbench.pid', '?')})\n")
+    elif action == "retry":
+        stream.write(f"[{trial.index}/{total}] {trial.run_name}  trains again: run {previous.run_id} "
+                     f"{previous.status.lower()} (deleted in MLflow, kept among its deleted runs)\n")
 
 
 def _ended_elsewhere(run: StudyRun, tracker) -> None:
@@ -489,11 +617,11 @@ def _ended_elsewhere(run: StudyRun, tracker) -> None:
     of this study run (as the store has them); those still running stay theirs."""
     if not run.elsewhere:
         return
-    found = tracker.existing_trials({t.config_hash for t in run.elsewhere})
+    found = tracker.study_trials([t.run_name for t in run.elsewhere])
     still = []
     for trial in run.elsewhere:
-        previous = found.get(trial.config_hash, [])
-        action, done = plan_trial(previous, False)
+        previous = found.get(trial.run_name, [])
+        action, done = plan_trial(previous)
         if action == "busy":
             still.append(trial)
             continue

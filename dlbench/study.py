@@ -49,6 +49,40 @@ class Trial:
         return self.tuning is not None and self.tuning.role == "tuning"
 
 
+def first_of_each_config(trials: list[Trial]) -> dict[int, Trial]:
+    """The one rule for "the same trial" within a study file: for each trial whose config hash an
+    earlier trial of ``trials`` has, that earlier (first) trial, by index. Identical trials train
+    once, as the first; each other one is recorded under its own study from that run."""
+    first: dict[str, Trial] = {}
+    same: dict[int, Trial] = {}
+    for trial in trials:
+        if trial.is_tuning:
+            continue
+        if trial.config_hash in first:
+            same[trial.index] = first[trial.config_hash]
+        else:
+            first[trial.config_hash] = trial
+    return same
+
+
+def identical_levels(trials: list[Trial]) -> list[tuple[str, str, int]]:
+    """Levels that resolve to the same configuration as another level (of the same study or of
+    another one in the file): ``("dropout/off", "dropout/p=0", seeds in common)``, each pair once,
+    in file order."""
+    by_group: dict[str, list[str]] = {}
+    seeds: dict[str, set[int]] = {}
+    for trial in trials:
+        if trial.is_tuning:
+            continue
+        name = f"{trial.study}/{trial.level}"
+        members = by_group.setdefault(trial.group_hash, [])
+        if name not in members:
+            members.append(name)
+        seeds.setdefault(name, set()).add(trial.seed)
+    return [(a, b, len(seeds[a] & seeds[b])) for names in by_group.values()
+            for i, a in enumerate(names) for b in names[i + 1:]]
+
+
 def canonical_json(config: dict) -> str:
     return json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 

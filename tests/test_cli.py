@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import getpass
+import json
 import os
 import re
 import signal
@@ -56,7 +57,7 @@ def runs_of(client, experiment: str):
 
 def counts(stdout: str) -> dict[str, int]:
     """The closing summary line of `dlbench run`: finished, diverged, failed, not run (and skipped)."""
-    m = re.search(r"(\d+) finished(?: \((\d+) of them already in the store\))?, (\d+) diverged, (\d+) failed, "
+    m = re.search(r"(\d+) finished(?: \((\d+) of them already in the store[^)]*\))?, (\d+) diverged, (\d+) failed, "
                   r"(\d+) not run", stdout)
     assert m, f"no summary line in:\n{stdout}"
     finished, skipped, diverged, failed, not_run = (int(g or 0) for g in m.groups())
@@ -694,3 +695,50 @@ def test_sigterm_closes_the_running_trial_as_killed(tmp_path, new_store):
     assert runs["long"].info.status == "KILLED"
     assert runs["long"].data.tags["dlbench.trials_finished"] == "1"
     assert runs["long"].data.tags["dlbench.trials_not_run"] == "2"
+
+
+# -- two study files, one reports folder --------------------------------------------------------
+
+
+def test_a_study_file_cannot_overwrite_the_report_of_another_files_study_of_the_same_name(tmp_path, new_store):
+    """Two files in two folders, each with ``[studies.s]`` (and the same experiment, both named
+    study.toml): the second refuses the first's report folder before training, naming the first
+    file and --reports-dir; the first file runs again, and the second runs into another folder.
+    `dlbench report` of the second's run refuses that folder too."""
+    text = GOOD_STUDY.replace("epochs = 2", "epochs = 1")
+    one, two = write_study(tmp_path / "one", text), write_study(tmp_path / "two", text.replace("width = 16", "width = 8"))
+    uri, shared = sqlite_uri(new_store(tmp_path)), tmp_path / "shared"
+
+    def run(study, reports, *extra):
+        return run_cli(["run", study, "--tracking-uri", uri, "--device", "cpu", "--jobs", "1", "--reports-dir", reports,
+                        "--checkpoint-dir", tmp_path / "ckpt", *extra], cwd=tmp_path, env=cli_env(autoload=False))
+
+    first = run(one, shared)
+    assert first.returncode == 0, describe_result(first)
+    folder = shared / "s"
+    marker = json.loads((folder / ".dlbench-report.json").read_text(encoding="utf-8"))
+    assert marker == {"study_file": str(one.resolve()), "experiment": "study", "study": "s"}
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+
+    second = run(two, shared)
+    assert_user_error(second, f"{folder}/ holds the report of study 's' of {one.resolve()} (experiment 'study')",
+                      f"this run of {two} would overwrite it", f"--reports-dir {shared / 'study'}",
+                      f"delete {folder}/ to replace it")
+    assert "finished" not in second.stdout  # refused before anything trained
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # the first's report is untouched
+
+    again = run(one, shared)  # the same file again: its own report, rebuilt
+    assert again.returncode == 0, describe_result(again)
+    assert counts(again.stdout)["skipped"] == 1
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+
+    elsewhere = run(two, tmp_path / "other")
+    assert elsewhere.returncode == 0, describe_result(elsewhere)
+    marker = json.loads((tmp_path / "other" / "s" / ".dlbench-report.json").read_text(encoding="utf-8"))
+    assert marker["study_file"] == str(two.resolve())
+    parent = re.search(r"MLflow parent run: (\w+)", elsewhere.stdout).group(1)
+    report = run_cli(["report", "--run-id", parent, "--tracking-uri", uri, "--reports-dir", shared, "--no-attach"],
+                     cwd=tmp_path, env=cli_env(autoload=False))
+    assert_user_error(report, "no report was written", f"{folder}/ holds the report of study 's' of {one.resolve()}",
+                      f"--reports-dir {shared / 'study'}")
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before

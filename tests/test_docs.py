@@ -63,3 +63,21 @@ def test_a_hook_without_a_docstring_is_refused(monkeypatch):
     monkeypatch.setattr(hookspecs, "dlbench_register_nothing", dlbench_register_nothing, raising=False)
     with pytest.raises(ValueError, match="hook dlbench_register_nothing has no docstring"):
         docs.hook_reference()
+
+
+def test_every_relative_link_of_the_readme_and_the_docs_points_at_a_file():
+    """README.md, docs/*.md and the reference reports (docs/reference/<study>/index.md, whose
+    figures are relative to them): a link to a moved or removed file fails here."""
+    pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")),
+             *sorted((REPO / "docs" / "reference").glob("*/index.md"))]
+    assert (REPO / "docs" / "reference" / "dropout" / "index.md") in pages
+    broken = []
+    for page in pages:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text(encoding="utf-8")):
+            if re.match(r"[a-z][a-z0-9+.-]*:", target) or target.startswith("#"):
+                continue  # a URL, or an anchor of the page itself
+            if not (page.parent / target.split("#")[0]).exists():
+                broken.append(f"{page.relative_to(REPO)}: {target}")
+    assert not broken, broken
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert "](docs/reference/dropout/index.md)" in readme and "](reports/" not in readme

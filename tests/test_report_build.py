@@ -262,3 +262,75 @@ def test_figures_drawn_in_processes_are_the_files_drawn_here_and_a_report_repeat
     for name in names:  # strip points are jittered: from a seeded generator, the same in every process
         assert (here / name).read_bytes() == (again / name).read_bytes() == (there / name).read_bytes() \
             == (broken / name).read_bytes(), name
+
+
+def header(folder: Path) -> str:
+    """The report's opening line about its source (after the title and the question)."""
+    return next(line for line in (folder / "index.md").read_text().splitlines() if line.startswith("From "))
+
+
+def test_a_study_whose_trials_all_ended_is_complete_while_its_parent_run_still_runs(tmp_path):
+    # `dlbench run` draws a study's report as soon as its trials end, while the parent run (the
+    # whole study file) still runs its other studies: the report describes the study, not the parent
+    study = study_of("[study]\nseeds = 3\n[studies.s.levels]\noff = {}\non = {}\n")
+    record = synthetic_record({"s": ["off", "on"]}, seeds=3, failed={"on"})
+    record.status = "RUNNING"
+    record.trials.loc[0, "status"] = "diverged"
+    line = header(write_study_report(study_data(record, "s", study), tmp_path / "s"))
+    assert "running" not in line.lower() and "RUNNING" not in line
+    assert "Study complete: all 6 trials ended." in line
+    assert f"study run `exp` (`{'p' * 32}`, started " in line  # the parent run's name, id and start stay
+
+
+def test_a_study_with_a_running_trial_is_in_progress_and_one_with_trials_missing_is_incomplete(tmp_path):
+    study = study_of("[study]\nseeds = 2\n[studies.s.levels]\noff = {}\non = {}\n")
+    record = synthetic_record({"s": ["off", "on"]}, seeds=2)
+    record.status = "RUNNING"
+    record.trials.loc[3, "status"] = "running"  # `dlbench report` of a study another process still trains
+    assert "Study in progress: 3 of 4 trials ended." in header(write_study_report(study_data(record, "s", study),
+                                                                                 tmp_path / "running"))
+    record = synthetic_record({"s": ["off", "on"]}, seeds=2)
+    record.trials = record.trials.iloc[:3]  # seed 1 of "on" never ran, and nothing runs it now
+    line = header(write_study_report(study_data(record, "s", study), tmp_path / "missing"))
+    assert "Study incomplete: 3 of 4 trials ended" in line
+
+
+def test_levels_that_resolve_to_the_same_configuration_are_named(tmp_path):
+    study = study_of("[studies.s.levels]\nbase = {}\nsame = {}\nother = {}\nalso = {}\n")
+    record = synthetic_record({"s": ["base", "same", "other", "also"]}, seeds=2)
+    trials = record.trials
+    for level in ("same", "also"):  # both repeat the baseline: per seed the hashes of "base"
+        base = trials.loc[trials["level"] == "base", "config_hash"].to_numpy()
+        trials.loc[trials["level"] == level, "config_hash"] = base
+    data = study_data(record, "s", study)
+    note = ("levels 'base', 'same' and 'also' resolve to the same configuration (equal config hashes): their "
+            "difference is zero by construction, not a finding")
+    assert note in data.notes
+    assert note in (write_study_report(data, tmp_path / "s") / "index.md").read_text()
+    record = synthetic_record({"s": ["base", "same"]}, seeds=2)  # distinct configs: no such note
+    assert not [n for n in study_data(record, "s", study_of("[studies.s.levels]\nbase = {}\nsame = {}\n")).notes
+                if "same configuration" in n]
+
+
+def test_a_report_folder_of_another_study_file_is_refused_and_its_own_is_not(tmp_path):
+    from dlbench.errors import UserError
+    from dlbench.paths import REPORT_MARKER, check_report_folders
+
+    ours, theirs = tmp_path / "a" / "ablation.toml", tmp_path / "b" / "other.toml"
+    record = synthetic_record({"s": ["off", "on"]}, seeds=2)
+    data = study_data(record, "s", study_of("[studies.s.levels]\noff = {}\non = {}\n"))
+    data.source["study_file"] = str(theirs)
+    reports = tmp_path / "reports"
+    write_study_report(data, reports / "s")
+    assert (reports / "s" / REPORT_MARKER).is_file()
+    with pytest.raises(UserError) as err:
+        check_report_folders(reports, ours, ["s", "t"], "x", doing="this run of ablation.toml")
+    assert str(err.value) == (
+        f"nothing was run: {reports}/s/ holds the report of study 's' of {theirs} (experiment 'exp'); this run of "
+        f"ablation.toml would overwrite it. Keep both with --reports-dir {reports}/x (or another folder), or delete "
+        f"{reports}/s/ to replace it.")
+    check_report_folders(reports, theirs, ["s"], "exp")  # the same file again
+    check_report_folders(reports, tmp_path / "b" / ".." / "b" / "other.toml", ["s"], "exp")  # spelled otherwise
+    check_report_folders(tmp_path / "elsewhere", ours, ["s"], "x")  # another --reports-dir
+    (reports / "s" / REPORT_MARKER).unlink()  # a report of an older dlbench: no marker, not refused
+    check_report_folders(reports, ours, ["s"], "x")

@@ -252,12 +252,12 @@ def test_reports_are_attached_to_the_parent_run(done):
 
 
 def test_a_rerun_reports_the_trials_it_skipped_and_is_the_latest(done):
-    # `run --study dropout` is a new study run whose trials all finished before: it skips them,
-    # and its report takes them from their earlier runs (matched by config hash)
+    # `run --study dropout` is a new study run whose trials all finished before: it records each
+    # under itself from its earlier run (dlbench.same_as, said on one line), and reports them
     proc = run_cli(["run", done.study, "--study", "dropout", "--tracking-uri", done.uri, "--device", "cpu",
                     "--reports-dir", "again"], cwd=done.root, env=cli_env(autoload=False))
     assert proc.returncode == 0, describe_result(proc)
-    assert "already done" in proc.stdout and "report: again/dropout/index.md" in proc.stdout
+    assert "trials reused from earlier study runs" in proc.stdout and "report: again/dropout/index.md" in proc.stdout
     parent = re.search(r"MLflow parent run: ([0-9a-f]{32})", proc.stdout).group(1)
     assert parent != done.parent_id
     assert read_csv(done.root / "again" / "dropout" / "summary.csv") == read_csv(done.folder("dropout") / "summary.csv")
@@ -289,7 +289,8 @@ def test_report_mistakes_name_the_fix(done, call, message):
 
     client = done.client()
     exp = client.get_experiment_by_name("reports")
-    (child,) = client.search_runs([exp.experiment_id], "tags.`mlflow.runName` = 'dropout/off/seed=0'")
+    (child,) = client.search_runs([exp.experiment_id], "tags.`mlflow.runName` = 'dropout/off/seed=0' and "
+                                  f"tags.`mlflow.parentRunId` = '{done.parent_id}'")
     with pytest.raises(UserError) as err:
         call(done.uri, done.parent_id, child.info.run_id)
     assert message in str(err.value)

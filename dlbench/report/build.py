@@ -5,16 +5,20 @@ every table as CSV (the statistics tables also as Markdown and LaTeX), and the t
 the figures (``trials.csv``, ``epochs.csv``, ``diagnostics.csv``; ``tuning.csv`` for a tuned
 study, whose section is ``tuning.py``). The folder is the study's name when that is a plain one,
 else a slug of it with a hash (``dlbench.paths.folder_name``): no study name writes outside
-``reports/``.
+``reports/``. Each folder also gets ``.dlbench-report.json``, naming the study file (its absolute
+path), the experiment and the study it is the report of, so that a study of another file with
+the same name is refused that folder (``dlbench.paths.check_report_folders``).
 """
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from dlbench.paths import folder_name
+from dlbench.paths import check_report_folders, ends_with, folder_name, read_report_marker, write_report_marker
 from dlbench.report import figures
 from dlbench.report.data import StudyData, column, label_of
 from dlbench.report.document import Document, export_table, fmt, fmt_p
@@ -26,6 +30,7 @@ from dlbench.tuning.runs import csv_frame
 METRIC = "test_accuracy"  # the study's outcome: final test accuracy of each seed
 CHANCE_MARGIN = 0.02  # a level whose mean accuracy is this close to 1/num_classes is at chance
 TINY_SPREAD = 0.005  # a pooled std below this (or |g| > 10) makes Hedges' g huge: it is flagged
+ENDED = ("finished", "diverged", "failed", "pruned")  # a trial in one of these states will not change
 
 
 def write_study_report(data: StudyData, out_dir: Path, painter: Painter | None = None) -> Path:
@@ -34,6 +39,8 @@ def write_study_report(data: StudyData, out_dir: Path, painter: Painter | None =
     out_dir = Path(out_dir)
     figures_of = (painter or Painter()).batch(len(data.trials))
     out_dir.mkdir(parents=True, exist_ok=True)
+    src = data.source
+    write_report_marker(out_dir, src.get("study_file"), src.get("experiment", ""), data.name)
     csv_frame(data.trials).to_csv(out_dir / "trials.csv", index=False)  # a tuned level's chosen values as JSON
     data.epochs.to_csv(out_dir / "epochs.csv", index=False)
     data.diagnostics.to_csv(out_dir / "diagnostics.csv", index=False)
@@ -41,11 +48,11 @@ def write_study_report(data: StudyData, out_dir: Path, painter: Painter | None =
     doc = Document(data.name)
     if data.question:
         doc.text(f"**Question:** {data.question}")
-    src = data.source
     origin = (f"From MLflow: experiment `{src['experiment']}`, study run `{src['run_name']}` "
-              f"(`{src['parent_run_id']}`, started {src['started']}, {src['status'].lower()}) in "
+              f"(`{src['parent_run_id']}`, started {src['started']}) in "
               f"`{src['tracking_uri']}`." if src["tracking_uri"] else "From in-memory trial results.")
-    doc.text(f"{origin} Outcome: the final {_words(METRIC)} of each seed, after the last epoch.")
+    doc.text(f"{origin} Study {study_progress(data)}. Outcome: the final {_words(METRIC)} of each seed, after the "
+             "last epoch.")
     missing = data.trials[data.trials["status"] != "finished"]
     if data.notes or len(missing):
         doc.heading("What is missing")
@@ -75,6 +82,22 @@ def write_study_report(data: StudyData, out_dir: Path, painter: Painter | None =
     (out_dir / "index.md").write_text(doc.to_markdown(), encoding="utf-8")
     (out_dir / "index.html").write_text(doc.to_html(), encoding="utf-8")
     return out_dir
+
+
+def study_progress(data: StudyData) -> str:
+    """Where the study's own trials stand (not its parent run, which covers the whole study file
+    and runs on while other studies train): ``complete: all N trials ended`` when every trial
+    the study expects has ended (finished, diverged, failed or pruned), ``in progress: k of N
+    trials ended`` while some still run, ``incomplete: k of N trials ended`` when some never ran
+    or were interrupted and nothing runs them now."""
+    status = data.trials["status"].astype(str)
+    ended = int(status.isin(ENDED).sum())
+    expected = max(len(status), len(data.cells()) * len(data.seeds) if data.seeds is not None else 0)
+    if ended == expected:
+        return f"complete: all {expected} trials ended"
+    if (status == "running").any() or str(data.source.get("status", "")).upper() == "RUNNING":
+        return f"in progress: {ended} of {expected} trials ended"
+    return f"incomplete: {ended} of {expected} trials ended (see \"What is missing\")"
 
 
 def _words(metric: str) -> str:
@@ -335,22 +358,79 @@ def report_from_results(study_file, results, reports_dir: Path) -> list[Path]:
 
     record = record_from_results(study_file, results)
     present = set(record.trials["study"]) if len(record.trials) else set()
-    return [write_study_report(study_data(record, s.name, s), report_folder(reports_dir, s.name))
-            for s in study_file.studies if s.name in present]
+    folders = []
+    for s in study_file.studies:
+        if s.name in present:
+            data = study_data(record, s.name, s)
+            data.source["study_file"] = str(Path(study_file.path).resolve())
+            folders.append(write_study_report(data, report_folder(reports_dir, s.name)))
+    return folders
+
+
+@dataclass
+class StudyRunIdentity:
+    """Which study file a study run ran, as far as this process can tell: ``study_file`` the
+    absolute path (None when the run did not record one); ``tail`` the recorded path when it is
+    relative to a working directory other than this one (the file is not there), else None;
+    ``experiment``; ``studies`` the studies the run ran."""
+
+    study_file: Path | None
+    tail: str | None
+    experiment: str
+    studies: list[str]
+
+    def check(self, reports_dir: Path, studies, doing: str) -> None:
+        """Refuse to write the reports of ``studies`` over those of another study file."""
+        if self.study_file is not None:
+            check_report_folders(reports_dir, self.study_file, studies, self.experiment, doing=doing, tail=self.tail,
+                                 nothing="no report was written")
+
+    def marker_path(self, folder: Path) -> Path | None:
+        """The study file to record in ``folder``'s marker: the one a marker already there names
+        when the recorded path is relative to another directory and that marker matches it."""
+        if self.tail is not None:
+            marker = read_report_marker(folder) or {}
+            theirs = marker.get("study_file")
+            if theirs and marker.get("experiment") == self.experiment and ends_with(theirs, self.tail):
+                return Path(theirs)
+        return self.study_file
+
+
+def study_run_identity(tracking_uri: str, run_id: str) -> StudyRunIdentity:
+    """The study file (the parent run's tag ``dlbench.study_file``, as typed: relative paths are
+    taken from this working directory), experiment and studies of the study run ``run_id``."""
+    import json
+
+    from dlbench.tracking.store import Store
+
+    store = Store(tracking_uri)
+    run = store.run(run_id)
+    listed = run.params.get("studies", "")
+    studies = json.loads(listed) if listed.startswith("[") else [s for s in listed.split(",") if s]  # older runs
+    recorded = run.tags.get("dlbench.study_file")
+    path = tail = None
+    if recorded:
+        path = Path(recorded) if os.path.isabs(recorded) else Path.cwd() / recorded
+        if not os.path.isabs(recorded) and not path.is_file():
+            tail = recorded  # written from another working directory: matched by its end
+        path = path.resolve()
+    return StudyRunIdentity(path, tail, store.experiment_name(run), studies)
 
 
 
 def report_from_mlflow(tracking_uri: str, run_id: str, reports_dir: Path, studies: list[str] | None = None,
                        attach: bool = True, trials=None, registry=None, announce=None,
-                       painter: Painter | None = None) -> list[Path]:
+                       painter: Painter | None = None, identity: StudyRunIdentity | None = None) -> list[Path]:
     """Build ``reports_dir/<folder>/`` (see ``report_folder``) for every study of the MLflow
     study run ``run_id`` (or the ``studies`` named) from what the store holds, and attach each
     folder to that run; ``announce(study, folder)`` is called as each is written.
 
-    The trials of the run are its child runs, plus the earlier runs of trials it skipped as
-    already done: ``trials`` (the expanded trials) names them, else the attached study file is
-    expanded with ``registry`` when one is given. ``painter`` draws the figures (see
-    :func:`write_study_report`).
+    The trials of the run are its child runs: one of each trial of the file, whatever happened
+    (``runner.run_study``), never a run of another study run. ``trials`` (the expanded trials),
+    else the attached study file expanded with ``registry`` when one is given, says which
+    studies the invocation ran. ``painter`` draws the figures (see
+    :func:`write_study_report`). ``identity`` (read from the run when not given) names the
+    study file each folder's marker records.
     """
     from dlbench.errors import UserError, choose_one_of
     from dlbench.report.data import parse_attached_study_file, study_data
@@ -358,12 +438,11 @@ def report_from_mlflow(tracking_uri: str, run_id: str, reports_dir: Path, studie
     from dlbench.tracking.writer import attach_report
 
     find_study_run(tracking_uri, run_id=run_id)  # a clear error for a wrong id
+    identity = identity or study_run_identity(tracking_uri, run_id)
     ran = None  # the studies the invocation ran, when the trials do not say (a tuned study's come as it runs)
     if trials is None and registry is not None:
         trials, ran = _expand_attached(tracking_uri, run_id, registry)
-    labels = {t.config_hash: {"study": t.study, "level": t.level, **{f"factor.{f}": v for f, v in t.levels.items()}}
-              for t in trials or []}
-    record = read_study_run(tracking_uri, run_id, labels, studies)
+    record = read_study_run(tracking_uri, run_id, studies)
     present = list(dict.fromkeys(record.trials["study"])) if len(record.trials) else []
     if trials or ran:  # the studies this invocation ran (`dlbench run --study` runs a subset)
         ran = ran or list(dict.fromkeys(t.study for t in trials))
@@ -382,7 +461,10 @@ def report_from_mlflow(tracking_uri: str, run_id: str, reports_dir: Path, studie
         study = known.get(name)
         reason = why if sf is None else f"study {name!r} is not in the attached study file"
         data = study_data(record, name, study, None if study is not None else reason)
-        folder = write_study_report(data, report_folder(reports_dir, name), painter)
+        out_dir = report_folder(reports_dir, name)
+        marker = identity.marker_path(out_dir)
+        data.source["study_file"] = str(marker) if marker is not None else None
+        folder = write_study_report(data, out_dir, painter)
         if attach:
             attach_report(tracking_uri, run_id, folder)
         if announce is not None:

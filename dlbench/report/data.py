@@ -133,6 +133,7 @@ def study_data(record, study_name: str, study: Study | None, why_no_file: str | 
     data = StudyData(study_name, question, levels, reference, claims, alpha, seeds, frame,
                      epochs.reset_index(drop=True), diagnostics, _source(record), notes, _tuning(record, study_name))
     _note_missing(data)
+    _note_same_configs(data)
     return data
 
 
@@ -202,6 +203,26 @@ def _note_missing(data: StudyData) -> None:
     if data.diagnostics.empty and len(frame):
         data.notes.append("no training diagnostics were recorded (diagnostics_every = 0, or runs from before "
                           "diagnostics existed): the gradient and activation figures are left out")
+
+
+def _note_same_configs(data: StudyData) -> None:
+    """Name the levels that resolve to the same configuration: two levels whose trials of the same
+    seed have the same config hash (the resolved config, seed included) train the same thing, so
+    their difference is zero by construction (a level that repeats the baseline, say)."""
+    frame = data.trials
+    if frame.empty or "config_hash" not in frame:
+        return
+    order = {name: i for i, name in enumerate(data.level_order())}
+    hashed = frame[frame["config_hash"].notna() & (frame["config_hash"].astype(str) != "")]
+    groups: list[list[str]] = []
+    for _, rows in hashed.groupby(["seed", "config_hash"], sort=False):
+        levels = sorted(dict.fromkeys(rows["level"].astype(str)), key=lambda lvl: (order.get(lvl, len(order)), lvl))
+        if len(levels) > 1 and levels not in groups:
+            groups.append(levels)
+    for levels in groups:
+        names = ", ".join(repr(lvl) for lvl in levels[:-1]) + f" and {levels[-1]!r}"
+        data.notes.append(f"levels {names} resolve to the same configuration (equal config hashes): their "
+                          "difference is zero by construction, not a finding")
 
 
 def record_from_results(study_file, results) -> SimpleNamespace:

@@ -94,15 +94,10 @@ def find_study_run(tracking_uri: str, run_id: str | None = None, experiment: str
     return runs[0].info.run_id
 
 
-def read_study_run(tracking_uri: str, run_id: str, trials: dict[str, dict] | None = None,
-                   studies: list[str] | None = None) -> StudyRecord:
-    """The parent run ``run_id``, its study file and every child run (of ``studies``, when named)
-    with its metric histories.
-
-    ``trials`` (config hash -> ``{"study": ..., "level": ..., "factor.<f>": ...}``) names the trials
-    the study run stands for: those that are not its children (an invocation skips the trials an
-    earlier one finished) are taken from the newest finished or diverged trial run of the
-    experiment with that config hash, labelled as this study labels them.
+def read_study_run(tracking_uri: str, run_id: str, studies: list[str] | None = None) -> StudyRecord:
+    """The parent run ``run_id``, its study file and every trial run under it (of ``studies``,
+    when named) with its metric histories. A study run holds one run of each of its trials,
+    whatever happened (``dlbench run``): runs of any other study run are never read as its own.
     """
     client = _client(tracking_uri)
     parent = client.get_run(run_id)
@@ -113,20 +108,9 @@ def read_study_run(tracking_uri: str, run_id: str, trials: dict[str, dict] | Non
                           {"mlflow.parentRunId": run_id, "dlbench.role": "trial"} | only)
     if studies is not None:
         children = [r for r in children if r.data.tags.get("dlbench.study") in studies]
-        trials = {h: label for h, label in (trials or {}).items() if label.get("study") in studies}
     name, text = _study_file(client, parent)
-    labels = {r.info.run_id: {} for r in children}
-    missing = set(trials or {}) - {r.data.tags.get("dlbench.config_hash") for r in children}
-    if missing:
-        for run in search_all(client, parent.info.experiment_id, {"dlbench.role": "trial"}):  # any study's
-            digest = run.data.tags.get("dlbench.config_hash")
-            done = run.info.status == "FINISHED" or run.data.tags.get("dlbench.status") == "diverged"
-            if digest in missing and done:
-                missing.discard(digest)
-                children.append(run)
-                labels[run.info.run_id] = trials[digest]
 
-    rows = [_trial_row(r) | labels[r.info.run_id] for r in children]
+    rows = [_trial_row(r) for r in children]
     trials = pd.DataFrame(rows)
     records = histories_of_runs(client, {r.info.run_id: list(r.data.metrics) for r in children}, READ_THREADS)
     history = pd.DataFrame(records, columns=["run_id", "key", "step", "value"])

@@ -14,6 +14,8 @@ from dlbench.tracking import keys
 
 HEARTBEAT_STALE_S = 15 * 60  # a RUNNING run on another host with no heartbeat this long is dead
 TRIAL_ROLES = ("trial", "tuning")  # the runs of trials a study run skips, resumes or claims (not reproductions)
+TRIAL_TAG = "dlbench.trial"  # a trial's name in its study run (``<study>/<level>/seed=<n>``): its identity there
+SAME_AS_TAG = "dlbench.same_as"  # the run whose training a trial's run records (an identical trial's)
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,32 @@ class StoredRun:
     @property
     def config_hash(self) -> str:
         return self.tags.get("dlbench.config_hash", "")
+
+    @property
+    def trial(self) -> str:
+        """The trial's name in its study run (runs from before the tag: from their study, level
+        and seed tags, or their run name)."""
+        tags = self.tags
+        if TRIAL_TAG in tags:
+            return tags[TRIAL_TAG]
+        if tags.get("dlbench.role") == "trial" and "dlbench.study" in tags:
+            return f"{tags['dlbench.study']}/{tags.get('dlbench.level', '')}/seed={tags.get('dlbench.seed', '')}"
+        return tags.get("mlflow.runName", self.run_id)
+
+    @property
+    def ended(self) -> bool:
+        """Finished, or diverged: a result, never trained again (a failed run is)."""
+        return self.status == "FINISHED" or self.tags.get("dlbench.status") == "diverged"
+
+    @property
+    def is_record(self) -> bool:
+        """A record of an identical trial's run (``dlbench.same_as``), not a training of its own."""
+        return SAME_AS_TAG in self.tags
+
+    @property
+    def trained_in(self) -> str:
+        """The run that trained it: itself, or the one it records (``dlbench.same_as``)."""
+        return self.tags.get(SAME_AS_TAG) or self.run_id
 
     def process_alive(self) -> bool:
         """Whether the process that owns this RUNNING run still runs (pid on this host, else
@@ -94,6 +122,24 @@ def trial_runs(client: MlflowClient, experiment_id: str, config_hashes=None,
         if config_hashes is None or run.config_hash in config_hashes:
             by_hash.setdefault(run.config_hash, []).append(run)
     return by_hash
+
+
+def child_runs(client: MlflowClient, experiment_id: str, parent_id: str, trials=None,
+               running: bool = False) -> dict[str, list[StoredRun]]:
+    """The trial runs under the study run ``parent_id`` by trial name (``StoredRun.trial``),
+    newest first: all of them, or those of the trial names ``trials`` (a few: one query each), or
+    the RUNNING ones (``running``)."""
+    where = "attributes.status = 'RUNNING'" if running else ""
+    if trials is not None and len(trials) <= 8:
+        runs = [r for name in trials
+                for r in search(client, experiment_id, {"mlflow.parentRunId": parent_id, TRIAL_TAG: name}, where)]
+    else:
+        runs = search(client, experiment_id, {"mlflow.parentRunId": parent_id}, where)
+    by_trial: dict[str, list[StoredRun]] = {}
+    for run in sorted(runs, key=lambda r: r.start_time, reverse=True):
+        if run.tags.get("dlbench.role") in TRIAL_ROLES and (trials is None or run.trial in trials):
+            by_trial.setdefault(run.trial, []).append(run)
+    return by_trial
 
 
 def latest_parent(client: MlflowClient, experiment_id: str, study_hash: str) -> StoredRun | None:

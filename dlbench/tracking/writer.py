@@ -192,17 +192,33 @@ class Tracker:
         mine = set(self.run_ids.values())
         return {h: [r for r in runs if r.run_id not in mine] for h, runs in found.items()}
 
+    def study_trials(self, names=None) -> dict[str, list[store.StoredRun]]:
+        """The trial runs under this study run by trial name (newest first): all, or those of the
+        trial names ``names``. The runs this tracker opened are left out. Runs from before the
+        ``dlbench.trial`` tag get it now, so that a claim (one query per name) finds them."""
+        found = store.child_runs(self.client, self.experiment_id, self.parent_id, names)
+        mine = set(self.run_ids.values())
+        for runs in found.values():
+            for run in runs:
+                if store.TRIAL_TAG not in run.tags:
+                    self.client.set_tag(run.run_id, store.TRIAL_TAG, run.trial)
+        return {name: [r for r in runs if r.run_id not in mine] for name, runs in found.items()}
+
     def rival(self, trial: Trial) -> store.StoredRun | None:
-        """Another process's run of ``trial`` that claimed it before this one did (by start
-        time, then run id) and has finished it or is running it. Only where claims take no
-        lock (a tracking server): two processes may then claim one trial at the same moment."""
+        """Another process's run of ``trial`` under this study run that claimed it before this
+        one did (by start time, then run id) and has finished it or is running it. Only where
+        claims take no lock (a tracking server): two processes may then claim one trial at the
+        same moment."""
         mine = store.get_run(self.client, self.run_ids[trial.index])
-        for run in self.existing_trials({trial.config_hash}).get(trial.config_hash, []):
-            taken = run.status == "FINISHED" or run.tags.get("dlbench.status") == "diverged" or (
-                run.status == "RUNNING" and run.process_alive())
+        for run in self.study_trials([trial.run_name]).get(trial.run_name, []):
+            taken = run.ended or (run.status == "RUNNING" and run.process_alive())
             if taken and (run.start_time, run.run_id) < (mine.start_time, mine.run_id):
                 return run
         return None
+
+    def stored(self, run_id: str) -> store.StoredRun:
+        """A run as the store has it now."""
+        return store.get_run(self.client, run_id)
 
     def epoch_history(self, run: store.StoredRun) -> list[dict[str, float]]:
         """A run's per-epoch metrics (step = epoch), one dict per epoch from 0."""
@@ -219,13 +235,45 @@ class Tracker:
         """Delete the run this process opened for ``trial``: another process claimed it first."""
         self.client.delete_run(self.run_ids.pop(trial.index))
 
-    def running_elsewhere(self, config_hashes) -> list[store.StoredRun]:
-        """The RUNNING trial runs of ``config_hashes`` under this study run that another live
-        process is training (a ``--force`` run or another study file has its own)."""
-        found = store.trial_runs(self.client, self.experiment_id, running=True)
+    def retire(self, failed: list[store.StoredRun]) -> None:
+        """Delete the failed runs of a trial about to train again (MLflow keeps them among the
+        deleted runs, error.txt included): the trial keeps one run under its study."""
+        for run in failed:
+            self.client.delete_run(run.run_id)
+
+    def running_elsewhere(self, trials) -> list[store.StoredRun]:
+        """The RUNNING runs of ``trials`` under this study run that another live process is training."""
+        names = {t.run_name for t in trials}
+        found = store.child_runs(self.client, self.experiment_id, self.parent_id, running=True)
         mine = set(self.run_ids.values())
-        return [r for h in config_hashes for r in found.get(h, []) if r.run_id not in mine
-                and r.tags.get("mlflow.parentRunId") == self.parent_id and r.process_alive()]
+        return [r for name in names for r in found.get(name, []) if r.run_id not in mine and r.process_alive()]
+
+    def record_same(self, trial: Trial, source: store.StoredRun, reused: bool = False) -> store.StoredRun:
+        """Record ``trial`` under this study run from ``source``, the run of an identical trial
+        (equal config hash): one of this file trained once (``reused`` False), or one of an
+        earlier study run of this experiment. The new run carries its own study, level, seed and
+        factors, ``source``'s outcome (status, metrics with their steps, how and where it
+        trained) and ``dlbench.same_as`` = the run that trained it. Returns the new run."""
+        origin = source.trained_in
+        if origin != source.run_id:  # a record itself: read the run that trained
+            source = store.get_run(self.client, origin)
+        how = "reused from an earlier study run" if reused else "an identical trial of this study file"
+        note = (f"Trained once as `{source.tags.get('mlflow.runName', origin)}` ({origin}), {how}: the same "
+                "configuration and seed (equal `dlbench.config_hash`). This run records its outcome under "
+                f"study `{trial.study}`, level `{trial.level}`.")
+        run_id = self.open_run(trial, {store.SAME_AS_TAG: origin, "dlbench.same_as_name": source.tags.get(
+            "mlflow.runName", ""), "dlbench.reused": str(reused).lower(), "mlflow.note.content": note})
+        kept = {k: v for k, v in source.tags.items() if not _identity_tag(k)}
+        self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in kept.items()])
+        histories = store.histories_of_runs(self.client, {origin: list(source.metrics)}, threads=1)  # one client thread
+        now = int(time.time() * 1000)
+        metrics = [Metric(key, value, now, step) for _, key, step, value in histories]
+        for i in range(0, len(metrics), BATCH_LIMIT):
+            self.client.log_batch(run_id, metrics=metrics[i:i + BATCH_LIMIT])
+        self.client.set_terminated(run_id, source.status)
+        self._ended.add(run_id)
+        self.client.sync()
+        return store.get_run(self.client, run_id)
 
     def adopt(self, trial: Trial, previous: store.StoredRun) -> str:
         """Continue ``previous`` (left RUNNING by a dead process, or KILLED) for ``trial``: the
@@ -282,11 +330,11 @@ class Tracker:
     def log_level_summary(self, study: str, trials: list[Trial]) -> None:
         """The final test accuracy of each level of ``study`` over its seeds, on the parent run
         (``<study>/<level>/test_accuracy_mean``, ``_std``, ``_n``; MLflow's UI shows them in a
-        section per study): the newest finished run of each trial, whichever process ran it."""
-        found = store.trial_runs(self.client, self.experiment_id, {t.config_hash for t in trials})
+        section per study): each trial's finished run under this study run, whichever process ran it."""
+        found = store.child_runs(self.client, self.experiment_id, self.parent_id)
         by_level: dict[str, list[float]] = {}
         for trial in trials:
-            finished = [r for r in found.get(trial.config_hash, [])
+            finished = [r for r in found.get(trial.run_name, [])
                         if r.status == "FINISHED" and "test_accuracy" in r.metrics]
             if finished:
                 by_level.setdefault(trial.level, []).append(finished[0].metrics["test_accuracy"])
@@ -309,7 +357,7 @@ class Tracker:
 
     # -- trials (child runs), as hook implementations -------------------------------------------
 
-    def open_run(self, trial: Trial) -> str:
+    def open_run(self, trial: Trial, extra_tags: dict[str, str] | None = None) -> str:
         """The trial's run: made now (RUNNING, with this process's host and pid: others see it
         as taken) unless it was made or adopted already."""
         if trial.index in self.run_ids:
@@ -319,6 +367,7 @@ class Tracker:
             "mlflow.runName": name,
             # a search's tuning trial is a run of its own role: the study's statistics read the trials
             "dlbench.role": "tuning" if trial.is_tuning and self.role == "trial" else self.role,
+            store.TRIAL_TAG: trial.run_name,
             "dlbench.study": trial.study,
             "dlbench.level": trial.level,
             "dlbench.seed": str(trial.seed),
@@ -336,7 +385,7 @@ class Tracker:
             tags["mlflow.parentRunId"] = self.parent_id
         if trial.tuning is not None:  # which search, what it tried (tuning) or chose (final)
             tags |= trial.tuning.tags()
-        tags |= self.extra_child_tags
+        tags |= self.extra_child_tags | (extra_tags or {})
         if self._commit:
             tags["mlflow.source.git.commit"] = self._commit
         run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
@@ -480,6 +529,19 @@ def _summary_key(study: str, level: str, statistic: str) -> str:
     several factors (MLflow keys refuse ``=`` and ``,``); a name MLflow refuses otherwise is slugged."""
     parts = [keys.key(name.replace("/", " ")) for name in (study, level.replace("=", " ").replace(",", " "))]
     return keys.key(f"{parts[0]}/{parts[1]}/test_accuracy_{statistic}")
+
+
+SEARCH_TAGS = {"dlbench.search", "dlbench.tuned", "dlbench.tuned_from"}  # the trial's own search, not the source's
+IDENTITY_TAGS = {store.TRIAL_TAG, store.SAME_AS_TAG, "dlbench.same_as_name", "dlbench.reused", "dlbench.role",
+                 "dlbench.study", "dlbench.level", "dlbench.seed", "dlbench.levels", "dlbench.trial_index",
+                 "dlbench.host", "dlbench.pid", "dlbench.heartbeat", "mlflow.runName", "mlflow.parentRunId",
+                 "mlflow.note.content", "mlflow.user", "mlflow.source.name", "mlflow.source.type"}
+
+
+def _identity_tag(key: str) -> bool:
+    """A tag that says which trial a run is, or who logged it (not copied to a record of it)."""
+    return key in IDENTITY_TAGS or key in SEARCH_TAGS or key.startswith(("dlbench.factor.", "dlbench.tuning.",
+                                                                           PROCESS_TAG))
 
 
 def _user() -> str:
