@@ -358,7 +358,8 @@ def _run(study_file, trials, plugins, device, tracking_uri, reports_dir, stream,
             for twin in twins:
                 action, recorded = record_identical(twin, trial, tracker, stream, total)
                 if action == "busy":
-                    gone_elsewhere(twin)
+                    if recorded is not None:  # another process records it
+                        gone_elsewhere(twin)
                     continue
                 run.by_others += action == "skip"
                 run.shared += action == "recorded"
@@ -531,6 +532,8 @@ def record_identical(twin: Trial, first: Trial, tracker, stream, total: int):
     if first.index in tracker.run_ids:
         runs.insert(0, tracker.stored(tracker.run_ids[first.index]))
     ended = [r for r in runs if r.ended] or [r for r in runs if r.status == "FAILED"]
+    if not ended:  # its run is not there to read (a tracking server lost it): the next run records it
+        return "busy", None
     return _record(twin, ended[0], tracker, stream, total)
 
 
