@@ -305,11 +305,11 @@ def test_levels_that_resolve_to_the_same_configuration_are_named(tmp_path):
     data = study_data(record, "s", study)
     note = ("levels 'base', 'same' and 'also' resolve to the same configuration (equal config hashes): their "
             "difference is zero by construction, not a finding")
-    assert note in data.notes
-    assert note in (write_study_report(data, tmp_path / "s") / "index.md").read_text()
+    assert note in data.same and note not in data.notes  # a finding about the design, not something missing
+    index = (write_study_report(data, tmp_path / "s") / "index.md").read_text()
+    assert f"## Same configurations\n\n- {note}" in index
     record = synthetic_record({"s": ["base", "same"]}, seeds=2)  # distinct configs: no such note
-    assert not [n for n in study_data(record, "s", study_of("[studies.s.levels]\nbase = {}\nsame = {}\n")).notes
-                if "same configuration" in n]
+    assert not study_data(record, "s", study_of("[studies.s.levels]\nbase = {}\nsame = {}\n")).same
 
 
 def test_a_report_folder_of_another_study_file_is_refused_and_its_own_is_not(tmp_path):

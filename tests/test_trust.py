@@ -140,6 +140,9 @@ def test_the_report_of_each_study_counts_its_own_seeds(uninterrupted):
     assert uninterrupted["verdicts"]["n"] == {"a": [2, 2, 2], "b": [2, 2]}
     index = (uninterrupted["root"] / "reports" / "a" / "index.md").read_text(encoding="utf-8")
     assert "did not finish" not in index
+    assert "levels 'base' and 'same' resolve to the same configuration" in index
+    index = (uninterrupted["root"] / "reports" / "b" / "index.md").read_text(encoding="utf-8")
+    assert "level 'narrow' is the same configuration as a/base: its 2 run(s) record those trials' runs" in index
 
 
 def kill_after(root: Path, db: Path, lines: int, jobs: str) -> str:

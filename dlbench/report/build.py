@@ -62,6 +62,10 @@ def write_study_report(data: StudyData, out_dir: Path, painter: Painter | None =
                 f"{r['level']} seed {r['seed']} ({r['status']})" for _, r in missing.iterrows()))
         doc.bullets(items)
 
+    if data.same:
+        doc.heading("Same configurations")
+        doc.bullets(data.same)
+
     if data.claims:
         _claims_section(doc, data, out_dir)
     tuned = tuning_section(doc, data, out_dir)  # before the results: how fairly the levels were tuned

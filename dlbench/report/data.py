@@ -45,6 +45,7 @@ class StudyData:
     notes: list[str] = field(default_factory=list)  # what is missing or was inferred
     # one row per tuning run of the study (dlbench.tuning.runs.COLUMNS, factor.<f>, param.<key>); empty when untuned
     tuning: pd.DataFrame = field(default_factory=tuning_runs.empty_frame)
+    same: list[str] = field(default_factory=list)  # levels that resolve to the same configuration as another
 
     @property
     def factors(self) -> list[str]:
@@ -121,6 +122,8 @@ def study_data(record, study_name: str, study: Study | None, why_no_file: str | 
         frame[m] = trials[m].to_numpy(dtype=float) if m in trials else math.nan
     frame["generalization_gap"] = frame["train_accuracy"] - frame["test_accuracy"]
     # a tuned level's final trials: the search, the chosen values and the tuning trial they came from
+    if "same_as" in trials and (trials["same_as"].fillna("") != "").any():  # recorded from an identical trial's run
+        frame["same_as"] = trials["same_as"].fillna("").to_numpy()
     for name in ("search", "tuned", "tuned_from"):
         if name in trials and trials[name].notna().any():
             frame[name] = trials[name].reset_index(drop=True).astype("Int64" if name == "tuned_from" else object)
@@ -221,8 +224,15 @@ def _note_same_configs(data: StudyData) -> None:
             groups.append(levels)
     for levels in groups:
         names = ", ".join(repr(lvl) for lvl in levels[:-1]) + f" and {levels[-1]!r}"
-        data.notes.append(f"levels {names} resolve to the same configuration (equal config hashes): their "
-                          "difference is zero by construction, not a finding")
+        data.same.append(f"levels {names} resolve to the same configuration (equal config hashes): their "
+                         "difference is zero by construction, not a finding")
+    if "same_as" in frame:  # a level whose runs record another study's trials (trained once, for both)
+        prefix = f"{data.name}/"
+        for level, rows in frame[frame["same_as"] != ""].groupby("level", sort=False):
+            others = sorted({name.rsplit("/seed=", 1)[0] for name in rows["same_as"] if not name.startswith(prefix)})
+            if others:
+                data.same.append(f"level {level!r} is the same configuration as {', '.join(others)}: its "
+                                 f"{len(rows)} run(s) record those trials' runs (trained once, dlbench.same_as)")
 
 
 def record_from_results(study_file, results) -> SimpleNamespace:

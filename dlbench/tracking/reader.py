@@ -190,6 +190,7 @@ def _trial_row(run) -> dict:
         "epochs_run": int(tags.get("dlbench.epochs_run", 0)),
         "duration_s": float(tags.get("dlbench.duration_s", "nan")),
         "config_hash": tags.get("dlbench.config_hash", ""),
+        "same_as": tags.get("dlbench.same_as_name", ""),  # the trial whose run it records (trained once)
         "num_classes": int(tags.get("dlbench.num_classes") or 0),  # 0: not recorded (older runs)
     }
     if "dlbench.levels" in tags:  # the exact factor names (a tag key holds only some characters)

@@ -261,8 +261,8 @@ class Tracker:
         note = (f"Trained once as `{source.tags.get('mlflow.runName', origin)}` ({origin}), {how}: the same "
                 "configuration and seed (equal `dlbench.config_hash`). This run records its outcome under "
                 f"study `{trial.study}`, level `{trial.level}`.")
-        run_id = self.open_run(trial, {store.SAME_AS_TAG: origin, "dlbench.same_as_name": source.tags.get(
-            "mlflow.runName", ""), "dlbench.reused": str(reused).lower(), "mlflow.note.content": note})
+        run_id = self.open_run(trial, {store.SAME_AS_TAG: origin, "dlbench.same_as_name": source.trial,
+                                       "dlbench.reused": str(reused).lower(), "mlflow.note.content": note})
         kept = {k: v for k, v in source.tags.items() if not _identity_tag(k)}
         self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in kept.items()])
         histories = store.histories_of_runs(self.client, {origin: list(source.metrics)}, threads=1)  # one client thread
@@ -535,7 +535,8 @@ SEARCH_TAGS = {"dlbench.search", "dlbench.tuned", "dlbench.tuned_from"}  # the t
 IDENTITY_TAGS = {store.TRIAL_TAG, store.SAME_AS_TAG, "dlbench.same_as_name", "dlbench.reused", "dlbench.role",
                  "dlbench.study", "dlbench.level", "dlbench.seed", "dlbench.levels", "dlbench.trial_index",
                  "dlbench.host", "dlbench.pid", "dlbench.heartbeat", "mlflow.runName", "mlflow.parentRunId",
-                 "mlflow.note.content", "mlflow.user", "mlflow.source.name", "mlflow.source.type"}
+                 "mlflow.note.content", "mlflow.user", "mlflow.source.name", "mlflow.source.type",
+                 "dlbench.create_id", "dlbench.replaces"}
 
 
 def _identity_tag(key: str) -> bool:
