@@ -27,7 +27,7 @@ import torch
 
 from dlbench import hookimpl
 from dlbench.config import parse_study_file
-from dlbench.data import DataCache
+from dlbench.datacache import DataCache
 from dlbench.diagnostics import Diagnostics
 from dlbench.plugins import load_plugins
 from dlbench.runner import resolve_device

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dlbench.config import parse_study_file
-from dlbench.data import DataCache
+from dlbench.datacache import DataCache
 from dlbench.plugins import load_plugins
 from dlbench.runner import resolve_device
 from dlbench.stacking import plan, stack_settings

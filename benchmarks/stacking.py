@@ -26,9 +26,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from dlbench.config import parse_study_file
-from dlbench.data import DataCache
+from dlbench.datacache import DataCache
 from dlbench.plugins import load_plugins
-from dlbench.runner import resolve_device, set_determinism
+from dlbench.determinism import set_determinism
+from dlbench.runner import resolve_device
 from dlbench.stacking import Work, stack_id
 from dlbench.study import expand
 from dlbench.train import run_trial

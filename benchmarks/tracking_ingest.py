@@ -41,7 +41,7 @@ from mlflow.entities import DatasetInput, InputTag, Metric, Param
 from mlflow.tracking import MlflowClient
 
 from dlbench.config import parse_study_file
-from dlbench.data import DataCache
+from dlbench.datacache import DataCache
 from dlbench.diagnostics import Diagnostics
 from dlbench.plugins import load_plugins
 from dlbench.stacking import Work

@@ -14,8 +14,6 @@ baseline's table instead of merging (options of ``sgd`` do not carry over to ``a
 from __future__ import annotations
 
 import copy
-import json
-import re
 import tomllib
 import unicodedata
 from dataclasses import dataclass, field
@@ -23,9 +21,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from dlbench.errors import ConfigError, choose_one_of
+from dlbench.keypaths import toml_key, unknown_keys  # noqa: F401  (toml_key: part of this module's API)
 from dlbench.schema import MISSING, Range, check, coerce, describe
 from dlbench.schema import show as _show
 from dlbench.textfile import read_text
+from dlbench.trial import level_label  # noqa: F401  (part of this module's API)
+from dlbench.tuning.space import merge_tune, parse_tune
 
 # Component settings: the key in a study file -> the plugin kind it names.
 COMPONENTS = {
@@ -91,7 +92,6 @@ RESERVED_FACTOR_NAMES = {"study", "level", "seed", "status", "epochs_run", "conf
 # or line breaks, and no space at either end. They reach file names only through
 # dlbench.paths.folder_name and MLflow keys only through dlbench.tracking.keys.
 MAX_NAME = 200
-BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")  # a TOML bare key: written without quotes
 
 
 @dataclass(frozen=True)
@@ -121,13 +121,6 @@ class Claim:
 
     def __str__(self) -> str:
         return f"{level_label(self.level)} beats {level_label(self.beats)} on {self.metric}"
-
-
-def level_label(levels: dict[str, str]) -> str:
-    """A level's label as runs are named: ``on`` for one factor, ``a=x,b=y`` for several."""
-    if len(levels) == 1:
-        return next(iter(levels.values()))
-    return ",".join(f"{f}={lvl}" for f, lvl in levels.items())
 
 
 @dataclass(frozen=True)
@@ -173,11 +166,6 @@ def name_problem(name) -> str | None:
     return None
 
 
-def toml_key(name: str) -> str:
-    """``name`` as a key in a TOML key path: bare when it can be, else quoted."""
-    return name if BARE_KEY.match(name) else json.dumps(name, ensure_ascii=False)
-
-
 def read_study_file(path: str | Path) -> StudyFile:
     """Parse and structurally validate a study file (plugin names are checked at expansion)."""
     path = Path(path)
@@ -198,10 +186,10 @@ def read_study_file(path: str | Path) -> StudyFile:
 def parse_study_file(raw: dict, path: Path, text: str = "") -> StudyFile:
     problems: list[str] = []
     _huge_integers(raw, "", problems)
-    _unknown_keys(raw, TOP_KEYS, "", problems)
+    unknown_keys(raw, TOP_KEYS, "", problems)
 
     meta = _table(raw, "study", "study", problems)
-    _unknown_keys(meta, STUDY_META_KEYS, "study.", problems)
+    unknown_keys(meta, STUDY_META_KEYS, "study.", problems)
     name = meta.get("name", path.stem)
     problem = name_problem(name)
     if problem:
@@ -212,7 +200,7 @@ def parse_study_file(raw: dict, path: Path, text: str = "") -> StudyFile:
     default_alpha = _alpha(meta.get("alpha", DEFAULT_ALPHA), "study.alpha", problems)
 
     baseline = _table(raw, "baseline", "baseline", problems)
-    _unknown_keys(baseline, BASELINE_KEYS, "baseline.", problems)
+    unknown_keys(baseline, BASELINE_KEYS, "baseline.", problems)
     baseline = merge(normalize(DEFAULT_BASELINE), normalize(baseline))
 
     studies_raw = _table(raw, "studies", "studies", problems)
@@ -239,10 +227,10 @@ def parse_study_file(raw: dict, path: Path, text: str = "") -> StudyFile:
 def _parse_study(name: str, raw: dict, default_seeds: tuple[int, ...], problems: list[str],
                  default_alpha: float = DEFAULT_ALPHA) -> Study | None:
     where = f"studies.{toml_key(name)}"
-    _unknown_keys(raw, STUDY_KEYS, f"{where}.", problems)
+    unknown_keys(raw, STUDY_KEYS, f"{where}.", problems)
     seeds = _seeds(raw["seeds"], f"{where}.seeds", problems) if "seeds" in raw else default_seeds
     overrides = _table(raw, "baseline", f"{where}.baseline", problems)
-    _unknown_keys(overrides, BASELINE_KEYS, f"{where}.baseline.", problems)
+    unknown_keys(overrides, BASELINE_KEYS, f"{where}.baseline.", problems)
 
     if ("levels" in raw) == ("factors" in raw):
         problems.append(f"{where}: give exactly one of 'levels' (one factor) or 'factors' (several), "
@@ -275,7 +263,7 @@ def _parse_study(name: str, raw: dict, default_seeds: tuple[int, ...], problems:
                 problems.append(f"{fw}.{lname}: a level is a table of overrides (use {{}} for the baseline itself), "
                                 f"got {_show(over)}")
             else:
-                _unknown_keys(over, LEVEL_KEYS, f"{fw}.{lname}.", problems)
+                unknown_keys(over, LEVEL_KEYS, f"{fw}.{lname}.", problems)
         tunes = {k: v["tune"] for k, v in levels.items() if isinstance(v, dict) and "tune" in v}
         overrides_of = {k: normalize({o: x for o, x in v.items() if o != "tune"}) if isinstance(v, dict) else {}
                         for k, v in levels.items()}
@@ -308,8 +296,6 @@ def _parse_study(name: str, raw: dict, default_seeds: tuple[int, ...], problems:
 
 def _tune(raw, factors: list[Factor], where: str, level_where: dict[str, str], problems: list[str]) -> dict | None:
     """Check the study's tune table and each level's (merged over the study's); the study's, raw."""
-    from dlbench.tuning.space import merge_tune, parse_tune
-
     if raw is not None and parse_tune(raw, f"{where}.tune", problems) is None:
         return None
     for factor in factors:
@@ -331,7 +317,7 @@ def _claims(raw, factors: list[Factor], where: str, problems: list[str]) -> tupl
         if not isinstance(item, dict):
             problems.append(f"{path}: expected a table such as {{ level = \"on\", beats = \"off\" }}, got {_show(item)}")
             continue
-        _unknown_keys(item, CLAIM_KEYS, f"{path}.", problems)
+        unknown_keys(item, CLAIM_KEYS, f"{path}.", problems)
         sides = {}
         for key in ("level", "beats"):
             if key not in item:
@@ -508,12 +494,6 @@ def _table(raw: dict, key: str, path: str, problems: list[str]) -> dict:
         problems.append(f"{path}: expected a table, got {_show(value)}")
         return {}
     return value
-
-
-def _unknown_keys(table: dict, allowed: list[str], prefix: str, problems: list[str]) -> None:
-    for key in table:
-        if key not in allowed:
-            problems.append(f"{prefix}{key}: unknown key; {choose_one_of(key, allowed)}")
 
 
 def _seeds(value, path: str, problems: list[str]) -> tuple[int, ...]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from dlbench.data import DataCache
+from dlbench.datacache import DataCache
 from dlbench.paths import folder_name
 from dlbench.stacking import Work
 from dlbench.study import Trial

@@ -38,7 +38,8 @@ import torch.nn.functional as F
 
 from dlbench.config import StudyFile
 from dlbench import preprocessing
-from dlbench.data import DataCache, DeviceData
+from dlbench.data import DeviceData
+from dlbench.datacache import DataCache
 from dlbench.errors import UserError
 from dlbench.regularizer import Regularizer
 from dlbench.shapes import InputShapeError, check_input_shape

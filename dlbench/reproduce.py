@@ -98,11 +98,11 @@ def _as_float32(value: float) -> float:
 
 def reproduce(run_id: str, plugins: Plugins, *, tracking_uri: str, device: torch.device, tolerance: float,
               data_dir: Path | None, stream: TextIO) -> Verdict:
-    from dlbench.data import DataCache
+    from dlbench.datacache import DataCache
     from dlbench.datastore import pointer_for, recorded_md5
     from dlbench.diagnostics import Diagnostics
     from dlbench.executor import execute
-    from dlbench.runner import set_determinism
+    from dlbench.determinism import set_determinism
     from dlbench.tracking import StudyContext, Tracker
     from dlbench.tracking.keys import metric_name
     from dlbench.tracking.store import Store

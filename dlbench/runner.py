@@ -7,8 +7,6 @@ or GPUs (``workers.py``), with this process the one writer to the tracking store
 
 from __future__ import annotations
 
-import os
-import sys
 import time
 from collections import Counter
 from contextlib import ExitStack
@@ -21,7 +19,8 @@ import torch
 
 from dlbench.background_reports import BackgroundReports
 from dlbench.config import StudyFile
-from dlbench.data import DataCache
+from dlbench.datacache import DataCache
+from dlbench.determinism import set_determinism
 from dlbench.diagnostics import Diagnostics
 from dlbench.errors import UserError
 from dlbench.executor import checkpoint_path, execute
@@ -32,7 +31,7 @@ from dlbench.stacking import Work, plan, stack_id, stack_settings
 from dlbench.study import Plan, Trial, canonical_json, first_of_each_config
 from dlbench.train import TrialResult
 from dlbench.work_queue import WorkQueue, hand_out_order
-from dlbench.workers import default_jobs
+from dlbench.workers import WorkerPool, WorkerSetup, cpu_cores, default_jobs
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -98,17 +97,6 @@ class StudyRun:
 
     def count(self, status: str) -> int:
         return sum(r.status == status for _, r in self.results)
-
-
-def set_determinism(on: bool, device: torch.device) -> None:
-    """Deterministic kernels (bit-identical re-runs on the same hardware and software)."""
-    if on and device.type == "cuda":
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for determinism
-    if "torch._inductor.config" in sys.modules or not hasattr(torch._C, "_set_deterministic_algorithms"):
-        torch.use_deterministic_algorithms(on)
-    else:  # what it does, without importing torch._inductor for its flag: 1.6 s of every start (nothing compiles)
-        torch._C._set_deterministic_algorithms(on)
-    torch.backends.cudnn.benchmark = not on
 
 
 def plan_trial(previous: list):
@@ -229,8 +217,6 @@ def _worker_setup(plugins, data_dir, deterministic, checkpoint_dir, checkpoint_e
                   cuda_graphs: str = "auto"):
     """What a worker needs to rebuild this process's world; absolute paths (a Ray worker does
     not start in this directory)."""
-    from dlbench.workers import WorkerSetup
-
     def absolute(path) -> str | None:
         return str(Path(path).resolve()) if path else None
 
@@ -248,8 +234,6 @@ def start_workers(trials: list[Trial], plugins: Plugins, devices: list[torch.dev
     the machine has room for), or None when the units train in this process (one job). They
     start at once and warm up (``workers.warm_up``: imports, CUDA, the datasets when ``data_dir``
     holds them already) while this process goes on. Pass the pool to :func:`run_study`."""
-    from dlbench.workers import WorkerPool, cpu_cores
-
     if jobs is None:  # --fail-fast stops at the first failure in file order: one unit at a time
         max_stack, _ = stack_settings(devices[0], stack_size, cuda_graphs)
         units = len(plan(trials, plugins.registry, max_stack)) + sum(s.spec.budget for s in searches)

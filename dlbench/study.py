@@ -7,46 +7,14 @@ came from; ``group_hash`` is the hash without the seed and names the seeds of on
 
 from __future__ import annotations
 
-import hashlib
 import itertools
-import json
 from dataclasses import dataclass, field
 
-from dlbench.config import Study, StudyFile, level_label, merge, resolve, toml_key
+from dlbench.config import Study, StudyFile, merge, resolve, toml_key
 from dlbench.errors import ConfigError, choose_one_of
-
-
-@dataclass(frozen=True)
-class Trial:
-    index: int  # 1-based position in the expanded study file
-    study: str
-    levels: dict[str, str]  # factor -> level name
-    seed: int
-    config: dict  # fully resolved, includes "seed"
-    config_hash: str
-    group_hash: str
-    # the key path of the study file that last set each setting (see ``sources``), so a problem
-    # found after expansion (the preflight) points at the line the user wrote
-    where: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
-    # a trial of a tuned level's search (dlbench/tuning/search.py): a tuning trial or a final one
-    tuning: object = field(default=None, compare=False, repr=False)
-    # a tuning trial's pruning rule (dlbench/tuning/pruning.py), asked by the training loop
-    prune: object = field(default=None, compare=False, repr=False)
-
-    @property
-    def level(self) -> str:
-        """The level label: the level name for one factor, ``a=x,b=y`` for several."""
-        return level_label(self.levels)
-
-    @property
-    def run_name(self) -> str:
-        if self.is_tuning:
-            return f"{self.study}/{self.level}/tune={self.tuning.number}"
-        return f"{self.study}/{self.level}/seed={self.seed}"
-
-    @property
-    def is_tuning(self) -> bool:
-        return self.tuning is not None and self.tuning.role == "tuning"
+from dlbench.trial import Trial, canonical_json, config_hash, flatten, level_label  # noqa: F401  (re-exported)
+from dlbench.tuning.search import Search, check_space
+from dlbench.tuning.space import merge_tune, parse_tune
 
 
 def first_of_each_config(trials: list[Trial]) -> dict[int, Trial]:
@@ -81,16 +49,6 @@ def identical_levels(trials: list[Trial]) -> list[tuple[str, str, int]]:
         seeds.setdefault(name, set()).add(trial.seed)
     return [(a, b, len(seeds[a] & seeds[b])) for names in by_group.values()
             for i, a in enumerate(names) for b in names[i + 1:]]
-
-
-def canonical_json(config: dict) -> str:
-    return json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-
-
-def config_hash(config: dict) -> str:
-    """SHA-256 of the canonical JSON of a resolved config (key order and int/float spelling
-    do not matter: resolution made every option explicit and every float a float)."""
-    return hashlib.sha256(canonical_json(config).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -142,9 +100,6 @@ def expand_plan(study_file: StudyFile, registry, only: list[str] | None = None) 
 
 
 def _expand_study(sf: StudyFile, study: Study, registry, problems: list[str], plan: Plan) -> None:
-    from dlbench.tuning.search import Search, check_space
-    from dlbench.tuning.space import merge_tune, parse_tune
-
     base = merge(sf.baseline, study.overrides)
     base_where = sources(study.overrides, f"studies.{study.name}.baseline", {})
     for combo in itertools.product(*[f.level_names for f in study.factors]):
@@ -193,25 +148,3 @@ def sources(override: dict, path: str, where: dict[str, str]) -> dict[str, str]:
             where = {k: v for k, v in where.items() if not k.startswith(f"{key}.")}
             where[key] = path
     return where
-
-
-def flatten(config: dict, prefix: str = "") -> dict[str, str]:
-    """``{"optimizer": {"name": "sgd", "lr": 0.1}}`` -> ``{"optimizer.name": "sgd", "optimizer.lr": "0.1"}``.
-
-    Regularizers are keyed by name (``regularizers.dropout.p_hidden``) so runs line up in a
-    comparison table whatever the list order; ``regularizers`` itself lists the names.
-    """
-    out: dict[str, str] = {}
-    for key, value in config.items():
-        path = f"{prefix}{key}"
-        if key == "regularizers" and isinstance(value, list) and not prefix:
-            out[path] = ",".join(r["name"] for r in value) or "none"
-            for r in value:
-                out.update(flatten({k: v for k, v in r.items() if k != "name"}, f"{path}.{r['name']}."))
-        elif isinstance(value, dict):
-            out.update(flatten(value, f"{path}."))
-        elif isinstance(value, list):
-            out[path] = json.dumps(value)
-        else:
-            out[path] = str(value).lower() if isinstance(value, bool) else str(value)
-    return out

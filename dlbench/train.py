@@ -21,22 +21,10 @@ import torch
 import torch.nn.functional as F
 
 from dlbench.data import DeviceData
-from dlbench.study import Trial
+from dlbench.trial import Trial, TrialResult  # noqa: F401  (TrialResult: part of this module's API)
 from dlbench.warmup import Warmup, warmup_steps
 
 EVAL_CHUNK = 8192  # examples per forward pass at evaluation: bounded memory, few launches
-
-
-@dataclass
-class TrialResult:
-    # "finished", "diverged" (loss became NaN/inf), "failed" (an exception), "interrupted", "pruned"
-    # (a tuning trial stopped by its search's pruner)
-    status: str
-    epochs_run: int = 0
-    final: dict[str, float] = field(default_factory=dict)  # metrics after the last epoch
-    history: list[dict[str, float]] = field(default_factory=list)  # one dict per epoch, from 0
-    seconds: float = 0.0
-    error: str | None = None
 
 
 def seed_everything(seed: int) -> None:

@@ -58,10 +58,10 @@ class WorkerSetup:
 def load_world(setup: WorkerSetup, device: torch.device):
     """A worker's plugins (the training diagnostics registered) and data cache, with ``setup``'s
     threads and determinism on ``device``: built once by every worker, local or a Ray task's."""
-    from dlbench.data import DataCache
+    from dlbench.datacache import DataCache
     from dlbench.diagnostics import Diagnostics
     from dlbench.plugins import load_plugins
-    from dlbench.runner import set_determinism
+    from dlbench.determinism import set_determinism
 
     torch.set_num_threads(setup.threads)
     if device.type == "cuda":

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import the_preflight_problem
 
-from dlbench.data import DataCache
+from dlbench.datacache import DataCache
 from dlbench.errors import ConfigError
 from dlbench.preprocessing import apply
 from dlbench.train import make

@@ -33,7 +33,7 @@ EPOCH_TOL = 1e-4
 def tiny_data(registry):
     """The tiny MNIST-1D of conftest, on the device these tests run on."""
     from dlbench.data import to_device
-    from dlbench.runner import set_determinism
+    from dlbench.determinism import set_determinism
 
     set_determinism(True, DEVICE)
     return to_device(registry.get("dataset", "mnist1d").factory(num_samples=600), 0.1, DEVICE)
@@ -390,7 +390,7 @@ def test_a_stack_resumes_from_its_checkpoint_bit_for_bit(tmp_path, make_trials, 
 
 
 def test_a_raising_stack_fails_every_member_with_the_traceback(make_trials, registry, tiny_data):
-    from dlbench.data import DataCache
+    from dlbench.datacache import DataCache
 
     trials = make_trials({"optimizer": {"name": "sgd", "nesterov": True, "momentum": 0.0}}, seeds=[0, 1])
     recorder = Recorder()

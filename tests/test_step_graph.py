@@ -50,7 +50,7 @@ def graphs(monkeypatch):
 @pytest.fixture(scope="module")
 def tiny_data(registry):
     from dlbench.data import to_device
-    from dlbench.runner import set_determinism
+    from dlbench.determinism import set_determinism
 
     set_determinism(True, DEVICE)
     return to_device(registry.get("dataset", "mnist1d").factory(num_samples=600), 0.1, DEVICE)

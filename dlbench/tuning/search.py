@@ -20,9 +20,9 @@ import json
 import math
 from dataclasses import dataclass, field
 
-from dlbench.config import Study, level_label, merge, normalize, resolve, toml_key
+from dlbench.config import Study, merge, normalize, resolve, toml_key
 from dlbench.errors import ConfigError, choose_one_of
-from dlbench.study import Trial, canonical_json, config_hash, flatten
+from dlbench.trial import Trial, canonical_json, config_hash, flatten, level_label
 from dlbench.tuning.pruning import prune_rule
 from dlbench.tuning.space import TuneSpec
 

@@ -21,8 +21,7 @@ import json
 import math
 from dataclasses import dataclass, field
 
-from dlbench.config import _unknown_keys as unknown_keys
-from dlbench.config import toml_key
+from dlbench.keypaths import toml_key, unknown_keys
 from dlbench.errors import choose_one_of
 from dlbench.schema import show
 
