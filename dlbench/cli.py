@@ -262,7 +262,7 @@ def _run_checked(sf, plan, plugins, dry_run, devices, tracking_uri, reports_dir,
             max_size, graphs = stack_settings(devices[0], stack_size, cuda_graphs)
             same = first_of_each_config(trials)  # identical trials train once: the first
             works = stacks([t for t in trials if t.index not in same], plugins.registry, max_size, graphs)
-            click.echo(_trial_table(sf, trials, works, plugins.registry, graphs))
+            click.echo(trial_table(sf, trials, works, plugins.registry, graphs))
         if plan.searches:
             from dlbench.tuning.search import describe_plan
 
@@ -345,7 +345,7 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def _trial_table(sf, trials, works, registry, graphs: bool = False) -> str:
+def trial_table(sf, trials, works, registry, graphs: bool = False) -> str:
     """One table per study: the trials with what varies between them (the study's factors) and
     the stack each trains in; then why the trials that train alone do, which members of a stack
     initialize at once (greedy pretraining) and, with CUDA graphs, why a stack steps eagerly."""

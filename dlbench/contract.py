@@ -69,7 +69,7 @@ from torch.func import functional_call, vmap
 
 from dlbench.data import Dataset, DeviceData
 from dlbench.errors import UserError
-from dlbench.preflight import _untouched_global_state
+from dlbench.preflight import untouched_global_state
 from dlbench.regularizer import Regularizer
 from dlbench.schema import check as check_value, coerce
 from dlbench.shapes import accepted_ranks
@@ -117,7 +117,7 @@ def check(component, registry, options: dict | None = None) -> list[Outcome]:
         raise UserError(f"dlbench has no contract for the {component.kind} kind yet")
     subject = Subject(component, registry, resolve_options(component, options or {}))
     outcomes: list[Outcome] = []
-    with _untouched_global_state(), warnings.catch_warnings():
+    with untouched_global_state(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # e.g. a schedule stepped without optimizer steps, on purpose
         for fn in checks:
             name = inspect.getdoc(fn).splitlines()[0]

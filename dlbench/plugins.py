@@ -202,7 +202,7 @@ def load_plugins(plugins_dir: Path | None = None, *, autoload: bool | None = Non
         origin = origins.get(pm.get_name(exc.plugin), "a plugin")
         raise PluginError(f"{origin}: {exc}. The hooks are listed in dlbench/hookspecs.py "
                           "(e.g. dlbench_register_activations(register)).") from None
-    registry = _fill_registry(pm, origins)
+    registry = fill_registry(pm, origins)
     return Plugins(pm, registry, origins, plugins_dir, autoload, required_dir)
 
 
@@ -227,7 +227,7 @@ def _import_local(path: Path):
     return module
 
 
-def _fill_registry(pm: pluggy.PluginManager, origins: dict[str, str]) -> Registry:
+def fill_registry(pm: pluggy.PluginManager, origins: dict[str, str]) -> Registry:
     registry = Registry()
     for plural, kind in KINDS.items():
         caller = getattr(pm.hook, f"dlbench_register_{plural}")

@@ -102,7 +102,7 @@ def preflight(study_file: StudyFile, trials: list[Trial], registry, data_dir=Non
         groups.setdefault(trial.group_hash, []).append(trial)
     problems: dict[str, list[Trial]] = {}
     cache = DataCache(data_dir)
-    with _untouched_global_state():
+    with untouched_global_state():
         for group in groups.values():
             failure = check(group[0], registry, cache)
             for trial in group if failure is not None else []:  # the same config may be set up in several places
@@ -254,7 +254,7 @@ def _distinct_components(trials) -> int:
 
 
 @contextmanager
-def _untouched_global_state() -> Iterator[None]:
+def untouched_global_state() -> Iterator[None]:
     """One torch thread inside; the random states (Python, NumPy, the CPU's torch generator) and
     the thread count restored after."""
     states = random.getstate(), np.random.get_state(), torch.get_rng_state()

@@ -72,7 +72,7 @@ def run_stack(work: Work, registry, data: DeviceData, device: torch.device, hook
     """
     started = time.perf_counter()
     cfg = work.members[0].config
-    members = _build_members(work, registry, data, device, finish)
+    members = build_members(work, registry, data, device, finish)
     if not members:
         return
     for reg in members[0].regularizers:  # e.g. dropout: p as a buffer, one per member
@@ -208,7 +208,7 @@ def run_stack(work: Work, registry, data: DeviceData, device: torch.device, hook
         checkpoints.clear()
 
 
-def _build_members(work: Work, registry, data: DeviceData, device, finish) -> list[_Member]:
+def build_members(work: Work, registry, data: DeviceData, device, finish) -> list[_Member]:
     """Each member built as it would be alone (its seed, model, regularizers, initializer,
     optimizer, schedule). Members whose initializer has a stacked form and the same options
     (``work.stacked_init``) are initialized together: each model is built with the member's seed,

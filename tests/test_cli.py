@@ -39,6 +39,8 @@ from conftest import (
 
 import dlbench
 
+pytestmark = pytest.mark.slow  # end to end: real dlbench processes and stores (pytest -m 'not slow' leaves it out)
+
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 METRICS = {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "test_loss", "test_accuracy", "lr"}
 

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 from conftest import CLI_TIMEOUT, TINY_BASELINE, cli_env, describe_result, sqlite_uri, write_study
 
+pytestmark = pytest.mark.slow  # end to end: real dlbench processes and stores (pytest -m 'not slow' leaves it out)
+
 SHARED = TINY_BASELINE.replace("epochs = 2", "epochs = 1") + """
 [study]
 name = "together"

@@ -231,6 +231,7 @@ def test_csv_errors_name_the_line_and_column(tmp_path, registry):
 # -- end to end -------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a whole study, end to end
 def test_a_study_on_a_csv_file_with_standardize_end_to_end(tmp_path):
     """The real CLI: a CSV dataset, preprocessing = ["standardize"]; MLflow records what was fitted.
     A missing file is a study-file error before anything trains (exit 2, no traceback)."""

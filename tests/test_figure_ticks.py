@@ -134,8 +134,8 @@ def drawn(monkeypatch):
         kept.append(fig)
         return path
 
-    monkeypatch.setattr(figures, "_save", keep)
-    monkeypatch.setattr(tuning_figures, "_save", keep)
+    monkeypatch.setattr(figures, "save_figure", keep)
+    monkeypatch.setattr(tuning_figures, "save_figure", keep)
     yield kept
     for fig in kept:
         plt.close(fig)
@@ -341,7 +341,7 @@ def test_offset_texts_are_read_as_the_reader_reads_them():
 def test_log_axis_labels_write_any_tick_as_its_value_not_the_nearest_power_of_ten(value):
     """Log axes label their ticks 10⁻³ (mathtext is off); a tick between powers (another locator)
     reads 2×10⁻³, not 10⁻³."""
-    assert parse_label(figures._power_of_ten(value)) == pytest.approx(value, rel=1e-6)
+    assert parse_label(figures.power_of_ten(value)) == pytest.approx(value, rel=1e-6)
 
 
 @pytest.mark.parametrize("locs, labels", [
@@ -354,7 +354,7 @@ def test_percent_labels_have_as_many_decimals_as_the_ticks_need(locs, labels):
     fig, ax = plt.subplots()
     try:
         ax.set_ylim(min(locs), max(locs))
-        formatter = figures._ExactPercent()
+        formatter = figures.ExactPercent()
         ax.yaxis.set_major_formatter(formatter)
         assert formatter.format_ticks(locs) == labels
     finally:

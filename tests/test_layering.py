@@ -96,3 +96,35 @@ def test_import_dlbench_loads_neither_torch_nor_mlflow():
     code = "import sys, dlbench; print(sorted(m for m in ('torch', 'mlflow', 'pandas') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.strip() == "[]"
+
+
+def private_names_used_across_modules(roots=(PACKAGE, REPO / "tests", REPO / "benchmarks")) -> list[str]:
+    """``from dlbench.x import _name`` and ``x._name`` (x a dlbench module) outside module x."""
+    found = []
+    for root in roots:
+        for path in sorted(Path(root).rglob("*.py")):
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            modules = set()
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("dlbench"):
+                    found += [f"{path.relative_to(REPO)}:{node.lineno}: from {node.module} import {a.name}"
+                              for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+                    modules |= {a.asname or a.name for a in node.names}
+                elif isinstance(node, ast.Import):
+                    modules |= {(a.asname or a.name).split(".")[0] for a in node.names if a.name.startswith("dlbench")}
+            for node in ast.walk(tree):
+                if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in modules
+                        and node.attr.startswith("_") and not node.attr.startswith("__")):
+                    found.append(f"{path.relative_to(REPO)}:{node.lineno}: {node.value.id}.{node.attr}")
+    return found
+
+
+def test_no_private_name_is_used_outside_its_module():
+    assert private_names_used_across_modules() == []
+
+
+def test_the_private_name_check_finds_both_spellings(tmp_path, monkeypatch):
+    (tmp_path / "uses.py").write_text("from dlbench.cli import _hidden\nimport dlbench.runner as r\nr._inner()\n")
+    monkeypatch.setattr(sys.modules[__name__], "REPO", tmp_path)
+    assert private_names_used_across_modules([tmp_path]) == ["uses.py:1: from dlbench.cli import _hidden",
+                                                            "uses.py:3: r._inner"]

@@ -409,6 +409,7 @@ sharp = { activation = { name = "example_swish", beta = 4 } }
 """
 
 
+@pytest.mark.slow  # a whole study, end to end
 def test_entry_point_plugin_runs_a_study_end_to_end(example_site, tmp_path, new_store):
     from mlflow.tracking import MlflowClient
 

@@ -26,6 +26,8 @@ from conftest import REPO, TINY_BASELINE, cli_env, copy_store, describe_result, 
 
 from dlbench.paths import folder_name
 
+pytestmark = pytest.mark.slow  # end to end: real dlbench processes and stores (pytest -m 'not slow' leaves it out)
+
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 # root, still uid 0 but bound by file modes as any owner is: after exec, a root process has the
 # capabilities of its bounding set, which loses those that read, write and chmod past the modes

@@ -217,6 +217,7 @@ pretrained = { initializer = { name = "greedy_autoencoder", epochs = 2, corrupti
     assert torch.equal(torch.get_rng_state(), before[2])
 
 
+@pytest.mark.slow  # a whole study, end to end
 def test_cli_dry_run_and_run_stop_before_anything_is_logged(tmp_path):
     write_plugin(tmp_path / "elsewhere", "broken", BROKEN)
     study = write_study(tmp_path, TINY_BASELINE + """
@@ -250,6 +251,7 @@ REPO = Path(__file__).parent.parent
 
 @pytest.mark.parametrize("path", sorted([*(REPO / "ablations").glob("*.toml"), *(REPO / "benchmarks" / "studies").glob("*.toml")]),
                          ids=lambda p: f"{p.parent.name}/{p.name}")
+@pytest.mark.slow  # a whole study, end to end
 def test_every_study_of_the_library_passes_the_preflight(path, registry):
     """The study files in ablations/ and benchmarks/studies/ stay runnable as the plugins change:
     each loads, expands and builds every distinct config on a tiny batch (what `dlbench run

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from conftest import TINY_BASELINE, cli_env, describe_result, run_cli, sqlite_uri, write_plugin, write_study
 
+pytestmark = [pytest.mark.slow, pytest.mark.ray]  # end to end: real dlbench processes and stores (pytest -m 'not slow' leaves it out)
+
 pytest.importorskip("ray", reason="the test extra installs Ray: pip install -e '.[test]'")
 
 STUDY = TINY_BASELINE.replace("[baseline]", '[study]\nname = "onray"\nseeds = 2\n\n[baseline]').replace(

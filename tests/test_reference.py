@@ -20,6 +20,8 @@ import pytest
 
 from conftest import REPO, describe_result, run_cli, sqlite_uri
 
+pytestmark = pytest.mark.slow  # end to end: real dlbench processes and stores (pytest -m 'not slow' leaves it out)
+
 REFERENCE = REPO / "docs" / "reference"
 # what a documented command writes in the working directory when no option puts it elsewhere:
 # the reports, the MLflow store and its artifacts, the prepared data, the checkpoints

@@ -152,8 +152,8 @@ def test_ten_levels_wrap_into_rows_sized_for_the_page(tmp_path):
     # 10 levels: 2 rows of 5 facets, the whole figure as wide as the page's column (1100 px at
     # 96 px per inch), so that it is shown at its natural size, text at its point size
     levels = {"s": [f"l{i}" for i in range(10)]}
-    assert figures._facets({f"factor.{f}": v for f, v in levels.items()})["col_wrap"] == 5
-    assert figures._facets({"factor.s": ["a", "b", "c", "d", "e", "f", "g"]})["col_wrap"] == 4  # 4 + 3
+    assert figures.facet_layout({f"factor.{f}": v for f, v in levels.items()})["col_wrap"] == 5
+    assert figures.facet_layout({"factor.s": ["a", "b", "c", "d", "e", "f", "g"]})["col_wrap"] == 4  # 4 + 3
     data = study_data(synthetic_record(levels, seeds=2), "s", None, "no file")
     paths = [figures.learning_curves(data.epochs, data.columns, "loss", "t", tmp_path / "curves.png"),
              figures.saturation(data.diagnostics, data.columns, "t", tmp_path / "saturation.png", last_epoch=EPOCHS)]
@@ -237,6 +237,7 @@ def test_hedges_g_from_a_near_zero_spread_says_so(tmp_path, noise, flagged):
     assert (" † |" in index) == flagged
 
 
+@pytest.mark.slow  # a whole study, end to end
 def test_figures_drawn_in_processes_are_the_files_drawn_here_and_a_report_repeats_byte_for_byte(tmp_path):
     from dlbench.report.painter import Painter
 

@@ -17,6 +17,8 @@ from conftest import cli_env, describe_result, run_cli, sqlite_uri, write_plugin
 from dlbench.report import report_from_mlflow
 from dlbench.tracking.reader import find_study_run
 
+pytestmark = pytest.mark.slow  # end to end: real dlbench processes and stores (pytest -m 'not slow' leaves it out)
+
 STUDY = """\
 [study]
 name = "reports"

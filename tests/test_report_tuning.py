@@ -279,6 +279,7 @@ def test_a_study_without_tuning_runs_has_no_tuning_section(reports):
     assert "tuned" not in pd.read_csv(reports / "plain" / "trials.csv").columns
 
 
+@pytest.mark.slow  # a whole study, end to end
 def test_dlbench_report_rebuilds_the_tuning_section(store):
     proc = run_cli(["report", "--run-id", store.parent, "--tracking-uri", store.uri, "--study", "dropout",
                     "--reports-dir", "cli", "--no-attach"], cwd=store.root, env=cli_env(autoload=False))

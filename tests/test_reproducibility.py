@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 from conftest import TINY_BASELINE, cli_env, describe_result, run_cli, sqlite_uri, write_plugin, write_study
 
+pytestmark = pytest.mark.slow  # end to end: real dlbench processes and stores (pytest -m 'not slow' leaves it out)
+
 # digits with its default options is read from data/digits when prepared: the data under DVC
 DIGITS_STUDY = """\
 [study]

@@ -15,7 +15,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from conftest import TINY_BASELINE, cli_env, describe_result, run_cli, write_study
+
+pytestmark = [pytest.mark.slow, pytest.mark.server]  # end to end: real dlbench processes and stores (pytest -m 'not slow' leaves it out)
 
 EPOCHS = 12
 STUDY = TINY_BASELINE.replace("epochs = 2", f"epochs = {EPOCHS}") + """

@@ -146,9 +146,9 @@ def test_a_component_that_never_said_it_stacks_trains_alone_and_says_why(make_tr
 
     plugins = load_plugins(None, autoload=False)
     plugins.pm.register(Plain())
-    from dlbench.plugins import _fill_registry
+    from dlbench.plugins import fill_registry
 
-    registry = _fill_registry(plugins.pm, plugins.origins)
+    registry = fill_registry(plugins.pm, plugins.origins)
     trials = make_trials({"architecture": {"name": "plain_mlp"}}, seeds=2, reg=registry)
     key, reason = stack_key(trials[0], registry)
     assert key is None and "architecture 'plain_mlp'" in reason and "stackable" in reason
@@ -251,7 +251,7 @@ def stacked_init_calls(registry, monkeypatch):
 ], ids=["autoencoder", "rbm", "rbm-bernoulli"])
 def test_members_sharing_greedy_pretraining_pretrain_at_once_as_they_would_alone(greedy, make_trials, registry,
                                                                                  tiny_data, monkeypatch):
-    from dlbench.train_stack import _build_members
+    from dlbench.train_stack import build_members
 
     stacked_init_calls = count_stacked_calls(registry, monkeypatch, greedy["name"])
     trials = make_trials({"activation": "sigmoid", "architecture": {"depth": 3}}, levels={
@@ -262,7 +262,7 @@ def test_members_sharing_greedy_pretraining_pretrain_at_once_as_they_would_alone
     def build(stacked_init):
         from dataclasses import replace
 
-        return _build_members(replace(work, stacked_init=stacked_init), registry, tiny_data, DEVICE,
+        return build_members(replace(work, stacked_init=stacked_init), registry, tiny_data, DEVICE,
                               lambda t, r: pytest.fail(r.error))
 
     at_once, one_by_one = build(True), build(False)
@@ -280,12 +280,12 @@ def test_members_sharing_greedy_pretraining_pretrain_at_once_as_they_would_alone
 def test_dry_run_says_which_members_of_a_stack_pretrain_at_once(make_trials, registry):
     from types import SimpleNamespace
 
-    from dlbench.cli import _trial_table
+    from dlbench.cli import trial_table
 
     greedy = {"name": "greedy_autoencoder", "epochs": 1}
     trials = make_trials({"activation": "sigmoid"}, levels={"random": {}, "pre": {"initializer": greedy}},
                          seeds=[0, 1, 2])
-    text = _trial_table(SimpleNamespace(path="t.toml"), trials, plan(trials, registry, 16), registry)
+    text = trial_table(SimpleNamespace(path="t.toml"), trials, plan(trials, registry, 16), registry)
     assert "S1(6)" in text and "S1: greedy_autoencoder, 3 of its 6 members at once" in text
 
 
@@ -442,6 +442,7 @@ def test_every_built_in_component_stacks_and_plugins_list_says_so(registry):
     assert out.count("(stacks)") == len(registry.names("regularizer")) - len(regularizers_alone) >= 7
 
 
+@pytest.mark.slow  # a whole study, end to end
 def test_a_member_records_that_it_pretrained_at_once_and_reproduce_does_the_same(study_in_process,
                                                                                  stacked_init_calls):
     from conftest import reproduce_in_process

@@ -232,17 +232,17 @@ def test_on_a_gpu_a_lone_trial_is_a_stack_of_one_when_graph_safe(make_trials, re
     # --dry-run on a GPU: the stacks of one, and why a trial or stack steps eagerly
     from types import SimpleNamespace
 
-    from dlbench.cli import _trial_table
+    from dlbench.cli import trial_table
     from dlbench.stacking import why_eager
 
     assert why_eager(trials[0], registry) == ""
     assert "regularizer 'augment_1d' [built-in] does not declare graph_safe" in why_eager(trials[2], registry)
-    table = _trial_table(SimpleNamespace(path="t.toml"), trials, graphed, registry, graphs=True)
+    table = trial_table(SimpleNamespace(path="t.toml"), trials, graphed, registry, graphs=True)
     assert "S1(1)" in table and "S2(1)" in table and "a stack of one (S<n>(1)) replays its steps" in table
     augmented = plan(make_trials({"regularizers": [{"name": "augment_1d"}]}, seeds=[0, 1]), registry, 128, True)
-    assert "S1: the stacked form of regularizer 'augment_1d'" in _trial_table(
+    assert "S1: the stacked form of regularizer 'augment_1d'" in trial_table(
         SimpleNamespace(path="t.toml"), augmented[0].members, augmented, registry, graphs=True)
-    assert "step eagerly" not in _trial_table(  # without CUDA graphs there is nothing to say
+    assert "step eagerly" not in trial_table(  # without CUDA graphs there is nothing to say
         SimpleNamespace(path="t.toml"), augmented[0].members, augmented, registry)
 
 

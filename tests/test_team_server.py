@@ -21,6 +21,8 @@ import pytest
 from conftest import TINY_BASELINE, cli_env, describe_result, run_cli, write_study
 from test_server import assert_complete
 
+pytestmark = [pytest.mark.slow, pytest.mark.server]  # end to end: real dlbench processes and stores (pytest -m 'not slow' leaves it out)
+
 STUDY = TINY_BASELINE + """
 [study]
 name = "team"

@@ -164,7 +164,7 @@ def test_greedy_rbm_refuses_blocks_that_do_not_start_with_a_linear_layer():
 
 def test_step_passes_no_gradient_below_it_and_its_autograd_is_exact():
     x = torch.tensor([-1.5, -0.1, 0.2, 3.0], dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(activations._Heaviside.apply, (x,))
+    assert torch.autograd.gradcheck(activations.HeavisideFunction.apply, (x,))
     torch.manual_seed(0)
     model = mlp(activations.Step)
     F.cross_entropy(model(torch.randn(16, 12)), torch.randint(0, 4, (16,))).backward()

@@ -22,6 +22,8 @@ import pytest
 from conftest import (CLI_TIMEOUT, TINY_BASELINE, cli_env, describe_result, run_cli, sqlite_uri, write_plugin,
                       write_study)
 
+pytestmark = pytest.mark.slow  # end to end: real dlbench processes and stores (pytest -m 'not slow' leaves it out)
+
 # 10 trials, 6 trainings: a/same = a/base (one study, two identical levels), b/narrow = a/base
 # (another study); the trials of each pair are recorded from one training.
 SHARING = TINY_BASELINE.replace("epochs = 2", "epochs = 3") + """

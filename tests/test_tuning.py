@@ -189,6 +189,7 @@ def test_a_level_adds_to_its_study_space_and_unequal_budgets_are_said(registry):
     assert "regularizers.dropout.p_hidden: uniform [0.1, 0.6]" in plan
 
 
+@pytest.mark.slow  # a whole study, end to end
 def test_bayesian_search_beats_random_search_on_average_with_the_same_budget(registry):
     """A cheap objective with its optimum inside the space (lr = 10^-2.5, momentum = 0.35):
     over five sampler seeds, TPE and the Gaussian process find better points than random
@@ -309,6 +310,7 @@ def tuning_runs(store: Path) -> list:
     return client.search_runs([exp.experiment_id], max_results=1000)
 
 
+@pytest.mark.slow  # a whole study, end to end
 def test_a_tuned_study_runs_resumes_after_ctrl_c_and_spends_only_what_is_left(tmp_path, new_store):
     # the whole study in one `dlbench run` with its default worker processes: rounds reach idle workers
     whole = tmp_path / "whole"

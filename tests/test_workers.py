@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from conftest import TINY_BASELINE, cli_env, describe_result, run_cli, sqlite_uri, write_plugin, write_study
 
+pytestmark = pytest.mark.slow  # end to end: real dlbench processes and stores (pytest -m 'not slow' leaves it out)
+
 STUDY = TINY_BASELINE.replace("[baseline]", '[study]\nname = "par"\nseeds = 3\n\n[baseline]') + """
 [studies.width.levels]
 narrow = {}

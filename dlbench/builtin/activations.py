@@ -76,7 +76,7 @@ def prelu(*, init: Annotated[float, Range(ge=0, le=1)] = 0.25) -> nn.Module:
     return nn.PReLU(num_parameters=1, init=init)
 
 
-class _Heaviside(torch.autograd.Function):
+class HeavisideFunction(torch.autograd.Function):
     """H(x) = 1 if x > 0 else 0, with the derivative it has almost everywhere: 0. Written in
     the torch.func style (separate ``setup_context``), so ``vmap`` batches it in a stack."""
 
@@ -99,7 +99,7 @@ class Step(nn.Module):
     """The Heaviside step as a module (see :func:`step`)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _Heaviside.apply(x)
+        return HeavisideFunction.apply(x)
 
 
 def step() -> nn.Module:

@@ -48,16 +48,16 @@ def _name(col: str) -> str:
     return col.removeprefix("factor.")
 
 
-def _theme() -> None:
+def set_theme() -> None:
     sns.set_theme(style="whitegrid", context="paper", font_scale=1.15,
                   rc={"axes.titlesize": 10.5, "figure.titlesize": 12, "legend.frameon": False})
 
 
-def _title(text: str, width: int = 70) -> str:
+def wrapped_title(text: str, width: int = 70) -> str:
     return "\n".join(textwrap.wrap(text, width))
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
     fig.savefig(path, dpi=DPI, bbox_inches="tight")
     plt.close(fig)
     return path
@@ -122,8 +122,8 @@ def _save_grid(grid: sns.FacetGrid, path: Path, title: str) -> Path:
             if ax is not bottom[len(bottom) // 2]:
                 ax.set_xlabel("")
     sns.FacetGrid.tight_layout(grid)
-    grid.figure.suptitle(_title(title, 90), y=1.0, va="bottom")  # above the laid-out facets
-    return _save(grid.figure, path)
+    grid.figure.suptitle(wrapped_title(title, 90), y=1.0, va="bottom")  # above the laid-out facets
+    return save_figure(grid.figure, path)
 
 
 def _bounds(metric: str) -> tuple[float, float]:
@@ -162,7 +162,7 @@ def _numeric(values: list[str]) -> bool:
         return False
 
 
-def _facets(levels: dict[str, list[str]]) -> dict:
+def facet_layout(levels: dict[str, list[str]]) -> dict:
     """FacetGrid layout: one factor -> columns (wrapped); two or more -> rows x columns."""
     factors = list(levels)
     if len(factors) == 1:
@@ -279,7 +279,7 @@ def final_metric(frame: pd.DataFrame, levels: dict[str, list[str]], metric: str,
     ``at_chance`` (tuples of each factor's level) say so under their tick; an accuracy gets the
     ``chance`` line.
     """
-    _theme()
+    set_theme()
     factors = list(levels)
     data = frame[frame["status"] == "finished"].dropna(subset=[metric]).copy()
     x = factors[-1]
@@ -316,12 +316,12 @@ def final_metric(frame: pd.DataFrame, levels: dict[str, list[str]], metric: str,
         ax.axhline(chance, color="0.35", lw=0.8, ls=":", zorder=0)
         ax.text(1.0, chance, f"chance ({chance:.2f}) ", transform=ax.get_yaxis_transform(), ha="right",
                 va="bottom", fontsize=8, color="0.35")
-    ax.set_title(_title(title, 60))
+    ax.set_title(wrapped_title(title, 60))
     ax.set_xlabel(_name(x))
     ax.set_ylabel(METRIC_LABELS.get(metric, metric.replace("_", " ")))
     if metric == "generalization_gap":
         ax.axhline(0, color="0.3", lw=0.8, ls=":")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 @contextmanager
@@ -349,7 +349,7 @@ def _tick(level: str, levels: dict[str, list[str]], at_chance: set[tuple]) -> st
 
 def interaction(frame: pd.DataFrame, levels: dict[str, list[str]], metric: str, title: str, path: Path) -> Path:
     """``metric`` against the second factor, one line per level of the first, 95% bands."""
-    _theme()
+    set_theme()
     first, second = list(levels)[:2]
     data = frame[frame["status"] == "finished"].dropna(subset=[metric]).copy()
     numeric = _numeric(levels[second])
@@ -364,15 +364,15 @@ def interaction(frame: pd.DataFrame, levels: dict[str, list[str]], metric: str, 
         ax.legend(title=_name(first), loc="best")
     ticks = [float(v) for v in levels[second]] if numeric else list(range(len(levels[second])))
     ax.set_xticks(ticks, levels[second])
-    ax.set_title(_title(title, 60))
+    ax.set_title(wrapped_title(title, 60))
     ax.set_xlabel(_name(second))
     ax.set_ylabel(METRIC_LABELS.get(metric, metric))
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def heatmap(frame: pd.DataFrame, levels: dict[str, list[str]], metric: str, title: str, path: Path) -> Path:
     """Mean ``metric`` per cell of the first two factors, annotated with mean and CI half-width."""
-    _theme()
+    set_theme()
     first, second = list(levels)[:2]
     data = frame[frame["status"] == "finished"].dropna(subset=[metric])
     mean = pd.DataFrame(np.nan, index=levels[first], columns=levels[second])
@@ -386,11 +386,11 @@ def heatmap(frame: pd.DataFrame, levels: dict[str, list[str]], metric: str, titl
     fig, ax = plt.subplots(figsize=(width, max(2.8, 0.6 + 1.0 * len(levels[first]))))
     sns.heatmap(mean.astype(float), annot=text.to_numpy(), fmt="", cmap="viridis", ax=ax, linewidths=0.5,
                 cbar_kws={"label": METRIC_LABELS.get(metric, metric)}, annot_kws={"fontsize": 8.5})
-    ax.set_title(_title(title, 60))
+    ax.set_title(wrapped_title(title, 60))
     ax.set_xlabel(_name(second))
     ax.set_ylabel(_name(first))
     ax.tick_params(axis="y", rotation=0)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # -- learning curves ---------------------------------------------------------------------------
@@ -400,13 +400,13 @@ def learning_curves(epochs: pd.DataFrame, levels: dict[str, list[str]], quantity
                     path: Path, at_chance: set[tuple] = frozenset(), chance: float | None = None) -> Path:
     """Per level: train and test ``quantity`` (accuracy or loss) per epoch, mean and 95% band over seeds;
     levels ``at_chance`` say so in their title, accuracies get the ``chance`` line."""
-    _theme()
+    set_theme()
     splits = ["train", "test"]
     data = epochs[epochs["metric"].isin([f"{s}_{quantity}" for s in splits])].copy()
     data["split"] = data["metric"].str.removesuffix(f"_{quantity}")
     data = _with_rows(data, levels)
     height, aspect = _facet_size(levels)
-    grid = _grid(_with_rows(data, levels), **_facets(levels), height=height, aspect=aspect,
+    grid = _grid(_with_rows(data, levels), **facet_layout(levels), height=height, aspect=aspect,
                          sharex=True, sharey=True, margin_titles=len(levels) > 1, despine=False)
     grid.map_dataframe(sns.lineplot, x="epoch", y="value", hue="split", hue_order=splits, palette=SPLIT_COLORS,
                        errorbar=_interval(quantity), err_kws={"alpha": 0.2}, linewidth=1.4, legend=False)
@@ -418,7 +418,7 @@ def learning_curves(epochs: pd.DataFrame, levels: dict[str, list[str]], quantity
     if quantity == "loss" and (data["value"] > 0).all() and len(data) and data["value"].max() / max(data["value"].min(), 1e-12) > 30:
         grid.set(yscale="log")
         for ax in grid.axes.flat:
-            ax.yaxis.set_major_formatter(FuncFormatter(_power_of_ten))
+            ax.yaxis.set_major_formatter(FuncFormatter(power_of_ten))
             ax.yaxis.set_minor_formatter(NullFormatter())
     _legend(grid, "split", {s: SPLIT_COLORS[s] for s in splits})
     return _save_grid(grid, path, title)
@@ -482,11 +482,11 @@ def grad_norms(diag: pd.DataFrame, levels: dict[str, list[str]], title: str, pat
                at_chance: set[tuple] = frozenset()) -> Path:
     """Gradient norm per layer at a few moments of training up to ``last_epoch``, log y: vanishing
     gradients fall towards the input (left), exploding ones rise."""
-    _theme()
+    set_theme()
     data = _with_rows(snapshots(diag[diag["kind"] == "grad_norm"], last=last_epoch), levels)
     data = data[np.isfinite(data["value"]) & (data["value"] >= 0)]
     height, aspect = _facet_size(levels)
-    grid = _grid(data, **_facets(levels), height=height, aspect=aspect, sharex=False, sharey=True,
+    grid = _grid(data, **facet_layout(levels), height=height, aspect=aspect, sharex=False, sharey=True,
                          margin_titles=len(levels) > 1, despine=False)
     whens = list(data["when"].cat.categories) if len(data) else []
     palette = dict(zip(whens, sns.color_palette("viridis_r", len(whens)))) if whens else None
@@ -499,7 +499,7 @@ def grad_norms(diag: pd.DataFrame, levels: dict[str, list[str]], title: str, pat
     for ax in grid.axes.flat:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.yaxis.set_minor_formatter(NullFormatter())  # powers of ten only: a clean log axis
-        ax.yaxis.set_major_formatter(FuncFormatter(_power_of_ten))
+        ax.yaxis.set_major_formatter(FuncFormatter(power_of_ten))
     _mark_empty(grid, _present(data, levels))
     _facet_titles(grid, levels)
     grid.set_axis_labels("layer (0 = input side, last = output)", "‖∂loss/∂W‖₂ (log scale)")
@@ -513,13 +513,13 @@ def saturation(diag: pd.DataFrame, levels: dict[str, list[str]], title: str, pat
                at_chance: set[tuple] = frozenset()) -> Path:
     """Per level and layer, over training (x: epochs up to ``last_epoch``): the share of saturated
     units (sigmoid/tanh) or of dead units (ReLU), mean over seeds."""
-    _theme()
+    set_theme()
     data = diag[diag["kind"].isin(["act_saturation", "dead_relu"])]
     data = _with_rows(data, levels).assign(value=lambda d: 100 * d["value"])
     layers = sorted(data["layer"].dropna().unique().astype(int))
     palette = dict(zip(layers, sns.color_palette("flare", len(layers)))) if layers else None
     height, aspect = _facet_size(levels)
-    grid = _grid(data, **_facets(levels), height=height, aspect=aspect, sharex=True, sharey=True,
+    grid = _grid(data, **facet_layout(levels), height=height, aspect=aspect, sharex=True, sharey=True,
                          margin_titles=len(levels) > 1, despine=False)
     grid.map_dataframe(sns.lineplot, x="epoch", y="value", hue="layer", hue_order=layers, palette=palette,
                        errorbar=None, linewidth=1.3, marker="o", markersize=2.5, markeredgewidth=0, legend=False)
@@ -535,7 +535,7 @@ def saturation(diag: pd.DataFrame, levels: dict[str, list[str]], title: str, pat
     top = float(data["value"].max()) if len(data) else 100.0
     grid.set(ylim=(-0.02 * max(top, 5.0), min(103.0, max(5.0, 1.25 * top))))  # room for the label
     for ax in grid.axes.flat:
-        ax.yaxis.set_major_formatter(_ExactPercent())  # 2.5% steps say 2.5%, never "2%"
+        ax.yaxis.set_major_formatter(ExactPercent())  # 2.5% steps say 2.5%, never "2%"
     grid.set_axis_labels("epoch", "units saturated or dead (%)")
     _epoch_axis(grid, last_epoch or _last_epoch(data))
     _chance_marks(grid, levels, at_chance, None, accuracy=False)
@@ -549,7 +549,7 @@ def activations(diag: pd.DataFrame, levels: dict[str, list[str]], title: str, pa
     """Per level and layer, over training (x: epochs up to ``last_epoch``): the mean activation
     (line) and error bars of ± one standard deviation at five moments, on the probe batch, mean
     over seeds (Glorot & Bengio 2010, figure 2)."""
-    _theme()
+    set_theme()
     data = diag[diag["kind"].isin(["act_mean", "act_std"])]
     wide = data.pivot_table(index=["run_id", "step", "layer", *levels], values="value", columns="kind",
                             observed=True).reset_index()
@@ -563,7 +563,7 @@ def activations(diag: pd.DataFrame, levels: dict[str, list[str]], title: str, pa
     layers = sorted(wide["layer"].dropna().unique().astype(int))
     palette = dict(zip(layers, sns.color_palette("crest", len(layers)))) if layers else {}
     height, aspect = _facet_size(levels)
-    grid = _grid(wide, **_facets(levels), height=height, aspect=aspect, sharex=True, sharey=True,
+    grid = _grid(wide, **facet_layout(levels), height=height, aspect=aspect, sharex=True, sharey=True,
                          margin_titles=len(levels) > 1, despine=False)
 
     span = float(wide["epoch"].max() - wide["epoch"].min()) if len(wide) else 1.0
@@ -597,7 +597,7 @@ def _last_epoch(frame: pd.DataFrame) -> int:
     return max(1, math.ceil(frame["epoch"].max() - 1e-6)) if len(frame) and frame["epoch"].notna().any() else 1
 
 
-class _ExactPercent(PercentFormatter):
+class ExactPercent(PercentFormatter):
     """Percent tick labels (of values already in percent) with as few decimals as make every tick's
     label its value, the same number on all ticks of an axis, as matplotlib's plain numbers: "0%, 5%,
     10%" at steps of 5, "0.0%, 2.5%, 5.0%, 7.5%" at steps of 2.5 (``decimals=0`` wrote those "0%,
@@ -616,7 +616,7 @@ class _ExactPercent(PercentFormatter):
 _SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
 
 
-def _power_of_ten(value: float, _pos=None) -> str:
+def power_of_ten(value: float, _pos=None) -> str:
     """10⁻⁷ as plain text (mathtext is off: names are shown as typed). A log axis's major ticks are
     powers of ten; any other value is written as it is (2×10⁻³, 0), never as the nearest power."""
     if not (value > 0 and math.isfinite(value)):

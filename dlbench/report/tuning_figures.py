@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 
 # first: figures selects the Agg backend (files only, headless) before pyplot is imported
-from dlbench.report.figures import METRIC_LABELS, PAGE_WIDTH, _power_of_ten, _save, _theme, _title
+from dlbench.report.figures import METRIC_LABELS, PAGE_WIDTH, power_of_ten, save_figure, set_theme, wrapped_title
 
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -42,7 +42,7 @@ def best_so_far(runs: pd.DataFrame, higher: bool) -> pd.Series:
 def tuning_curves(tuning: pd.DataFrame, levels: list[str], metric: str, higher: bool, title: str, path: Path) -> Path:
     """Best objective so far against tuning trials spent, one step line per level and stage; each
     finished trial a faint point, each pruned one an x; stage boundaries as vertical lines."""
-    _theme()
+    set_theme()
     palette = _palette(levels)
     fig, ax = plt.subplots(figsize=(min(PAGE_WIDTH - 0.8, 7.6), 4.4))
     boundaries: dict[float, set[str]] = {}
@@ -83,10 +83,10 @@ def tuning_curves(tuning: pd.DataFrame, levels: list[str], metric: str, higher: 
         handles.append(plt.Line2D([], [], color="0.4", marker="x", ls="none", markersize=5))
         labels.append("pruned trial")
     ax.legend(handles, labels, title="level", loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
-    ax.set_title(_title(title, 60))
+    ax.set_title(wrapped_title(title, 60))
     ax.set_xlabel("tuning trials spent")
     ax.set_ylabel(f"best {_label(metric)} so far")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def objective_vs_params(tuning: pd.DataFrame, levels: list[str], metric: str, keys: list[str],
@@ -95,7 +95,7 @@ def objective_vs_params(tuning: pd.DataFrame, levels: list[str], metric: str, ke
     """One panel per numeric tuned key: each finished tuning trial's objective against its value
     (log x for a log range), hue = level, earlier stages hollow; the chosen value of each level a
     star on a vertical line, its space's bounds dotted."""
-    _theme()
+    set_theme()
     palette = _palette(levels)
     cols = min(3, len(keys))
     rows = math.ceil(len(keys) / cols)
@@ -129,7 +129,7 @@ def objective_vs_params(tuning: pd.DataFrame, levels: list[str], metric: str, ke
                 ax.axvline(b, color="0.35" if shared else palette[lvl], lw=0.9, ls=":")
         if log:
             ax.set_xscale("log")
-            ax.xaxis.set_major_formatter(FuncFormatter(_power_of_ten))  # mathtext is off: 10⁻³ as text
+            ax.xaxis.set_major_formatter(FuncFormatter(power_of_ten))  # mathtext is off: 10⁻³ as text
             ax.xaxis.set_minor_formatter(NullFormatter())
         if ranges:
             low = min(r[0] for r in ranges.values())
@@ -147,5 +147,5 @@ def objective_vs_params(tuning: pd.DataFrame, levels: list[str], metric: str, ke
     handles = [plt.Line2D([], [], color=palette[lvl], marker="o", ls="none", markersize=5) for lvl in levels]
     handles += [plt.Line2D([], [], color="0.3", marker="*", ls="none", markersize=10)]
     fig.legend(handles, [*levels, "chosen value"], title="level", loc="outside right center", frameon=False)
-    fig.suptitle(_title(title, 90))
-    return _save(fig, path)
+    fig.suptitle(wrapped_title(title, 90))
+    return save_figure(fig, path)
