@@ -1,13 +1,21 @@
 """dlbench: deep-learning ablation studies you can trust.
 
-Plugins import ``hookimpl`` (and ``Range``, ``Length`` for their options' domains) from here::
+The one namespace plugin authors import from (as pluggy and pytest re-export from private
+modules)::
 
-    from dlbench import hookimpl
+    from dlbench import Range, hookimpl, stackable
 
     @hookimpl
     def dlbench_register_activations(register):
         register("swish", swish)
+
+Every name below is importable from ``dlbench``; the modules that define them stay importable
+too (``dlbench.stacking.StackedOptimizer``), so plugins written against them keep loading.
+``import dlbench`` itself stays light (pluggy only): a name is loaded from its module, and torch
+with it, the first time it is asked for.
 """
+
+from importlib import import_module
 
 import pluggy
 
@@ -15,20 +23,43 @@ __version__ = "0.1.0"
 
 hookimpl = pluggy.HookimplMarker("dlbench")
 
-__all__ = ["hookimpl", "stackable", "accepts", "Range", "Length", "__version__"]
+# public name -> the module that defines it
+_PUBLIC = {
+    # options' domains: ``lr: Annotated[float, Range(gt=0)] = 0.01``
+    "Range": "dlbench.schema",
+    "Length": "dlbench.schema",
+    # architectures: the input ranks one reads, the slots regularizers fill
+    "accepts": "dlbench.shapes",
+    "Slot": "dlbench.slots",
+    # stacked training: a component that trains N trials at once, a stacked optimizer's base
+    "stackable": "dlbench.stacking",
+    "StackedOptimizer": "dlbench.stacking",
+    # regularizers
+    "Regularizer": "dlbench.regularizer",
+    "StackedRegularizer": "dlbench.regularizer",
+    "weights": "dlbench.regularizer",
+    "stacked_weights": "dlbench.regularizer",
+    # preprocessing steps and datasets
+    "Preprocessor": "dlbench.preprocessing",
+    "Dataset": "dlbench.data",
+    "DeviceData": "dlbench.data",
+    # what hooks receive: a trial and its result
+    "Trial": "dlbench.trial",
+    "TrialResult": "dlbench.trial",
+}
+
+__all__ = ["hookimpl", "__version__", *_PUBLIC]
 
 
-def __getattr__(name):  # ``from dlbench import stackable`` without importing torch at ``import dlbench``
-    if name == "stackable":
-        from dlbench.stacking import stackable
-
-        return stackable
-    if name == "accepts":  # the input ranks an architecture reads: ``@accepts(ranks=(1,))``
-        from dlbench.shapes import accepts
-
-        return accepts
-    if name in ("Range", "Length"):  # option domains: ``lr: Annotated[float, Range(gt=0)]``
-        from dlbench import schema
-
-        return getattr(schema, name)
+def __getattr__(name: str):
+    """``from dlbench import StackedOptimizer`` loads ``dlbench.stacking`` (and torch) then, not
+    at ``import dlbench``."""
+    if name in _PUBLIC:
+        value = getattr(import_module(_PUBLIC[name]), name)
+        globals()[name] = value  # looked up once
+        return value
     raise AttributeError(f"module 'dlbench' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PUBLIC))

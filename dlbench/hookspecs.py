@@ -50,10 +50,10 @@ alone and ``dlbench run --dry-run`` names it:
   updates such as BatchNorm's running statistics, no ``.item()``, no data-dependent Python
   branches), or, for a schedule, when the learning rate depends on the step alone;
 * optimizer: ``@stackable(stacked=MyStacked)``, where ``MyStacked`` subclasses
-  ``dlbench.stacking.StackedOptimizer`` and updates stacked parameters with every numeric option
+  ``dlbench.StackedOptimizer`` and updates stacked parameters with every numeric option
   given as one value per member;
 * regularizer: a ``stacked(members)`` classmethod returning a
-  ``dlbench.regularizer.StackedRegularizer`` (one that only decides when to stop needs none);
+  ``dlbench.StackedRegularizer`` (one that only decides when to stop needs none);
 * initializer: nothing to do: initializers run per member, on each member's own model, before
   stacking. One that trains (greedy pretraining) may add a stacked form,
   ``@stackable(stacked=f)`` with ``f(models, data, streams, **options)``, that initializes the
@@ -66,8 +66,7 @@ alone and ``dlbench run --dry-run`` names it:
 
 Example, a stackable activation and optimizer::
 
-    from dlbench import hookimpl, stackable
-    from dlbench.stacking import StackedOptimizer
+    from dlbench import StackedOptimizer, hookimpl, stackable
 
     @stackable
     def swish(*, beta: float = 1.0) -> nn.Module:
@@ -107,7 +106,7 @@ hookspec = pluggy.HookspecMarker("dlbench")
 
 @hookspec
 def dlbench_register_datasets(register) -> None:
-    """Register datasets. Factory: ``f(*, **options) -> dlbench.data.Dataset``.
+    """Register datasets. Factory: ``f(*, **options) -> dlbench.Dataset``.
 
     The factory returns the train and test arrays (numpy); dlbench carves the validation split
     from the training set and moves the tensors to the trial's device. Example::
@@ -135,7 +134,7 @@ def dlbench_register_architectures(register) -> None:
       (the first takes the input batch as the model receives it, ``[B, *input_shape]``), for
       layer-wise initializers such as ``greedy_autoencoder`` (a representation may be shaped:
       ``[B, C, L]``, ``[B, T, F]``);
-    * ``dlbench.slots.Slot`` modules where regularizers insert themselves: ``Slot("input")``
+    * ``dlbench.Slot`` modules where regularizers insert themselves: ``Slot("input")``
       before the first layer, ``Slot("norm", features, spatial_dims)`` between each hidden
       layer's linear map or convolution and its activation, ``Slot("hidden", features,
       spatial_dims)`` after it (see ``dlbench/slots.py``).
@@ -178,7 +177,7 @@ def dlbench_register_activations(register) -> None:
 def dlbench_register_initializers(register) -> None:
     """Register initializers. Factory: ``f(model, data, *, **options) -> None``.
 
-    Initializes ``model`` in place. ``data`` is the trial's ``dlbench.data.DeviceData`` (train
+    Initializes ``model`` in place. ``data`` is the trial's ``dlbench.DeviceData`` (train
     split on the device), so data-dependent schemes (greedy layer-wise pretraining, LSUV) can use
     it. The global RNGs are already seeded for the trial.
     """
@@ -227,7 +226,7 @@ def dlbench_register_schedules(register) -> None:
 
 @hookspec
 def dlbench_register_regularizers(register) -> None:
-    """Register regularizers. Factory: ``f(*, **options) -> dlbench.regularizer.Regularizer``.
+    """Register regularizers. Factory: ``f(*, **options) -> dlbench.Regularizer``.
 
     A regularizer overrides the points of training it acts on: the model (``wrap_model``), the
     batch (``transform_batch``), the loss (``penalty``), the gradients (``before_step``), the
@@ -237,7 +236,7 @@ def dlbench_register_regularizers(register) -> None:
 
 @hookspec
 def dlbench_register_preprocessing(register) -> None:
-    """Register preprocessing steps. Factory: ``f(*, **options) -> dlbench.preprocessing.Preprocessor``.
+    """Register preprocessing steps. Factory: ``f(*, **options) -> dlbench.Preprocessor``.
 
     A study file lists steps in order (``preprocessing = ["standardize"]``). Each step is fitted
     once per dataset on the training split (after the validation split is carved out: never on
@@ -251,7 +250,7 @@ def dlbench_register_preprocessing(register) -> None:
 
     Example::
 
-        from dlbench.preprocessing import Preprocessor
+        from dlbench import Preprocessor
 
         class Center(Preprocessor):
             def fit(self, x):
@@ -295,7 +294,7 @@ def dlbench_after_backward(trial: Trial, model: Any, optimizer: Any, step: int, 
     and must not consume random numbers or touch the gradients (training must not change
     because someone watched). For a trial trained in a stack it is called only at the
     diagnostics steps (step 1 and every ``diagnostics_every``), with the trial's own model
-    holding its current weights and gradients copied out of the stack. ``data`` is the trial's ``dlbench.data.DeviceData``, for probe
+    holding its current weights and gradients copied out of the stack. ``data`` is the trial's ``dlbench.DeviceData``, for probe
     batches. The built-in ``dlbench.diagnostics.Diagnostics`` records per-layer statistics here.
     """
 

@@ -81,3 +81,35 @@ def test_every_relative_link_of_the_readme_and_the_docs_points_at_a_file():
     assert not broken, broken
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     assert "](docs/reference/dropout/index.md)" in readme and "](reports/" not in readme
+
+
+def documented_imports() -> list[tuple[str, str, str]]:
+    """(file, module, name) of every ``from dlbench... import ...`` in the guide, the hook
+    reference and the README."""
+    found = []
+    for path in (REPO / "docs" / "plugins.md", REPO / "docs" / "hooks.md", REPO / "README.md"):
+        for module, names in re.findall(r"^\s*from (dlbench[\w.]*) import ([\w, ]+)$", path.read_text(encoding="utf-8"), re.M):
+            found += [(path.name, module, name.strip()) for name in names.split(",") if name.strip()]
+    return found
+
+
+def test_plugin_authors_import_everything_from_dlbench():
+    imports = documented_imports()
+    assert len(imports) > 20  # the guide's examples are read
+    assert [i for i in imports if i[1] != "dlbench"] == []  # one public namespace
+    import dlbench
+
+    for _, _, name in imports:
+        assert name in dlbench.__all__ and getattr(dlbench, name) is not None, name
+
+
+def test_the_public_names_are_the_objects_of_the_modules_plugins_already_import_from():
+    import importlib
+
+    import dlbench
+
+    for name, module in [("StackedOptimizer", "dlbench.stacking"), ("Slot", "dlbench.slots"),
+                         ("Regularizer", "dlbench.regularizer"), ("Preprocessor", "dlbench.preprocessing"),
+                         ("Dataset", "dlbench.data"), ("accepts", "dlbench.shapes"), ("Range", "dlbench.schema"),
+                         ("Trial", "dlbench.study"), ("TrialResult", "dlbench.train")]:
+        assert getattr(importlib.import_module(module), name) is getattr(dlbench, name), name
