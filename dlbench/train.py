@@ -13,7 +13,6 @@ import os
 import random
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
