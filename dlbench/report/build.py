@@ -401,8 +401,9 @@ class StudyRunIdentity:
 
 
 def study_run_identity(tracking_uri: str, run_id: str) -> StudyRunIdentity:
-    """The study file (the parent run's tag ``dlbench.study_file``, as typed: relative paths are
-    taken from this working directory), experiment and studies of the study run ``run_id``."""
+    """The study file (the parent run's tag ``dlbench.study_file``: absolute; a run recorded by an
+    older dlbench has it as typed, relative to the working directory of that run, taken from this
+    one or matched by its end), experiment and studies of the study run ``run_id``."""
     import json
 
     from dlbench.tracking.store import Store

@@ -153,7 +153,7 @@ class Tracker:
             "mlflow.note.content": description_of(study_file, studies),
             **self._source,
             "dlbench.role": "study",
-            "dlbench.study_file": str(study_file.path),
+            "dlbench.study_file": str(study_file.path.resolve()),  # absolute: a report folder's marker names it
             "dlbench.study_hash": study_hash,
             "dlbench.invocations": "1",
             "dlbench.command": command_line(),
