@@ -30,7 +30,7 @@ from dlbench.config import parse_study_file
 from dlbench.datacache import DataCache
 from dlbench.diagnostics import Diagnostics
 from dlbench.plugins import load_plugins
-from dlbench.runner import resolve_device
+from dlbench.execution import resolve_device
 from dlbench.study import Plan, expand
 from dlbench.train import build, run_trial, seed_everything, train_epoch
 

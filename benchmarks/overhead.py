@@ -26,8 +26,8 @@ from torch import nn
 from dlbench.config import parse_study_file
 from dlbench.datacache import DataCache
 from dlbench.plugins import load_plugins
-from dlbench.runner import resolve_device
-from dlbench.stacking import plan, stack_settings
+from dlbench.execution import resolve_device
+from dlbench.planning import plan, stack_settings
 from dlbench.study import Plan, expand
 from dlbench.train import evaluate, run_trial
 from dlbench.train_stack import run_stack

@@ -29,8 +29,8 @@ from dlbench.config import parse_study_file
 from dlbench.datacache import DataCache
 from dlbench.plugins import load_plugins
 from dlbench.determinism import set_determinism
-from dlbench.runner import resolve_device
-from dlbench.stacking import Work, stack_id
+from dlbench.execution import resolve_device
+from dlbench.planning import Work, stack_id
 from dlbench.study import expand
 from dlbench.train import run_trial
 from dlbench.train_stack import run_stack

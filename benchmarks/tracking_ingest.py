@@ -44,11 +44,11 @@ from dlbench.config import parse_study_file
 from dlbench.datacache import DataCache
 from dlbench.diagnostics import Diagnostics
 from dlbench.plugins import load_plugins
-from dlbench.stacking import Work
+from dlbench.planning import Work
 from dlbench.study import Plan, expand
 from dlbench.tracking import Tracker
 from dlbench.train import run_trial
-from dlbench.workers import Forwarder, Router
+from dlbench.execution.events import Forwarder, Router
 
 STUDY = Path(__file__).parent / "studies" / "lr_sweep_500.toml"
 

@@ -1,20 +1,26 @@
-"""The ``dlbench`` command. Thin: parsing options and printing; the work lives elsewhere.
+"""The ``dlbench`` command. Thin: each command maps its options to one settings object
+(``settings.py``), makes one library call (``session.py``) and prints what comes back.
 
-Heavy imports (torch, mlflow, pandas) happen inside the commands so ``dlbench --help`` is instant.
+``dlbench.session`` (torch, the plugins) is imported inside the commands, and mlflow and
+seaborn further down only where needed, so that ``dlbench --help`` is instant.
 """
 
 from __future__ import annotations
 
 import atexit
+import functools
 import gc
-import os
 import signal
 import subprocess
 import sys
-from contextlib import ExitStack
+import tomllib
 from pathlib import Path
 
 import click
+
+from dlbench.errors import UserError
+from dlbench.paths import folder_name
+from dlbench.settings import ReportOptions, ReproduceOptions, RaySettings, RunOptions, default_tracking_uri
 
 DEVICE_HELP = "auto (every GPU when there is one), cpu, cuda (every GPU) or cuda:N (that one)."
 
@@ -31,12 +37,8 @@ class UsageProblem(click.ClickException):
 def _user_errors(fn):
     """Turn dlbench.errors.UserError into a clean exit-2 message (or the error's own ``exit_code``:
     75 for a tracking server that stayed away, to try again later)."""
-    import functools
-
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from dlbench.errors import UserError
-
         try:
             return fn(*args, **kwargs)
         except UserError as exc:
@@ -45,17 +47,6 @@ def _user_errors(fn):
             raise problem from None
 
     return wrapper
-
-
-def _load_plugins(plugins_dir: Path | None, default: Path):
-    """Plugins with the local folder the user named (which must exist) or the default one (if any)."""
-    from dlbench.plugins import load_plugins
-
-    return load_plugins(plugins_dir if plugins_dir is not None else default, required_dir=plugins_dir is not None)
-
-
-def _default_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
 
 
 class AutoInt(click.ParamType):
@@ -191,100 +182,27 @@ def run(study_file: Path, dry_run: bool, tracking_uri: str | None, device: str, 
     loop (the seeds of a level, levels differing in numbers such as a learning rate) train
     together as one stacked model; --dry-run shows the stacks.
     """
-    from dlbench.config import read_study_file
-    from dlbench.study import expand_plan
+    options = RunOptions(study_file=study_file, only=only, dry_run=dry_run,
+                         tracking_uri=tracking_uri or default_tracking_uri(), device=device, plugins_dir=plugins_dir,
+                         reports_dir=reports_dir, fail_fast=fail_fast, force=force, deterministic=deterministic,
+                         data_dir=data_dir, allow_data_mismatch=allow_data_mismatch, checkpoint_dir=checkpoint_dir,
+                         checkpoint_every=checkpoint_every, jobs=jobs, stack_size=stack_size, cuda_graphs=cuda_graphs,
+                         tracking_timeout=tracking_timeout,
+                         ray=_ray_settings(executor, address, resources, max_retries, device))
+    from dlbench import session  # torch and the plugins: not for --help
 
-    sf = read_study_file(study_file)
-    plugins = _load_plugins(plugins_dir, sf.path.parent / "plugins")
-    plan = expand_plan(sf, plugins.registry, list(only) or None)
-
-    from dlbench.runner import resolve_devices
-    from dlbench.workers import start_method
-
-    ray = _ray_settings(executor, address, resources, max_retries, device)
-    devices = [torch_device(device)] if ray else resolve_devices(device)  # a Ray cluster has its own GPUs
-    if cuda_graphs == "on" and not ray and devices[0].type != "cuda":
-        from dlbench.errors import UserError
-
-        raise UserError(f"--cuda-graphs on replays training steps from CUDA graphs, which need a GPU, but this run "
-                        f"trains on the CPU (--device {device}). Leave --cuda-graphs at auto (graphs wherever there "
-                        f"is a GPU), or give --device cuda on a machine with one.")
-    if not dry_run:  # a read-only checkout: say which option puts each output elsewhere, before any work
-        from dlbench.paths import check_report_folders, check_run_outputs
-
-        check_run_outputs(tracking_uri or _default_uri(), reports_dir, checkpoint_dir)
-        # a report folder of another study file's study of the same name is not overwritten
-        check_report_folders(reports_dir, sf.path.resolve(), plan.studies, sf.name, doing=f"this run of {sf.path}")
-    with ExitStack() as cleanup:
-        ray_pool = None
-        if ray and not dry_run:  # first: Ray's workers start and load while the preflight runs
-            from dlbench.runner import start_ray
-
-            ray_pool = start_ray(ray, plugins, plan.to_check(), data_dir=data_dir, deterministic=deterministic,
-                                 checkpoint_dir=checkpoint_dir, checkpoint_every=checkpoint_every, jobs=jobs,
-                                 fail_fast=fail_fast, cuda_graphs=cuda_graphs)
-            cleanup.callback(ray_pool.close)
-        workers = None
-        if not ray and not dry_run and start_method([str(d) for d in devices]) == "spawn":
-            # spawned workers (a GPU's) take seconds to import torch and start CUDA: they do it
-            # while the preflight runs (forked ones start in milliseconds, after it)
-            from dlbench.runner import start_workers
-
-            workers = start_workers(plan.trials, plugins, devices, jobs=jobs, fail_fast=fail_fast,
-                                    stack_size=stack_size, searches=plan.searches, data_dir=data_dir,
-                                    deterministic=deterministic, checkpoint_dir=checkpoint_dir,
-                                    checkpoint_every=checkpoint_every, cuda_graphs=cuda_graphs)
-            if workers is not None:
-                cleanup.callback(workers.close, now=True)
-        _run_checked(sf, plan, plugins, dry_run, devices, tracking_uri, reports_dir, fail_fast, force,
-                     deterministic, data_dir, checkpoint_dir, checkpoint_every, allow_data_mismatch, jobs,
-                     stack_size, tracking_timeout, ray_pool, workers, cuda_graphs)
-
-
-def _run_checked(sf, plan, plugins, dry_run, devices, tracking_uri, reports_dir, fail_fast, force, deterministic,
-                 data_dir, checkpoint_dir, checkpoint_every, allow_data_mismatch, jobs, stack_size, tracking_timeout,
-                 ray_pool, workers, cuda_graphs) -> None:
-    """`run` past its options: the preflight, then the dry run's table or the study itself."""
-    from dlbench.preflight import preflight
-    from dlbench.runner import run_study
-
-    # every distinct component built once on a tiny batch: a plugin that raises stops us here,
-    # before any worker trains or any run is logged
-    trials = plan.trials
-    checked = preflight(sf, plan.to_check(), plugins.registry, data_dir=data_dir)
-    if dry_run:
-        from dlbench.stacking import plan as stacks
-        from dlbench.stacking import stack_settings
-
-        if trials:
-            from dlbench.study import first_of_each_config
-
-            max_size, graphs = stack_settings(devices[0], stack_size, cuda_graphs)
-            same = first_of_each_config(trials)  # identical trials train once: the first
-            works = stacks([t for t in trials if t.index not in same], plugins.registry, max_size, graphs)
-            click.echo(trial_table(sf, trials, works, plugins.registry, graphs))
-        if plan.searches:
-            from dlbench.tuning.search import describe_plan
-
-            click.echo(("\n" if trials else "") + describe_plan(plan.searches))
-            click.echo(f"\n{plan.total} trials in all from {sf.path} (dry run: nothing trained)")
-        click.echo(str(checked))
-        return
-    click.echo(str(checked))
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` closes runs like Ctrl-C does
     try:
-        result = run_study(sf, trials, plugins, device=devices[0], devices=devices,
-                           tracking_uri=tracking_uri or _default_uri(),
-                           reports_dir=reports_dir, stream=sys.stdout, fail_fast=fail_fast, force=force,
-                           deterministic=deterministic, data_dir=data_dir, checkpoint_dir=checkpoint_dir,
-                           checkpoint_every=checkpoint_every,
-                           allow_data_mismatch=allow_data_mismatch, jobs=jobs, stack_size=stack_size,
-                           tracking_timeout=tracking_timeout, ray_pool=ray_pool, workers=workers,
-                           searches=plan.searches,
-                           cuda_graphs=cuda_graphs)
+        result = session.run_file(options, sys.stdout)
     except KeyboardInterrupt:
         click.echo("\nInterrupted: the finished trials are in MLflow; the running one is marked KILLED.", err=True)
         sys.exit(130)
+    if result is not None:
+        _print_summary(result)
+
+
+def _print_summary(result) -> None:
+    """The tally of a study run, its report folders, and the exit code (1: a trial failed or was interrupted)."""
     finished, diverged, failed, interrupted, pruned = (result.count(s) for s in ("finished", "diverged", "failed",
                                                                                  "interrupted", "pruned"))
     others = f", {result.by_others} by other processes" if result.by_others else ""
@@ -299,9 +217,7 @@ def _run_checked(sf, plan, plugins, dry_run, devices, tracking_uri, reports_dir,
     click.echo(f"\n{finished} finished ({already}), {diverged} diverged, "
                f"{failed} failed{stopped}, {result.total - len(result.results) - result.busy} not run{elsewhere}. "
                f"MLflow parent run: {result.parent_run_id}")
-    from dlbench.paths import folder_name
-
-    studies = {folder_name(s): s for s in plan.studies}
+    studies = {folder_name(s): s for s in result.studies}
     for folder in result.reports:
         click.echo(report_line(studies.get(folder.name, folder.name), folder))
     if interrupted:
@@ -313,25 +229,15 @@ def _run_checked(sf, plan, plugins, dry_run, devices, tracking_uri, reports_dir,
         sys.exit(1)
 
 
-def _ray_settings(executor: str, address: str | None, resources: dict | None, max_retries: int, device: str):
+def _ray_settings(executor: str, address: str | None, resources: dict | None, max_retries: int,
+                  device: str) -> RaySettings | None:
     """``--executor ray`` and its options, checked; None for the local executor."""
-    from dlbench.errors import UserError
-    from dlbench.runner import RaySettings
-
     if executor != "ray":
         given = [name for name, value in (("--address", address), ("--resources", resources)) if value]
         if given:
             raise UserError(f"{given[0]} is an option of --executor ray; add --executor ray, or leave it out")
         return None
     return RaySettings(address=address, resources=resources or {}, device=device, max_retries=max_retries)
-
-
-def torch_device(spec: str):
-    """The device a Ray cluster's tasks train on, as this process can tell before joining it
-    (``auto``: the cluster decides)."""
-    import torch
-
-    return torch.device("cuda" if spec.startswith("cuda") else "cpu")
 
 
 def report_line(study: str, folder: Path, html: bool = False) -> str:
@@ -343,75 +249,6 @@ def report_line(study: str, folder: Path, html: bool = False) -> str:
 
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
-
-
-def trial_table(sf, trials, works, registry, graphs: bool = False) -> str:
-    """One table per study: the trials with what varies between them (the study's factors) and
-    the stack each trains in; then why the trials that train alone do, which members of a stack
-    initialize at once (greedy pretraining) and, with CUDA graphs, why a stack steps eagerly."""
-    from dlbench.stacking import initializer_groups, why_eager
-    from dlbench.study import first_of_each_config, identical_levels
-
-    stack_of, alone = {}, []
-    for number, work in enumerate(works, start=1):
-        for t in work.members:
-            stack_of[t.index] = f"S{number}({len(work.members)})" if work.stacked else "alone"
-        if not work.stacked:
-            alone.append(f"  #{work.members[0].index} {work.members[0].run_name}: {work.alone_because}")
-    same = first_of_each_config(trials)
-    for index, first in same.items():
-        stack_of[index] = f"= #{first.index}"
-    blocks = []
-    for study in dict.fromkeys(t.study for t in trials):
-        group = [t for t in trials if t.study == study]
-        varied = _varied_keys(group)
-        header = ["#", "level", "seed", "config_hash", "stack", *varied]
-        rows = [[str(t.index), t.level, str(t.seed), t.config_hash[:12], stack_of[t.index],
-                 *[_flat(t).get(k, "") for k in varied]] for t in group]
-        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
-        blocks.append(f"study {study!r} ({len(group)} trials)\n" + "\n".join(lines))
-    stacks = sum(w.stacked for w in works)
-    summary = (f"{len(works)} units of work: {stacks} stacks (S<n>(members): trained together as one model) "
-               f"and {len(alone)} trials alone" + (f"; {len(same)} trials the same as an earlier one (= #n: trained "
-                                                    "once, recorded under both)" if same else ""))
-    if alone:
-        summary += ":\n" + "\n".join(alone)
-    if any(len(w.members) == 1 and w.stacked for w in works):
-        summary += "\nOn a GPU, a stack of one (S<n>(1)) replays its steps from CUDA graphs."
-    together = [f"  S{n}: {w.members[group[0]].config['initializer']['name']}, {len(group)} of its "
-                f"{len(w.members)} members at once" for n, w in enumerate(works, start=1) if w.stacked
-                for group, _ in initializer_groups(w, registry)]
-    if together:
-        summary += "\nmembers initialized at once (a stacked initializer, the same options):\n" + "\n".join(together)
-    if graphs:
-        eager = [f"  S{n}: {why}" for n, w in enumerate(works, start=1)
-                 if w.stacked and (why := why_eager(w.members[0], registry))]
-        if eager:
-            summary += "\nstacks that step eagerly (no CUDA graphs):\n" + "\n".join(eager)
-    pairs = identical_levels(trials)
-    if pairs:
-        summary += ("\nlevels that resolve to the same configuration (equal config hashes): a trial of the second "
-                    "trains once, as the first's (= #n), and is recorded under its own study; within one study their "
-                    "difference is zero by construction:\n"
-                    + "\n".join(f"  {a} = {b} ({n} seed{'s' if n != 1 else ''} in common)" for a, b, n in pairs))
-    studies = len({t.study for t in trials})
-    in_studies = f"{studies} study" if studies == 1 else f"{studies} studies"
-    return ("\n\n".join(blocks) + f"\n\n{summary}\n\n{len(trials)} trials in {in_studies} from {sf.path} "
-            "(dry run: nothing trained)")
-
-
-def _flat(trial) -> dict[str, str]:
-    from dlbench.study import flatten
-
-    return flatten({k: v for k, v in trial.config.items() if k != "seed"})
-
-
-def _varied_keys(trials) -> list[str]:
-    """The config keys whose values differ between trials: what the study varies."""
-    flats = [_flat(t) for t in trials]
-    keys = list(dict.fromkeys(k for f in flats for k in f))
-    return [k for k in keys if len({f.get(k) for f in flats}) > 1]
 
 
 @main.command()
@@ -429,12 +266,11 @@ def reproduce(run_id: str, tracking_uri: str | None, device: str, plugins_dir: P
 
     Exits 0 when every logged value is reproduced within --tolerance, 1 when not.
     """
-    from dlbench.reproduce import reproduce as do_reproduce
-    from dlbench.runner import resolve_device
+    options = ReproduceOptions(run_id=run_id, tracking_uri=tracking_uri or default_tracking_uri(), device=device,
+                               plugins_dir=plugins_dir, data_dir=data_dir, tolerance=tolerance)
+    from dlbench import session  # torch and the plugins: not for --help
 
-    plugins = _load_plugins(plugins_dir, Path("plugins"))
-    verdict = do_reproduce(run_id, plugins, tracking_uri=tracking_uri or _default_uri(),
-                           device=resolve_device(device), tolerance=tolerance, data_dir=data_dir, stream=sys.stdout)
+    verdict = session.reproduce_run(options, sys.stdout)
     for note in verdict.warnings:
         click.echo(f"warning: {note}", err=True)
     key, step, diff = verdict.largest
@@ -466,43 +302,14 @@ def report(study_file: Path | None, run_id: str | None, experiment: str | None, 
     experiment) or of --experiment; else the latest study run in the store. Each report is
     also attached to that run as artifacts (reports/<study>/).
     """
-    from dlbench.errors import UserError
-    from dlbench.tracking.reader import find_study_run
+    options = ReportOptions(study_file=study_file, run_id=run_id, experiment=experiment,
+                            tracking_uri=tracking_uri or default_tracking_uri(), plugins_dir=plugins_dir, only=only,
+                            reports_dir=reports_dir, attach=not no_attach)
+    from dlbench import session  # torch, mlflow and seaborn: not for --help
 
-    if sum(x is not None for x in (study_file, run_id, experiment)) > 1:
-        raise UserError("name the study run once: a STUDY_FILE, --run-id or --experiment")
-    default_plugins = Path("plugins")
-    if study_file is not None:
-        from dlbench.config import read_study_file
-
-        sf = read_study_file(study_file)
-        experiment = sf.name
-        default_plugins = sf.path.parent / "plugins"  # as `run` does: used when it is there
-    from dlbench.paths import cannot_write
-
-    if why := cannot_write(reports_dir):  # a read-only checkout
-        raise UserError(f"the reports cannot be written ({why}); put them elsewhere with --reports-dir DIR")
-    uri = tracking_uri or _default_uri()
-    parent = find_study_run(uri, run_id=run_id, experiment=experiment)
-    from dlbench.report import report_from_mlflow
-    from dlbench.report.build import study_run_identity
-    from dlbench.report.painter import Painter, spare_processes
-
-    identity = study_run_identity(uri, parent)  # a report folder of another study file's study is not overwritten
-    identity.check(reports_dir, list(only) or identity.studies,
-                   doing=f"this report of study run {parent} of {identity.tail or identity.study_file}")
-
-    registry = _load_plugins(plugins_dir, default_plugins).registry
-    painter = Painter(spare_processes())  # the figures of a large study drawn side by side on the cores
-    try:
-        folders = report_from_mlflow(uri, parent, reports_dir, list(only) or None, attach=not no_attach,
-                                     registry=registry, announce=lambda s, f: click.echo(report_line(s, f, html=True)),
-                                     painter=painter, identity=identity)
-    finally:
-        painter.close()
-    if not folders:
-        raise UserError(f"study run {parent} has no trial runs: nothing to report")
-    click.echo(f"from MLflow study run {parent} in {uri}" + ("" if no_attach else "; attached to it as artifacts"))
+    parent, _ = session.build_reports(options, announce=lambda s, f: click.echo(report_line(s, f, html=True)))
+    click.echo(f"from MLflow study run {parent} in {options.tracking_uri}"
+               + ("" if no_attach else "; attached to it as artifacts"))
 
 
 @main.group()
@@ -520,13 +327,13 @@ def data() -> None:
 @_user_errors
 def data_prepare(data_dir: Path, names: tuple[str, ...], use_dvc: bool, plugins_dir: Path | None) -> None:
     """Write datasets to DATA_DIR (one folder each: .npy arrays and meta.json) and `dvc add` it."""
-    from dlbench.datastore import BUILTIN_PREPARED, prepare, track
+    from dlbench import session  # torch and the plugins: not for --help
 
-    plugins = _load_plugins(plugins_dir, Path("plugins"))
-    for name, folder, digest in prepare(plugins.registry, data_dir, list(names) or BUILTIN_PREPARED):
+    written, pointer = session.prepare_data(data_dir, names, use_dvc, plugins_dir)
+    for name, folder, digest in written:
         click.echo(f"{name}: {folder} (sha256 {digest[:16]}...)")
-    if use_dvc:
-        click.echo(f"tracked by DVC: {track(data_dir)} (commit it with git)")
+    if pointer is not None:
+        click.echo(f"tracked by DVC: {pointer} (commit it with git)")
 
 
 @data.command("verify")
@@ -534,7 +341,7 @@ def data_prepare(data_dir: Path, names: tuple[str, ...], use_dvc: bool, plugins_
 @_user_errors
 def data_verify(data_dir: Path) -> None:
     """Check DATA_DIR against its .dvc pointer with DVC; exit 1 and name what differs."""
-    from dlbench.datastore import status
+    from dlbench.datastore import status  # imports torch (the datasets' arrays)
 
     st = status(data_dir)
     if st.matches:
@@ -556,24 +363,12 @@ def plugins() -> None:
 @_user_errors
 def plugins_list(plugins_dir: Path | None, kind: str | None) -> None:
     """Print every registered plugin by kind, with its origin and options."""
-    from dlbench.errors import UserError, choose_one_of
-    from dlbench.plugins import KINDS
-    from dlbench.schema import MISSING, describe
-    from dlbench.stacking import component_stacks
+    from dlbench import session  # torch and the plugins: not for --help
 
-    loaded = _load_plugins(plugins_dir, Path("plugins"))
-    kinds = list(KINDS.values())
-    if kind is not None and kind not in kinds:
-        raise UserError(f"--kind {kind!r}: {choose_one_of(kind, kinds)}")
-    plurals = {k: plural for plural, k in KINDS.items()}
-    for k in kinds if kind is None else [kind]:
-        click.secho(plurals[k], bold=True)
-        for c in (c for c in loaded.registry if c.kind == k):
-            stacks = {True: "  (stacks)", False: "  (trains alone)", None: ""}[component_stacks(c)]
-            click.echo(f"  {c.name:<20} [{c.origin}]  {c.description}{stacks}")
-            for opt in c.options.values():
-                default = "required" if opt.default is MISSING else f"default {opt.default!r}"
-                click.echo(f"  {'':<20}   {opt.name}: {describe(opt.annotation)}, {default}")
+    for heading, lines in session.list_plugins(plugins_dir, kind):
+        click.secho(heading, bold=True)
+        for line in lines:
+            click.echo(line)
 
 
 @plugins.command("show")
@@ -583,9 +378,9 @@ def plugins_list(plugins_dir: Path | None, kind: str | None) -> None:
 def plugins_show(name: str, plugins_dir: Path | None) -> None:
     """Print the documentation of plugin NAME (KIND:NAME when several kinds have that name):
     its docstring, origin, source line, options, whether it stacks and a study-file line."""
-    from dlbench.docs import component_page
+    from dlbench import session  # torch and the plugins: not for --help
 
-    click.echo(component_page(_load_plugins(plugins_dir, Path("plugins")).registry.lookup(name)))
+    click.echo(session.show_plugin(name, plugins_dir))
 
 
 class OptionValue(click.ParamType):
@@ -595,8 +390,6 @@ class OptionValue(click.ParamType):
     name = "KEY=VALUE"
 
     def convert(self, value, param, ctx):
-        import tomllib
-
         key, sep, text = value.partition("=")
         if not sep or not key.strip():
             self.fail(f"{value!r}: write KEY=VALUE, e.g. --option lr=0.1", param, ctx)
@@ -613,40 +406,20 @@ class OptionValue(click.ParamType):
 @plugins_dir_option
 @_user_errors
 def plugins_check(target: str, options: tuple[tuple[str, object], ...], plugins_dir: Path | None) -> None:
-    """Run the plugin contract (dlbench/contract.py) on component NAME (KIND:NAME when several
+    """Run the plugin contract (dlbench/contract/) on component NAME (KIND:NAME when several
     kinds have it), or on every component the plugin file PATH registers.
 
     Prints one line per check and exits 1 when a check fails.
     """
-    from dlbench.contract import FAIL, PASS, SKIP, check
-    from dlbench.errors import UserError
+    from dlbench import session  # torch and the plugins: not for --help
 
-    path = Path(target)
-    if target.endswith(".py") or path.is_file():
-        if not path.is_file():
-            raise UserError(f"{target}: no such plugin file")
-        from dlbench.plugins import load_plugins
-
-        loaded = load_plugins(plugins_dir, required_dir=plugins_dir is not None, files=(path,))
-        components = [c for c in loaded.registry if c.origin == f"local ({path})"]
-        if not components:
-            raise UserError(f"{target} registers no component (no dlbench_register_* hook registered anything)")
-    else:
-        loaded = _load_plugins(plugins_dir, Path("plugins"))
-        components = [loaded.registry.lookup(target)]
-    given = dict(options)
-    unknown = [k for k in given if not any(k in c.options for c in components)]
-    if unknown:
-        raise UserError(f"--option {unknown[0]}: no checked component has this option "
-                        f"({', '.join(f'{c.kind}:{c.name}' for c in components)})")
-    outcomes = []
-    for component in components:
-        for outcome in check(component, loaded.registry, {k: v for k, v in given.items() if k in component.options}):
-            click.echo(str(outcome))
-            outcomes.append(outcome.status)
-    failed = outcomes.count(FAIL)
-    click.echo(f"{len(outcomes)} checks of {len(components)} component{'s' if len(components) > 1 else ''}: "
-               f"{outcomes.count(PASS)} passed, {failed} failed, {outcomes.count(SKIP)} skipped (not applicable)")
+    outcomes, components = session.check_plugins(target, dict(options), plugins_dir)
+    for outcome in outcomes:
+        click.echo(str(outcome))
+    statuses = [o.status for o in outcomes]
+    failed = statuses.count("fail")
+    click.echo(f"{len(outcomes)} checks of {components} component{'s' if components > 1 else ''}: "
+               f"{statuses.count('pass')} passed, {failed} failed, {statuses.count('skip')} skipped (not applicable)")
     sys.exit(1 if failed else 0)
 
 
@@ -659,8 +432,8 @@ def ui(tracking_uri: str | None, port: int) -> None:
 
     A tracking server (http://...) serves its own UI: ui says where and exits.
     """
-    uri = tracking_uri or _default_uri()
-    from dlbench.tracking.server import is_server, require_reachable
+    uri = tracking_uri or default_tracking_uri()
+    from dlbench.tracking.server import is_server, require_reachable  # imports mlflow
 
     if is_server(uri):  # `mlflow ui` cannot read a server; the server is a UI already
         require_reachable(uri)

@@ -16,7 +16,9 @@ import re
 import textwrap
 
 from dlbench import hookspecs
+from dlbench.plugins import KINDS
 from dlbench.schema import MISSING, describe
+from dlbench.stacking import component_stacks
 
 # the study-file key a component of each kind is set with; the list kinds take several
 STUDY_KEYS = {"dataset": "dataset", "architecture": "architecture", "activation": "activation",
@@ -31,8 +33,6 @@ LISTS = {"regularizer", "preprocessing"}
 def component_page(component) -> str:
     """What ``dlbench plugins show`` prints: the docstring, where it comes from, its options with
     type, domain and default, whether it stacks, and a line for a study file."""
-    from dlbench.stacking import component_stacks
-
     doc = inspect.getdoc(component.factory) or "(no docstring)"
     options = [f"  {o.name}: {describe(o.annotation)}, {'required' if o.required else f'default {o.default!r}'}"
                for o in component.options.values()]
@@ -51,6 +51,23 @@ def component_page(component) -> str:
         "in a study file:",
         f"  {toml_example(component)}",
     ])
+
+
+def plugin_listing(registry, kind: str | None = None) -> list[tuple[str, list[str]]]:
+    """What ``dlbench plugins list`` prints: for each kind (or ``kind`` alone), its heading and one
+    line per component (origin, description, whether it stacks) with a line per option."""
+    plurals = {k: plural for plural, k in KINDS.items()}
+    sections = []
+    for k in list(KINDS.values()) if kind is None else [kind]:
+        lines = []
+        for c in (c for c in registry if c.kind == k):
+            stacks = {True: "  (stacks)", False: "  (trains alone)", None: ""}[component_stacks(c)]
+            lines.append(f"  {c.name:<20} [{c.origin}]  {c.description}{stacks}")
+            for opt in c.options.values():
+                default = "required" if opt.default is MISSING else f"default {opt.default!r}"
+                lines.append(f"  {'':<20}   {opt.name}: {describe(opt.annotation)}, {default}")
+        sections.append((plurals[k], lines))
+    return sections
 
 
 def source_line(factory) -> str:

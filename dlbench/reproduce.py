@@ -10,17 +10,23 @@ from __future__ import annotations
 
 import math
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TextIO
 
 import torch
 
 from dlbench import hookimpl
+from dlbench.datacache import DataCache
+from dlbench.datastore import pointer_for, recorded_md5
+from dlbench.determinism import set_determinism
+from dlbench.diagnostics import Diagnostics
 from dlbench.errors import UserError
+from dlbench.execution.unit import execute
+from dlbench.planning import Work, stack_id
 from dlbench.plugins import Plugins
 from dlbench.provenance import components_used, environment, git_commit
-from dlbench.study import Trial, config_hash
+from dlbench.trial import Trial, config_hash
 
 
 @dataclass
@@ -98,12 +104,7 @@ def _as_float32(value: float) -> float:
 
 def reproduce(run_id: str, plugins: Plugins, *, tracking_uri: str, device: torch.device, tolerance: float,
               data_dir: Path | None, stream: TextIO) -> Verdict:
-    from dlbench.datacache import DataCache
-    from dlbench.datastore import pointer_for, recorded_md5
-    from dlbench.diagnostics import Diagnostics
-    from dlbench.executor import execute
-    from dlbench.determinism import set_determinism
-    from dlbench.tracking import StudyContext, Tracker
+    from dlbench.tracking import StudyContext, Tracker  # mlflow is heavy: imported only to reproduce
     from dlbench.tracking.keys import metric_name
     from dlbench.tracking.store import Store
 
@@ -164,10 +165,6 @@ def reproduce(run_id: str, plugins: Plugins, *, tracking_uri: str, device: torch
 def _as_it_ran(source, stored, trial: Trial, warnings: list[str]):
     """The unit of work the trial ran in: alone, or its whole stack again (the members recorded
     in its stack.json, in order), which makes the re-run bit-exact. Returns (work, the trial)."""
-    from dataclasses import replace
-
-    from dlbench.stacking import Work, stack_id
-
     if not stored.tags.get("dlbench.stack_id"):  # trained alone (a stack of one has an id: it ran as a stack)
         return Work((trial,), stack_id([trial])), trial
     record = source.artifact_json(stored.run_id, "stack.json")

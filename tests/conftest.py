@@ -230,15 +230,16 @@ def study_in_process(tmp_path, new_store):
     from dlbench.config import read_study_file
     from dlbench.plugins import load_plugins
     from dlbench.runner import run_study
+    from dlbench.settings import RunOptions
     from dlbench.study import expand
 
     def run(text: str, device, **options):
         plugins = load_plugins(None, autoload=False)
         sf = read_study_file(write_study(tmp_path, TINY_BASELINE + text))
         uri = sqlite_uri(new_store(tmp_path))
-        run_study(sf, expand(sf, plugins.registry), plugins, device=device, tracking_uri=uri,
-                  reports_dir=tmp_path / "reports", stream=io.StringIO(), jobs=1, checkpoint_dir=tmp_path / "ckpt",
-                  **options)
+        settings = RunOptions(device=str(device), tracking_uri=uri, reports_dir=tmp_path / "reports", jobs=1,
+                              checkpoint_dir=tmp_path / "ckpt", **options)
+        run_study(sf, expand(sf, plugins.registry), plugins, settings, io.StringIO())
         client = MlflowClient(uri)
         runs = [r for r in client.search_runs([client.get_experiment_by_name(sf.name).experiment_id])
                 if r.data.tags.get("dlbench.role") == "trial"]

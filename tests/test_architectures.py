@@ -13,7 +13,8 @@ from dlbench.builtin.pretraining import greedy_autoencoder
 from dlbench.data import DeviceData
 from dlbench.shapes import InputShapeError, accepted_ranks, check_input_shape
 from dlbench.slots import slots
-from dlbench.stacking import Work, is_stackable, plan, stack_id
+from dlbench.planning import Work, plan, stack_id
+from dlbench.stacking import is_stackable
 from dlbench.train import run_trial
 from dlbench.train_stack import run_stack
 

@@ -628,11 +628,10 @@ def test_an_interrupt_between_claiming_a_trial_and_training_it_leaves_no_run_run
     any executor holds it: that run is ended KILLED too, not left RUNNING for a dead process."""
     import io
 
-    import torch
-
     from dlbench import runner
     from dlbench.config import read_study_file
     from dlbench.plugins import load_plugins
+    from dlbench.settings import RunOptions
     from dlbench.study import expand
 
     real_claim, claims = runner.claim, []
@@ -649,8 +648,9 @@ def test_an_interrupt_between_claiming_a_trial_and_training_it_leaves_no_run_run
     plugins = load_plugins(None, autoload=False)
     db = new_store(tmp_path)
     with pytest.raises(KeyboardInterrupt):
-        runner.run_study(sf, expand(sf, plugins.registry), plugins, device=torch.device("cpu"), tracking_uri=sqlite_uri(db),
-                         reports_dir=tmp_path / "reports", stream=io.StringIO(), jobs=1, stack_size=1)
+        options = RunOptions(device="cpu", tracking_uri=sqlite_uri(db), reports_dir=tmp_path / "reports", jobs=1,
+                             stack_size=1)
+        runner.run_study(sf, expand(sf, plugins.registry), plugins, options, io.StringIO())
     runs = {r.info.run_name: r for r in runs_of(client_for(db), "long")}
     assert runs["s/a/seed=0"].info.status == "FINISHED"
     assert runs["s/a/seed=1"].info.status == "KILLED"  # resumable: the next run adopts it

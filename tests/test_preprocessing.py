@@ -13,7 +13,7 @@ from dlbench.datacache import DataCache
 from dlbench.errors import ConfigError
 from dlbench.preprocessing import apply
 from dlbench.train import make
-from dlbench.stacking import stack_key
+from dlbench.planning import stack_key
 
 # the config hash of the conftest tiny baseline (make_trials()), recorded before preprocessing existed
 TINY_BASELINE_HASH = "f2f74e06da249011d800f2aeeb6df96d65bcbe86173fde62117c00bb2e40a38d"
@@ -188,8 +188,8 @@ class Started:
 
 def test_a_stack_on_preprocessed_data_equals_its_members_trained_alone(registry, make_trials):
     """PCA changes the input shape; the stack's members train on the same fitted data as alone."""
-    from dlbench.executor import execute
-    from dlbench.stacking import Work, plan, stack_id
+    from dlbench.execution import execute
+    from dlbench.planning import Work, plan, stack_id
 
     trials = make_trials({"preprocessing": ["standardize", {"name": "pca", "components": 12}]},
                          levels={"slow": {"optimizer": {"lr": 0.003}}, "fast": {}})

@@ -19,7 +19,7 @@ from dlbench.builtin.dropouts import (MC_EVAL_SEED, DropConnect, DropConnectLine
 from dlbench.builtin.normalization import BatchNorm, GroupNorm, LayerNorm
 from dlbench.builtin.regularizers import EarlyStopping
 from dlbench.slots import Slot, slots
-from dlbench.stacking import Work, plan, stack_id
+from dlbench.planning import Work, plan, stack_id
 from dlbench.train import Checkpoints, run_trial
 from dlbench.train_stack import run_stack
 

@@ -8,7 +8,7 @@ import pytest
 from conftest import TINY_BASELINE, write_study
 
 from dlbench.config import read_study_file
-from dlbench.runner import write_reports
+from dlbench.report import report_from_results
 from dlbench.study import expand
 from dlbench.train import TrialResult
 
@@ -30,7 +30,7 @@ def report_for(tmp_path, registry, text, accuracies):
     trials = expand(sf, registry)
     results = [(t, fake_result(accuracies[t.level][i])) for t in trials
                for i in [[u for u in trials if u.level == t.level].index(t)]]
-    (folder,) = write_reports(sf, results, tmp_path / "reports")
+    (folder,) = report_from_results(sf, results, tmp_path / "reports")
     return folder
 
 

@@ -11,7 +11,7 @@ from torch import nn
 from conftest import NoHooks, StopAfter, the_preflight_problem
 from dlbench.builtin.schedules import cosine, plateau
 from dlbench.errors import ConfigError
-from dlbench.stacking import Work, plan, stack_id
+from dlbench.planning import Work, plan, stack_id
 from dlbench.train import Checkpoints, build, run_trial
 from dlbench.train_stack import run_stack
 from dlbench.warmup import Warmup

@@ -17,9 +17,9 @@ import torch
 
 from conftest import NoHooks, StopAfter
 from dlbench import hookimpl
-from dlbench.executor import execute
+from dlbench.execution import execute
 from dlbench.plugins import load_plugins
-from dlbench.stacking import Work, plan, stack_id, stack_key
+from dlbench.planning import Work, plan, stack_id, stack_key
 from dlbench.train import Checkpoints, run_trial
 from dlbench.train_stack import run_stack
 
@@ -118,7 +118,7 @@ def test_a_large_group_splits_into_near_equal_stacks(make_trials, registry):
 def test_pretraining_counts_in_a_units_cost_and_a_mixed_stack_goes_with_its_largest_study(make_trials, registry):
     from dataclasses import replace
 
-    from dlbench.work_queue import hand_out_order
+    from dlbench.execution import hand_out_order
 
     greedy = {"initializer": {"name": "greedy_autoencoder", "epochs": 5}, "activation": "sigmoid"}
     trials = make_trials({"activation": "sigmoid"}, levels={"random": {}, "pretrained": greedy}, seeds=2)
@@ -280,7 +280,7 @@ def test_members_sharing_greedy_pretraining_pretrain_at_once_as_they_would_alone
 def test_dry_run_says_which_members_of_a_stack_pretrain_at_once(make_trials, registry):
     from types import SimpleNamespace
 
-    from dlbench.cli import trial_table
+    from dlbench.dry_run import trial_table
 
     greedy = {"name": "greedy_autoencoder", "epochs": 1}
     trials = make_trials({"activation": "sigmoid"}, levels={"random": {}, "pre": {"initializer": greedy}},

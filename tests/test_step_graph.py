@@ -18,7 +18,8 @@ import torch
 from conftest import NoHooks
 from dlbench import step_graph
 from dlbench.regularizer import StackedRegularizer
-from dlbench.stacking import StackedOptimizer, Work, stack_id
+from dlbench.planning import Work, stack_id
+from dlbench.stacking import StackedOptimizer
 from dlbench.step_graph import WARMUP, GraphedStep, graphs_wanted, why_not_graphed
 from dlbench.train_stack import run_stack
 
@@ -216,7 +217,7 @@ def test_a_stacked_regularizers_values_are_made_once_and_follow_its_members():
 
 
 def test_on_a_gpu_a_lone_trial_is_a_stack_of_one_when_graph_safe(make_trials, registry):
-    from dlbench.stacking import plan
+    from dlbench.planning import plan
 
     trials = make_trials({}, levels={"narrow": {}, "wide": {"architecture": {"width": 32}},
                                      "augmented": {"regularizers": [{"name": "augment_1d"}]}}, seeds=[0])
@@ -232,8 +233,8 @@ def test_on_a_gpu_a_lone_trial_is_a_stack_of_one_when_graph_safe(make_trials, re
     # --dry-run on a GPU: the stacks of one, and why a trial or stack steps eagerly
     from types import SimpleNamespace
 
-    from dlbench.cli import trial_table
-    from dlbench.stacking import why_eager
+    from dlbench.dry_run import trial_table
+    from dlbench.planning import why_eager
 
     assert why_eager(trials[0], registry) == ""
     assert "regularizer 'augment_1d' [built-in] does not declare graph_safe" in why_eager(trials[2], registry)
@@ -265,7 +266,7 @@ def test_a_study_on_a_gpu_records_its_stacks_of_one_and_reproduces_them(study_in
     from conftest import reproduce_in_process
     from mlflow.tracking import MlflowClient
 
-    monkeypatch.setattr("dlbench.step_graph.graphs_wanted", lambda setting, device: setting != "off")
+    monkeypatch.setattr("dlbench.planning.graphs_wanted", lambda setting, device: setting != "off")
     plugins, uri, runs = study_in_process("""
 [study]
 name = "solo"

@@ -254,6 +254,7 @@ explodes = { optimizer = { name = "sgd", lr = 1e6 } }
 
 def test_observer_plugin_sees_the_whole_lifecycle(tmp_path, new_store):
     from dlbench.runner import run_study
+    from dlbench.settings import RunOptions
 
     plugins = load_plugins(None, autoload=False)
     recorder = Recorder()
@@ -263,8 +264,9 @@ def test_observer_plugin_sees_the_whole_lifecycle(tmp_path, new_store):
     out = io.StringIO()
     # jobs=1: an observer registered in this process sees the trials trained in this process
     # (worker processes load the plugins from their sources, and observe there)
-    run = run_study(sf, trials, plugins, device=CPU, tracking_uri=sqlite_uri(new_store(tmp_path)),
-                    reports_dir=tmp_path / "reports", stream=out, jobs=1)
+    options = RunOptions(device="cpu", tracking_uri=sqlite_uri(new_store(tmp_path)), reports_dir=tmp_path / "reports",
+                         jobs=1)
+    run = run_study(sf, trials, plugins, options, out)
 
     ok, bad = "obs/ok/seed=0", "obs/explodes/seed=0"
     info_keys = True  # info has (at least) the documented dataset_hash, device and num_params

@@ -267,11 +267,10 @@ def test_a_record_half_written_when_killed_is_written_again(tmp_path, monkeypatc
     writes a record leaves a run that is not one; the next run replaces it."""
     import io
 
-    import torch
-
     from dlbench.config import read_study_file
     from dlbench.plugins import load_plugins
     from dlbench.runner import run_study
+    from dlbench.settings import RunOptions
     from dlbench.study import expand
     from dlbench.tracking.writer import Tracker
 
@@ -285,17 +284,17 @@ def test_a_record_half_written_when_killed_is_written_again(tmp_path, monkeypatc
 
     sf = read_study_file(root / "study.toml")
     plugins = load_plugins(None, autoload=False)
-    options = dict(device=torch.device("cpu"), tracking_uri=sqlite_uri(db), reports_dir=root / "reports",
-                   stream=io.StringIO(), jobs=1, checkpoint_dir=root / "ckpt")
+    options = RunOptions(device="cpu", tracking_uri=sqlite_uri(db), reports_dir=root / "reports", jobs=1,
+                         checkpoint_dir=root / "ckpt")
     monkeypatch.setattr(Tracker, "record_same", dies_while_writing)
     with pytest.raises(KeyboardInterrupt):
-        run_study(sf, expand(sf, plugins.registry), plugins, **options)
+        run_study(sf, expand(sf, plugins.registry), plugins, options, io.StringIO())
     half = [r for runs in store_of(db)["trials"].values() for rs in runs.values() for r in rs
             if "dlbench.same_as" in r.data.tags]
     assert len(half) == 1 and half[0].info.status == "KILLED"
     monkeypatch.setattr(Tracker, "record_same", real)
     stream = io.StringIO()
-    run_study(sf, expand(sf, plugins.registry), plugins, **(options | {"stream": stream}))
+    run_study(sf, expand(sf, plugins.registry), plugins, options, stream)
     one_complete_set(store_of(db))
     assert "a/same/seed=0  trains again: run" in stream.getvalue() or "a/same/seed=0  finished: the same" in \
         stream.getvalue()

@@ -283,6 +283,7 @@ class StopAtTrial:
 
 def run_tuned(tmp_path: Path, store: Path, stop=None):
     from dlbench.runner import run_study
+    from dlbench.settings import RunOptions
 
     plugins = load_plugins(None, autoload=False)
     if stop is not None:
@@ -290,9 +291,9 @@ def run_tuned(tmp_path: Path, store: Path, stop=None):
     sf = read_study_file(write_study(tmp_path, TUNED))
     plan = expand_plan(sf, plugins.registry)
     out = io.StringIO()
-    run = run_study(sf, plan.trials, plugins, device=torch_cpu(), tracking_uri=sqlite_uri(store),
-                    reports_dir=tmp_path / "reports", stream=out, jobs=1, searches=plan.searches,
-                    checkpoint_dir=tmp_path / "ck", checkpoint_every=0)
+    options = RunOptions(device="cpu", tracking_uri=sqlite_uri(store), reports_dir=tmp_path / "reports", jobs=1,
+                         checkpoint_dir=tmp_path / "ck", checkpoint_every=0)
+    run = run_study(sf, plan.trials, plugins, options, out, searches=plan.searches)
     return run, out.getvalue()
 
 

@@ -213,15 +213,15 @@ def test_spawned_workers_as_on_a_gpu(tmp_path):
 def test_devices_and_jobs_for_several_gpus(monkeypatch):
     import torch
 
-    from dlbench import runner, workers
+    from dlbench.execution import devices
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
-    assert [str(d) for d in runner.resolve_devices("cuda")] == ["cuda:0", "cuda:1", "cuda:2"]
-    assert [str(d) for d in runner.resolve_devices("auto")] == ["cuda:0", "cuda:1", "cuda:2"]
-    assert [str(d) for d in runner.resolve_devices("cuda:2")] == ["cuda:2"]
-    monkeypatch.setattr(workers.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
-    assert workers.default_jobs(torch.device("cuda", 0), units=100, gpus=3) == 6  # two per GPU
-    assert workers.default_jobs(torch.device("cuda", 0), units=100) == 2  # --device cuda:N: one GPU
-    assert workers.default_jobs(torch.device("cuda", 0), units=4, gpus=3) == 4  # never more than the work
-    assert workers.default_jobs(torch.device("cpu"), units=100) == 16  # one per core
+    assert [str(d) for d in devices.resolve_devices("cuda")] == ["cuda:0", "cuda:1", "cuda:2"]
+    assert [str(d) for d in devices.resolve_devices("auto")] == ["cuda:0", "cuda:1", "cuda:2"]
+    assert [str(d) for d in devices.resolve_devices("cuda:2")] == ["cuda:2"]
+    monkeypatch.setattr(devices.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert devices.default_jobs(torch.device("cuda", 0), units=100, gpus=3) == 6  # two per GPU
+    assert devices.default_jobs(torch.device("cuda", 0), units=100) == 2  # --device cuda:N: one GPU
+    assert devices.default_jobs(torch.device("cuda", 0), units=4, gpus=3) == 4  # never more than the work
+    assert devices.default_jobs(torch.device("cpu"), units=100) == 16  # one per core

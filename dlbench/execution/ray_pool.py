@@ -1,6 +1,6 @@
 """Trials on a Ray cluster: each unit of work (a trial or a stack) is a Ray task.
 
-The parent stays the one writer to the tracking store, as with local workers (``workers.py``):
+The parent stays the one writer to the tracking store, as with local workers (``local.py``):
 a task sends its trials' lifecycle events to one small actor (:class:`EventHub`) that the parent
 drains, and a checkpoint is written only once the parent has acknowledged that what came before
 is stored. A task asks Ray for CPUs and whole or fractional GPUs (``Resources``); Ray places it on
@@ -28,8 +28,17 @@ import uuid
 from dataclasses import dataclass
 
 import ray
+import torch
 
 from dlbench.errors import EXIT_TRY_AGAIN, UserError
+from dlbench.execution.events import Forwarder, Router
+from dlbench.execution.pool import Pool
+from dlbench.execution.unit import execute
+from dlbench.execution.world import WorkerSetup, data_configs, load_world, worker_setup
+from dlbench.execution.world import warm_up as warm_world
+from dlbench.plugins import Plugins
+from dlbench.settings import RaySettings
+from dlbench.trial import Trial, TrialResult
 
 POLL_S = 0.1  # how long the parent waits for a task to end before it drains the events again
 CHECKPOINT_POLL_S = 0.01  # ... for a second after a checkpoint: a task waits for its acknowledgement
@@ -120,10 +129,6 @@ _WORLDS: dict = {}  # per Ray worker process: setup -> (plugins, data cache, dev
 def _world(setup):
     """The plugins, the data cache and the device of this Ray worker process, made once."""
     if setup not in _WORLDS:
-        import torch
-
-        from dlbench.workers import load_world
-
         device = torch.device("cuda", 0) if ray.get_gpu_ids() else torch.device("cpu")  # Ray set CUDA_VISIBLE_DEVICES
         _WORLDS[setup] = (*load_world(setup, device), device)
     return _WORLDS[setup]
@@ -132,22 +137,15 @@ def _world(setup):
 def warm_up(setup, configs: list[dict]) -> None:
     """A Ray task sent to each slot as the pool starts: this worker process imports dlbench, loads
     the plugins and the study's datasets (seconds) while the parent opens the tracking store."""
-    from dlbench.workers import warm_up as warm
-
-    warm(*_world(setup), configs)
+    warm_world(*_world(setup), configs)
 
 
 def train_unit(work, setup, hub) -> None:
     """The body of a Ray task: train ``work`` as the local executor does, its events to ``hub``."""
-    from dlbench.executor import execute
-    from dlbench.workers import Forwarder
-
     channel = _Channel(hub)
     try:
         plugins, cache, device = _world(setup)
     except Exception as exc:  # plugins or data that do not load on this node: the unit's trials fail, saying why
-        from dlbench.train import TrialResult
-
         error = "".join(traceback.format_exception(exc))
         for trial in work.members:
             channel.put(("end", None, trial.index, TrialResult(status="failed", error=error)))
@@ -160,14 +158,12 @@ def train_unit(work, setup, hub) -> None:
         plugins.pm.unregister(name="dlbench.forwarder")
 
 
-class RayPool:
+class RayPool(Pool):
     """The units of work as Ray tasks on the cluster this process is connected to (see
     :func:`ray_pool`), at most ``jobs`` claimed at once (None: as many as the cluster's resources
-    hold). The interface of ``workers.WorkerPool``: :meth:`prestart`, :meth:`run`, :meth:`close`."""
+    hold)."""
 
-    def __init__(self, setup, resources: Resources, jobs: int | None, max_retries: int, local: bool):
-        import torch
-
+    def __init__(self, setup: WorkerSetup, resources: Resources, jobs: int | None, max_retries: int, local: bool):
         self.resources, self.setup, self.local = resources, setup, local
         total = ray.cluster_resources()
         self.cluster = {k: total.get(k, 0.0) for k in ("CPU", "GPU")}
@@ -201,19 +197,16 @@ class RayPool:
 
     def prestart(self, works: list) -> list:
         """Submit the first units before the parent is ready to record anything (a store known to
-        be empty: see ``WorkerPool.prestart``); returns them."""
+        be empty: see :meth:`Pool.prestart`); returns them."""
         early = list(works)[:self.jobs]
         for work in early:
             self._submit(work)
         return early
 
     def run(self, queue, observers: list, on_result, claim=lambda work: work, stop=lambda: False) -> None:
-        """Train every unit of ``queue`` (see ``WorkerPool.run``): keep ``jobs`` tasks in flight, each claimed as
+        """Train every unit of ``queue`` (see :meth:`Pool.run`): keep ``jobs`` tasks in flight, each claimed as
         it is submitted; route their events; a task Ray could not complete ends its trials
         interrupted (resumable). On Ctrl-C, cancel the tasks, end their trials interrupted, re-raise."""
-        from dlbench.train import TrialResult
-        from dlbench.workers import Router
-
         router = Router(list(self._inflight.values()), observers, on_result)  # prestarted
         try:
             while True:
@@ -282,11 +275,24 @@ class RayPool:
         ray.shutdown()
 
 
-def ray_pool(address: str | None, setup, resources: dict[str, float], device: str, jobs: int | None,
-             max_retries: int) -> RayPool:
-    """Connect to the Ray cluster at ``address`` (None: start a local one of this machine's cores)
-    and make the pool, with the GPU request ``device`` implies: ``cpu`` asks for
+def start_ray(plugins: Plugins, trials: list[Trial], options) -> RayPool:
+    """Join (or start) the Ray cluster of ``options.ray`` (:class:`dlbench.settings.RunOptions`) and
+    send each of its slots a warm-up task: its worker processes import dlbench and load the plugins
+    and the data while this process goes on (the preflight, the tracking store). Close the pool
+    when done."""
+    settings = options.ray
+    setup = worker_setup(plugins, options, threads=max(1, int(settings.resources.get("cpu", 1))))
+    # --fail-fast stops at the first failure in file order: one unit at a time
+    pool = ray_pool(settings, setup, 1 if options.fail_fast else options.jobs)
+    pool.warm(data_configs(trials))
+    return pool
+
+
+def ray_pool(settings: RaySettings, setup: WorkerSetup, jobs: int | None) -> RayPool:
+    """Connect to the Ray cluster at ``settings.address`` (None: start a local one of this machine's
+    cores) and make the pool, with the GPU request ``settings.device`` implies: ``cpu`` asks for
     none, ``cuda`` needs GPUs in the cluster, ``auto`` uses them when the cluster has some."""
+    address, resources, device, max_retries = settings.address, settings.resources, settings.device, settings.max_retries
     if device not in ("auto", "cpu", "cuda"):
         raise UserError(f"--device {device} with --executor ray: Ray assigns each task its GPU; use auto, cpu "
                         "or cuda (and --resources gpu=N for the share of a GPU each unit asks for)")

@@ -1,7 +1,7 @@
 """Running one unit of work (a trial, or a stack of trials) in this process.
 
-:func:`execute` is what the inline executor calls for each unit and what every worker process
-calls for the units it is handed (``workers.py``): it loads the data, trains, and ends every
+:func:`execute` is what every pool runs for each unit it is handed (in this process, a worker
+process or a Ray task): it loads the data, trains, and ends every
 member exactly once through ``dlbench_trial_end``: finished, diverged, failed (with the
 traceback) or, on Ctrl-C, interrupted.
 """
@@ -15,9 +15,10 @@ import torch
 
 from dlbench.datacache import DataCache
 from dlbench.paths import folder_name
-from dlbench.stacking import Work
-from dlbench.study import Trial
-from dlbench.train import Checkpoints, TrialResult, run_trial
+from dlbench.planning import Work
+from dlbench.train import Checkpoints, run_trial
+from dlbench.train_stack import CannotStack, run_stack
+from dlbench.trial import Trial, TrialResult
 
 
 def checkpoint_path(checkpoint_dir: Path, work: Work) -> Path:
@@ -44,8 +45,6 @@ def execute(work: Work, registry, hook, cache: DataCache, device: torch.device, 
     try:
         data = cache.for_config(work.members[0].config, registry, device)  # preprocessing applied
         if work.stacked:
-            from dlbench.train_stack import CannotStack, run_stack  # torch.func only where stacks train
-
             try:
                 run_stack(work, registry, data, device, hook, finish, checkpoints(work), cuda_graphs)
             except CannotStack:  # found when the models were built, before any hook: one at a time

@@ -19,166 +19,28 @@ import multiprocessing as mp
 import os
 import queue as queue_module
 import signal
-import socket
 import traceback
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from dlbench import hookimpl
 from dlbench.children import become_helper
-from dlbench.provenance import environment
-from dlbench.stacking import Work
-from dlbench.train import TrialResult
+from dlbench.execution.devices import cpu_cores, default_jobs
+from dlbench.execution.events import Forwarder, Router
+from dlbench.execution.pool import Pool
+from dlbench.execution.unit import execute
+from dlbench.execution.world import WorkerSetup, data_configs, load_world, warm_up, worker_setup
+from dlbench.planning import Work, plan, stack_settings
+from dlbench.plugins import Plugins
+from dlbench.trial import Trial, TrialResult
 
 POLL_S = 0.5  # how often the parent looks for dead workers while it waits for events
 START_METHOD_ENV = "DLBENCH_WORKER_START"  # fork or spawn, to override the choice (the tests use spawn on a CPU)
-
-
-@dataclass(frozen=True)
-class WorkerSetup:
-    """What a worker needs to rebuild the parent's world: plugins, data, determinism, checkpoints."""
-
-    plugins_dir: str | None
-    plugins_dir_required: bool
-    autoload: bool
-    data_dir: str | None
-    deterministic: bool
-    threads: int
-    checkpoint_dir: str | None
-    checkpoint_every: float
-    cuda_graphs: str = "auto"
-
-    @property
-    def checkpoints(self) -> Path | None:
-        return Path(self.checkpoint_dir) if self.checkpoint_dir else None
-
-
-def load_world(setup: WorkerSetup, device: torch.device):
-    """A worker's plugins (the training diagnostics registered) and data cache, with ``setup``'s
-    threads and determinism on ``device``: built once by every worker, local or a Ray task's."""
-    from dlbench.datacache import DataCache
-    from dlbench.diagnostics import Diagnostics
-    from dlbench.plugins import load_plugins
-    from dlbench.determinism import set_determinism
-
-    torch.set_num_threads(setup.threads)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    set_determinism(setup.deterministic, device)
-    plugins = load_plugins(Path(setup.plugins_dir) if setup.plugins_dir else None, autoload=setup.autoload,
-                           required_dir=setup.plugins_dir_required)
-    plugins.pm.register(Diagnostics(plugins.hook, plugins.registry), name="dlbench.diagnostics")
-    return plugins, DataCache(Path(setup.data_dir) if setup.data_dir else None)
-
-
-class ModelText:
-    """The model as the parent's observers see it: its printed form (the tracker logs it)."""
-
-    def __init__(self, text: str):
-        self.text = text
-
-    def __repr__(self) -> str:
-        return self.text
-
-
-class Forwarder:
-    """In a worker: sends the lifecycle events of its trials to the parent."""
-
-    def __init__(self, worker: int, events, acks):
-        self.worker, self.events, self.acks = worker, events, acks
-
-    @hookimpl
-    def dlbench_trial_start(self, trial, model, info) -> None:
-        # the parent opened the run with its own environment: the worker's device, threads and host
-        where = environment(torch.device(info["device"])) | {"dlbench.worker_host": socket.gethostname()}
-        self.events.put(("start", self.worker, trial.index, (repr(model), info | {"environment": where})))
-
-    @hookimpl
-    def dlbench_epoch_end(self, trial, epoch, metrics) -> None:
-        self.events.put(("epoch", self.worker, trial.index, (epoch, metrics)))
-
-    @hookimpl
-    def dlbench_diagnostics(self, trial, step, values) -> None:
-        self.events.put(("diag", self.worker, trial.index, (step, values)))
-
-    @hookimpl
-    def dlbench_checkpoint(self, trial, epoch) -> None:
-        # the checkpoint is written only once the parent has made what came before durable
-        self.events.put(("checkpoint", self.worker, trial.index, epoch))
-        self.acks.get()
-
-    @hookimpl
-    def dlbench_trial_end(self, trial, result) -> None:
-        self.events.put(("end", self.worker, trial.index, result))
-
-
-class Router:
-    """In the parent: turns the events of the trials being trained elsewhere (a worker process,
-    a Ray task) into calls of the observers' lifecycle hooks, and ends each trial exactly once."""
-
-    def __init__(self, works: list[Work], observers: list, on_result):
-        self.trials = {t.index: t for w in works for t in w.members}
-        self.observers, self.on_result = observers, on_result
-        self.ended: set[int] = set()
-
-    def track(self, work: Work) -> None:
-        """``work`` is handed out: its trials' events may come."""
-        self.trials.update({t.index: t for t in work.members})
-
-    def call(self, hook: str, **kwargs) -> None:
-        for observer in self.observers:
-            method = getattr(observer, hook, None)
-            if method is not None:
-                method(**kwargs)
-
-    def end(self, index: int, result: TrialResult) -> None:
-        if index in self.ended:
-            return
-        self.ended.add(index)
-        self.call("dlbench_trial_end", trial=self.trials[index], result=result)
-        self.on_result(self.trials[index], result)
-
-    def interrupted(self, work: Work | None, error: str | None = None) -> None:
-        """End ``work``'s trials that have not ended as interrupted: their runs KILLED, resumable."""
-        for trial in work.members if work is not None else ():
-            self.end(trial.index, TrialResult(status="interrupted", error=error))
-
-    def route(self, kind: str, index: int, payload) -> None:
-        trial = self.trials[index]
-        if kind == "start":
-            text, info = payload
-            self.call("dlbench_trial_start", trial=trial, model=ModelText(text), info=info)
-        elif kind == "epoch":
-            self.call("dlbench_epoch_end", trial=trial, epoch=payload[0], metrics=payload[1])
-        elif kind == "diag":
-            self.call("dlbench_diagnostics", trial=trial, step=payload[0], values=payload[1])
-        elif kind == "checkpoint":  # the caller tells the worker once this returns: what came before is stored
-            self.call("dlbench_checkpoint", trial=trial, epoch=payload)
-        elif kind == "end":
-            self.end(index, payload)
-
-
-def warm_up(plugins, cache, device: torch.device, configs: list[dict]) -> None:
-    """What a worker's first unit would otherwise wait for, done while the parent goes on (the
-    preflight, the tracking store): the study's datasets on ``device``, torch's optimizer imports
-    and, on a GPU, the CUDA context, cuBLAS and the autograd engine's device thread."""
-    for config in configs:
-        cache.for_config(config, plugins.registry, device)
-    w = torch.zeros(8, 8, device=device, requires_grad=True)
-    (w @ w).sum().backward()
-    torch.optim.SGD([w]).step()  # a first optimizer imports torch._dynamo (1-2 s)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _worker_main(worker: int, device: str, setup: WorkerSetup, tasks, events, acks, warm: list[dict]) -> None:
     become_helper()
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a forked worker inherits the CLI's handler: drop it
     try:
-        from dlbench.executor import execute
-
         dev = torch.device(device)
         plugins, cache = load_world(setup, dev)
         warm_up(plugins, cache, dev, warm)
@@ -217,7 +79,7 @@ def start_method(devices: list[str]) -> str:
     return os.environ.get(START_METHOD_ENV) or ("fork" if cpu_only else "spawn")
 
 
-class WorkerPool:
+class WorkerPool(Pool):
     """``jobs`` worker processes over ``devices`` (round robin), started at once so that their
     start-up (imports, CUDA, the datasets in ``warm``: one config per dataset) overlaps with the
     parent's (the preflight, the tracking store)."""
@@ -225,6 +87,7 @@ class WorkerPool:
     def __init__(self, jobs: int, devices: list[str], setup: WorkerSetup, warm: list[dict] = ()):
         self._ctx = mp.get_context(start_method(devices))
         self.devices, self.setup, self.warm = devices, setup, list(warm)
+        self.device = None  # each worker trains on its own device of ``devices``
         self.events = self._ctx.Queue()
         self._started = 0
         self.workers = [self._spawn() for _ in range(jobs)]
@@ -256,11 +119,7 @@ class WorkerPool:
         return worker
 
     def run(self, queue, observers: list, on_result, claim=lambda work: work, stop=lambda: False) -> None:
-        """Train every unit of ``queue`` (a :class:`dlbench.work_queue.WorkQueue`); call each
-        observer's lifecycle hooks for every event (in the order given) and ``on_result(trial,
-        result)`` when a trial ends. A unit is handed out as ``claim(unit)`` returns it (None:
-        skip it; another process has it). On Ctrl-C, every trial handed out and not ended is
-        ended as interrupted (its run KILLED, resumable), then it re-raises."""
+        """See :meth:`dlbench.execution.pool.Pool.run`."""
         router = Router([w.work for w in self.workers if w.work is not None], observers, on_result)  # prestarted
         by_number = {w.number: w for w in self.workers}
 
@@ -341,14 +200,20 @@ class WorkerPool:
                 worker.process.kill()
 
 
-def cpu_cores() -> int:
-    """The cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def default_jobs(device: torch.device, units: int, gpus: int = 1) -> int:
-    """``--jobs auto``: one worker per core on a CPU (small trials gain more from cores than
-    from torch's threads), two per GPU used (one trains while the other's host code runs)."""
-    cores = cpu_cores()
-    per_device = 2 * gpus if device.type == "cuda" else cores
-    return max(1, min(per_device, cores, units))
+def start_workers(trials: list[Trial], plugins: Plugins, devices: list[torch.device], options,
+                  searches=()) -> WorkerPool | None:
+    """The local worker processes for a run of ``trials`` on ``devices`` with ``options``
+    (:class:`dlbench.settings.RunOptions`; ``jobs`` None: as many as the machine has room for),
+    or None when the units train in this process (one job). They start at once and warm up
+    (imports, CUDA, the datasets when ``data_dir`` holds them already) while this process goes on."""
+    jobs = options.jobs
+    if jobs is None:  # --fail-fast stops at the first failure in file order: one unit at a time
+        max_stack, _ = stack_settings(devices[0], options.stack_size, options.cuda_graphs)
+        units = len(plan(trials, plugins.registry, max_stack)) + sum(s.spec.budget for s in searches)
+        jobs = 1 if options.fail_fast else default_jobs(devices[0], units, len(devices))
+    if jobs <= 1:
+        return None
+    threads = max(1, cpu_cores() // jobs) if devices[0].type == "cpu" else 1
+    setup = worker_setup(plugins, options, threads)
+    in_place = options.data_dir is None or options.data_dir.is_dir()  # else the parent's data check writes it first
+    return WorkerPool(jobs, [str(d) for d in devices], setup, warm=data_configs(trials) if in_place else [])

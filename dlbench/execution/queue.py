@@ -1,17 +1,17 @@
-"""The units of work of a study run, handed out one at a time to whichever executor runs them.
+"""The units of work of a study run, handed out one at a time to whichever pool runs them.
 
 Most units are known when the run starts (the trials of the study file, stacked where they
 can). A tuned level's search (``tuning/search.py``) adds its trials as it goes: a round of
 tuning trials once the round before has ended, then the best values with the study's seeds.
 Those come first when a slot frees up: the rest of the search waits on them.
 
-An executor asks :meth:`WorkQueue.next` whenever it has a free slot and stops when nothing is
+A pool asks :meth:`WorkQueue.next` whenever it has a free slot and stops when nothing is
 in flight and ``next`` has nothing: nothing can then make a search ready again.
 """
 
 from __future__ import annotations
 
-from dlbench.stacking import Work
+from dlbench.planning import Work
 
 
 class WorkQueue:
@@ -20,7 +20,7 @@ class WorkQueue:
         self._static = list(works)
         self._ready: list[Work] = []
         self._searches = {s.id: s for s in searches}
-        self._stacks = stacks  # a round's trials -> units of work (``stacking.plan`` with its settings)
+        self._stacks = stacks  # a round's trials -> units of work (``planning.plan`` with its settings)
         self._on_new, self._on_empty = on_new, on_empty  # trials a search made; a search with no final trials
 
     def next(self) -> Work | None:

@@ -1,0 +1,82 @@
+"""The settings of a command, built once by the CLI (or by a script) and passed whole.
+
+Frozen dataclasses with no heavy import: ``dlbench run``'s options are one :class:`RunOptions`,
+handed to :func:`dlbench.session.run_file` and on, never spread over positional parameters.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEFAULT_CHECKPOINT_DIR = Path(".dlbench/checkpoints")
+
+
+def default_tracking_uri() -> str:
+    """$MLFLOW_TRACKING_URI, else MLflow's own default store file next to the command."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+
+
+@dataclass(frozen=True)
+class RaySettings:
+    """``--executor ray``: the cluster (None: a new local one of this machine's cores), what each
+    unit of work asks for (``{"cpu": 1, "gpu": 0.5}``), the device spec (auto, cpu, cuda) and how
+    many times Ray runs a task again when its worker dies."""
+
+    address: str | None = None
+    resources: dict[str, float] = field(default_factory=dict)
+    device: str = "auto"
+    max_retries: int = 3
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run a study file: every option of ``dlbench run``, with its defaults."""
+
+    study_file: Path | None = None  # None: the caller passes a parsed study file itself
+    only: tuple[str, ...] = ()  # --study: run only these studies of the file
+    dry_run: bool = False
+    tracking_uri: str = field(default_factory=default_tracking_uri)
+    device: str = "auto"  # auto, cpu, cuda or cuda:N
+    plugins_dir: Path | None = None  # None: plugins/ next to the study file, when there is one
+    reports_dir: Path = Path("reports")
+    fail_fast: bool = False
+    force: bool = False
+    deterministic: bool = True
+    data_dir: Path | None = None  # prepared datasets (the CLI's default: data/); None: built in memory
+    allow_data_mismatch: bool = False
+    checkpoint_dir: Path = DEFAULT_CHECKPOINT_DIR
+    checkpoint_every: float = 10.0  # seconds between a running trial's epoch-end checkpoints
+    jobs: int | None = None  # worker processes (1: in this process; None: as many as there is room for)
+    stack_size: int | None = None  # None: the device's default
+    cuda_graphs: str = "auto"  # auto, on, off
+    tracking_timeout: float | None = None  # how long a tracking server may stay away (None: 600 s)
+    ray: RaySettings | None = None  # --executor ray and its options; None: this machine's cores and GPUs
+
+
+@dataclass(frozen=True)
+class ReproduceOptions:
+    """``dlbench reproduce``: the run to re-run and compare, and where."""
+
+    run_id: str
+    tracking_uri: str = field(default_factory=default_tracking_uri)
+    device: str = "auto"
+    plugins_dir: Path | None = None  # None: plugins/ in the working directory, when there is one
+    data_dir: Path | None = Path("data")
+    tolerance: float = 0.0  # largest absolute difference of a metric value still counted as reproduced
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    """``dlbench report``: which study run (at most one of the three; none: the latest), which
+    of its studies, and where the reports go."""
+
+    study_file: Path | None = None
+    run_id: str | None = None
+    experiment: str | None = None
+    tracking_uri: str = field(default_factory=default_tracking_uri)
+    plugins_dir: Path | None = None
+    only: tuple[str, ...] = ()
+    reports_dir: Path = Path("reports")
+    attach: bool = True  # attach each report to the study run as artifacts
