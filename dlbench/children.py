@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import signal
 
 
@@ -15,8 +16,6 @@ def die_with_parent() -> None:
     """Linux: the kernel kills this process when its parent dies (even by kill -9), so no helper
     outlives the command that started it. Elsewhere nothing happens."""
     try:
-        import ctypes
-
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass

@@ -169,11 +169,7 @@ def _freeze_before_finalization() -> None:
               help="With --executor ray: how many times Ray runs a unit again (from its checkpoint) when its "
                    "worker dies; after that its trials are left KILLED, and a re-run resumes them.")
 @_user_errors
-def run(study_file: Path, dry_run: bool, tracking_uri: str | None, device: str, plugins_dir: Path | None,
-        only: tuple[str, ...], reports_dir: Path, fail_fast: bool, force: bool, deterministic: bool,
-        data_dir: Path, allow_data_mismatch: bool, checkpoint_dir: Path, checkpoint_every: float,
-        jobs: int | None, stack_size: int | None, cuda_graphs: str, tracking_timeout: float | None, executor: str,
-        address: str | None, resources: dict | None, max_retries: int) -> None:
+def run(**given) -> None:
     """Run every trial of STUDY_FILE, log it to MLflow and write the report.
 
     Trials that already finished in the store (same config hash) are skipped, and trials left
@@ -182,13 +178,7 @@ def run(study_file: Path, dry_run: bool, tracking_uri: str | None, device: str, 
     loop (the seeds of a level, levels differing in numbers such as a learning rate) train
     together as one stacked model; --dry-run shows the stacks.
     """
-    options = RunOptions(study_file=study_file, only=only, dry_run=dry_run,
-                         tracking_uri=tracking_uri or default_tracking_uri(), device=device, plugins_dir=plugins_dir,
-                         reports_dir=reports_dir, fail_fast=fail_fast, force=force, deterministic=deterministic,
-                         data_dir=data_dir, allow_data_mismatch=allow_data_mismatch, checkpoint_dir=checkpoint_dir,
-                         checkpoint_every=checkpoint_every, jobs=jobs, stack_size=stack_size, cuda_graphs=cuda_graphs,
-                         tracking_timeout=tracking_timeout,
-                         ray=_ray_settings(executor, address, resources, max_retries, device))
+    options = run_options(given)
     from dlbench import session  # torch and the plugins: not for --help
 
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` closes runs like Ctrl-C does
@@ -199,6 +189,13 @@ def run(study_file: Path, dry_run: bool, tracking_uri: str | None, device: str, 
         sys.exit(130)
     if result is not None:
         _print_summary(result)
+
+
+def run_options(given: dict) -> RunOptions:
+    """`dlbench run`'s options (named as the fields of :class:`RunOptions`) as its settings."""
+    ray = _ray_settings(given.pop("executor"), given.pop("address"), given.pop("resources"),
+                        given.pop("max_retries"), given["device"])
+    return RunOptions(**(given | {"tracking_uri": given["tracking_uri"] or default_tracking_uri(), "ray": ray}))
 
 
 def _print_summary(result) -> None:

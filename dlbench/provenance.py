@@ -7,11 +7,13 @@ import platform
 import subprocess
 import sys
 from dataclasses import dataclass
+from importlib.metadata import distributions
 from pathlib import Path
 
 import torch
 
 import dlbench
+from dlbench.config import COMPONENTS
 
 
 @dataclass(frozen=True)
@@ -93,8 +95,6 @@ def git_diff(where: Path) -> str:
 
 def installed_packages() -> str:
     """``name==version`` of every installed distribution, like ``pip freeze`` but without a subprocess."""
-    from importlib.metadata import distributions
-
     seen = {}
     for dist in distributions():
         name = dist.metadata["Name"]
@@ -105,8 +105,6 @@ def installed_packages() -> str:
 
 def components_used(trial, registry) -> list[tuple[str, str, str]]:
     """(kind, name, origin) of every plugin component a trial's config names."""
-    from dlbench.config import COMPONENTS
-
     used = [(kind, trial.config[key]["name"]) for key, kind in COMPONENTS.items()]
     used += [("regularizer", r["name"]) for r in trial.config["regularizers"]]
     used += [("preprocessing", p["name"]) for p in trial.config.get("preprocessing", [])]

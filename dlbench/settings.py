@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_CHECKPOINT_DIR = Path(".dlbench/checkpoints")
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow's own default: ./mlflow.db, artifacts in ./mlruns
 
 
 def default_tracking_uri() -> str:
-    """$MLFLOW_TRACKING_URI, else MLflow's own default store file next to the command."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    """$MLFLOW_TRACKING_URI when set, else ``sqlite:///mlflow.db`` in the working directory."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
 @dataclass(frozen=True)

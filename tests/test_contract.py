@@ -1,4 +1,4 @@
-"""The plugin contract (dlbench/contract.py) on every registered component, as timm tests every
+"""The plugin contract (dlbench/contract/) on every registered component, as timm tests every
 registered model; the contract catching broken components; `dlbench plugins show` and `check`."""
 
 from __future__ import annotations

@@ -12,19 +12,23 @@ the same name is refused that folder (``dlbench.paths.check_report_folders``).
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
+from dlbench.errors import UserError, choose_one_of
 from dlbench.paths import check_report_folders, ends_with, folder_name, read_report_marker, write_report_marker
 from dlbench.report import figures
-from dlbench.report.data import StudyData, column, label_of
+from dlbench.report.data import (StudyData, column, label_of, parse_attached_study_file, record_from_results,
+                                 study_data)
 from dlbench.report.document import Document, export_table, fmt, fmt_p
 from dlbench.report.painter import Painter
 from dlbench.report.stats import comparisons, judge_claims, label, summarize
 from dlbench.report.tuning import tuning_section
+from dlbench.study import expand_plan
 from dlbench.tuning.runs import csv_frame
 
 METRIC = "test_accuracy"  # the study's outcome: final test accuracy of each seed
@@ -358,8 +362,6 @@ def report_folder(reports_dir: Path, study: str) -> Path:
 
 def report_from_results(study_file, results, reports_dir: Path) -> list[Path]:
     """Reports from in-memory ``(Trial, TrialResult)`` pairs (no tracking store, no diagnostics)."""
-    from dlbench.report.data import record_from_results, study_data
-
     record = record_from_results(study_file, results)
     present = set(record.trials["study"]) if len(record.trials) else set()
     folders = []
@@ -404,9 +406,7 @@ def study_run_identity(tracking_uri: str, run_id: str) -> StudyRunIdentity:
     """The study file (the parent run's tag ``dlbench.study_file``: absolute; a run recorded by an
     older dlbench has it as typed, relative to the working directory of that run, taken from this
     one or matched by its end), experiment and studies of the study run ``run_id``."""
-    import json
-
-    from dlbench.tracking.store import Store
+    from dlbench.tracking.store import Store  # mlflow: imported only to read a store
 
     store = Store(tracking_uri)
     run = store.run(run_id)
@@ -437,9 +437,7 @@ def report_from_mlflow(tracking_uri: str, run_id: str, reports_dir: Path, studie
     :func:`write_study_report`). ``identity`` (read from the run when not given) names the
     study file each folder's marker records.
     """
-    from dlbench.errors import UserError, choose_one_of
-    from dlbench.report.data import parse_attached_study_file, study_data
-    from dlbench.tracking.reader import find_study_run, read_study_run
+    from dlbench.tracking.reader import find_study_run, read_study_run  # mlflow: imported only to read a store
     from dlbench.tracking.writer import attach_report
 
     find_study_run(tracking_uri, run_id=run_id)  # a clear error for a wrong id
@@ -482,10 +480,7 @@ def _expand_attached(tracking_uri: str, run_id: str, registry) -> tuple[list | N
     """The trials of the study file attached to ``run_id`` known before it ran (a tuned level's
     are its child runs) and the studies it ran; (None, None) if the file is missing or does not
     expand with these plugins: the report then covers the run's own children only."""
-    from dlbench.errors import UserError
-    from dlbench.report.data import parse_attached_study_file
-    from dlbench.study import expand_plan
-    from dlbench.tracking.reader import attached_study_file
+    from dlbench.tracking.reader import attached_study_file  # mlflow: imported only to read a store
 
     name, text, studies = attached_study_file(tracking_uri, run_id)
     sf, _ = parse_attached_study_file(name, text)

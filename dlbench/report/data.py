@@ -12,6 +12,8 @@ may be named like a metric or a column (``lr``, ``test_accuracy``, ``epoch``) wi
 
 from __future__ import annotations
 
+import datetime as dt
+import itertools
 import math
 import tomllib
 from dataclasses import dataclass, field
@@ -62,8 +64,6 @@ class StudyData:
 
     def cells(self) -> list[dict[str, str]]:
         """Every level combination in study order."""
-        import itertools
-
         return [dict(zip(self.factors, combo)) for combo in itertools.product(*self.levels.values())]
 
     def level_order(self) -> list[str]:
@@ -171,8 +171,6 @@ def _diagnostics(diag: pd.DataFrame, meta: pd.DataFrame) -> pd.DataFrame:
 
 
 def _source(record) -> dict[str, str]:
-    import datetime as dt
-
     started = dt.datetime.fromtimestamp(record.start_time / 1000).strftime("%Y-%m-%d %H:%M") if record.start_time else ""
     return {"tracking_uri": record.tracking_uri, "experiment": record.experiment, "parent_run_id": record.parent_run_id,
             "run_name": record.run_name, "status": record.status, "started": started}

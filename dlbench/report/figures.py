@@ -8,6 +8,7 @@ factor's frame column (``factor.<name>``) to its level names in study order.
 
 from __future__ import annotations
 
+import itertools
 import math
 import textwrap
 from contextlib import contextmanager
@@ -262,8 +263,6 @@ def _cell_of(key, levels: dict[str, list[str]]) -> tuple:
 
 
 def _row_cells(levels: dict[str, list[str]]) -> list[tuple]:
-    import itertools
-
     return list(itertools.product(*list(levels.values())[:-1]))
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import io
 import multiprocessing
 import os
 import warnings
@@ -21,6 +22,8 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Callable
+
+from dlbench.children import become_helper
 
 # A report has at most 9 figures, and four or five of them take most of its time: with 4
 # processes a report of 50 levels waits for its largest figure, about as long as with 8.
@@ -112,15 +115,11 @@ class Batch:
 
 def _child() -> None:
     """A figure process: Ctrl-C is the parent's to handle, and it dies with the parent."""
-    from dlbench.children import become_helper
-
     become_helper()
 
 
 def _ready() -> None:
     """The imports and matplotlib's first-figure set-up (its font list), before the first report."""
-    import io
-
     import matplotlib.pyplot as plt
 
     importlib.import_module("dlbench.report.figures")  # pandas, matplotlib, seaborn

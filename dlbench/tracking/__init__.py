@@ -1,6 +1,8 @@
 """MLflow tracking: the only package that imports mlflow.
 
-``writer`` logs a running study (parent and child runs); readers of finished studies (reports,
+``writer`` logs a running study (parent and child runs) with its ``Tracker``: the study run and
+the claims on its trials (``study_run``) and the hook implementations that log each trial
+(``observer``), on the state they share (``base``). Readers of finished studies (reports,
 reproduction) live beside it.
 """
 

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from dlbench.errors import UserError
 from dlbench.tracking import keys
+from dlbench.tracking.server import require_reachable
 
 HEARTBEAT_STALE_S = 15 * 60  # a RUNNING run on another host with no heartbeat this long is dead
 TRIAL_ROLES = ("trial", "tuning")  # the runs of trials a study run skips, resumes or claims (not reproductions)
@@ -159,8 +165,8 @@ def histories_of_runs(client: MlflowClient, runs: dict[str, list[str]], threads:
     bulk = getattr(store, "get_metric_history_bulk", None)
     if bulk is not None:
         by_key: dict[str, list[str]] = {}
-        for run_id, keys in runs.items():
-            for key in keys:
+        for run_id, names in runs.items():
+            for key in names:
                 by_key.setdefault(key, []).append(run_id)
         out = []
         for key, run_ids in by_key.items():
@@ -168,8 +174,6 @@ def histories_of_runs(client: MlflowClient, runs: dict[str, list[str]], threads:
                 out += [(m.run_id, key, m.step, m.value)
                         for m in bulk(run_ids[i:i + 500], key, max_results=None)]
         return out
-    from concurrent.futures import ThreadPoolExecutor
-
     pairs = [(run_id, key) for run_id, keys in runs.items() for key in keys]
     with ThreadPoolExecutor(threads) as pool:
         histories = list(pool.map(lambda rk: client.get_metric_history(*rk), pairs))
@@ -188,16 +192,10 @@ class Store:
     """Read access to one tracking store, for commands that start from a run id."""
 
     def __init__(self, tracking_uri: str):
-        from dlbench.tracking.server import require_reachable
-
         require_reachable(tracking_uri)  # a server that is down: said in a second, not after minutes of retries
         self.client = MlflowClient(tracking_uri)
 
     def run(self, run_id: str) -> StoredRun:
-        from mlflow.exceptions import MlflowException
-
-        from dlbench.errors import UserError
-
         try:
             return get_run(self.client, run_id)
         except MlflowException as exc:
@@ -214,9 +212,6 @@ class Store:
 
     def artifact_json(self, run_id: str, name: str) -> dict:
         """A JSON artifact of a run (config.json, stack.json)."""
-        import json
-        import tempfile
-
         with tempfile.TemporaryDirectory() as tmp:
             path = self.client.download_artifacts(run_id, name, tmp)
             return json.loads(Path(path).read_text(encoding="utf-8"))

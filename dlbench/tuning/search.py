@@ -24,6 +24,7 @@ from dlbench.config import Study, merge, normalize, resolve, toml_key
 from dlbench.errors import ConfigError, choose_one_of
 from dlbench.trial import Trial, canonical_json, config_hash, flatten, level_label
 from dlbench.tuning.pruning import prune_rule
+from dlbench.tuning.samplers import make_sampler  # optuna: imported only by the samplers that use it
 from dlbench.tuning.space import TuneSpec
 
 
@@ -143,8 +144,6 @@ class Search:
 
     def _sampler_of_stage(self):
         if self._sampler is None:
-            from dlbench.tuning.samplers import make_sampler
-
             self._sampler = make_sampler(self.spec.strategy, self.space, self.spec.seed + self.stage,
                                          self.spec.higher_is_better, self.spec.stages[self.stage].trials)
         return self._sampler

@@ -1,0 +1,59 @@
+"""Plugins written before the package was reshaped (issue 24) still load and train.
+
+``tests/data/old_import_paths`` is a site folder holding an installed third-party package (its
+``.dist-info`` declares nine modules in the ``dlbench`` entry-point group): the eight example
+plugins of docs/plugins.md as they stood before the reshape (commit 8934433), verbatim, importing
+from ``dlbench.stacking``, ``dlbench.slots``, ``dlbench.shapes``, ``dlbench.regularizer``,
+``dlbench.preprocessing`` and ``dlbench.data``, and an observer importing ``Trial`` from
+``dlbench.study`` and ``TrialResult`` from ``dlbench.train`` that reads the trial info as a dict.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from conftest import REPO, cli_env, describe_result, run_cli, sqlite_uri, write_study
+
+SITE = REPO / "tests" / "data" / "old_import_paths"
+
+STUDY = """
+[study]
+name = "old-paths"
+seeds = 1
+
+[baseline]
+dataset = "blobs"
+architecture = { name = "wide_and_shallow", width = 16 }
+activation = "swish"
+initializer = "scaled_normal"
+optimizer = { name = "sign_sgd", lr = 0.01 }
+schedule = "exponential"
+regularizers = [{ name = "elastic_net" }]
+preprocessing = ["min_max"]
+epochs = 3
+batch_size = 16
+
+[studies.old.levels]
+plain = {}
+sharper = { activation = { name = "swish", beta = 2.0 } }
+"""
+
+
+def test_a_plugin_package_written_against_the_old_import_paths_loads_and_trains(tmp_path):
+    log = tmp_path / "observer.jsonl"
+    env = cli_env({"PYTHONPATH": str(SITE), "OLD_PATHS_LOG": str(log)})
+    listed = run_cli(["plugins", "list"], cwd=tmp_path, env=env)
+    assert listed.returncode == 0, describe_result(listed)
+    for name in ("swish", "wide_and_shallow", "scaled_normal", "sign_sgd", "exponential", "elastic_net", "min_max",
+                 "blobs"):
+        assert re.search(rf"^\s+{name}\s+\[entry point", listed.stdout, re.M), (name, listed.stdout)
+
+    study = write_study(tmp_path, STUDY)
+    proc = run_cli(["run", study, "--tracking-uri", sqlite_uri(tmp_path / "m.db"), "--device", "cpu", "--jobs", "1"],
+                   cwd=tmp_path, env=env)
+    assert proc.returncode == 0, describe_result(proc)
+    assert re.search(r"\b2 finished\b.*, 0 diverged, 0 failed, 0 not run", proc.stdout), proc.stdout
+    seen = [json.loads(line) for line in log.read_text().splitlines()]
+    assert sorted(s["trial"] for s in seen) == ["old/plain/seed=0", "old/sharper/seed=0"]
+    assert {s["device"] for s in seen} == {"cpu"} and all(s["params"] > 0 and s["dataset_hash"] for s in seen)
