@@ -46,6 +46,7 @@ _PUBLIC = {
     # what hooks receive: a trial and its result
     "Trial": "dlbench.trial",
     "TrialResult": "dlbench.trial",
+    "TrialInfo": "dlbench.trial",
 }
 
 __all__ = ["hookimpl", "__version__", *_PUBLIC]

@@ -267,10 +267,25 @@ def dlbench_register_preprocessing(register) -> None:
 
 @hookspec
 def dlbench_trial_start(trial: Trial, model: Any, info: dict) -> None:
-    """A trial is about to train. ``info`` has ``device``, ``dataset_hash``, ``num_classes``,
-    ``num_params``, ``resumed_from_epoch`` (None for a fresh start), ``preprocessing`` (what each
-    preprocessing step fitted, in order; empty without any) and, for a member of a stack, ``stack``
-    (``id``, ``size``, ``member``: its position, ``members``: every member's config).
+    """A trial is about to train. ``info`` is a ``dlbench.TrialInfo``: read its fields as
+    attributes (``info.num_params``) or as the keys of the dict it used to be (``info["device"]``,
+    ``info.get("stack")``; ``info | {"environment": ...}`` is a copy with that field replaced).
+    It pickles. Its fields:
+
+    * ``device``: the torch device the trial trains on (``"cpu"``, ``"cuda:0"``);
+    * ``dataset_hash``: the SHA-256 of the dataset's arrays; ``dataset``: its registered name;
+      ``dataset_source``: where its arrays came from (a prepared folder, or ``"generated"``);
+    * ``num_classes``; ``num_params``: the model's parameters (regularizers applied);
+    * ``preprocessing``: what each preprocessing step fitted, in order (empty without any);
+    * ``resumed_from_epoch``: the epoch of the checkpoint the trial resumes after (None for a
+      fresh start);
+    * ``stack``: for a member of a stack, a ``StackInfo`` (``id``, ``size``, ``member``: its
+      position, ``members``: every member's config, ``cuda_graphs``: whether its steps replay
+      from CUDA graphs, ``stacked_init``: whether members sharing an initializer initialized at
+      once); None, and no key, for a trial trained alone;
+    * ``environment``: where the trial trains (device, threads, host, as ``dlbench.*`` tags),
+      set by a worker process for the observers of the dlbench process; None, and no key, in the
+      process that trains it.
 
     With worker processes (``dlbench run --jobs N``), observers run in the worker that trains the
     trial, beside the model; the dlbench process itself runs only the MLflow tracker and the

@@ -38,6 +38,7 @@ from contextlib import contextmanager
 
 import torch
 
+from dlbench.checkpoints import rng_state, set_rng_state
 from dlbench.regularizer import Regularizer, per_member
 
 STACKABLE = "dlbench_stackable"  # attribute a factory carries when it is declared stackable
@@ -181,8 +182,6 @@ class MemberStreams:
 
     @contextmanager
     def member(self, i: int):
-        from dlbench.train import rng_state, set_rng_state
-
         self._take_back(i)
         outer = rng_state()
         set_rng_state(self._states[i])
@@ -257,14 +256,3 @@ def stacked_module(models: list):
 def stacked_initializer(component):
     """A registered initializer's stacked form, or None (it runs per member)."""
     return getattr(component.factory, STACKED, None)
-
-
-_PLANNER = {"Work", "plan", "stack_id", "stack_key", "stack_settings", "initializer_groups", "why_eager",
-            "DEFAULT_MAX_STACK"}
-
-
-def __getattr__(name: str):  # TEMPORARY while the planner moves out (removed before commit)
-    if name in _PLANNER:
-        import importlib
-        return getattr(importlib.import_module("dlbench.planning"), name)
-    raise AttributeError(name)

@@ -9,19 +9,26 @@ The whole dataset is already on the device (see ``data.py``); batches are index 
 from __future__ import annotations
 
 import math
-import os
 import random
 import time
 from contextlib import nullcontext
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dlbench.checkpoints import Checkpoints, rng_state, set_rng_state
 from dlbench.data import DeviceData
-from dlbench.trial import Trial, TrialResult  # noqa: F401  (TrialResult: part of this module's API)
+from dlbench.trial import Trial, TrialInfo, TrialResult
+from dlbench.verdict import StopRule
 from dlbench.warmup import Warmup, warmup_steps
+
+# what other modules import from here (the checkpoints, the RNG states and TrialResult are
+# defined elsewhere: dlbench.checkpoints, dlbench.trial)
+__all__ = ["EVAL_CHUNK", "Checkpoints", "TrialResult", "build", "build_model", "build_optimizer", "end_training",
+           "evaluate", "exact_accuracies", "make", "order_generator_after_build", "record_epoch", "replay_history",
+           "rng_state", "run_trial", "seed_everything", "set_rng_state", "train_epoch", "train_steps", "training_loss",
+           "update"]
 
 EVAL_CHUNK = 8192  # examples per forward pass at evaluation: bounded memory, few launches
 
@@ -121,8 +128,17 @@ def exact_accuracies(row: dict[str, float], data: DeviceData) -> dict[str, float
 
 
 def train_epoch(model, regularizers, optimizer, schedule, data: DeviceData, batch_size: int,
-                hook=None, trial: Trial | None = None, first_step: int = 0) -> None:
-    """One pass over the training set. ``first_step`` counts the optimizer steps taken before."""
+                hook=None, trial: Trial | None = None) -> None:
+    """One pass over the training set, its optimizer steps numbered from 1 (:func:`train_steps`
+    numbers them over a whole trial)."""
+    train_steps((model, regularizers, optimizer, schedule), data, batch_size, hook, trial, first_step=0)
+
+
+def train_steps(parts: tuple, data: DeviceData, batch_size: int, hook, trial: Trial | None, first_step: int) -> None:
+    """One pass over the training set with ``parts``: the model, regularizers, optimizer and
+    schedule, as :func:`build` returns them. ``first_step`` counts the optimizer steps taken
+    before (the after-backward observers see each step's number over the whole trial)."""
+    model, regularizers, optimizer, schedule = parts
     model.train()
     n = len(data.y_train)
     order = torch.randperm(n, device=data.x_train.device)  # drawn on the device: no host round-trip
@@ -158,72 +174,6 @@ def update(model, regularizers, optimizer, schedule) -> None:
         reg.after_step(model)
 
 
-class Checkpoints:
-    """The epoch-end checkpoint of one trial: model, optimizer, schedule, regularizer and RNG
-    states plus the metric history, so a killed trial resumes where it stopped and ends with the
-    same metrics as an uninterrupted run. Written atomically (a kill never leaves half a file)."""
-
-    def __init__(self, path: Path, every_seconds: float = 10.0):
-        self.path = Path(path)
-        self.every_seconds = every_seconds  # a checkpoint costs a store flush: not every short epoch
-        self._last = time.monotonic()
-
-    def due(self) -> bool:
-        return time.monotonic() - self._last >= self.every_seconds
-
-    def write(self, state: dict) -> None:
-        """Save ``state`` with the RNG states, atomically."""
-        state = {**state, "rng": rng_state()}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.path)
-        self._last = time.monotonic()
-
-    def read(self) -> dict | None:
-        """The saved state (RNG states restored), or None when there is none."""
-        if not self.path.is_file():
-            return None
-        state = torch.load(self.path, map_location="cpu", weights_only=False)  # our own file
-        set_rng_state(state["rng"])
-        return state
-
-    def save(self, epoch: int, model, optimizer, schedule, regularizers, result: TrialResult) -> None:
-        self.write({
-            "epoch": epoch, "history": result.history, "status": result.status,
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-            "regularizers": [reg.state_dict() for reg in regularizers],
-        })
-
-    def restore(self, model, optimizer, schedule, regularizers) -> dict | None:
-        """Load the checkpoint into the objects; returns its epoch and history, or None."""
-        state = self.read()
-        if state is None:
-            return None
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        for reg, reg_state in zip(regularizers, state["regularizers"]):
-            reg.load_state_dict(reg_state)
-        return state
-
-    def clear(self) -> None:
-        self.path.unlink(missing_ok=True)
-
-
-def rng_state() -> dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
-
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if state["cuda"]:
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def run_trial(trial: Trial, registry, data: DeviceData, device: torch.device, hook,
               checkpoints: Checkpoints | None = None) -> TrialResult:
     """Train one trial and return its result; exceptions propagate (the runner records them).
@@ -235,42 +185,32 @@ def run_trial(trial: Trial, registry, data: DeviceData, device: torch.device, ho
     """
     started = time.perf_counter()
     seed_everything(trial.seed)
-    model, regularizers, optimizer, schedule = build(trial, registry, data, device)
+    parts = build(trial, registry, data, device)
+    model, regularizers, optimizer, schedule = parts
     resumed = checkpoints.restore(model, optimizer, schedule, regularizers) if checkpoints else None
-    info = {"device": str(device), "dataset_hash": data.content_hash, "dataset": trial.config["dataset"]["name"],
-            "num_classes": data.num_classes, "dataset_source": data.source, "preprocessing": data.preprocessing,
-            "num_params": sum(p.numel() for p in model.parameters()),
-            "resumed_from_epoch": resumed["epoch"] if resumed else None}
+    info = TrialInfo.of(trial, model, data, device, resumed_from_epoch=resumed["epoch"] if resumed else None)
     hook.dlbench_trial_start(trial=trial, model=model, info=info)
 
     result = TrialResult(status="finished")
     first = 0
     if resumed:
         result.history = resumed["history"]
-        for epoch, metrics in enumerate(result.history):  # observers may have missed the last ones
-            hook.dlbench_epoch_end(trial=trial, epoch=epoch, metrics=metrics)
-        result.final, result.epochs_run, first = result.history[-1], resumed["epoch"], resumed["epoch"] + 1
+        replay_history(result, resumed["epoch"], hook, trial)
+        first = resumed["epoch"] + 1
+    rule = StopRule(trial, regularizers)
     for epoch in range(first, trial.config["epochs"] + 1):
         if epoch > 0:  # epoch 0 records the initialized model, before any step
             batch_size = trial.config["batch_size"]
-            train_epoch(model, regularizers, optimizer, schedule, data, batch_size, hook, trial,
+            train_steps(parts, data, batch_size, hook, trial,
                         first_step=(epoch - 1) * math.ceil(len(data.y_train) / batch_size))
         metrics = evaluate(model, data)
         if epoch > 0 and hasattr(schedule, "epoch_end"):  # e.g. plateau: follows the validation loss
             schedule.epoch_end(epoch, metrics)
         metrics["lr"] = optimizer.param_groups[0]["lr"]  # the rate of the next step
-        result.history.append(metrics)
-        result.final, result.epochs_run = metrics, epoch
-        hook.dlbench_epoch_end(trial=trial, epoch=epoch, metrics=metrics)
-        if not math.isfinite(metrics["train_loss"]):
-            result.status = "diverged"
-            break
-        for reg in regularizers:
-            reg.epoch_end(model, epoch, metrics)
-        if epoch > 0 and any([reg.should_stop(epoch, metrics) for reg in regularizers]):
-            break
-        if epoch > 0 and trial.prune is not None and trial.prune.stops(epoch, result.history):
-            result.status = "pruned"  # a tuning trial behind the others of its search (tuning/pruning.py)
+        record_epoch(result, epoch, metrics, hook, trial)
+        status = rule.verdict(epoch, metrics, result.history, model)
+        if status is not None:
+            result.status = status
             break
         if checkpoints and checkpoints.due():
             hook.dlbench_checkpoint(trial=trial, epoch=epoch)
@@ -280,6 +220,23 @@ def run_trial(trial: Trial, registry, data: DeviceData, device: torch.device, ho
         checkpoints.clear()
     result.seconds = time.perf_counter() - started
     return result
+
+
+def record_epoch(result: TrialResult, epoch: int, metrics: dict[str, float], hook, trial: Trial) -> None:
+    """An evaluated epoch: one more row of the history, the trial's final metrics so far, shown
+    to the observers (``dlbench_epoch_end``)."""
+    result.history.append(metrics)
+    result.final, result.epochs_run = metrics, epoch
+    hook.dlbench_epoch_end(trial=trial, epoch=epoch, metrics=metrics)
+
+
+def replay_history(result: TrialResult, epoch: int, hook, trial: Trial) -> None:
+    """A trial resumed after ``epoch`` with the history of its checkpoint: the observers see its
+    epochs again (they may have missed the last ones); the last is its final metrics so far."""
+    for e, metrics in enumerate(result.history):
+        hook.dlbench_epoch_end(trial=trial, epoch=e, metrics=metrics)
+    if result.history:
+        result.final, result.epochs_run = result.history[-1], epoch
 
 
 def end_training(model, regularizers, data: DeviceData, result: TrialResult, lr: float, hook, trial: Trial) -> None:

@@ -26,13 +26,17 @@ import torch
 import torch.nn.functional as F
 from torch.func import vmap
 
+from dlbench.checkpoints import Checkpoints, rng_state, set_rng_state
 from dlbench.data import DeviceData
+from dlbench.planning import Work, initializer_groups
 from dlbench.regularizer import Regularizer, overrides
-from dlbench.stacking import STACKED, MemberStreams, Work, initializer_groups, stacked_module
+from dlbench.stacking import STACKED, MemberStreams, stacked_module
 from dlbench.step_graph import GraphedStep, graphs_wanted, why_not_graphed
 from dlbench.study import Trial, canonical_json
-from dlbench.train import (EVAL_CHUNK, Checkpoints, TrialResult, build, build_model, build_optimizer, end_training,
-                           exact_accuracies, order_generator_after_build, rng_state, seed_everything, set_rng_state)
+from dlbench.train import (EVAL_CHUNK, build, build_model, build_optimizer, end_training, exact_accuracies,
+                           order_generator_after_build, record_epoch, replay_history, seed_everything)
+from dlbench.trial import StackInfo, TrialInfo, TrialResult
+from dlbench.verdict import StopRule
 
 
 class CannotStack(Exception):
@@ -47,6 +51,7 @@ class _Member:
         self.optimizer, self.schedule = optimizer, schedule
         self.order = order_generator_after_build(device)  # its batches: those it would draw alone
         self.result = TrialResult(status="finished")
+        self.rule = StopRule(trial, regularizers)  # its end-of-epoch verdict, as alone
         self.lrs: list[float] = []
 
 
@@ -71,141 +76,177 @@ def run_stack(work: Work, registry, data: DeviceData, device: torch.device, hook
     the stack's optimizer and regularizers are graph-safe (``step_graph.py``).
     """
     started = time.perf_counter()
-    cfg = work.members[0].config
     members = build_members(work, registry, data, device, finish)
     if not members:
         return
-    for reg in members[0].regularizers:  # e.g. dropout: p as a buffer, one per member
-        for m in members:
-            m.model = reg.stack_model(m.model)
-    _check_same_structure(members)
-    seed_everything(int(work.stack_id[:8], 16))  # the stack's own stream: dropout masks, noise
+    stack = _Stack(work, members, registry, data, device, checkpoints, cuda_graphs)
+    stack.start(hook)
+    epochs = stack.cfg["epochs"]
+    for epoch in range(stack.first_epoch, epochs + 1):
+        if epoch > 0:
+            stack.train_epoch(epoch, hook)
+        leaving = stack.end_epoch(epoch, hook)
+        if leaving:
+            stack.end_members(leaving, epoch, hook, finish, started)
+            if not stack.leave(leaving):
+                break
+        if checkpoints and epoch < epochs and checkpoints.due():
+            stack.save(checkpoints, epoch, hook)
+    else:
+        stack.end_members(range(len(stack.members)), epochs, hook, finish, started)
+    if checkpoints:
+        checkpoints.clear()
 
-    steps_per_epoch = math.ceil(len(data.y_train) / cfg["batch_size"])
-    _learning_rates(members, cfg["epochs"] * steps_per_epoch)
-    params, buffers, base, forward = stacked_module([m.model for m in members])  # base: structure only
-    train_forward = vmap(forward, randomness="different")  # x: [N, B, ...], one batch per member
-    eval_forward = vmap(forward, in_dims=(0, 0, None), randomness="different")  # x shared
-    optimizer = _stacked_optimizer(members, registry, device)
-    stacked_regs = [type(r).stacked([m.regularizers[k] for m in members])
-                    for k, r in enumerate(members[0].regularizers)]
-    lr_table = torch.tensor([m.lrs for m in members], device=device)  # [N, steps + 1]
 
-    first = 0
-    resumed = checkpoints.read() if checkpoints else None
-    if resumed is not None and resumed["members"] != [m.trial.config_hash for m in members]:
-        resumed = None  # saved by another composition of the stack: start over
-    if resumed is not None:
-        params = {k: v.to(device).requires_grad_() for k, v in resumed["params"].items()}
-        buffers = {k: v.to(device) for k, v in resumed["buffers"].items()}
-        optimizer.load_state_dict(_to(resumed["optimizer"], device))
-        for m, state in zip(members, resumed["per_member"]):
+class _Stack:
+    """The members training together: their stacked parameters and buffers, the stacked
+    optimizer and regularizers, each member's learning rate before every step, the step that
+    trains them all (eager or replayed from CUDA graphs)."""
+
+    def __init__(self, work: Work, members: list[_Member], registry, data: DeviceData, device: torch.device,
+                 checkpoints: Checkpoints | None, cuda_graphs: str):
+        """Stack the built members (after their models' stacked forms and a structure check),
+        seed the stack's own stream, and resume from ``checkpoints`` when they hold this stack."""
+        self.work, self.data, self.device = work, data, device
+        self.cfg = cfg = work.members[0].config
+        for reg in members[0].regularizers:  # e.g. dropout: p as a buffer, one per member
+            for m in members:
+                m.model = reg.stack_model(m.model)
+        _check_same_structure(members)
+        seed_everything(int(work.stack_id[:8], 16))  # the stack's own stream: dropout masks, noise
+
+        self.members = members
+        self.steps_per_epoch = math.ceil(len(data.y_train) / cfg["batch_size"])
+        _learning_rates(members, cfg["epochs"] * self.steps_per_epoch)
+        # base: the structure only
+        self.params, self.buffers, self.base, forward = stacked_module([m.model for m in members])
+        self.train_forward = vmap(forward, randomness="different")  # x: [N, B, ...], one batch per member
+        self.eval_forward = vmap(forward, in_dims=(0, 0, None), randomness="different")  # x shared
+        self.optimizer = _stacked_optimizer(members, registry, device)
+        self.stacked_regs = [type(r).stacked([m.regularizers[k] for m in members])
+                             for k, r in enumerate(members[0].regularizers)]
+        self.lr_table = torch.tensor([m.lrs for m in members], device=device)  # [N, steps + 1]
+        self.resumed_epoch = self._resume(checkpoints)
+        self.first_epoch = 0 if self.resumed_epoch is None else self.resumed_epoch + 1
+
+        why_eager = why_not_graphed(self.optimizer, self.stacked_regs)
+        self.step_fn = GraphedStep(self._grads, self._update,
+                                   enabled=graphs_wanted(cuda_graphs, device) and not why_eager)
+
+    def _resume(self, checkpoints: Checkpoints | None) -> int | None:
+        """Load the stack's checkpoint when it holds these members: the epoch it was saved
+        after, or None (no checkpoint, or one saved by another composition of the stack)."""
+        resumed = checkpoints.read() if checkpoints else None
+        if resumed is None or resumed["members"] != [m.trial.config_hash for m in self.members]:
+            return None  # none, or saved by another composition of the stack: start over
+        self.params = {k: v.to(self.device).requires_grad_() for k, v in resumed["params"].items()}
+        self.buffers = {k: v.to(self.device) for k, v in resumed["buffers"].items()}
+        self.optimizer.load_state_dict(_to(resumed["optimizer"], self.device))
+        for m, state in zip(self.members, resumed["per_member"]):
             for reg, reg_state in zip(m.regularizers, state["regularizers"]):
                 reg.load_state_dict(reg_state)
             m.order.set_state(state["order"])
             m.result.history = state["history"]
-        first = resumed["epoch"] + 1
+        return resumed["epoch"]
 
-    def grads(idx):  # idx [N, B]: each member its own batch
-        x, y = data.x_train[idx], data.y_train[idx]
-        for reg in stacked_regs:
+    def save(self, checkpoints: Checkpoints, epoch: int, hook) -> None:
+        """The stack's checkpoint after ``epoch``, once the observers made what came before durable."""
+        for m in self.members:
+            hook.dlbench_checkpoint(trial=m.trial, epoch=epoch)
+        checkpoints.write({
+            "epoch": epoch, "members": [m.trial.config_hash for m in self.members],
+            "params": {k: v.detach() for k, v in self.params.items()}, "buffers": self.buffers,
+            "optimizer": self.optimizer.state_dict(),
+            "per_member": [{"regularizers": [r.state_dict() for r in m.regularizers],
+                            "order": m.order.get_state(), "history": m.result.history} for m in self.members],
+        })
+
+    def start(self, hook) -> None:
+        """``dlbench_trial_start`` for each member; a resumed member replays the epochs it had."""
+        work = self.work
+        for m in self.members:
+            stack = StackInfo(id=work.stack_id, size=len(work.members), member=work.members.index(m.trial),
+                              members=[t.config for t in work.members], cuda_graphs=self.step_fn.enabled,
+                              stacked_init=work.stacked_init)
+            info = TrialInfo.of(m.trial, m.model, self.data, self.device, resumed_from_epoch=self.resumed_epoch,
+                                stack=stack)
+            hook.dlbench_trial_start(trial=m.trial, model=m.model, info=info)
+            replay_history(m.result, self.resumed_epoch, hook, m.trial)
+
+    def _grads(self, idx) -> None:
+        """The gradients of one step; ``idx`` [N, B]: each member its own batch."""
+        x, y = self.data.x_train[idx], self.data.y_train[idx]
+        for reg in self.stacked_regs:
             x, y = reg.transform_batch(x, y)
-        logits = train_forward(params, buffers, x)
+        logits = self.train_forward(self.params, self.buffers, x)
         losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(len(idx), -1)
         losses = losses.mean(1)
-        for reg in stacked_regs:
-            losses = losses + reg.penalty(params)
-        for p in params.values():
+        for reg in self.stacked_regs:
+            losses = losses + reg.penalty(self.params)
+        for p in self.params.values():
             p.grad = None
         losses.sum().backward()  # member i's parameters get the gradient of its own loss
 
-    def update(lr):  # lr [N]: each member's rate for this step
-        for reg in stacked_regs:
-            reg.before_step(params)
-        optimizer.step(list(params.values()), lr)
-        for reg in stacked_regs:
-            reg.after_step(params)
+    def _update(self, lr) -> None:
+        """The update of one step; ``lr`` [N]: each member's rate for this step."""
+        for reg in self.stacked_regs:
+            reg.before_step(self.params)
+        self.optimizer.step(list(self.params.values()), lr)
+        for reg in self.stacked_regs:
+            reg.after_step(self.params)
 
-    why_eager = why_not_graphed(optimizer, stacked_regs)
-    step_fn = GraphedStep(grads, update, enabled=graphs_wanted(cuda_graphs, device) and not why_eager)
+    def train_epoch(self, epoch: int, hook) -> None:
+        """One pass over the training set, each member in its own batch order; the
+        after-backward observers see the members at the diagnostics steps."""
+        self.base.train()
+        n = len(self.data.y_train)
+        every = int(self.cfg.get("diagnostics_every", 0) or 0)
+        orders = torch.stack([torch.randperm(n, device=self.device, generator=m.order) for m in self.members])
+        for j, idx in enumerate(orders.split(self.cfg["batch_size"], dim=1)):
+            step = (epoch - 1) * self.steps_per_epoch + j + 1
+            observe = None
+            if every and (step == 1 or step % every == 0):
+                observe = partial(_observe_gradients, self.members, self.params, self.buffers, hook, step, self.data)
+            self.step_fn(idx, self.lr_table[:, step - 1], observe)
 
-    for m in members:
-        info = {"device": str(device), "dataset_hash": data.content_hash, "dataset": cfg["dataset"]["name"],
-                "num_classes": data.num_classes, "dataset_source": data.source, "preprocessing": data.preprocessing,
-                "num_params": sum(p.numel() for p in m.model.parameters()),
-                "resumed_from_epoch": resumed["epoch"] if resumed else None,
-                "stack": {"id": work.stack_id, "size": len(work.members), "member": work.members.index(m.trial),
-                          "members": [t.config for t in work.members], "cuda_graphs": step_fn.enabled,
-                          "stacked_init": work.stacked_init}}
-        hook.dlbench_trial_start(trial=m.trial, model=m.model, info=info)
-        for epoch, metrics in enumerate(m.result.history):  # a resumed member replays what it had
-            hook.dlbench_epoch_end(trial=m.trial, epoch=epoch, metrics=metrics)
-        if m.result.history:
-            m.result.final, m.result.epochs_run = m.result.history[-1], resumed["epoch"]
-
-    every = int(cfg.get("diagnostics_every", 0) or 0)
-    for epoch in range(first, cfg["epochs"] + 1):
-        if epoch > 0:
-            base.train()
-            n = len(data.y_train)
-            orders = torch.stack([torch.randperm(n, device=device, generator=m.order) for m in members])
-            for j, idx in enumerate(orders.split(cfg["batch_size"], dim=1)):
-                step = (epoch - 1) * steps_per_epoch + j + 1
-                observe = None
-                if every and (step == 1 or step % every == 0):
-                    observe = partial(_observe_gradients, members, params, buffers, hook, step, data)
-                step_fn(idx, lr_table[:, step - 1], observe)
-        base.eval()
-        metrics = _evaluate(eval_forward, params, buffers, data, len(members))  # one device sync
+    def end_epoch(self, epoch: int, hook) -> list[int]:
+        """Evaluate every member (one device sync), record its epoch and ask its verdict: the
+        positions of the members that leave (diverged, stopped early, pruned)."""
+        self.base.eval()
+        metrics = _evaluate(self.eval_forward, self.params, self.buffers, self.data, len(self.members))
         leaving = []
-        for i, m in enumerate(members):
-            row = metrics[i] | {"lr": m.lrs[epoch * steps_per_epoch]}
-            m.result.history.append(row)
-            m.result.final, m.result.epochs_run = row, epoch
-            hook.dlbench_epoch_end(trial=m.trial, epoch=epoch, metrics=row)
-            if not math.isfinite(row["train_loss"]):
-                m.result.status = "diverged"
+        for i, m in enumerate(self.members):
+            row = metrics[i] | {"lr": m.lrs[epoch * self.steps_per_epoch]}
+            record_epoch(m.result, epoch, row, hook, m.trial)
+            # the regularizers that look at the model at epoch ends see the member's own
+            status = m.rule.verdict(epoch, row, m.result.history, m.model,
+                                    sync=partial(_copy_member, m.model, self.params, self.buffers, i))
+            if status is not None:
+                m.result.status = status
                 leaving.append(i)
-                continue
-            if _overrides(m.regularizers, "epoch_end"):  # it sees the member's own model
-                _copy_member(m.model, params, buffers, i)
-            for reg in m.regularizers:
-                reg.epoch_end(m.model, epoch, row)
-            if epoch > 0 and any([reg.should_stop(epoch, row) for reg in m.regularizers]):
-                leaving.append(i)
-            elif epoch > 0 and m.trial.prune is not None and m.trial.prune.stops(epoch, m.result.history):
-                m.result.status = "pruned"  # a tuning trial behind the others of its search
-                leaving.append(i)
-        if leaving:
-            for i in leaving:
-                _end_member(members[i], i, params, buffers, data, hook, epoch * steps_per_epoch)
-                members[i].result.seconds = time.perf_counter() - started
-                finish(members[i].trial, members[i].result)
-            keep = [i for i in range(len(members)) if i not in leaving]
-            if not keep:
-                break
-            members, params, buffers, lr_table = _select(keep, members, params, buffers, lr_table)
-            optimizer.select(torch.tensor(keep, device=device))
-            for reg in stacked_regs:
-                reg.select(keep)
-            step_fn.reset()  # the graphs hold the old stack's tensors
-        if checkpoints and epoch < cfg["epochs"] and checkpoints.due():
-            for m in members:
-                hook.dlbench_checkpoint(trial=m.trial, epoch=epoch)
-            checkpoints.write({
-                "epoch": epoch, "members": [m.trial.config_hash for m in members],
-                "params": {k: v.detach() for k, v in params.items()}, "buffers": buffers,
-                "optimizer": optimizer.state_dict(),
-                "per_member": [{"regularizers": [r.state_dict() for r in m.regularizers],
-                                "order": m.order.get_state(), "history": m.result.history} for m in members],
-            })
-    else:
-        for i, m in enumerate(members):
-            _end_member(m, i, params, buffers, data, hook, cfg["epochs"] * steps_per_epoch)
+        return leaving
+
+    def end_members(self, positions, epoch: int, hook, finish, started: float) -> None:
+        """End the training of the members at ``positions`` after ``epoch`` (``end_training``
+        on each one's own model) and hand each its result (``finish``)."""
+        for i in positions:
+            m = self.members[i]
+            _end_member(m, i, self.params, self.buffers, self.data, hook, epoch * self.steps_per_epoch)
             m.result.seconds = time.perf_counter() - started
             finish(m.trial, m.result)
-    if checkpoints:
-        checkpoints.clear()
+
+    def leave(self, leaving: list[int]) -> bool:
+        """The members at ``leaving`` leave the stack; whether any member is left."""
+        keep = [i for i in range(len(self.members)) if i not in leaving]
+        if not keep:
+            return False
+        self.members, self.params, self.buffers, self.lr_table = _select(keep, self.members, self.params,
+                                                                         self.buffers, self.lr_table)
+        self.optimizer.select(torch.tensor(keep, device=self.device))
+        for reg in self.stacked_regs:
+            reg.select(keep)
+        self.step_fn.reset()  # the graphs hold the old stack's tensors
+        return True
 
 
 def build_members(work: Work, registry, data: DeviceData, device, finish) -> list[_Member]:

@@ -1,7 +1,8 @@
 """The data model every layer shares: a trial (its resolved config, the hashes that identify
-it, its level's label) and its result. A leaf module: it imports nothing of dlbench, so the
-study file reader, the planner, the executors, the training loop, tracking and reports can all
-use it without importing one another.
+it, its level's label), what the training loop tells observers as it starts (``TrialInfo``) and
+its result. A leaf module: it imports nothing of dlbench (nor torch), so the study file reader,
+the planner, the executors, the training loop, tracking and reports can all use it without
+importing one another.
 
 The same config and seed always have the same ``config_hash``, whichever file or order they
 came from; ``group_hash`` is the hash without the seed and names the seeds of one level.
@@ -9,9 +10,12 @@ came from; ``group_hash`` is the hash without the seed and names the seeds of on
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 
 def level_label(levels: dict[str, str]) -> str:
@@ -64,6 +68,95 @@ class TrialResult:
     history: list[dict[str, float]] = field(default_factory=list)  # one dict per epoch, from 0
     seconds: float = 0.0
     error: str | None = None
+
+
+class FieldMapping(Mapping):
+    """A frozen dataclass that reads as a read-only mapping of its fields too (``x["name"]``,
+    ``x.get``, ``keys``, ``in``, iteration, ``==`` with a dict), for code written when it was a
+    dict. The fields named in ``ABSENT_WHEN_NONE`` are no keys while they are None (the dict had
+    no such key then). ``x | {"field": value}`` is a copy with those fields replaced (``a_dict | x``
+    a dict)."""
+
+    ABSENT_WHEN_NONE: ClassVar[tuple[str, ...]] = ()
+
+    def _names(self) -> list[str]:
+        return [f.name for f in dataclasses.fields(self)
+                if not (f.name in self.ABSENT_WHEN_NONE and getattr(self, f.name) is None)]
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self._names():
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self):
+        return iter(self._names())
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    def __or__(self, other):
+        if not isinstance(other, Mapping):
+            return NotImplemented
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = [k for k in other if k not in names]
+        if unknown:
+            raise KeyError(f"{type(self).__name__} has no field {unknown[0]!r} "
+                           f"(its fields: {', '.join(sorted(names))})")
+        return dataclasses.replace(self, **other)
+
+    def __ror__(self, other):
+        """``a_dict | x``: a dict, as with two dicts."""
+        if not isinstance(other, Mapping):
+            return NotImplemented
+        return {**other, **self}
+
+    def as_dict(self) -> dict[str, Any]:
+        """A plain dict (nested ones too): for JSON."""
+        return {k: v.as_dict() if isinstance(v, FieldMapping) else v for k, v in self.items()}
+
+
+@dataclass(frozen=True, eq=False)  # eq: a mapping's (Mapping.__eq__), so it equals the dict it was
+class StackInfo(FieldMapping):
+    """A stack member's ``TrialInfo.stack``: the stack it trains in."""
+
+    id: str  # the stack's id (it names the stack's checkpoint; the dlbench.stack_id tag)
+    size: int  # members at the start (members whose build failed included)
+    member: int  # this trial's position among ``members``
+    members: list[dict]  # every member's resolved config, in order (the run's stack.json)
+    cuda_graphs: bool  # whether its training steps replay from CUDA graphs
+    stacked_init: bool  # members sharing an initializer with a stacked form initialized at once
+
+
+@dataclass(frozen=True, eq=False)
+class TrialInfo(FieldMapping):
+    """What ``dlbench_trial_start`` tells observers about a trial that is about to train (see
+    ``hookspecs.py``). Read it by attribute (``info.num_params``) or as the dict it used to be
+    (``info["device"]``, ``info.get("stack")``); it pickles (it crosses process queues and Ray)."""
+
+    ABSENT_WHEN_NONE: ClassVar[tuple[str, ...]] = ("stack", "environment")
+
+    device: str  # the torch device it trains on: "cpu", "cuda:0"
+    dataset_hash: str  # SHA-256 of the dataset's arrays
+    dataset: str  # the dataset's registered name
+    num_classes: int
+    dataset_source: str  # where the arrays came from: a prepared folder, or "generated"
+    preprocessing: tuple[str, ...]  # what each preprocessing step fitted, in order; () without any
+    num_params: int  # the model's parameters (regularizers applied)
+    resumed_from_epoch: int | None = None  # the checkpoint's epoch it resumes after; None: a fresh start
+    stack: StackInfo | None = None  # a stack member's stack; None (no key): trained alone
+    # where it trains (device, threads, host: ``dlbench.*`` tags), added by a worker process for
+    # the observers of the parent; None (no key) in the process that trains it
+    environment: dict[str, str] | None = None
+
+    @classmethod
+    def of(cls, trial: Trial, model, data, device, resumed_from_epoch: int | None = None,
+           stack: StackInfo | None = None) -> TrialInfo:
+        """The info of ``trial``, trained on ``device`` with its built ``model`` and its
+        ``data`` (a ``dlbench.DeviceData``)."""
+        return cls(device=str(device), dataset_hash=data.content_hash, dataset=trial.config["dataset"]["name"],
+                   num_classes=data.num_classes, dataset_source=data.source, preprocessing=data.preprocessing,
+                   num_params=sum(p.numel() for p in model.parameters()), resumed_from_epoch=resumed_from_epoch,
+                   stack=stack)
 
 
 def canonical_json(config: dict) -> str:

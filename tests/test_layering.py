@@ -128,3 +128,122 @@ def test_the_private_name_check_finds_both_spellings(tmp_path, monkeypatch):
     monkeypatch.setattr(sys.modules[__name__], "REPO", tmp_path)
     assert private_names_used_across_modules([tmp_path]) == ["uses.py:1: from dlbench.cli import _hidden",
                                                             "uses.py:3: r._inner"]
+
+
+# Libraries heavy enough that a module may import them inside the function that needs them (or
+# import, inside a function, the dlbench module that brings them), so that ``import dlbench``,
+# ``dlbench --help`` and a worker that never draws a figure do not pay for them.
+HEAVY = {"torch", "torchvision", "mlflow", "matplotlib", "seaborn", "pandas", "scipy", "ray", "optuna", "sklearn",
+         "mnist1d", "PIL"}
+
+
+def module_imports(path: Path, name: str, modules: set[str]) -> tuple[set[str], list[tuple[int, str]]]:
+    """(what ``path``'s module imports at its top level, [(line, target)] of the imports inside
+    its functions); a target is a dlbench module's name, or a third party's top-level name."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    inside = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
+              for n in ast.walk(f) if n is not f}
+    top, deferred = set(), []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = ".".join(parent + ([base] if base else []))
+            subs = [f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in modules]
+            targets = subs or [base]
+        else:
+            continue
+        named = []
+        for target in targets:
+            while target not in modules and "." in target and target.startswith("dlbench"):
+                target = target.rpartition(".")[0]
+            named.append(target if target in modules else target.split(".")[0])
+        if id(node) in inside:
+            deferred += [(node.lineno, t) for t in named]
+        else:
+            top |= set(named)
+    return top, deferred
+
+
+def heavy_loads(package: Path = PACKAGE) -> tuple[dict[str, set[str]], dict[str, list[tuple[int, str]]]]:
+    """For each dlbench module, the heavy libraries importing it loads (its top-level imports,
+    followed through dlbench modules and the packages above them); and its deferred imports."""
+    paths = {module_name(p, package.parent): p for p in package.rglob("*.py")}
+    parsed = {name: module_imports(path, name, set(paths)) for name, path in paths.items()}
+    memo: dict[str, set[str]] = {}
+
+    def loads(name: str, seen: frozenset = frozenset()) -> set[str]:
+        if name in memo:
+            return memo[name]
+        found: set[str] = set()
+        parents = [".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)]
+        for target in [*parsed[name][0], *parents]:
+            if target in parsed and target not in seen and target != name:
+                found |= loads(target, seen | {name})
+            elif target in HEAVY:
+                found.add(target)
+        if not seen:
+            memo[name] = found
+        return found
+
+    return {name: loads(name) for name in parsed}, {name: parsed[name][1] for name in parsed}
+
+
+def needless_deferred_imports(package: Path = PACKAGE) -> list[str]:
+    heavy, deferred = heavy_loads(package)
+    found = []
+    for name, imports in deferred.items():
+        for line, target in imports:
+            if target in HEAVY or heavy.get(target, set()) - heavy[name]:
+                continue  # it spares the importer a heavy library until the function needs it
+            found.append(f"{name}:{line}: {target}")
+    return found
+
+
+def test_imports_inside_functions_only_defer_heavy_libraries():
+    """An import inside a function is for a heavy library (or the dlbench module that brings one)
+    that its module does not load already; any other belongs at the top of the module."""
+    assert needless_deferred_imports() == []
+
+
+def test_the_deferred_import_check_tells_heavy_from_light(tmp_path):
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "light.py").write_text("import json\n")
+    (package / "heavy.py").write_text("import mlflow\n")
+    (package / "user.py").write_text("def f():\n    import json\n    from pkg import light\n    from pkg import heavy\n"
+                                     "    import torch\n")
+    (package / "has_mlflow.py").write_text("import mlflow\ndef f():\n    from pkg import heavy\n")
+    assert sorted(needless_deferred_imports(package)) == ["pkg.has_mlflow:3: pkg.heavy", "pkg.user:2: json",
+                                                          "pkg.user:3: pkg.light"]
+
+
+MOST_PARAMETERS = 8
+
+
+def long_signatures(package: Path = PACKAGE) -> list[str]:
+    """Functions of the run path with more than MOST_PARAMETERS parameters (``self`` not counted).
+    Plugin factories (``builtin/``) are left out: their parameters are the options a study file
+    sets. The report package is not on the run path."""
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        if {"builtin", "report"} & set(path.relative_to(package).parts[:-1]):
+            continue
+        for f in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                a = f.args
+                n = len(a.posonlyargs) + len(a.args) + len(a.kwonlyargs)
+                n -= bool(a.args and a.args[0].arg in ("self", "cls"))
+                if n > MOST_PARAMETERS:
+                    found.append(f"{path.relative_to(package.parent)}:{f.lineno}: {f.name} ({n} parameters)")
+    return found
+
+
+def test_no_function_on_the_run_path_takes_more_than_eight_parameters():
+    """Settings travel as one object (``dlbench.settings.RunOptions``), not spread over positions."""
+    assert long_signatures() == []
