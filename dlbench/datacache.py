@@ -9,9 +9,9 @@ from pathlib import Path
 
 import torch
 
+from dlbench.build import make
 from dlbench.data import Dataset, DeviceData, check_dataset, load_dataset, options_key, to_device
 from dlbench.preprocessing import apply
-from dlbench.train import make
 
 
 class DataCache:

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from dlbench.build import make
 from dlbench.regularizer import Regularizer
 from dlbench.stacking import STACKED, is_stackable, stacked_initializer
 from dlbench.step_graph import graphs_wanted, regularizer_graph_safe
-from dlbench.train import make
 from dlbench.trial import Trial
 
 # Largest stack by default. On a GPU a step of a small model is launch-bound and a stack of 100

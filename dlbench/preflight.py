@@ -36,15 +36,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dlbench.config import StudyFile
 from dlbench import preprocessing
+from dlbench.build import build, make
+from dlbench.config import StudyFile
 from dlbench.data import DeviceData
 from dlbench.datacache import DataCache
 from dlbench.errors import UserError
 from dlbench.regularizer import Regularizer
 from dlbench.shapes import InputShapeError, check_input_shape
 from dlbench.study import Trial, canonical_json
-from dlbench.train import build, evaluate, make
+from dlbench.train import evaluate
 
 TINY = 16  # examples per split of the tiny input
 CPU = torch.device("cpu")

@@ -1,4 +1,4 @@
-"""One trial: seed, build, initialize, train for N epochs, evaluate every epoch. Nothing else.
+"""One trial's training loop: built (``build.py``), trained for N epochs, evaluated every epoch.
 
 The loop knows nothing of MLflow or progress bars: it calls the lifecycle hooks
 (``dlbench_trial_start``, ``dlbench_after_backward``, ``dlbench_epoch_end``, ``dlbench_trial_end``)
@@ -9,91 +9,25 @@ The whole dataset is already on the device (see ``data.py``); batches are index 
 from __future__ import annotations
 
 import math
-import random
 import time
-from contextlib import nullcontext
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dlbench.build import build, build_model, build_optimizer, make, seed_everything
 from dlbench.checkpoints import Checkpoints, rng_state, set_rng_state
 from dlbench.data import DeviceData
 from dlbench.trial import Trial, TrialInfo, TrialResult
 from dlbench.verdict import StopRule
-from dlbench.warmup import Warmup, warmup_steps
 
-# what other modules import from here (the checkpoints, the RNG states and TrialResult are
-# defined elsewhere: dlbench.checkpoints, dlbench.trial)
+# what other modules import from here (the build, the checkpoints, the RNG states and
+# TrialResult are defined elsewhere: dlbench.build, dlbench.checkpoints, dlbench.trial)
 __all__ = ["EVAL_CHUNK", "Checkpoints", "TrialResult", "build", "build_model", "build_optimizer", "end_training",
            "evaluate", "exact_accuracies", "make", "order_generator_after_build", "record_epoch", "replay_history",
            "rng_state", "run_trial", "seed_everything", "set_rng_state", "train_epoch", "train_steps", "training_loss",
            "update"]
 
 EVAL_CHUNK = 8192  # examples per forward pass at evaluation: bounded memory, few launches
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)  # seeds the CPU and every CUDA device
-
-
-
-def make(registry, kind: str, spec: dict, *args):
-    """Call the factory registered as ``spec["name"]`` with the contract args and the options."""
-    component = registry.get(kind, spec["name"])
-    return component.factory(*args, **{k: v for k, v in spec.items() if k != "name"})
-
-
-def build(trial: Trial, registry, data: DeviceData, device: torch.device, blame=lambda *keys: nullcontext()):
-    """Model (regularizers applied, initialized, on the device), regularizers, optimizer, schedule.
-
-    ``blame(key)`` wraps each component's part of the build (``key``: the config key that set the
-    component up, such as ``optimizer`` or ``regularizers[0]``); the preflight passes one that
-    attributes an exception to its key (see ``preflight.py``).
-    """
-    model, regularizers = build_model(trial, registry, data, device, blame)
-    with blame("initializer"):
-        make(registry, "initializer", trial.config["initializer"], model, data)
-    return model, regularizers, *build_optimizer(trial, registry, model, data, blame)
-
-
-def build_model(trial: Trial, registry, data: DeviceData, device: torch.device, blame=lambda *keys: nullcontext()):
-    """The first part of :func:`build`: the model (regularizers applied, on the device, not yet
-    initialized by the trial's initializer) and the regularizers."""
-    cfg = trial.config
-
-    def activation():
-        with blame("activation"):
-            return make(registry, "activation", cfg["activation"])
-
-    with blame("architecture"):
-        model = make(registry, "architecture", cfg["architecture"], data.input_shape, data.num_classes, activation)
-    regularizers = []
-    for i, spec in enumerate(cfg["regularizers"]):
-        with blame(f"regularizers[{i}]"):
-            regularizers.append(make(registry, "regularizer", spec))
-    for i, reg in enumerate(regularizers):
-        with blame(f"regularizers[{i}]"):
-            model = reg.wrap_model(model)
-    with blame("architecture"):
-        model.to(device)
-    return model, regularizers
-
-
-def build_optimizer(trial: Trial, registry, model, data: DeviceData, blame=lambda *keys: nullcontext()):
-    """The last part of :func:`build`, after the initializer: the optimizer and the schedule."""
-    cfg = trial.config
-    with blame("optimizer"):
-        optimizer = make(registry, "optimizer", cfg["optimizer"], model.parameters())
-    steps = cfg["epochs"] * math.ceil(len(data.y_train) / cfg["batch_size"])
-    with blame("schedule"):
-        schedule = make(registry, "schedule", cfg["schedule"], optimizer, steps)
-        warm = warmup_steps(cfg.get("warmup_fraction", 0.0), steps)  # a core setting, absent when 0
-        if warm:
-            schedule = Warmup(schedule, optimizer, warm)
-    return optimizer, schedule
 
 
 @torch.no_grad()

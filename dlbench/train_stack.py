@@ -27,15 +27,15 @@ import torch.nn.functional as F
 from torch.func import vmap
 
 from dlbench.checkpoints import Checkpoints, rng_state, set_rng_state
+from dlbench.build import build, build_model, build_optimizer, seed_everything
 from dlbench.data import DeviceData
 from dlbench.planning import Work, initializer_groups
 from dlbench.regularizer import Regularizer, overrides
 from dlbench.stacking import STACKED, MemberStreams, stacked_module
 from dlbench.step_graph import GraphedStep, graphs_wanted, why_not_graphed
-from dlbench.study import Trial, canonical_json
-from dlbench.train import (EVAL_CHUNK, build, build_model, build_optimizer, end_training, exact_accuracies,
-                           order_generator_after_build, record_epoch, replay_history, seed_everything)
-from dlbench.trial import StackInfo, TrialInfo, TrialResult
+from dlbench.train import (EVAL_CHUNK, end_training, exact_accuracies, order_generator_after_build, record_epoch,
+                           replay_history)
+from dlbench.trial import StackInfo, Trial, TrialInfo, TrialResult, canonical_json
 from dlbench.verdict import StopRule
 
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from dlbench.build import seed_everything
 from dlbench.contract.outcome import passed
 from dlbench.contract.subject import CLASSES, Subject, describe, fixed_batch, input_shapes
 from dlbench.slots import ROLES, Slot, slots
-from dlbench.train import seed_everything
 
 
 def architecture_builds(s: Subject) -> str | None:

@@ -9,10 +9,10 @@ import copy
 import torch
 from torch.func import functional_call
 
+from dlbench.build import seed_everything
 from dlbench.contract.architectures import architecture_builds
 from dlbench.contract.outcome import Skip, passed
 from dlbench.contract.subject import CLASSES, STEPS, WIDTH, Subject, describe, first_difference
-from dlbench.train import seed_everything
 
 
 def builds(s: Subject) -> str | None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
+from dlbench.build import seed_everything
 from dlbench.contract.subject import Subject, tiny_data
-from dlbench.train import seed_everything
 
 
 def initializer_keeps_the_model(s: Subject) -> str | None:

@@ -11,10 +11,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import vmap
 
+from dlbench.build import seed_everything
 from dlbench.contract.outcome import Skip, passed
 from dlbench.contract.subject import REFERENCE_LR, STEPS, TOTAL_STEPS, Subject, fixed_batch, tiny_data
 from dlbench.stacking import STACKED, MemberStreams, component_stacks, stacked_initializer, stacked_module
-from dlbench.train import rng_state, seed_everything
+from dlbench.train import rng_state
 
 STACK_RTOL, STACK_ATOL = 1e-4, 1e-5  # vmap's batched kernels round differently from single ones
 

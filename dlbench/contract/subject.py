@@ -12,9 +12,10 @@ from functools import cached_property
 import torch
 from torch import nn
 
+from dlbench.build import seed_everything
 from dlbench.data import Dataset, DeviceData
 from dlbench.shapes import accepted_ranks
-from dlbench.train import seed_everything, training_loss, update
+from dlbench.train import training_loss, update
 
 BATCH = 32  # examples of the fixed batch
 CLASSES = 4
