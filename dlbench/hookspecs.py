@@ -90,13 +90,11 @@ Example, a stackable activation and optimizer::
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pluggy
 
-if TYPE_CHECKING:
-    from dlbench.study import Trial
-    from dlbench.train import TrialResult
+from dlbench.trial import Trial, TrialInfo, TrialResult
 
 hookspec = pluggy.HookspecMarker("dlbench")
 
@@ -266,7 +264,7 @@ def dlbench_register_preprocessing(register) -> None:
 
 
 @hookspec
-def dlbench_trial_start(trial: Trial, model: Any, info: dict) -> None:
+def dlbench_trial_start(trial: Trial, model: Any, info: TrialInfo) -> None:
     """A trial is about to train. ``info`` is a ``dlbench.TrialInfo``: read its fields as
     attributes (``info.num_params``) or as the keys of the dict it used to be (``info["device"]``,
     ``info.get("stack")``; ``info | {"environment": ...}`` is a copy with that field replaced).

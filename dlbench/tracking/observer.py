@@ -16,7 +16,7 @@ from mlflow.entities import DatasetInput, InputTag, Metric, RunTag
 from mlflow.exceptions import MlflowException
 
 from dlbench import hookimpl
-from dlbench.study import Trial
+from dlbench.trial import Trial, TrialInfo
 from dlbench.tracking import keys, store
 from dlbench.tracking.base import BATCH_LIMIT, TrackerBase
 
@@ -30,32 +30,32 @@ class Observer(TrackerBase):
     written with ``log_batch`` (one store round-trip per flush, not per value)."""
 
     @hookimpl
-    def dlbench_trial_start(self, trial: Trial, model, info: dict) -> None:
+    def dlbench_trial_start(self, trial: Trial, model, info: TrialInfo) -> None:
         run_id = self.open_run(trial)
         # where it trains: the worker's device, threads and host (this process opened the run)
-        tags = {keys.key(k): v for k, v in info.get("environment", {}).items()}
+        tags = {keys.key(k): v for k, v in (info.environment or {}).items()}
         if run_id in self._started:  # trained again after its worker died (a Ray task's retry)
             self._restarts[run_id] = self._restarts.get(run_id, 0) + 1
             tags["dlbench.retries"] = str(self._restarts[run_id])
-        if info.get("resumed_from_epoch") is not None:
-            tags["dlbench.resumed_from_epoch"] = str(info["resumed_from_epoch"])
-        if run_id in self._started or info.get("resumed_from_epoch") is not None:
+        if info.resumed_from_epoch is not None:
+            tags["dlbench.resumed_from_epoch"] = str(info.resumed_from_epoch)
+        if run_id in self._started or info.resumed_from_epoch is not None:
             self._started.add(run_id)
             self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
             return
         self._started.add(run_id)
-        tags |= {"dlbench.dataset_hash": info["dataset_hash"], "dlbench.num_params": str(info["num_params"]),
-                 "dlbench.num_classes": str(info.get("num_classes", "")),
+        tags |= {"dlbench.dataset_hash": info.dataset_hash, "dlbench.num_params": str(info.num_params),
+                 "dlbench.num_classes": str(info.num_classes),
                  **{keys.key(k): v for k, v in self._context.plugin_tags(trial).items()}}
-        if info.get("preprocessing"):  # what each step fitted on this dataset, in order
-            tags["dlbench.preprocessing"] = "; ".join(info["preprocessing"])
-        stack = info.get("stack")
-        tags["dlbench.stack_size"] = str(stack["size"] if stack else 1)  # how it ran: `reproduce` does the same
+        if info.preprocessing:  # what each step fitted on this dataset, in order
+            tags["dlbench.preprocessing"] = "; ".join(info.preprocessing)
+        stack = info.stack
+        tags["dlbench.stack_size"] = str(stack.size if stack else 1)  # how it ran: `reproduce` does the same
         if stack:
-            tags |= {"dlbench.stack_id": stack["id"], "dlbench.stack_member": str(stack["member"]),
-                     "dlbench.cuda_graphs": str(bool(stack.get("cuda_graphs"))).lower(),
-                     "dlbench.stacked_init": str(bool(stack.get("stacked_init"))).lower()}
-            self.client.log_dict(run_id, {"stack_id": stack["id"], "members": stack["members"]}, "stack.json")
+            tags |= {"dlbench.stack_id": stack.id, "dlbench.stack_member": str(stack.member),
+                     "dlbench.cuda_graphs": str(bool(stack.cuda_graphs)).lower(),
+                     "dlbench.stacked_init": str(bool(stack.stacked_init)).lower()}
+            self.client.log_dict(run_id, {"stack_id": stack.id, "members": stack.members}, "stack.json")
         self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])
         self.client.log_text(run_id, repr(model), "model.txt")
         self._log_dataset(run_id, info)
@@ -112,11 +112,10 @@ class Observer(TrackerBase):
         if wait:
             self.client.sync()
 
-    def _log_dataset(self, run_id: str, info: dict) -> None:
+    def _log_dataset(self, run_id: str, info: TrialInfo) -> None:
         """The dataset as an MLflow input (shown in the UI's Datasets column); the full hashes are tags."""
-        source = info.get("dataset_source") or f"dlbench://{info.get('dataset', 'dataset')}"
-        dataset = MetaDataset(LocalArtifactDatasetSource(source), name=info.get("dataset", "dataset"),
-                              digest=info["dataset_hash"][:32])
+        source = info.dataset_source or f"dlbench://{info.dataset}"
+        dataset = MetaDataset(LocalArtifactDatasetSource(source), name=info.dataset, digest=info.dataset_hash[:32])
         inputs = [DatasetInput(dataset._to_mlflow_entity(), [InputTag("mlflow.data.context", "training")])]
         with self.lock:  # MLflow adds a dataset new to the experiment: a check, then an insert
             try:
