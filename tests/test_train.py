@@ -283,6 +283,7 @@ def test_observer_plugin_sees_the_whole_lifecycle(tmp_path, new_store):
     lines = out.getvalue().splitlines()
     assert any(line.startswith(f"[1/2] {ok}  finished") for line in lines)
     assert any(line.startswith(f"[2/2] {bad}  diverged") for line in lines)
-    # the runner's own observers are gone afterwards
-    assert plugins.pm.get_plugin("dlbench.tracking") is None
+    # the runner's own observers (the tracker, the progress line, the diagnostics) are gone afterwards
+    assert [name for name, _ in plugins.pm.list_name_plugin() if name.startswith("dlbench.")
+            and not name.startswith("dlbench.builtin")] == []
     assert plugins.pm.get_plugin("test-recorder") is recorder
