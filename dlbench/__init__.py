@@ -43,10 +43,11 @@ _PUBLIC = {
     "Preprocessor": "dlbench.preprocessing",
     "Dataset": "dlbench.data",
     "DeviceData": "dlbench.data",
-    # what hooks receive: a trial and its result
+    # what hooks receive: a trial, what it trains with (a stack member's stack) and its result
     "Trial": "dlbench.trial",
     "TrialResult": "dlbench.trial",
     "TrialInfo": "dlbench.trial",
+    "StackInfo": "dlbench.trial",
 }
 
 __all__ = ["hookimpl", "__version__", *_PUBLIC]
