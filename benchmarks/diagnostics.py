@@ -33,6 +33,7 @@ from dlbench.plugins import load_plugins
 from dlbench.execution import resolve_device
 from dlbench.study import Plan, expand
 from dlbench.train import build, run_trial, seed_everything, train_epoch
+from record import Summary, add_record_option  # benchmarks/record.py
 
 INTERVALS = [0, 100, 50, 25, 10]
 MODELS = {  # [baseline] lines of each benchmarked trial
@@ -86,12 +87,14 @@ def main() -> None:
     ap.add_argument("--mlflow", action="store_true", help="also log to MLflow (SQLite) in every variant")
     ap.add_argument("--threads", type=int, default=1,
                     help="CPU threads for torch (1: steadier timings on a shared machine)")
+    add_record_option(ap)
     args = ap.parse_args()
+    summary = Summary(f"diagnostics ({args.device})", args)
     device = resolve_device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    print(f"device: {device} ({torch.get_num_threads()} threads), torch {torch.__version__}, "
+    summary.line(f"device: {device} ({torch.get_num_threads()} threads), torch {torch.__version__}, "
           f"{args.epochs} epochs, median of {args.repeats}, interleaved")
 
     for model_name, model in MODELS.items():
@@ -127,16 +130,16 @@ def main() -> None:
                     inside[trial.level].append(observer.seconds / times[trial.level][-1])
         steps = args.epochs * math.ceil(len(data.y_train) / trials[0].config["batch_size"])
         off = statistics.median(times["every0"])
-        print(f"\n{model_name}: {steps} optimizer steps" + (" (+ MLflow SQLite logging)" if args.mlflow else ""))
+        summary.line(f"\n{model_name}: {steps} optimizer steps" + (" (+ MLflow SQLite logging)" if args.mlflow else ""))
         for trial in trials:
             n = trial.config["diagnostics_every"]
             med = statistics.median(times[trial.level])
             label = "diagnostics off" if n == 0 else f"every {n:>3} steps ({1 + steps // n} records)"
             share = statistics.median(inside[trial.level])
-            print(f"  {label:<32} {med:7.2f} s   {med / off:.3f}x   in the observer: {100 * share:5.2f}% of the trial")
+            summary.line(f"  {label:<32} {med:7.2f} s   {med / off:.3f}x   in the observer: {100 * share:5.2f}% of the trial")
 
     hook_call_cost(device, args.epochs, args.repeats)
-
+    summary.done()
 
 def hook_call_cost(device, epochs: int, repeats: int) -> None:
     """The loop with ``hook=None`` against the loop calling a hook nobody implements."""

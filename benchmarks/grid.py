@@ -21,6 +21,8 @@ import textwrap
 import time
 from pathlib import Path
 
+from record import Summary, add_record_option  # benchmarks/record.py
+
 STUDY = """
 [study]
 name = "grid"
@@ -80,7 +82,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--extra", nargs="*", default=[], help="extra `dlbench run` options, e.g. --jobs 1")
+    add_record_option(ap)
     args = ap.parse_args()
+    summary = Summary("grid", args)
     times: dict[str, list[float]] = {"bare script": [], "dlbench run": []}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -95,12 +99,12 @@ def main() -> None:
             print(f"  repeat {r + 1}: bare {times['bare script'][-1]:.1f} s, dlbench {times['dlbench run'][-1]:.1f} s",
                   flush=True)
     bare = statistics.median(times["bare script"])
-    print(f"\n6 trials (dropout off/on x 3 seeds, MLP 2x512, {args.epochs} epochs), whole processes, "
+    summary.line(f"\n6 trials (dropout off/on x 3 seeds, MLP 2x512, {args.epochs} epochs), whole processes, "
           f"{os.cpu_count()} CPUs, median of {args.repeats}:")
     for name, values in times.items():
         med = statistics.median(values)
-        print(f"  {name:<12} {med:6.1f} s  ({min(values):.1f}-{max(values):.1f})  {med / bare:.2f}x the bare script")
-
+        summary.line(f"  {name:<12} {med:6.1f} s  ({min(values):.1f}-{max(values):.1f})  {med / bare:.2f}x the bare script")
+    summary.done()
 
 if __name__ == "__main__":
     main()

@@ -31,6 +31,7 @@ from dlbench.planning import plan, stack_settings
 from dlbench.study import Plan, expand
 from dlbench.train import evaluate, run_trial
 from dlbench.train_stack import run_stack
+from record import Summary, add_record_option  # benchmarks/record.py
 
 STUDY = """
 [study]
@@ -74,7 +75,9 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="auto")
+    add_record_option(ap)
     args = ap.parse_args()
+    summary = Summary(f"overhead ({args.device})", args)
     device = resolve_device(args.device)
 
     text = STUDY.format(epochs=args.epochs)
@@ -124,15 +127,15 @@ def main() -> None:
                 times[name].append(once(fn))
         bare, quiet, logged = (statistics.median(times[n]) for n in ("bare", "quiet", "logged"))
 
-    print(f"device: {device} ({torch.get_num_threads()} threads), torch {torch.__version__}, "
+    summary.line(f"device: {device} ({torch.get_num_threads()} threads), torch {torch.__version__}, "
           f"{args.epochs} epochs x {len(data.y_train) // cfg['batch_size'] + 1} steps, median of {args.repeats}")
-    print(f"bare PyTorch loop        {bare:7.2f} s   1.00x")
-    print(f"dlbench run_trial        {quiet:7.2f} s   {quiet / bare:.2f}x")
-    print(f"dlbench + MLflow SQLite  {logged:7.2f} s   {logged / bare:.2f}x")
+    summary.line(f"bare PyTorch loop        {bare:7.2f} s   1.00x")
+    summary.line(f"dlbench run_trial        {quiet:7.2f} s   {quiet / bare:.2f}x")
+    summary.line(f"dlbench + MLflow SQLite  {logged:7.2f} s   {logged / bare:.2f}x")
     if "as run" in times:
         graphed = statistics.median(times["as run"])
-        print(f"as dlbench run trains it {graphed:7.2f} s   {graphed / bare:.2f}x  (a stack of one, CUDA graphs)")
-
+        summary.line(f"as dlbench run trains it {graphed:7.2f} s   {graphed / bare:.2f}x  (a stack of one, CUDA graphs)")
+    summary.done()
 
 if __name__ == "__main__":
     main()

@@ -34,6 +34,7 @@ from dlbench.planning import Work, stack_id
 from dlbench.study import expand
 from dlbench.train import run_trial
 from dlbench.train_stack import run_stack
+from record import Summary, add_record_option  # benchmarks/record.py
 
 
 class NoHooks:
@@ -92,13 +93,15 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--alone", type=int, default=None, help="one-at-a-time ways: time the first K trials only")
     ap.add_argument("--device", default="auto")
+    add_record_option(ap)
     args = ap.parse_args()
+    summary = Summary(f"stacking ({args.device})", args)
     device = resolve_device(args.device)
     set_determinism(True, device)
     plugins = load_plugins(None, autoload=False)
     component = plugins.registry.get("dataset", "mnist1d")
     data = DataCache(None).get(component, {}, 0.1, device)
-    print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
+    summary.line(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.epochs} epochs, "
           f"median of {args.repeats} (min-max)")
     stacked(trials_for(2, 1, plugins.registry), plugins.registry, data, device)  # warm-up: kernels, allocator
@@ -122,13 +125,13 @@ def main() -> None:
                 sync(device)
                 times[name].append((time.perf_counter() - start) / count[name])
         med = {k: statistics.median(v) for k, v in times.items()}
-        print(f"\nN = {n} trials" + (f" (one at a time: the first {len(alone)})" if len(alone) < n else ""))
+        summary.line(f"\nN = {n} trials" + (f" (one at a time: the first {len(alone)})" if len(alone) < n else ""))
         for name, values in times.items():
-            print(f"  {name:<28} {med[name] * 1000:8.1f} ms/trial  ({min(values) * 1000:.1f}-{max(values) * 1000:.1f})")
+            summary.line(f"  {name:<28} {med[name] * 1000:8.1f} ms/trial  ({min(values) * 1000:.1f}-{max(values) * 1000:.1f})")
         for way in [w for w in ways if w.startswith("dlbench, stack")]:
-            print(f"  {way[9:]} vs bare loop: {med['bare loop, one at a time'] / med[way]:.2f}x faster; "
+            summary.line(f"  {way[9:]} vs bare loop: {med['bare loop, one at a time'] / med[way]:.2f}x faster; "
                   f"vs dlbench one at a time: {med['dlbench, one at a time'] / med[way]:.2f}x faster")
-
+    summary.done()
 
 if __name__ == "__main__":
     main()

@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from record import Summary, add_record_option  # benchmarks/record.py
 
 REPO = Path(__file__).resolve().parents[1]
 WAYS = {"default": [], "jobs1": ["--jobs", "1"], "serial": ["--jobs", "1", "--stack-size", "1"],
@@ -62,7 +63,9 @@ def main() -> None:
     ap.add_argument("--baseline-tree", type=Path, default=None,
                     help="another dlbench source tree to run first as 'baseline' (e.g. a worktree of main before)")
     ap.add_argument("--device", default="auto")
+    add_record_option(ap)
     args = ap.parse_args()
+    summary = Summary(f"study {args.study.name}: {' '.join(args.ways)}", args)
     if not (REPO / "data").is_dir():
         subprocess.run([sys.executable, "-m", "dlbench.cli", "data", "prepare", "--no-dvc"], cwd=REPO, check=True)
     ways = {name: (WAYS[name], None) for name in args.ways}
@@ -78,15 +81,15 @@ def main() -> None:
             print(f"  repeat {r + 1}: {name:<9} {wall:6.1f} s  ({used:.0f} CPU s)", flush=True)
     first = next(iter(ways))
     trials = _trial_count(args.study.resolve())
-    print(f"\n`dlbench run {args.study.name}` whole (fresh store, reports included), {os.cpu_count()} CPUs, "
+    summary.line(f"\n`dlbench run {args.study.name}` whole (fresh store, reports included), {os.cpu_count()} CPUs, "
           f"median of {args.repeats}:")
     for name, values in times.items():
         med = statistics.median(values)
-        print(f"  {name:<9} {med:6.1f} s  ({min(values):.1f}-{max(values):.1f})  "
+        summary.line(f"  {name:<9} {med:6.1f} s  ({min(values):.1f}-{max(values):.1f})  "
               f"{statistics.median(times[first]) / med:.2f}x vs {first} "
               f"({(med - statistics.median(times[first])) / trials * 1000:+.0f} ms per trial);  "
               f"CPU {statistics.median(cpu[name]):.0f} s (user + system, every process)")
-
+    summary.done()
 
 def _trial_count(study: Path) -> int:
     from dlbench.config import read_study_file

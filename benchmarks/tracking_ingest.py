@@ -49,6 +49,7 @@ from dlbench.study import Plan, expand
 from dlbench.tracking import Tracker
 from dlbench.train import run_trial
 from dlbench.execution.events import Forwarder, Router
+from record import Summary, add_record_option  # benchmarks/record.py
 
 STUDY = Path(__file__).parent / "studies" / "lr_sweep_500.toml"
 
@@ -120,7 +121,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=100)
     ap.add_argument("--repeats", type=int, default=3)
+    add_record_option(ap)
     args = ap.parse_args()
+    summary = Summary("tracking_ingest", args)
 
     text = STUDY.read_text()
     study_file = parse_study_file(tomllib.loads(text), STUDY, text)
@@ -146,14 +149,14 @@ def main() -> None:
                 template.setdefault("run", written_by_dlbench(uri))
 
     floor = statistics.median(times["fewest calls"])
-    print(f"{len(trials)} trials of {STUDY.name}, {values} metric values each "
+    summary.line(f"{len(trials)} trials of {STUDY.name}, {values} metric values each "
           f"({sum(e[0] == 'diag' for e in events)} diagnostics steps), fresh SQLite store, "
           f"median of {args.repeats}")
     for name, ms in times.items():
         median = statistics.median(ms)
-        print(f"{name:13s} {median:6.1f} ms per trial ({min(ms):.1f}-{max(ms):.1f})  {median / floor:.2f}x  "
+        summary.line(f"{name:13s} {median:6.1f} ms per trial ({min(ms):.1f}-{max(ms):.1f})  {median / floor:.2f}x  "
               f"-> 500 trials: {median * 500 / 1000:.0f} s of the parent")
-
+    summary.done()
 
 if __name__ == "__main__":
     main()

@@ -27,6 +27,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from record import Summary, add_record_option  # benchmarks/record.py
 
 STUDY = """\
 [study]
@@ -104,7 +105,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--seeds", type=int, default=2)
+    add_record_option(ap)
     args = ap.parse_args()
+    summary = Summary("tracking_store", args)
     from mlflow.tracking import MlflowClient
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -128,12 +131,12 @@ def main() -> None:
             server.wait()
     sqlite, http = statistics.median(times["sqlite"]), statistics.median(times["server"])
     trials = CONFIGS * args.seeds
-    print(f"\n`dlbench run` of {trials} trials x {args.epochs} epochs, --jobs 1, {os.cpu_count()} CPUs, "
+    summary.line(f"\n`dlbench run` of {trials} trials x {args.epochs} epochs, --jobs 1, {os.cpu_count()} CPUs, "
           f"median of {args.repeats}:")
     for name, values in times.items():
-        print(f"  {name:<7} {statistics.median(values):6.1f} s  ({min(values):.1f}-{max(values):.1f})")
-    print(f"  server / sqlite: {http / sqlite:.2f}x;  {1000 * (http - sqlite) / trials:+.0f} ms per trial")
-
+        summary.line(f"  {name:<7} {statistics.median(values):6.1f} s  ({min(values):.1f}-{max(values):.1f})")
+    summary.line(f"  server / sqlite: {http / sqlite:.2f}x;  {1000 * (http - sqlite) / trials:+.0f} ms per trial")
+    summary.done()
 
 if __name__ == "__main__":
     main()
