@@ -48,6 +48,11 @@ _PUBLIC = {
     "TrialResult": "dlbench.trial",
     "TrialInfo": "dlbench.trial",
     "StackInfo": "dlbench.trial",
+    # a study run's results as pandas DataFrames (docs/results.md): trials, per-epoch curves, both
+    "load_trials": "dlbench.results",
+    "load_curves": "dlbench.results",
+    "load_results": "dlbench.results",
+    "Results": "dlbench.results",
 }
 
 __all__ = ["hookimpl", "__version__", *_PUBLIC]

@@ -14,13 +14,15 @@ baseline's table instead of merging (options of ``sgd`` do not carry over to ``a
 from __future__ import annotations
 
 import copy
+import itertools
+import re
 import tomllib
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
-from dlbench.errors import ConfigError, choose_one_of
+from dlbench.errors import ConfigError, choose_one_of, did_you_mean
 from dlbench.keypaths import toml_key, unknown_keys  # noqa: F401  (toml_key: part of this module's API)
 from dlbench.schema import MISSING, Range, check, coerce, describe
 from dlbench.schema import show as _show
@@ -81,6 +83,8 @@ STUDY_KEYS = ["question", "description", "seeds", "reference", "baseline", "leve
               "tune"]
 LEVEL_KEYS = [*BASELINE_KEYS, "tune"]  # a level may add to (or set) its study's search space
 CLAIM_KEYS = ["level", "beats", "metric"]
+INTERACTION_CLAIM_KEYS = ["interaction", "metric"]  # docs/claims.md
+INTERACTION_KEYS = ["factor", "level", "beats", "across"]
 # What a claim may compare, and which way is better: final-epoch metrics of each trial.
 CLAIM_METRICS = {f"{split}_{m}": m == "accuracy" for split in ("test", "val", "train") for m in ("accuracy", "loss")}
 CLAIM_METRICS["generalization_gap"] = False  # train minus test accuracy: lower is better
@@ -124,6 +128,45 @@ class Claim:
 
 
 @dataclass(frozen=True)
+class InteractionClaim:
+    """A two-factor study's hypothesis "the effect of ``level`` over ``beats`` (two levels of ``factor``)
+    on ``metric`` is larger at one level of ``across`` than at another": a difference of differences,
+    (mean(level_at) - mean(beats_at)) - (mean(level_than) - mean(beats_than)), tested over seeds."""
+
+    factor: str  # the factor whose effect is compared
+    across: str  # the other factor: the effect is compared at two of its levels
+    level_at: dict[str, str]  # the four cells, factor -> level name, in the study's factor order
+    beats_at: dict[str, str]
+    level_than: dict[str, str]
+    beats_than: dict[str, str]
+    metric: str = "test_accuracy"
+
+    @property
+    def higher_is_better(self) -> bool:
+        return CLAIM_METRICS[self.metric]
+
+    @property
+    def level(self) -> str:
+        return self.level_at[self.factor]
+
+    @property
+    def beats(self) -> str:
+        return self.beats_at[self.factor]
+
+    @property
+    def at(self) -> str:
+        return self.level_at[self.across]
+
+    @property
+    def than(self) -> str:
+        return self.level_than[self.across]
+
+    def __str__(self) -> str:
+        return (f"{self.factor}={self.level} beats {self.factor}={self.beats} on {self.metric} by more at "
+                f"{self.across}={self.at} than at {self.across}={self.than}")
+
+
+@dataclass(frozen=True)
 class Study:
     name: str
     question: str
@@ -131,7 +174,7 @@ class Study:
     seeds: tuple[int, ...]
     reference: dict[str, str]  # factor -> its reference level (the first level unless set)
     overrides: dict = field(default_factory=dict)
-    claims: tuple[Claim, ...] = ()
+    claims: tuple[Claim | InteractionClaim, ...] = ()
     alpha: float = DEFAULT_ALPHA  # significance level of the claims' verdicts
     tune: dict | None = None  # the study's tune table, checked (dlbench/tuning/space.py)
 
@@ -270,23 +313,8 @@ def _parse_study(name: str, raw: dict, default_seeds: tuple[int, ...], problems:
         factors.append(Factor(fname, overrides_of, tunes))
 
     reference = {f.name: f.level_names[0] for f in factors}
-    ref_raw = raw.get("reference")
-    if ref_raw is not None:
-        if len(factors) == 1 and isinstance(ref_raw, str):
-            ref_raw = {factors[0].name: ref_raw}
-        if not isinstance(ref_raw, dict):
-            problems.append(f"{where}.reference: expected a level name (or a table factor = level), got {_show(ref_raw)}")
-        else:
-            for fname, lname in ref_raw.items():
-                factor = next((f for f in factors if f.name == fname), None)
-                if factor is None:
-                    problems.append(f"{where}.reference.{fname}: unknown factor; "
-                                    f"{choose_one_of(fname, [f.name for f in factors])}")
-                elif lname not in factor.levels:
-                    problems.append(f"{where}.reference: unknown level {lname!r} of factor {fname!r}; "
-                                    f"{choose_one_of(str(lname), factor.level_names)}")
-                else:
-                    reference[fname] = lname
+    if raw.get("reference") is not None:
+        reference.update(parse_level(raw["reference"], factors, f"{where}.reference", problems, every=False) or {})
     question = raw.get("question", raw.get("description", ""))
     alpha = _alpha(raw["alpha"], f"{where}.alpha", problems) if "alpha" in raw else default_alpha
     claims = _claims(raw.get("claims", []), factors, f"{where}.claims", problems)
@@ -305,8 +333,9 @@ def _tune(raw, factors: list[Factor], where: str, level_where: dict[str, str], p
     return raw
 
 
-def _claims(raw, factors: list[Factor], where: str, problems: list[str]) -> tuple[Claim, ...]:
-    """``claims = [{ level = "on", beats = "off", metric = "test_accuracy" }, ...]``."""
+def _claims(raw, factors: list[Factor], where: str, problems: list[str]) -> tuple[Claim | InteractionClaim, ...]:
+    """``claims = [{ level = "on", beats = "off", metric = "test_accuracy" }, ...]``; in a study of two
+    factors also ``{ interaction = { factor, level, beats, across }, metric }`` (docs/claims.md)."""
     example = 'e.g. claims = [{ level = "on", beats = "off", metric = "test_accuracy" }]'
     if not isinstance(raw, list):
         problems.append(f"{where}: expected an array of claims, {example}; got {_show(raw)}")
@@ -317,17 +346,26 @@ def _claims(raw, factors: list[Factor], where: str, problems: list[str]) -> tupl
         if not isinstance(item, dict):
             problems.append(f"{path}: expected a table such as {{ level = \"on\", beats = \"off\" }}, got {_show(item)}")
             continue
-        unknown_keys(item, CLAIM_KEYS, f"{path}.", problems)
+        if "interaction" in item:
+            claim = _interaction_claim(item, factors, path, problems)
+            if claim is not None:
+                claims.append(claim)
+            continue
+        for key in item:
+            if key not in CLAIM_KEYS:
+                close = did_you_mean(key, CLAIM_KEYS) or not did_you_mean(key, ["interaction"])
+                tail = (choose_one_of(key, CLAIM_KEYS) + " (an interaction claim: interaction, metric)" if close
+                        else choose_one_of(key, [*CLAIM_KEYS, "interaction"]))
+                problems.append(f"{path}.{key}: unknown key; {tail}")
         sides = {}
         for key in ("level", "beats"):
             if key not in item:
                 problems.append(f"{path}.{key}: missing; a claim names the level that wins (level) and the one it "
                                 f"beats (beats), {example}")
             else:
-                sides[key] = _claim_cell(item[key], factors, f"{path}.{key}", problems)
-        metric = item.get("metric", "test_accuracy")
-        if metric not in CLAIM_METRICS:
-            problems.append(f"{path}.metric: unknown metric {_show(metric)}; {choose_one_of(str(metric), CLAIM_METRICS)}")
+                sides[key] = parse_level(item[key], factors, f"{path}.{key}", problems)
+        metric = _claim_metric(item, path, problems)
+        if metric is None:
             continue
         if len(sides) == 2 and None not in sides.values():
             if sides["level"] == sides["beats"]:
@@ -338,16 +376,116 @@ def _claims(raw, factors: list[Factor], where: str, problems: list[str]) -> tupl
     return tuple(claims)
 
 
-def _claim_cell(value, factors: list[Factor], path: str, problems: list[str]) -> dict[str, str] | None:
-    """One side of a claim: a level name (one factor), ``"a=x,b=y"``, or a table factor = level."""
+def _claim_metric(item: dict, path: str, problems: list[str]) -> str | None:
+    metric = item.get("metric", "test_accuracy")
+    if metric not in CLAIM_METRICS:
+        problems.append(f"{path}.metric: unknown metric {_show(metric)}; {choose_one_of(str(metric), CLAIM_METRICS)}")
+        return None
+    return metric
+
+
+def _interaction_claim(item: dict, factors: list[Factor], path: str, problems: list[str]) -> InteractionClaim | None:
+    """``{ interaction = { factor = "reg", level = "l2", beats = "none", across = { width = ["1024", "256"] } } }``."""
+    example = ('e.g. { interaction = { factor = "reg", level = "l2", beats = "none", '
+               'across = { width = ["1024", "256"] } }, metric = "test_accuracy" }')
+    unknown_keys(item, INTERACTION_CLAIM_KEYS, f"{path}.", problems)
+    metric = _claim_metric(item, path, problems)
+    inner, where = item["interaction"], f"{path}.interaction"
+    if len(factors) != 2:
+        problems.append(f"{where}: an interaction claim compares the effect of one factor at two levels of another; "
+                        f"it needs a study of exactly two factors (this one has {len(factors)})")
+        return None
+    if not isinstance(inner, dict):
+        problems.append(f"{where}: expected a table, {example}; got {_show(inner)}")
+        return None
+    unknown_keys(inner, INTERACTION_KEYS, f"{where}.", problems)
+    missing = [k for k in INTERACTION_KEYS if k not in inner]
+    if missing:
+        problems.append(f"{where}: missing {', '.join(missing)}; {example}")
+        return None
     names = [f.name for f in factors]
-    if isinstance(value, str) and len(factors) == 1:
-        value = {names[0]: value}
-    elif isinstance(value, str) and all("=" in part for part in value.split(",")):
-        value = dict(part.split("=", 1) for part in value.split(","))
+    fname = inner["factor"]
+    factor = next((f for f in factors if f.name == fname), None)
+    if factor is None:
+        problems.append(f"{where}.factor: unknown factor {_show(fname)}; {choose_one_of(str(fname), names)}")
+        return None
+    other = next(f for f in factors if f.name != fname)
+    sides = [parse_level(inner[k], [factor], f"{where}.{k}", problems) for k in ("level", "beats")]
+    across = inner["across"]
+    if not isinstance(across, dict) or len(across) != 1:
+        problems.append(f"{where}.across: expected a table naming the other factor and two of its levels, "
+                        f"{{ {toml_key(other.name)} = [\"{other.level_names[-1]}\", \"{other.level_names[0]}\"] }}; "
+                        f"got {_show(across)}")
+        return None
+    ((aname, at),) = across.items()
+    if aname != other.name:
+        tail = (f"it is the other factor, {other.name!r}" if aname == fname
+                else choose_one_of(str(aname), [other.name]))
+        problems.append(f"{where}.across.{toml_key(str(aname))}: not the other factor of the study; {tail}")
+        return None
+    apath = f"{where}.across.{toml_key(other.name)}"
+    if not isinstance(at, list) or len(at) != 2:
+        problems.append(f"{apath}: expected two levels of {other.name!r}, the one where the effect is claimed larger "
+                        f"first, e.g. [\"{other.level_names[-1]}\", \"{other.level_names[0]}\"]; got {_show(at)}")
+        return None
+    at = [parse_level(v, [other], f"{apath}[{j}]", problems) for j, v in enumerate(at)]
+    if None in sides or None in at or metric is None:
+        return None
+    if sides[0] == sides[1]:
+        problems.append(f"{where}: level and beats name the same level ({sides[0][fname]!r}); name two different "
+                        f"levels of {fname!r}")
+        return None
+    if at[0] == at[1]:
+        problems.append(f"{apath}: the same level twice ({at[0][other.name]!r}); name two different levels of "
+                        f"{other.name!r}")
+        return None
+
+    def cell(lvl: dict, where_at: dict) -> dict[str, str]:
+        return {n: (lvl | where_at)[n] for n in names}
+
+    return InteractionClaim(fname, other.name, cell(sides[0], at[0]), cell(sides[1], at[0]),
+                            cell(sides[0], at[1]), cell(sides[1], at[1]), metric)
+
+
+def parse_level(value, factors: list[Factor], path: str, problems: list[str],
+                every: bool = True) -> dict[str, str] | None:
+    """A level as a study file names it (``reference``, a claim's ``level`` and ``beats``, ...).
+
+    Three forms: the level's name (a study of one factor), the run label ``"reg=none,width=256"``
+    (factor=level pairs in any order, spaces allowed around ``,`` and ``=``), or a table
+    ``{ reg = "none", width = 256 }`` (integers read as level names). Returns factor -> level in the
+    study's factor order, or None after adding a problem at ``path``. ``every``: every factor must be
+    named (a cell of the study); else any of them (``reference``).
+    """
+    names = [f.name for f in factors]
+    if isinstance(value, int) and not isinstance(value, bool) and len(factors) == 1:
+        value = str(value)  # depth = 8
+    if isinstance(value, str):
+        if len(factors) == 1 and value in factors[0].levels:
+            value = {names[0]: value}
+        else:
+            pairs = _label_pairs(value)
+            if pairs is None:
+                if len(factors) == 1:
+                    value = {names[0]: value}  # a misspelt name: the problem below says which are known
+                else:
+                    cells = [",".join(f"{f.name}={lvl}" for f, lvl in zip(factors, combo))
+                             for combo in itertools.product(*[f.level_names for f in factors])]
+                    problems.append(f"{path}: {value!r} names no level: in a study of several factors write "
+                                    f"factor=level pairs, \"{cells[-1]}\", or a table "
+                                    f"{{ {_example_table(factors)} }}; {did_you_mean(value, cells)}"
+                                    .rstrip("; ").rstrip())
+                    return None
+            else:
+                twice = sorted({k for k, _ in pairs if [k for k, _ in pairs].count(k) > 1})
+                if twice:
+                    problems.append(f"{path}: {value!r} names factor {twice[0]!r} more than once; name each factor "
+                                    "once")
+                    return None
+                value = dict(pairs)
     if not isinstance(value, dict):
-        example = ", ".join(f'{f.name} = "{f.level_names[-1]}"' for f in factors)
-        problems.append(f"{path}: expected a table naming a level of every factor, e.g. {{ {example} }} "
+        what = "a table naming a level of every factor" if every else "a level name or a table factor = level"
+        problems.append(f"{path}: expected {what}, e.g. {{ {_example_table(factors)} }} "
                         f"(or the run label \"{','.join(f'{f.name}={f.level_names[-1]}' for f in factors)}\"), "
                         f"got {_show(value)}")
         return None
@@ -356,10 +494,10 @@ def _claim_cell(value, factors: list[Factor], path: str, problems: list[str]) ->
         factor = next((f for f in factors if f.name == fname), None)
         lname = str(lname) if isinstance(lname, int) and not isinstance(lname, bool) else lname  # depth = 8
         if factor is None:
-            problems.append(f"{path}.{fname}: unknown factor; {choose_one_of(fname, names)}")
+            problems.append(f"{path}.{toml_key(fname)}: unknown factor; {choose_one_of(fname, names)}")
             ok = False
         elif not isinstance(lname, str) or lname not in factor.levels:
-            where = f"{path}" if len(factors) == 1 else f"{path}.{fname}"
+            where = f"{path}" if len(factors) == 1 else f"{path}.{toml_key(fname)}"
             shown = repr(lname) if isinstance(lname, str) else _show(lname)
             problems.append(f"{where}: unknown level {shown} of factor {fname!r}; "
                             f"{choose_one_of(str(lname), factor.level_names)}")
@@ -367,10 +505,26 @@ def _claim_cell(value, factors: list[Factor], path: str, problems: list[str]) ->
         else:
             cell[fname] = lname
     missing = [n for n in names if n not in value]
-    if ok and missing:
+    if ok and every and missing:
         problems.append(f"{path}: name a level of every factor of the study (missing: {', '.join(missing)})")
         ok = False
-    return {n: cell[n] for n in names} if ok else None
+    return {n: cell[n] for n in names if n in cell} if ok else None
+
+
+def _example_table(factors: list[Factor]) -> str:
+    return ", ".join(f'{toml_key(f.name)} = "{f.level_names[-1]}"' for f in factors)
+
+
+def _label_pairs(text: str) -> list[tuple[str, str]] | None:
+    """``"a=x, b=y"`` -> {"a": "x", "b": "y"}, or None when ``text`` is no list of factor=level pairs.
+
+    A pair ends at a comma followed by a name and ``=``, so a level name may hold a comma (not an
+    ``=``: such a level is named by the table form). Spaces around names are dropped.
+    """
+    parts = re.split(r",(?=[^,=]*=)", text)
+    if not all("=" in part for part in parts):
+        return None
+    return [tuple(x.strip() for x in part.split("=", 1)) for part in parts]
 
 
 def _alpha(value, path: str, problems: list[str]) -> float:
@@ -449,6 +603,23 @@ def resolve(config: dict, registry, where: dict[str, str]) -> tuple[dict, list[s
     return resolved, problems
 
 
+class UnknownComponent(str):
+    """A problem of a study file: a component name no plugin registered. Its text gives the
+    nearest names; :meth:`told_in_full` adds where components come from (said once per error)."""
+
+    def __new__(cls, path: str, kind: str, name: str, registry):
+        tail = registry.not_found(kind, name, full=False) if hasattr(registry, "not_found") else \
+            choose_one_of(name, registry.names(kind))
+        problem = super().__new__(cls, f"{path}: unknown {kind} {name!r}; {tail}")
+        problem.path, problem.kind, problem.name, problem.registry = path, kind, name, registry
+        return problem
+
+    def told_in_full(self) -> str:
+        if not hasattr(self.registry, "not_found"):
+            return str(self)
+        return f"{self.path}: unknown {self.kind} {self.name!r}; {self.registry.not_found(self.kind, self.name)}"
+
+
 def _resolve_component(value, kind: str, registry, key: str, where: dict[str, str], problems: list[str]) -> dict:
     def at(option: str | None = None) -> str:
         """The key path the user wrote this (option of the) component at."""
@@ -462,7 +633,7 @@ def _resolve_component(value, kind: str, registry, key: str, where: dict[str, st
         return {}
     name = value["name"]
     if not registry.has(kind, name):
-        problems.append(f"{path}: unknown {kind} {name!r}; {choose_one_of(name, registry.names(kind))}")
+        problems.append(UnknownComponent(path, kind, name, registry))
         return {}
     component = registry.get(kind, name)
     out = {"name": name}

@@ -38,11 +38,11 @@ default outside its own type and domain, is refused when it registers. Example::
 * **Lifecycle hooks** are called by the training loop, so observers (progress display, MLflow
   tracking, diagnostics) can follow a trial without the loop knowing about them.
 
-Built-in components are registered through exactly these hooks (see ``dlbench/builtin``).
+Built-in components are registered through exactly these hooks (``dlbench plugins list`` shows them).
 
 **Stacking.** Trials that share a training loop train together as one stacked model (parameters
 stacked along a member axis, the forward pass batched by ``torch.func.vmap``; see
-``dlbench/stacking.py``). A component takes part only when it says how; anything else trains
+``dlbench.stackable`` in the API reference). A component takes part only when it says how; anything else trains
 alone and ``dlbench run --dry-run`` names it:
 
 * architecture, activation, schedule: decorate the factory with ``@dlbench.stackable`` when its
@@ -60,7 +60,7 @@ alone and ``dlbench run --dry-run`` names it:
   members sharing its options at once; it must leave each model and each member's random stream
   as the plain form would (draw member ``i``'s values inside ``with streams.member(i):`` or with
   ``generator=streams.generator(i, device)``; see ``dlbench.stacking.MemberStreams`` and
-  ``greedy_autoencoder_stacked`` in ``dlbench/builtin/pretraining.py``);
+  ``greedy_autoencoder_stacked``, which ``dlbench plugins show greedy_autoencoder`` locates);
 * dataset, preprocessing: nothing to do (trials stack only with trials of the same dataset and
   preprocessing).
 
@@ -126,16 +126,24 @@ def dlbench_register_architectures(register) -> None:
     ``(H, W)`` for a grayscale image (digits: ``(8, 8)``), ``(C, H, W)`` for a colour image
     (channels first). ``activation`` is a zero-argument callable returning a fresh activation
     module. Returns a ``torch.nn.Module`` mapping a batch ``[B, *input_shape]`` to logits
-    ``[B, num_classes]``. A model may expose:
+    ``[B, num_classes]``. That is all an architecture needs: a plain PyTorch model trains in any
+    study that uses none of the features below. It may also expose two optional capabilities,
+    which ``dlbench plugins check`` reports as supported or not supported (never a failure):
 
-    * ``hidden_blocks``: a list of modules, each mapping one hidden representation to the next
-      (the first takes the input batch as the model receives it, ``[B, *input_shape]``), for
-      layer-wise initializers such as ``greedy_autoencoder`` (a representation may be shaped:
-      ``[B, C, L]``, ``[B, T, F]``);
     * ``dlbench.Slot`` modules where regularizers insert themselves: ``Slot("input")``
       before the first layer, ``Slot("norm", features, spatial_dims)`` between each hidden
       layer's linear map or convolution and its activation, ``Slot("hidden", features,
-      spatial_dims)`` after it (see ``dlbench/slots.py``).
+      spatial_dims)`` after it (see ``dlbench.Slot`` in the API reference). Needed by dropout and its variants
+      (input or hidden slots) and by batch, layer and group normalization (norm slots);
+    * ``hidden_blocks``: any sequence of modules (a list, a tuple, an ``nn.ModuleList``, an
+      ``nn.Sequential``), each mapping one hidden representation to the next (the first takes the
+      input batch as the model receives it, ``[B, *input_shape]``; a representation may be
+      shaped: ``[B, C, L]``, ``[B, T, F]``). Needed by layer-wise initializers
+      (``greedy_autoencoder``, ``greedy_rbm``) and ``dropconnect``.
+
+    A study that uses such a component with an architecture lacking what it needs is refused
+    before anything trains (``dlbench run`` and ``--dry-run``), naming the component's key path,
+    the capability and the architecture.
 
     **Input shapes.** Decorate the factory with ``@dlbench.accepts(ranks=...)`` to declare the
     ranks of ``input_shape`` it reads (1: ``(L,)``, 2: ``(H, W)``, 3: ``(C, H, W)``); without it
@@ -218,7 +226,7 @@ def dlbench_register_schedules(register) -> None:
                     group["lr"] = lr
 
     **Warm-up** is not the schedule's business: the core setting ``warmup_fraction`` (baseline
-    key) multiplies any schedule's rate by a linear ramp over the first steps (``dlbench/warmup.py``).
+    key) multiplies any schedule's rate by a linear ramp over the first steps (Goyal et al. 2017).
     """
 
 

@@ -13,6 +13,12 @@ takes it (``transform_batch``, forward, ``penalty``, backward, ``before_step``, 
 and the schedule's step, ``after_step``), an evaluation in eval mode, ``epoch_end``,
 ``should_stop`` and ``end_of_training``.
 
+A component that needs a capability of the architecture (the slots dropout and normalization
+fill, the ``hidden_blocks`` layer-wise initializers read: see ``dlbench/slots.py``) asks for it
+through ``dlbench.slots``; when it raises having found none of what it asked for, the problem is
+reported as the capability missing: the component and its key, the capability, the architecture
+(its origin and key) that lacks it. A study that uses no such component needs no such capability.
+
 It runs on the CPU in this process, before any worker receives work, with one torch thread,
 and leaves the random states and the thread count as it found them (the determinism flags it
 does not touch: they matter on a GPU): the trials run exactly as they would without it. A loss
@@ -44,6 +50,7 @@ from dlbench.datacache import DataCache
 from dlbench.errors import UserError
 from dlbench.regularizer import Regularizer
 from dlbench.shapes import InputShapeError, check_input_shape
+from dlbench.slots import asking, lacking
 from dlbench.study import Trial, canonical_json
 from dlbench.train import evaluate
 
@@ -77,21 +84,23 @@ class Checked:
 class _Failure(Exception):
     """An exception of a plugin, with the config keys of the components it is blamed on."""
 
-    def __init__(self, keys: tuple[str, ...], doing: str):
+    def __init__(self, keys: tuple[str, ...], doing: str, asked: list[tuple[str, int]] | None = None):
         super().__init__(keys, doing)
-        self.keys, self.doing = keys, doing
+        self.keys, self.doing, self.asked = keys, doing, asked or []
 
 
 @contextmanager
 def blame(*keys: str, doing: str = "when built") -> Iterator[None]:
     """Attribute an exception raised inside to the components set up at ``keys``; the innermost
-    blame wins (an activation raising inside the architecture's factory is the activation's)."""
-    try:
-        yield
-    except _Failure:
-        raise
-    except Exception as exc:
-        raise _Failure(keys, doing) from exc
+    blame wins (an activation raising inside the architecture's factory is the activation's). The
+    capabilities the components ask of the model inside (``dlbench.slots``) go with the failure."""
+    with asking() as asked:
+        try:
+            yield
+        except _Failure:
+            raise
+        except Exception as exc:
+            raise _Failure(keys, doing, asked) from exc
 
 
 def preflight(study_file: StudyFile, trials: list[Trial], registry, data_dir=None) -> Checked:
@@ -192,6 +201,8 @@ def describe(failure: _Failure, trial: Trial, registry) -> str:
     exc = failure.__cause__
     if isinstance(exc, InputShapeError):  # a study-file error, not a plugin's
         return f"{key_path(trial, 'architecture')}: {exc} (the dataset: {key_path(trial, 'dataset')})"
+    if (missing := lacking(failure.asked)) and "architecture" not in failure.keys:
+        return missing_capability(trial, registry, failure.keys, missing, exc)
     parts, files = [], set()
     for key in failure.keys:
         kind, spec = _component(trial.config, key)
@@ -202,6 +213,25 @@ def describe(failure: _Failure, trial: Trial, registry) -> str:
     where = f", at {at[-1]}" if at else ""
     message = str(exc).strip().replace("\n", " ") or "(no message)"
     return f"{' and '.join(parts)} raised {type(exc).__name__}: {message} ({failure.doing}{where})"
+
+
+def missing_capability(trial: Trial, registry, keys, missing: list[str], exc: BaseException) -> str:
+    """``<key path> (<kind> '<name>' [<origin>]) needs an architecture with <capability>;
+    <key path> (architecture '<name>' [<origin>]) exposes none (<what the component raised>)``."""
+    roles = [c.removesuffix(" slots") for c in missing if c.endswith(" slots")]
+    wanted = [f"{' or '.join(roles)} slots (dlbench.Slot)"] if roles else []
+    wanted += ["hidden_blocks (a sequence of modules, one per hidden layer)"] if "hidden_blocks" in missing else []
+    users = " and ".join(_named(trial, registry, key) for key in keys)
+    arch = _named(trial, registry, "architecture")
+    message = str(exc).strip().replace("\n", " ") or type(exc).__name__
+    return (f"{users} needs an architecture with {' and '.join(wanted)}; {arch} exposes none: use an architecture "
+            f"that does (dlbench plugins check lists what one supports), or leave the component out of this level "
+            f"({type(exc).__name__}: {message})")
+
+
+def _named(trial: Trial, registry, key: str) -> str:
+    kind, spec = _component(trial.config, key)
+    return f"{key_path(trial, key)} ({kind} {spec['name']!r} [{registry.get(kind, spec['name']).origin}])"
 
 
 def key_path(trial: Trial, key: str) -> str:

@@ -122,6 +122,63 @@ def options_of(factory) -> dict[str, Option]:
             for p in inspect.signature(target).parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY}
 
 
+def misplaced_options(factory, contract: tuple[str, ...], kind: str = "component") -> str | None:
+    """Why parameters of ``factory`` (a function, or a class's ``__init__``) that follow the
+    ``contract``'s positional arguments could never be set by a study (None: there are none);
+    ``kind`` names the component's kind in the message.
+
+    dlbench calls a factory with the contract's arguments by position and the options by
+    keyword, and reads only the keyword-only parameters as options: a positional-or-keyword
+    ``width=64`` after them is no option (``plugins show`` would say "options: none")."""
+    target = factory.__init__ if inspect.isclass(factory) else factory
+    try:
+        signature = inspect.signature(target)
+    except (TypeError, ValueError):  # a builtin without a signature: nothing to say
+        return None
+    params = list(signature.parameters.values())
+    own = params[1:] if inspect.isclass(factory) and params else params  # self
+    positional = [p for p in own if p.kind in (inspect.Parameter.POSITIONAL_ONLY,
+                                               inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    extra = positional[len(contract):]
+    if not extra:
+        return None
+    names = ", ".join(repr(p.name) for p in extra)
+    one = len(extra) == 1
+    subject = f"parameter{'' if one else 's'} {names}"
+    verb = "is" if one else "are"
+    if contract:
+        where = (f"{subject} come{'s' if one else ''} after the contract's arguments ({', '.join(contract)}) "
+                 f"but {verb} not keyword-only")
+    else:
+        article = "an" if kind[:1] in "aeiou" else "a"
+        where = (f"{subject} {verb} not keyword-only, and {article} {kind}'s factory is called with no "
+                 "positional arguments (only options)")
+    return (f"{where}, so a study could never set {'it' if one else 'them'}; write "
+            f"{'it' if one else 'them'} after a `*`: {_keyword_only_form(factory, params, extra)}")
+
+
+def _keyword_only_form(factory, params: list[inspect.Parameter], extra: list[inspect.Parameter]) -> str:
+    """The factory's ``def`` line with the ``extra`` parameters made keyword-only."""
+    class Text(str):  # a string annotation shown as written, without quotes
+        def __repr__(self) -> str:
+            return str(self)
+
+    def shown(p: inspect.Parameter, kind=None) -> inspect.Parameter:
+        annotation = Text(p.annotation) if isinstance(p.annotation, str) else p.annotation
+        return p.replace(kind=kind or p.kind, annotation=annotation)
+
+    moved = {p.name for p in extra}
+    kinds = inspect.Parameter
+    head = [shown(p) for p in params if p.name not in moved and p.kind in (kinds.POSITIONAL_ONLY,
+                                                                              kinds.POSITIONAL_OR_KEYWORD)]
+    keyword = [shown(p, kinds.KEYWORD_ONLY) for p in extra]
+    keyword += [shown(p) for p in params if p.kind is kinds.KEYWORD_ONLY]
+    tail = [shown(p) for p in params if p.kind is kinds.VAR_KEYWORD]
+    text = f"def {getattr(factory, '__name__', 'factory') if not inspect.isclass(factory) else '__init__'}" \
+           f"{inspect.Signature(head + keyword + tail)}"
+    return f"class {factory.__name__}: {text}" if inspect.isclass(factory) else text
+
+
 def _evaluated(annotation, target):
     """A string annotation (``from __future__ import annotations``) evaluated as typing.get_type_hints
     would, in the globals of the factory's module; one that fails is kept as :class:`Unresolved`."""

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TextIO
 
 from dlbench.config import read_study_file
-from dlbench.contract import check
+from dlbench.contract import check, summary
 from dlbench.datastore import BUILTIN_PREPARED, prepare, track
 from dlbench.docs import component_page, plugin_listing
 from dlbench.dry_run import trial_table
@@ -31,8 +31,15 @@ from dlbench.tuning.search import describe_plan
 
 
 def plugins_for(plugins_dir: Path | None, default: Path) -> Plugins:
-    """Plugins with the local folder the user named (which must exist) or the default one (if any)."""
-    return load_plugins(plugins_dir if plugins_dir is not None else default, required_dir=plugins_dir is not None)
+    """Plugins with the local folder the user named (which must exist) or the default one (if any):
+    ``plugins`` in the working directory, or ``plugins`` next to the study file."""
+    if plugins_dir is not None:
+        return load_plugins(plugins_dir, required_dir=True)
+    if default == Path("plugins"):
+        which = "the default: plugins/ next to the study file, or in the working directory for commands without one"
+    else:
+        which = "the default: plugins/ next to the study file"
+    return load_plugins(default, default=which)
 
 
 def run_file(options: RunOptions, stream: TextIO = sys.stdout) -> StudyRun | None:
@@ -154,10 +161,10 @@ def show_plugin(name: str, plugins_dir: Path | None) -> str:
     return component_page(plugins_for(plugins_dir, Path("plugins")).registry.lookup(name))
 
 
-def check_plugins(target: str, options: dict, plugins_dir: Path | None) -> tuple[list, int]:
+def check_plugins(target: str, options: dict, plugins_dir: Path | None) -> tuple[list, str]:
     """``dlbench plugins check``: the contract's outcomes for component ``target`` (a name, or a
     plugin file: every component it registers), with ``options`` given to those that take them;
-    and how many components were checked."""
+    and the summary line (every status counted)."""
     path = Path(target)
     if target.endswith(".py") or path.is_file():
         if not path.is_file():
@@ -176,7 +183,7 @@ def check_plugins(target: str, options: dict, plugins_dir: Path | None) -> tuple
     outcomes = [outcome for component in components
                 for outcome in check(component, loaded.registry,
                                      {k: v for k, v in options.items() if k in component.options})]
-    return outcomes, len(components)
+    return outcomes, summary(outcomes, len(components))
 
 
 def prepare_data(data_dir: Path, names: tuple[str, ...], use_dvc: bool, plugins_dir: Path | None):

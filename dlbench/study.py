@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 
-from dlbench.config import Study, StudyFile, merge, resolve, toml_key
+from dlbench.config import Study, StudyFile, UnknownComponent, merge, resolve, toml_key
 from dlbench.errors import ConfigError, choose_one_of
 from dlbench.trial import Trial, canonical_json, config_hash, flatten, level_label  # noqa: F401  (re-exported)
 from dlbench.tuning.search import Search, check_space
@@ -95,8 +95,20 @@ def expand_plan(study_file: StudyFile, registry, only: list[str] | None = None) 
     for study in studies:
         _expand_study(study_file, study, registry, problems, plan)
     if problems:
-        raise ConfigError(str(study_file.path), list(dict.fromkeys(problems)))  # dedupe, keep order
+        raise ConfigError(str(study_file.path), explain_unknown(list(dict.fromkeys(problems)), registry))  # dedupe
     return plan
+
+
+def explain_unknown(problems: list[str], registry) -> list[str]:
+    """``problems`` with the first unknown component's message telling where components come
+    from (the built-ins, the entry-point group, the local folder searched, the local files that
+    failed to load); the others name only the nearest names and the files that failed."""
+    out, told = [], False
+    for problem in problems:
+        if isinstance(problem, UnknownComponent) and not told:
+            problem, told = problem.told_in_full(), True
+        out.append(str(problem))
+    return out
 
 
 def _expand_study(sf: StudyFile, study: Study, registry, problems: list[str], plan: Plan) -> None:

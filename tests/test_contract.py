@@ -17,14 +17,13 @@ from conftest import cli_env, describe_result, run_cli
 from torch import nn
 
 from dlbench.cli import main
-from dlbench.contract import CHECKS, FAIL, PASS, SKIP, check
+from dlbench.contract import CHECKS, FAIL, PASS, SKIP, UNSUPPORTED, check
 from dlbench.data import Dataset
 from dlbench.docs import toml_example
 from dlbench.errors import UserError
 from dlbench.plugins import KINDS, load_plugins
 from dlbench.preprocessing import Preprocessor
 from dlbench.regularizer import Regularizer
-from dlbench.slots import Slot
 from dlbench.stacking import StackedOptimizer, stackable
 
 # Loaded at collection time: the test is parametrized over every component registered now.
@@ -260,10 +259,9 @@ def registry_with():
     ("activation", random_in_eval, "eval mode is deterministic", "two eval-mode forward passes"),
     ("optimizer", gradient_ascent, "a few optimizer steps lower the loss", "expected lower"),
     ("activation", wrong_square, "custom autograd passes a float64 gradcheck", "finite differences"),
-    ("architecture", slotless, "builds on a tiny input", "exposes no input or norm or hidden slot"),
     ("initializer", unseeded, "the same seed gives identical parameters", "differs"),
     ("optimizer", sgd_badly_stacked, "a stacked step equals the members' own steps", "StackedSGDWithoutLr"),
-    ("optimizer", sgd_graph_unsafe, "a stacked step equals the members' own steps",
+    ("optimizer", sgd_graph_unsafe, "its stacked step is CUDA-graph safe (optional)",
      "StackedSGDCountingInPython declares graph_safe = True, but its step changes StackedSGDCountingInPython.count (2 to 3)"),
     ("initializer", noisy_init, "a stacked step equals the members' own steps", "member 0's"),
     ("dataset", labels_out_of_range, "has float inputs, integer labels in range", "class ids in [0, 4)"),
@@ -276,6 +274,19 @@ def test_the_contract_catches_a_broken_component(registry_with, kind, factory, f
     failed = [o for o in outcomes if o.status == FAIL]
     assert [o.check for o in failed if o.check.startswith(failing)], "\n".join(map(str, outcomes))
     assert any(message in o.message for o in failed), "\n".join(map(str, failed))
+
+
+def test_an_architecture_without_slots_passes_its_slots_reported_not_supported(registry_with):
+    """Slots, hidden_blocks and stacking are optional: their absence is reported, never a failure,
+    and no other check is skipped for it."""
+    registry, component = registry_with("architecture", "slotless", slotless)
+    outcomes = check(component, registry)
+    assert not failures(outcomes), "\n".join(map(str, outcomes))
+    unsupported = [o.check for o in outcomes if o.status == UNSUPPORTED]
+    assert unsupported == ["exposes slots for dropout and normalization (optional)",
+                           "exposes hidden_blocks for layer-wise initializers (optional)",
+                           "a stacked step equals the members' own steps"]
+    assert outcomes[0].status == PASS
 
 
 def test_a_gradient_blocking_negative_control_passes_through_the_head(registry_with):
@@ -361,7 +372,12 @@ def test_check_cli_catches_a_broken_third_party_plugin_file(tmp_path):
     assert any(line.startswith("FAIL  optimizer:upsidedown  a few optimizer steps lower the loss") and "expected lower"
                in line for line in lines), proc.stdout
     assert any(line.startswith("PASS  activation:jitter  builds on a tiny input") for line in lines), proc.stdout
-    assert lines[-1].endswith("2 failed, 2 skipped (not applicable)") and "of 2 components" in lines[-1], proc.stdout
+    # neither stacks: reported, not failed (the optimizer's CUDA-graph safety with it)
+    assert [line.split(": not supported")[0] for line in lines if line.startswith("INFO")] == [
+        "INFO  activation:jitter  a stacked step equals the members' own steps",
+        "INFO  optimizer:upsidedown  a stacked step equals the members' own steps",
+        "INFO  optimizer:upsidedown  its stacked step is CUDA-graph safe (optional)"], proc.stdout
+    assert "2 failed" in lines[-1] and "of 2 components" in lines[-1], proc.stdout
     assert "Traceback" not in proc.stderr
 
 

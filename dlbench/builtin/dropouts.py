@@ -12,7 +12,7 @@ from torch import nn
 
 from dlbench import Range, hookimpl
 from dlbench.regularizer import Regularizer, StackedRegularizer
-from dlbench.slots import slots
+from dlbench.slots import hidden_blocks, slots
 
 Probability = Annotated[float, Range(ge=0, lt=1)]  # of dropping: 1 would drop everything
 MC_EVAL_SEED = 0  # MC-dropout's evaluation masks: a fixed stream, apart from the trial's
@@ -77,7 +77,7 @@ class DropConnect(Regularizer):
         self.p = p
 
     def wrap_model(self, model: nn.Module) -> nn.Module:
-        blocks = getattr(model, "hidden_blocks", None)
+        blocks = hidden_blocks(model)
         targets = {id(m) for block in blocks or [] for m in block.modules() if type(m) is nn.Linear}
         if not targets:
             raise ValueError(f"dropconnect: {type(model).__name__} has no nn.Linear layer in its hidden_blocks "

@@ -22,6 +22,7 @@ from torch.func import vmap
 
 from dlbench import Range, hookimpl, stackable
 from dlbench.builtin import initializers
+from dlbench.slots import hidden_blocks
 from dlbench.stacking import stacked_module
 
 
@@ -46,13 +47,14 @@ def greedy_autoencoder_stacked(models, data, streams, **options) -> None:
     bound = inspect.signature(greedy_autoencoder).bind(None, None, **options)  # its options, checked as alone
     bound.apply_defaults()
     options = bound.arguments
+    blocks = []
     for i, model in enumerate(models):
-        _hidden_blocks(model)
+        blocks.append(_hidden_blocks(model))
         with streams.member(i):
             getattr(initializers, options["then"])(model, data)
     codes = [data.x_train] * len(models)
-    for depth in range(len(models[0].hidden_blocks)):
-        codes = _pretrain_layers([m.hidden_blocks[depth] for m in models], codes, streams, options)
+    for depth in range(len(blocks[0])):
+        codes = _pretrain_layers([b[depth] for b in blocks], codes, streams, options)
 
 
 @stackable(stacked=greedy_autoencoder_stacked)
@@ -78,8 +80,8 @@ def greedy_autoencoder(
         codes = _pretrain_layer(block, codes, epochs, lr, batch_size, corruption)
 
 
-def _hidden_blocks(model: nn.Module) -> nn.ModuleList:
-    blocks = getattr(model, "hidden_blocks", None)
+def _hidden_blocks(model: nn.Module) -> list[nn.Module]:
+    blocks = hidden_blocks(model)
     if blocks is None:
         raise ValueError(f"greedy_autoencoder needs an architecture that exposes hidden_blocks; "
                          f"{type(model).__name__} does not")

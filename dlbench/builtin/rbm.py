@@ -19,6 +19,7 @@ from torch import nn
 
 from dlbench import Range, hookimpl, stackable
 from dlbench.builtin import initializers
+from dlbench.slots import hidden_blocks
 
 
 @hookimpl
@@ -96,7 +97,7 @@ def greedy_rbm(
 
 
 def _linear_layers(model: nn.Module) -> list[nn.Linear]:
-    blocks = getattr(model, "hidden_blocks", None)
+    blocks = hidden_blocks(model)
     if blocks is None:
         raise ValueError(f"greedy_rbm needs an architecture that exposes hidden_blocks; {type(model).__name__} does not")
     return [_first_linear(block, i) for i, block in enumerate(blocks)]

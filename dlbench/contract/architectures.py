@@ -1,5 +1,7 @@
-"""The architecture's build check: built on every input rank it accepts, it exposes the slots
-regularizers fill (probed for the tensors they see) and its ``hidden_blocks``."""
+"""The architecture's checks: what it needs (built on every input rank it accepts, finite logits of
+the right shape) and the optional capabilities it may offer, each reported as supported (and
+verified) or not supported: the slots regularizers fill (probed for the tensors they see) and its
+``hidden_blocks``, which layer-wise initializers read."""
 
 from __future__ import annotations
 
@@ -7,37 +9,85 @@ import torch
 from torch import nn
 
 from dlbench.build import seed_everything
-from dlbench.contract.outcome import passed
+from dlbench.contract.outcome import Unsupported, passed
 from dlbench.contract.subject import CLASSES, Subject, describe, fixed_batch, input_shapes
-from dlbench.slots import ROLES, Slot, slots
+from dlbench.slots import ROLES, Slot, as_blocks, slots
+
+# what each slot role is for: the study features an architecture without it cannot have
+SLOT_USERS = {"input": "input dropout", "norm": "batch_norm, layer_norm, group_norm",
+              "hidden": "dropout, dropout_test_scaling, mc_dropout on hidden units"}
 
 
 def architecture_builds(s: Subject) -> str | None:
-    """``builds on a tiny input`` for an architecture: on the fixed batch of every input shape it
-    accepts, finite logits, every slot role exposed and matching its tensor, and ``hidden_blocks``."""
+    """``builds on a tiny input`` for an architecture: a ``torch.nn.Module`` giving finite logits
+    of shape [B, classes] on the fixed batch of every input shape it accepts."""
     shapes = input_shapes(s.component)
     for shape in shapes:
-        seed_everything(0)
-        model = s.architecture(shape)
+        model, x = _built(s, shape)
         if not isinstance(model, nn.Module):
             return f"expected a torch.nn.Module, got {type(model).__name__}"
-        x, _ = fixed_batch(shape)
-        problems = _probe_slots(model)
         with torch.no_grad():
             out = model.eval()(x)
-        _unprobe_slots(model)
         if out.shape != (len(x), CLASSES) or not torch.isfinite(out).all():
             return f"on inputs of shape {shape}: expected finite logits of shape {(len(x), CLASSES)}, got {describe(out)}"
-        missing = [role for role in ROLES if not slots(model, role)]
-        if missing:
-            return (f"exposes no {' or '.join(missing)} slot (dlbench.slots.Slot): dropout and normalization "
-                    "need an input slot, a norm slot between each hidden layer's linear map and its activation, "
-                    "a hidden slot after it")
+    return passed(f"inputs of shape {', '.join(map(str, shapes))}")
+
+
+def exposes_slots(s: Subject) -> str | None:
+    """exposes slots for dropout and normalization (optional)"""
+    shapes, found = input_shapes(s.component), {}
+    for shape in shapes:
+        model, x = _built(s, shape)
+        found = {role: len(slots(model, role)) for role in ROLES}
+        problems = _probe_slots(model)
+        with torch.no_grad():
+            model.eval()(x)
+        _unprobe_slots(model)
         if problems:
             return f"on inputs of shape {shape}: {problems[0]}"
-        if not isinstance(getattr(model, "hidden_blocks", None), list):
-            return "has no hidden_blocks (a list of modules, one per hidden layer) for layer-wise initializers"
-    return passed(f"inputs of shape {', '.join(map(str, shapes))}")
+    if not any(found.values()):
+        raise Unsupported("no dlbench.Slot in the model: regularizers that fill slots (dropout and its variants, "
+                          "batch_norm, layer_norm, group_norm) cannot be used with it; everything else can")
+    missing = [role for role in ROLES if not found[role]]
+    note = ", ".join(f"{found[r]} {r}" for r in ROLES if found[r])
+    if missing:
+        note += "; no " + " or ".join(missing) + " slot (so not " + "; not ".join(SLOT_USERS[r] for r in missing) + ")"
+    return passed(note)
+
+
+def exposes_hidden_blocks(s: Subject) -> str | None:
+    """exposes hidden_blocks for layer-wise initializers (optional)"""
+    shapes = input_shapes(s.component)
+    for shape in shapes:
+        model, x = _built(s, shape)
+        blocks = getattr(model, "hidden_blocks", None)
+        if blocks is None:
+            raise Unsupported("no hidden_blocks: layer-wise initializers (greedy_autoencoder, greedy_rbm) and "
+                              "dropconnect cannot be used with it; everything else can")
+        try:
+            blocks = as_blocks(blocks, type(model).__name__)
+        except TypeError as exc:
+            return str(exc)
+        if not blocks:
+            return "hidden_blocks is empty: give one module per hidden layer, or expose none"
+        h = x
+        with torch.no_grad():
+            model.eval()
+            for i, block in enumerate(blocks):
+                try:
+                    h = block(h)
+                except Exception as exc:
+                    return (f"on inputs of shape {shape}: hidden block {i} ({type(block).__name__}) does not take "
+                            f"{'the input batch' if i == 0 else f'the output of block {i - 1}'} of shape "
+                            f"{tuple(h.shape)}: raised {type(exc).__name__}: {str(exc).strip().splitlines()[0]} "
+                            "(the first block takes the batch as the model receives it, each the previous one's output)")
+    return passed(f"{len(blocks)} block{'s' if len(blocks) != 1 else ''}, each feeding the next")
+
+
+def _built(s: Subject, shape) -> tuple[nn.Module, torch.Tensor]:
+    seed_everything(0)
+    x, _ = fixed_batch(shape)
+    return s.architecture(shape), x
 
 
 class _SlotProbe(nn.Module):

@@ -1,5 +1,7 @@
-"""Running the contract: which checks each kind runs (:data:`CHECKS`), the component's options
-resolved over its defaults, and every check run into an :class:`Outcome`."""
+"""Running the contract: which checks each kind runs (:data:`CHECKS`: what a component needs, then
+the optional capabilities it may support), the component's options resolved over its defaults,
+and every check run into an :class:`Outcome`. Every check runs, whatever another found, except
+that a component that does not build skips the checks that need it built."""
 
 from __future__ import annotations
 
@@ -8,28 +10,33 @@ import warnings
 from collections.abc import Callable
 
 from dlbench.contract.activations import fresh_module_per_call
+from dlbench.contract.architectures import exposes_hidden_blocks, exposes_slots
 from dlbench.contract.datasets import dataset_arrays, dataset_builds, dataset_hash
 from dlbench.contract.generic import builds, eval_is_deterministic, gradcheck, lowers_the_loss, same_seed_same_result
 from dlbench.contract.initializers import initializer_keeps_the_model
 from dlbench.contract.optimizers import optimizer_resumes, optimizer_type
-from dlbench.contract.outcome import FAIL, PASS, SKIP, Note, Outcome, Skip
+from dlbench.contract.outcome import FAIL, PASS, SKIP, UNSUPPORTED, Note, Outcome, Skip, Unsupported
 from dlbench.contract.preprocessing import preprocessing_applies, preprocessing_is_a_function
 from dlbench.contract.regularizers import regularizer_type
 from dlbench.contract.schedules import schedule_rates
-from dlbench.contract.stacked import stacks
+from dlbench.contract.stacked import graph_safe, stacks
 from dlbench.contract.subject import Subject
 from dlbench.errors import UserError
 from dlbench.preflight import untouched_global_state
 from dlbench.schema import check as check_value, coerce
 
 TRAINS = [lowers_the_loss, same_seed_same_result, eval_is_deterministic, gradcheck, stacks]
+# the checks of optional capabilities: a component without one is reported (UNSUPPORTED), not failed
+OPTIONAL = [exposes_slots, exposes_hidden_blocks, stacks, graph_safe]
 CHECKS: dict[str, list[Callable[[Subject], str | None]]] = {
-    "architecture": [builds, *TRAINS],
+    "architecture": [builds, lowers_the_loss, same_seed_same_result, eval_is_deterministic, gradcheck,
+                     exposes_slots, exposes_hidden_blocks, stacks],
     "activation": [builds, fresh_module_per_call, *TRAINS],
     "initializer": [builds, initializer_keeps_the_model, lowers_the_loss, same_seed_same_result, gradcheck, stacks],
-    "optimizer": [builds, optimizer_type, lowers_the_loss, same_seed_same_result, optimizer_resumes, stacks],
+    "optimizer": [builds, optimizer_type, lowers_the_loss, same_seed_same_result, optimizer_resumes, stacks,
+                  graph_safe],
     "schedule": [builds, schedule_rates, lowers_the_loss, same_seed_same_result, stacks],
-    "regularizer": [builds, regularizer_type, *TRAINS],
+    "regularizer": [builds, regularizer_type, *TRAINS, graph_safe],
     "dataset": [dataset_builds, dataset_arrays, dataset_hash],
     "preprocessing": [preprocessing_applies, preprocessing_is_a_function],
 }
@@ -83,6 +90,8 @@ def _run(fn, subject: Subject, name: str) -> Outcome:
         message = fn(subject)
     except Skip as why:
         return Outcome(subject.label, name, SKIP, str(why))
+    except Unsupported as why:
+        return Outcome(subject.label, name, UNSUPPORTED, str(why))
     except UserError as exc:
         if subject.kind == "dataset":  # its files are missing or unreadable: the user's to fix (exit 2)
             raise

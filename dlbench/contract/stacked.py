@@ -1,6 +1,8 @@
-"""The stacked check: a component that declares it stacks (see ``dlbench/stacking.py``) gives,
-stacked, what its members give one at a time; a stacked optimizer or regularizer that declares
-``graph_safe = True`` keeps its Python state from one step to the next."""
+"""The stacked checks, both of optional capabilities: a component that declares it stacks (see
+``dlbench/stacking.py``) gives, stacked, what its members give one at a time (an architecture or
+activation over several training steps and an evaluation, parameters, buffers and logits); a
+stacked optimizer or regularizer that declares ``graph_safe = True`` keeps its Python state from
+one step to the next. A component that declares neither is reported as not supporting it."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from torch import nn
 from torch.func import vmap
 
 from dlbench.build import seed_everything
-from dlbench.contract.outcome import Skip, passed
+from dlbench.contract.outcome import Note, Skip, Unsupported, passed
 from dlbench.contract.subject import REFERENCE_LR, STEPS, TOTAL_STEPS, Subject, fixed_batch, tiny_data
 from dlbench.stacking import STACKED, MemberStreams, component_stacks, stacked_initializer, stacked_module
 from dlbench.train import rng_state
@@ -24,12 +26,27 @@ def stacks(s: Subject) -> str | None:
     """a stacked step equals the members' own steps"""
     if s.kind == "initializer":
         if stacked_initializer(s.component) is None:
-            raise Skip("it has no stacked form: the members of a stack initialize one after another")
+            raise Unsupported("it has no stacked form: the members of a stack initialize one after another")
         return _stacked_initializer(s)
     if not component_stacks(s.component):
-        raise Skip("it does not declare itself stackable: trials using it train alone")
+        raise Unsupported("it does not declare itself stackable: trials using it train alone")
     return {"architecture": _stacked_forward, "activation": _stacked_forward, "optimizer": _stacked_optimizer,
             "schedule": _stacked_schedule, "regularizer": _stacked_regularizer}[s.kind](s)
+
+
+def graph_safe(s: Subject) -> str | None:
+    """its stacked step is CUDA-graph safe (optional)"""
+    if not component_stacks(s.component):
+        raise Unsupported("it does not stack, so its trials never step from a CUDA graph")
+    if s.stacked_step is None:
+        raise Skip("not run: the stacked step did not complete (see the stacked check)")
+    stacked, before = s.stacked_step
+    if not getattr(type(stacked), "graph_safe", False):
+        raise Unsupported(f"{type(stacked).__name__} does not declare graph_safe = True: on a GPU its stacks step "
+                          "eagerly (the same results, slower), not from a CUDA graph (--cuda-graphs)")
+    if problem := _graph_unsafe(stacked, before):
+        return problem
+    return passed(f"{type(stacked).__name__}: its Python state unchanged from one step to the next")
 
 
 def _stacked_initializer(s: Subject) -> str | None:
@@ -97,7 +114,78 @@ def _stacked_forward(s: Subject) -> str | None:
         for name, p in model.named_parameters():
             if p.grad is not None and not _close(params[name].grad[i], p.grad):
                 return f"member {i}'s gradient of {name!r} under vmap differs from its own"
-    return passed(f"{len(models)} members, outputs and gradients")
+    trained = _stacked_training(s)
+    if trained is not None and not isinstance(trained, Note):
+        return trained
+    return passed(f"{len(models)} members, eval-mode outputs and gradients" + (f"; {trained}" if trained else ""))
+
+
+PURE = ("a @stackable forward pass must be a pure function of parameters, buffers and input "
+        "(dlbench/stacking.py): no batch statistics kept in buffers (BatchNorm's running_mean, running_var, "
+        "num_batches_tracked), no buffer updated in place; drop @stackable and its trials train alone")
+
+
+def _stacked_training(s: Subject) -> str | None:
+    """Two members trained :data:`STEPS` steps in train mode, stacked (one vmapped forward pass,
+    Adam on the stacked tensors, elementwise each member's own Adam) and each alone, then
+    evaluated in eval mode: every buffer, every parameter and the eval-mode logits compared; any
+    buffer a training step changes is a failure of its own (batch statistics)."""
+    models = _members(s)
+    x, y = fixed_batch(s.setting[1])
+    before = [{n: b.detach().clone() for n, b in m.named_buffers()} for m in models]
+    params, buffers, base, forward = stacked_module(models)
+    stacked_opt = torch.optim.Adam(params.values(), lr=REFERENCE_LR)
+    base.train()
+    train = vmap(forward, in_dims=(0, 0, None), randomness="error")
+    try:
+        for _ in range(STEPS):
+            logits = train(params, buffers, x)
+            losses = F.cross_entropy(logits.flatten(0, 1), y.repeat(len(models)), reduction="none")
+            stacked_opt.zero_grad(set_to_none=True)
+            losses.view(len(models), -1).mean(1).sum().backward()  # member i's gradient: its own loss's
+            stacked_opt.step()
+    except RuntimeError as exc:
+        if "randomness" not in str(exc):
+            raise
+        random_draws = True
+    else:
+        random_draws = False
+    own_opts = [torch.optim.Adam(m.parameters(), lr=REFERENCE_LR) for m in models]
+    for model, optimizer in zip(models, own_opts):
+        model.train()
+        for _ in range(STEPS):
+            torch.manual_seed(1)
+            optimizer.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+            optimizer.step()
+    changed = [n for n, b in models[0].named_buffers() if not torch.equal(b, before[0][n])]
+    if not random_draws:
+        for i, model in enumerate(models):
+            for name, b in model.named_buffers():
+                if not _close(buffers[name][i].detach().double(), b.detach().double()):
+                    diff = (buffers[name][i].double() - b.double()).abs().max().item()
+                    return (f"after {STEPS} training steps, member {i}'s buffer {name!r} stacked differs from its own "
+                            f"training by {diff:.3g}: {PURE}")
+    if changed:
+        return (f"a training step changes the buffer{'s' if len(changed) > 1 else ''} "
+                f"{', '.join(map(repr, changed[:3]))}{' and more' if len(changed) > 3 else ''} in place: {PURE}")
+    if random_draws:
+        return passed("random draws in training: the training steps compared in eval mode only")
+    base.eval()
+    with torch.no_grad():
+        logits = vmap(forward, in_dims=(0, 0, None), randomness="different")(params, buffers, x)
+    for i, model in enumerate(models):
+        for name, p in model.named_parameters():
+            if not _close(params[name][i].detach(), p.detach()):
+                diff = (params[name][i] - p).abs().max().item()
+                return f"after {STEPS} training steps, member {i}'s {name!r} stacked differs from its own by {diff:.3g}"
+        model.eval()
+        with torch.no_grad():
+            alone = model(x)
+        if not _close(logits[i], alone):
+            return (f"after {STEPS} training steps, member {i}'s eval-mode logits stacked differ from its own by "
+                    f"{(logits[i] - alone).abs().max().item():.3g}")
+    return passed(f"{STEPS} training steps and an evaluation, parameters, buffers and logits")
 
 
 def _stacked_optimizer(s: Subject) -> str | None:
@@ -132,8 +220,7 @@ def _stacked_optimizer(s: Subject) -> str | None:
                 diff = (params[name][i] - p).abs().max().item()
                 return (f"after {STEPS} steps, member {i}'s {name!r} updated by {type(stacked).__name__} differs from "
                         f"the optimizer's own update by {diff:.3g}")
-    if problem := _graph_unsafe(stacked, before):
-        return problem
+    s.stacked_step = stacked, before
     return passed(f"{len(models)} members, {STEPS} steps of {type(stacked).__name__}")
 
 
@@ -246,6 +333,5 @@ def _stacked_regularizer(s: Subject) -> str | None:
     stacked.penalty(params)
     stacked.before_step(params)
     stacked.after_step(params)
-    if problem := _graph_unsafe(stacked, before):
-        return problem
+    s.stacked_step = stacked, before
     return passed("eval-mode logits, penalty, before_step and after_step of 2 members")

@@ -69,6 +69,7 @@ class Subject:
         self.component, self.registry, self.options = component, registry, options
         self.kind = component.kind
         self.label = f"{component.kind}:{component.name}"
+        self.stacked_step = None  # (the stacked optimizer or regularizer, its Python state a step before) once stepped
 
     def make(self, *args):
         return self.component.factory(*args, **self.options)

@@ -59,7 +59,7 @@ def load_world(setup: WorkerSetup, device: torch.device) -> tuple[Plugins, DataC
         torch.cuda.set_device(device)
     set_determinism(setup.deterministic, device)
     plugins = load_plugins(Path(setup.plugins_dir) if setup.plugins_dir else None, autoload=setup.autoload,
-                           required_dir=setup.plugins_dir_required)
+                           required_dir=setup.plugins_dir_required, quiet=True)  # the parent warned already
     plugins.pm.register(Diagnostics(plugins.hook, plugins.registry), name="dlbench.diagnostics")
     return plugins, DataCache(Path(setup.data_dir) if setup.data_dir else None)
 

@@ -229,8 +229,12 @@ def _claims_section(doc: Document, data: StudyData, out_dir: Path) -> None:
     table = judge_claims(data.trials, data.claims, data.alpha)
     pretty = pd.DataFrame({"claim": table["claim"], "verdict": table["verdict"].map(lambda v: f"**{v}**"),
                            "why": table["why"]})
-    caption = (f"Each claim declared in the study file, tested at alpha = {data.alpha:g}: Welch's two-sided t-test, "
-               "Holm-corrected across the study's claims. Supported: significant in the claimed direction; "
+    interaction = (table["kind"] == "interaction").any()
+    caption = (f"Each claim declared in the study file, tested at alpha = {data.alpha:g}: Welch's two-sided t-test"
+               + ("; an interaction claim (the effect of one factor, larger at one level of the other than at "
+                  "another): a t-test of the difference of differences over the four cells, Welch-Satterthwaite "
+                  "degrees of freedom" if interaction else "")
+               + ". Holm-corrected across all the study's claims. Supported: significant in the claimed direction; "
                "contradicted: significant in the other; inconclusive: neither, or too few seeds.")
     export_table(table, pretty.assign(verdict=table["verdict"]), out_dir, "claims", caption)
     doc.heading("Claims")

@@ -4,7 +4,9 @@ The unit of replication is the seed: one final metric per trial. With the 3-10 s
 study, intervals use Student's t (a bootstrap is too narrow at such n), differences Welch's
 unequal-variance t (two levels need not share a variance: dropout narrows the spread), p-values
 are two-sided and corrected with Holm's step-down method across the comparisons of a study, and
-effect sizes are Hedges' g (Cohen's d with its small-sample correction).
+effect sizes are Hedges' g (Cohen's d with its small-sample correction). An interaction claim's
+difference of differences is a contrast of four groups with a Welch-style standard error and the
+Welch-Satterthwaite degrees of freedom (``contrast``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from scipy import stats
+
+from dlbench.config import InteractionClaim
 
 
 def _finite(values) -> np.ndarray:
@@ -90,6 +94,54 @@ def welch(a, b, confidence: float = 0.95) -> Difference:
         p = float(2 * stats.t.sf(abs(t), df))
         half = float(stats.t.ppf(0.5 + confidence / 2, df) * se)
     return Difference(na, nb, ma, mb, diff, diff - half, diff + half, float(t), float(df), p, hedges_g(a, b))
+
+
+@dataclass(frozen=True)
+class Contrast:
+    """``sum(w_i * mean(x_i))`` over independent groups, with a Welch-style t-test (two-sided)."""
+
+    ns: tuple[int, ...]
+    means: tuple[float, ...]
+    estimate: float
+    se: float
+    ci_low: float
+    ci_high: float
+    t: float
+    df: float
+    p: float
+
+    @property
+    def testable(self) -> bool:
+        return all(n >= 2 for n in self.ns)
+
+
+def contrast(samples, weights, confidence: float = 0.95) -> Contrast:
+    """A linear contrast of group means, e.g. weights (1, -1, -1, 1) for a difference of differences.
+
+    Standard error sqrt(sum w_i^2 s_i^2 / n_i), each group keeping its own variance; degrees of
+    freedom by Welch-Satterthwaite, (sum v_i)^2 / sum v_i^2 / (n_i - 1) with v_i = w_i^2 s_i^2 / n_i;
+    t = estimate / se against Student's t. Two groups with weights (1, -1) give exactly ``welch``.
+    NaN where a group has fewer than 2 values; with no spread at all the estimate is exact (p = 1
+    if it is 0, else 0).
+    """
+    groups = [_finite(x) for x in samples]
+    weights = [float(w) for w in weights]
+    ns = tuple(len(x) for x in groups)
+    means = tuple(float(x.mean()) if len(x) else math.nan for x in groups)
+    estimate = float(sum(w * m for w, m in zip(weights, means)))
+    if min(ns) < 2:
+        return Contrast(ns, means, estimate, math.nan, math.nan, math.nan, math.nan, math.nan, math.nan)
+    v = [w * w * x.var(ddof=1) / len(x) for w, x in zip(weights, groups)]
+    se = math.sqrt(sum(v))
+    if se == 0:
+        t = 0.0 if estimate == 0 else math.copysign(math.inf, estimate)
+        return Contrast(ns, means, estimate, 0.0, estimate, estimate, t, float(sum(ns) - len(ns)),
+                        1.0 if estimate == 0 else 0.0)
+    df = sum(v) ** 2 / sum(vi ** 2 / (n - 1) for vi, n in zip(v, ns))
+    t = estimate / se
+    half = float(stats.t.ppf(0.5 + confidence / 2, df) * se)
+    return Contrast(ns, means, estimate, se, estimate - half, estimate + half, float(t), float(df),
+                    float(2 * stats.t.sf(abs(t), df)))
 
 
 def hedges_g(a, b) -> float:
@@ -197,47 +249,89 @@ def comparisons(frame: pd.DataFrame, levels: dict[str, list[str]], reference: di
     return out
 
 
-def judge_claims(frame: pd.DataFrame, claims, alpha: float) -> pd.DataFrame:
-    """A verdict for each claim "A beats B on metric": supported, contradicted or inconclusive.
+CLAIM_COLUMNS = ["claim", "level", "beats", "metric", "higher_is_better", "n", "n_beats", "mean", "mean_beats", "diff",
+                 "ci_low", "ci_high", "p", "p_holm", "hedges_g", "alpha", "verdict", "why", "kind", "df"]
 
-    Welch's two-sided test of mean(A) - mean(B), Holm-corrected across the study's claims (the
-    claims are the study's pre-declared hypotheses: one family). Supported: the corrected p is
-    below ``alpha`` and A is better; contradicted: below ``alpha`` and B is better; otherwise
-    inconclusive (including fewer than 2 finished seeds on a side). The interval is the
-    (1 - alpha) Welch interval of the difference.
+
+def judge_claims(frame: pd.DataFrame, claims, alpha: float) -> pd.DataFrame:
+    """A verdict for each claim: supported, contradicted or inconclusive.
+
+    "A beats B on metric": Welch's two-sided test of mean(A) - mean(B). An interaction claim "A
+    beats B by more at X than at Y": the difference of differences (A@X - B@X) - (A@Y - B@Y), a
+    contrast of four independent groups (``contrast``: Welch-style standard error,
+    Welch-Satterthwaite degrees of freedom). The p-values are Holm-corrected across all the study's
+    claims, of both kinds (the claims are the study's pre-declared hypotheses: one family).
+    Supported: the corrected p is below ``alpha`` and the difference is in the claimed direction
+    (the better one for the metric); contradicted: below ``alpha`` and the other way; otherwise
+    inconclusive (including fewer than 2 finished seeds in a group). Intervals are (1 - alpha).
+    Columns: ``CLAIM_COLUMNS``; of an interaction row, ``mean`` and ``mean_beats`` are the effect
+    A - B at X and at Y, ``n`` and ``n_beats`` the fewest finished seeds of a cell at X and at Y.
     """
-    diffs = [welch(_values(frame, c.level, c.metric), _values(frame, c.beats, c.metric), 1 - alpha)
-             for c in claims]
-    p_holm = holm([d.p for d in diffs]) if diffs else []
-    rows = []
+    tests = [_test(frame, c, 1 - alpha) for c in claims]
+    p_holm = holm([t.p for t, _ in tests]) if tests else []
+    family = f"{len(claims)} claims" if len(claims) > 1 else "1 claim"
+    rows = [_claim_row(c, t, g, ph, alpha, family) for c, (t, g), ph in zip(claims, tests, p_holm)]
+    return pd.DataFrame(rows, columns=CLAIM_COLUMNS)
+
+
+def _test(frame: pd.DataFrame, claim, confidence: float) -> tuple[Contrast, float]:
+    """The claim's contrast and, for two levels, Hedges' g (NaN for an interaction)."""
+    if isinstance(claim, InteractionClaim):
+        cells = [claim.level_at, claim.beats_at, claim.level_than, claim.beats_than]
+        return contrast([_values(frame, c, claim.metric) for c in cells], (1, -1, -1, 1), confidence), math.nan
+    a, b = _values(frame, claim.level, claim.metric), _values(frame, claim.beats, claim.metric)
+    c = contrast([a, b], (1, -1), confidence)
+    return c, (hedges_g(a, b) if c.testable else math.nan)
+
+
+def _verdict(c: Contrast, p_holm: float, alpha: float, higher_is_better: bool) -> tuple[str, str]:
+    gain = c.estimate if higher_is_better else -c.estimate  # > 0: in the claimed direction
+    if p_holm < alpha and gain > 0:
+        return "supported", f"significant at alpha = {alpha:g}, in the claimed direction"
+    if p_holm < alpha and gain < 0:
+        return "contradicted", f"significant at alpha = {alpha:g}, in the opposite direction"
+    return "inconclusive", f"not significant at alpha = {alpha:g}"
+
+
+def _claim_row(claim, c: Contrast, g: float, ph: float, alpha: float, family: str) -> dict:
     conf = f"{100 * (1 - alpha):g}%"
-    for claim, d, ph in zip(claims, diffs, p_holm):
-        a, b = label(claim.level), label(claim.beats)
-        better = "higher" if claim.higher_is_better else "lower"
-        gain = d.diff if claim.higher_is_better else -d.diff  # > 0: in the claimed direction
-        if not d.testable:
-            verdict = "inconclusive"
-            why = (f"cannot test: {a!r} has {d.n_a} and {b!r} has {d.n_b} finished seed(s); "
-                   "at least 2 per level are needed")
+    better = "higher" if claim.higher_is_better else "lower"
+    row = {"metric": claim.metric, "higher_is_better": claim.higher_is_better, "diff": c.estimate,
+           "ci_low": c.ci_low, "ci_high": c.ci_high, "p": c.p, "p_holm": ph, "alpha": alpha, "df": c.df}
+    if isinstance(claim, InteractionClaim):
+        a, b, f = claim.level, claim.beats, claim.across
+        at, than = f"{f}={claim.at}", f"{f}={claim.than}"
+        ns = ", ".join(map(str, c.ns))
+        effects = (c.means[0] - c.means[1], c.means[2] - c.means[3])
+        row.update(kind="interaction", claim=str(claim), level=f"{a} − {b} at {at}", beats=f"{a} − {b} at {than}",
+                   n=min(c.ns[:2]), n_beats=min(c.ns[2:]), mean=effects[0], mean_beats=effects[1],
+                   hedges_g=math.nan)
+        if not c.testable:
+            verdict, why = "inconclusive", (f"cannot test: the cells {a}/{b} at {at}, then at {than}, have n = {ns} "
+                                            "finished seed(s); at least 2 per cell are needed")
         else:
-            if ph < alpha and gain > 0:
-                verdict, lead = "supported", f"significant at alpha = {alpha:g}, in the claimed direction"
-            elif ph < alpha and gain < 0:
-                verdict, lead = "contradicted", f"significant at alpha = {alpha:g}, in the opposite direction"
-            else:
-                verdict, lead = "inconclusive", f"not significant at alpha = {alpha:g}"
-            family = f"{len(claims)} claims" if len(claims) > 1 else "1 claim"
-            why = (f"{lead}: {a} − {b} = {_signed(d.diff)} ({conf} CI {_signed(d.ci_low)} to {_signed(d.ci_high)}; "
-                   f"{better} {claim.metric} is better), Welch {_p(d.p)}, Holm-corrected over {family} {_p(ph)}, "
-                   f"n = {d.n_a} vs {d.n_b}")
-        rows.append({"claim": str(claim), "level": a, "beats": b, "metric": claim.metric,
-                     "higher_is_better": claim.higher_is_better, "n": d.n_a, "n_beats": d.n_b,
-                     "mean": d.mean_a, "mean_beats": d.mean_b, "diff": d.diff, "ci_low": d.ci_low,
-                     "ci_high": d.ci_high, "p": d.p, "p_holm": ph, "hedges_g": d.g, "alpha": alpha,
-                     "verdict": verdict, "why": why})
-    return pd.DataFrame(rows, columns=["claim", "level", "beats", "metric", "higher_is_better", "n", "n_beats",
-                                       "mean", "mean_beats", "diff", "ci_low", "ci_high", "p", "p_holm",
-                                       "hedges_g", "alpha", "verdict", "why"])
+            verdict, lead = _verdict(c, ph, alpha, claim.higher_is_better)
+            size = (f"larger at {at} than at {than} by {_signed(c.estimate)} ({conf} CI" if c.estimate >= 0 else
+                    f"smaller at {at} than at {than} by {abs(c.estimate):.3f} (difference of differences "
+                    f"{_signed(c.estimate)}, {conf} CI")
+            why = (f"{lead}: the effect of {a} vs {b} on {claim.metric} is {size} {_signed(c.ci_low)} to "
+                   f"{_signed(c.ci_high)}; {a} − {b} = {_signed(effects[0])} at {at}, {_signed(effects[1])} at "
+                   f"{than}; {better} {claim.metric} is better), Welch–Satterthwaite t-test of the difference of "
+                   f"differences {_p(c.p)} (df = {c.df:.1f}), Holm-corrected over {family} {_p(ph)}, n = {ns}")
+    else:
+        a, b = label(claim.level), label(claim.beats)
+        row.update(kind="difference", claim=str(claim), level=a, beats=b, n=c.ns[0], n_beats=c.ns[1],
+                   mean=c.means[0], mean_beats=c.means[1], hedges_g=g)
+        if not c.testable:
+            verdict, why = "inconclusive", (f"cannot test: {a!r} has {c.ns[0]} and {b!r} has {c.ns[1]} finished "
+                                            "seed(s); at least 2 per level are needed")
+        else:
+            verdict, lead = _verdict(c, ph, alpha, claim.higher_is_better)
+            why = (f"{lead}: {a} − {b} = {_signed(c.estimate)} ({conf} CI {_signed(c.ci_low)} to "
+                   f"{_signed(c.ci_high)}; {better} {claim.metric} is better), Welch {_p(c.p)}, Holm-corrected over "
+                   f"{family} {_p(ph)}, n = {c.ns[0]} vs {c.ns[1]}")
+    row.update(verdict=verdict, why=why)
+    return row
 
 
 def _signed(v: float) -> str:
