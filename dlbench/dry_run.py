@@ -11,12 +11,12 @@ def trial_table(sf, trials, works, registry, graphs: bool = False) -> str:
     """One table per study: the trials with what varies between them (the study's factors) and
     the stack each trains in; then why the trials that train alone do, which members of a stack
     initialize at once (greedy pretraining) and, with CUDA graphs, why a stack steps eagerly."""
-    stack_of, alone = {}, []
+    stack_of, alone = {}, {}
     for number, work in enumerate(works, start=1):
         for t in work.members:
             stack_of[t.index] = f"S{number}({len(work.members)})" if work.stacked else "alone"
         if not work.stacked:
-            alone.append(f"  #{work.members[0].index} {work.members[0].run_name}: {work.alone_because}")
+            alone.setdefault(work.alone_because, []).append(work.members[0])
     same = first_of_each_config(trials)
     for index, first in same.items():
         stack_of[index] = f"= #{first.index}"
@@ -32,10 +32,11 @@ def trial_table(sf, trials, works, registry, graphs: bool = False) -> str:
         blocks.append(f"study {study!r} ({len(group)} trials)\n" + "\n".join(lines))
     stacks = sum(w.stacked for w in works)
     summary = (f"{len(works)} units of work: {stacks} stacks (S<n>(members): trained together as one model) "
-               f"and {len(alone)} trials alone" + (f"; {len(same)} trials the same as an earlier one (= #n: trained "
-                                                    "once, recorded under both)" if same else ""))
+               f"and {sum(map(len, alone.values()))} trials alone" + (
+                   f"; {len(same)} trials the same as an earlier one (= #n: trained once, recorded under both)"
+                   if same else ""))
     if alone:
-        summary += ":\n" + "\n".join(alone)
+        summary += ":\n" + "\n".join(_why_alone(reason, alone_trials) for reason, alone_trials in alone.items())
     if any(len(w.members) == 1 and w.stacked for w in works):
         summary += "\nOn a GPU, a stack of one (S<n>(1)) replays its steps from CUDA graphs."
     together = [f"  S{n}: {w.members[group[0]].config['initializer']['name']}, {len(group)} of its "
@@ -58,6 +59,21 @@ def trial_table(sf, trials, works, registry, graphs: bool = False) -> str:
     in_studies = f"{studies} study" if studies == 1 else f"{studies} studies"
     return ("\n\n".join(blocks) + f"\n\n{summary}\n\n{len(trials)} trials in {in_studies} from {sf.path} "
             "(dry run: nothing trained)")
+
+
+def _why_alone(reason: str, trials: list) -> str:
+    """One line for the trials that train alone for one reason: the trial itself when it is the
+    only one, else their numbers (runs of consecutive numbers as ranges)."""
+    if len(trials) == 1:
+        return f"  #{trials[0].index} {trials[0].run_name}: {reason}"
+    spans: list[list[int]] = []
+    for index in sorted(t.index for t in trials):
+        if spans and index == spans[-1][1] + 1:
+            spans[-1][1] = index
+        else:
+            spans.append([index, index])
+    numbers = ", ".join(f"#{a}" if a == b else f"#{a}-#{b}" for a, b in spans)
+    return f"  {len(trials)} trials ({numbers}): {reason}"
 
 
 def _flat(trial) -> dict[str, str]:

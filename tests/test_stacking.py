@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 
 import pytest
 import torch
@@ -287,6 +288,21 @@ def test_dry_run_says_which_members_of_a_stack_pretrain_at_once(make_trials, reg
                          seeds=[0, 1, 2])
     text = trial_table(SimpleNamespace(path="t.toml"), trials, plan(trials, registry, 16), registry)
     assert "S1(6)" in text and "S1: greedy_autoencoder, 3 of its 6 members at once" in text
+
+
+def test_dry_run_says_once_why_many_trials_train_alone(make_trials, registry):
+    """One line per reason, the trials' numbers as ranges; a reason of one trial names it."""
+    from types import SimpleNamespace
+
+    from dlbench.dry_run import trial_table
+
+    trials = make_trials({}, levels={"a": {}, "b": {"architecture": {"width": 24}}}, seeds=[0, 1, 2])
+    text = trial_table(SimpleNamespace(path="t.toml"), trials, plan(trials, registry, 1), registry)
+    assert "6 trials alone:\n  6 trials (#1-#6): stacking is off" in text
+    assert text.count("stacking is off") == 1
+    gru = make_trials({"architecture": {"name": "gru"}}, levels={"only": {}}, seeds=[0])
+    text = trial_table(SimpleNamespace(path="t.toml"), gru, plan(gru, registry, 8), registry)
+    assert re.search(r"^  #1 \S+/only/seed=0: architecture 'gru'", text, re.M), text
 
 
 def test_a_stacked_initializer_that_raises_leaves_its_members_to_initialize_one_by_one(
