@@ -10,7 +10,9 @@ from contextlib import nullcontext
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
+from dlbench.config import DEFAULT_LOSS
 from dlbench.data import DeviceData
 from dlbench.trial import Trial
 from dlbench.warmup import Warmup, warmup_steps
@@ -27,6 +29,43 @@ def make(registry, kind: str, spec: dict, *args):
     """Call the factory registered as ``spec["name"]`` with the contract args and the options."""
     component = registry.get(kind, spec["name"])
     return component.factory(*args, **{k: v for k, v in spec.items() if k != "name"})
+
+
+class CrossEntropy:
+    """Cross-entropy of the softmax of the logits, per example; with ``label_smoothing`` eps the
+    target is (1 - eps) one-hot + eps / C. Its :meth:`mean` and :meth:`sum` reduce inside torch's
+    kernel, as the training loop always did: a trial of the default loss computes what it computed
+    before losses were plugins, bit for bit (a mean of the per-example vector rounds differently)."""
+
+    def __init__(self, label_smoothing: float = 0.0):
+        self.label_smoothing = label_smoothing
+
+    def __call__(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, y, reduction="none", label_smoothing=self.label_smoothing)
+
+    def mean(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
+
+    def sum(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, y, reduction="sum", label_smoothing=self.label_smoothing)
+
+
+def mean_loss(loss, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The batch mean of ``loss``: its own ``mean`` when it has one, else the per-example mean."""
+    reduce = getattr(loss, "mean", None)
+    return reduce(logits, y) if callable(reduce) else loss(logits, y).mean()
+
+
+def sum_loss(loss, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The sum of ``loss`` over a batch: its own ``sum`` when it has one, else the per-example sum."""
+    reduce = getattr(loss, "sum", None)
+    return reduce(logits, y) if callable(reduce) else loss(logits, y).sum()
+
+
+def build_loss(config: dict, registry, num_classes: int):
+    """The trial's loss, ``loss(logits [B, C], y [B]) -> [B]`` per-example losses: the config's
+    ``loss`` (plain cross-entropy when it has none, as it has none at the default)."""
+    return make(registry, "loss", config.get("loss", DEFAULT_LOSS), num_classes)
 
 
 def build(trial: Trial, registry, data: DeviceData, device: torch.device, blame=lambda *keys: nullcontext()):

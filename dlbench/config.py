@@ -39,6 +39,9 @@ COMPONENTS = {
     "optimizer": "optimizer",
     "schedule": "schedule",
 }
+# The loss, a component setting added later: left out of the resolved config when it resolves to
+# plain cross-entropy (this, every option at its default), so the configs before it keep their hash.
+DEFAULT_LOSS = {"name": "cross_entropy"}
 
 
 # The core settings, typed as plugin options are (dlbench.schema).
@@ -62,6 +65,9 @@ DEFAULT_BASELINE: dict[str, Any] = {
     "initializer": "default",
     "optimizer": "sgd",
     "schedule": "constant",
+    # the training objective, per example (dlbench/builtin/losses.py); left out of the resolved
+    # config at its default (plain cross-entropy), so configs without it keep their hash
+    "loss": "cross_entropy",
     "regularizers": [],
     # steps fitted on the training split, applied to every split (dlbench/preprocessing.py); left
     # out of the resolved config when empty, so configs without it keep their hash
@@ -540,7 +546,7 @@ def _alpha(value, path: str, problems: list[str]) -> float:
 def normalize(config: dict) -> dict:
     """Component shorthands (``optimizer = "adam"``) become tables (``{name = "adam"}``)."""
     out = copy.deepcopy(config)
-    for key in COMPONENTS:
+    for key in [*COMPONENTS, "loss"]:
         if isinstance(out.get(key), str):
             out[key] = {"name": out[key]}
     for key in ("regularizers", "preprocessing"):
@@ -579,6 +585,9 @@ def resolve(config: dict, registry, where: dict[str, str]) -> tuple[dict, list[s
             resolved[key] = coerce(config[key], annotation)
     for key, kind in COMPONENTS.items():
         resolved[key] = _resolve_component(config[key], kind, registry, key, where, problems)
+    loss = _resolve_component(config.get("loss", DEFAULT_LOSS), "loss", registry, "loss", where, problems)
+    if loss and loss != _resolve_component(DEFAULT_LOSS, "loss", registry, "loss", {}, []):
+        resolved["loss"] = loss  # left out at its default: a config without it keeps its hash
     regs = config["regularizers"]
     path = f"{where.get('regularizers', 'baseline')}.regularizers"
     if not isinstance(regs, list):

@@ -23,7 +23,8 @@ from dlbench.stacking import component_stacks
 # the study-file key a component of each kind is set with; the list kinds take several
 STUDY_KEYS = {"dataset": "dataset", "architecture": "architecture", "activation": "activation",
               "initializer": "initializer", "optimizer": "optimizer", "schedule": "schedule",
-              "regularizer": "regularizers", "preprocessing": "preprocessing"}
+              "regularizer": "regularizers", "preprocessing": "preprocessing",
+              "loss": "loss"}
 LISTS = {"regularizer", "preprocessing"}
 
 

@@ -268,6 +268,38 @@ def dlbench_register_preprocessing(register) -> None:
     """
 
 
+@hookspec
+def dlbench_register_losses(register) -> None:
+    """Register losses (the training objective). Factory: ``f(num_classes, *, **options) -> loss``.
+
+    ``num_classes`` is the task's class count. The returned ``loss(logits, y)`` maps logits
+    ``[B, C]`` and integer labels ``[B]`` to the per-example losses ``[B]`` (no reduction): the
+    loop takes their mean for a training step and their sum for the reported ``<split>_loss``
+    (train, validation, test), and a stack computes every member's at once. ``loss`` may also have
+    ``mean(logits, y)`` and ``sum(logits, y)`` methods, used for those two reductions instead (the
+    built-in reduces inside torch's kernel, as the loop did before losses were plugins). A study file sets one
+    with ``loss = "cross_entropy"`` (the default, left out of the resolved config) or
+    ``loss = { name = "cross_entropy", label_smoothing = 0.1 }``. Decorate the factory with
+    ``@dlbench.stackable`` when ``loss`` is tensor work alone (no ``.item()``, no data-dependent
+    Python branch): trials using it may then train stacked, and a CUDA graph may replay their
+    steps. Example::
+
+        import torch.nn.functional as F
+        from dlbench import stackable
+
+        @stackable
+        def squared_hinge(num_classes, *, margin: float = 1.0):
+            '''Multi-class squared hinge loss (Crammer & Singer 2001).'''
+            def loss(logits, y):
+                true = logits.gather(1, y[:, None])
+                gaps = F.relu(margin + logits - true).scatter(1, y[:, None], 0.0)
+                return gaps.pow(2).sum(1)
+            return loss
+
+        register("squared_hinge", squared_hinge)
+    """
+
+
 # -- lifecycle ----------------------------------------------------------------------------------
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from dlbench.build import make
+from dlbench.config import DEFAULT_LOSS
 from dlbench.regularizer import Regularizer
 from dlbench.stacking import STACKED, is_stackable, stacked_initializer
 from dlbench.step_graph import graphs_wanted, regularizer_graph_safe
@@ -149,6 +150,11 @@ def stack_key(trial: Trial, registry) -> tuple[str | None, str]:
     if getattr(optimizer.factory, STACKED, None) is None:
         return None, f"optimizer {optimizer.name!r} [{optimizer.origin}] has no stacked update"
     key["optimizer"] = _shared_options(cfg["optimizer"])
+    loss = cfg.get("loss", DEFAULT_LOSS)
+    component = registry.get("loss", loss["name"])
+    if not is_stackable(component.factory):
+        return None, f"loss {component.name!r} [{component.origin}] does not declare itself stackable"
+    key["loss"] = loss  # one loss per stack: the members share its name and options
     key["regularizers"] = []
     for spec in cfg["regularizers"]:
         component = registry.get("regularizer", spec["name"])

@@ -43,6 +43,7 @@ KINDS = {
     "schedules": "schedule",
     "regularizers": "regularizer",
     "preprocessing": "preprocessing",
+    "losses": "loss",
 }
 
 # the positional arguments dlbench calls each kind's factory with (hookspecs.py); the options follow
@@ -56,6 +57,7 @@ CONTRACTS: dict[str, tuple[str, ...]] = {
     "schedule": ("optimizer", "total_steps"),
     "regularizer": (),
     "preprocessing": (),
+    "loss": ("num_classes",),
 }
 
 BUILTIN_MODULES = [
@@ -76,6 +78,7 @@ BUILTIN_MODULES = [
     "dlbench.builtin.normalization",
     "dlbench.builtin.augmentation",
     "dlbench.builtin.preprocessing",
+    "dlbench.builtin.losses",
 ]
 
 

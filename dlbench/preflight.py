@@ -40,11 +40,10 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from dlbench import preprocessing
-from dlbench.build import build, make
-from dlbench.config import StudyFile
+from dlbench.build import build, build_loss, make, mean_loss
+from dlbench.config import DEFAULT_LOSS, StudyFile
 from dlbench.data import DeviceData
 from dlbench.datacache import DataCache
 from dlbench.errors import UserError
@@ -52,7 +51,7 @@ from dlbench.regularizer import Regularizer
 from dlbench.shapes import InputShapeError, check_input_shape
 from dlbench.slots import asking, lacking
 from dlbench.study import Trial, canonical_json
-from dlbench.train import evaluate
+from dlbench.train import cross_entropy, evaluate
 
 TINY = 16  # examples per split of the tiny input
 CPU = torch.device("cpu")
@@ -139,7 +138,9 @@ def check(trial: Trial, registry, cache: DataCache) -> _Failure | None:
         random.seed(trial.seed)
         np.random.seed(trial.seed)
         torch.default_generator.manual_seed(trial.seed)  # the CPU's alone: a GPU stays uninitialized
-        one_step(*build(trial, registry, data, CPU, blame=blame), data)
+        with blame("loss"):
+            loss = build_loss(cfg, registry, data.num_classes)
+        one_step(*build(trial, registry, data, CPU, blame=blame), data, loss)
     except _Failure as failure:
         return failure
     return None
@@ -151,7 +152,7 @@ def tiny(data: DeviceData) -> DeviceData:
                    y_val=data.y_val[:TINY], x_test=data.x_test[:TINY], y_test=data.y_test[:TINY])
 
 
-def one_step(model, regularizers, optimizer, schedule, data: DeviceData) -> None:
+def one_step(model, regularizers, optimizer, schedule, data: DeviceData, loss=cross_entropy) -> None:
     """One training step on the whole tiny training split as ``train.train_epoch`` takes it, each
     part blamed on the components acting in it; then an evaluation and the stopping question."""
     regs = [(f"regularizers[{i}]", reg) for i, reg in enumerate(regularizers)]
@@ -163,14 +164,16 @@ def one_step(model, regularizers, optimizer, schedule, data: DeviceData) -> None
         with blame(key, doing="in transform_batch"):
             x, y = reg.transform_batch(x, y)
     with blame(*model_keys, doing="in the forward pass"):
-        loss = F.cross_entropy(model(x), y)
+        logits = model(x)
+    with blame("loss", doing="on the logits"):
+        objective = mean_loss(loss, logits, y)
     for key, reg in regs:
         with blame(key, doing="in penalty"):
-            loss = loss + reg.penalty(model)
+            objective = objective + reg.penalty(model)
     with blame("optimizer", doing="in zero_grad"):
         optimizer.zero_grad(set_to_none=True)
     with blame(*model_keys, doing="in the backward pass"):
-        loss.backward()
+        objective.backward()
     for key, reg in regs:
         with blame(key, doing="in before_step"):
             reg.before_step(model)
@@ -182,7 +185,7 @@ def one_step(model, regularizers, optimizer, schedule, data: DeviceData) -> None
         with blame(key, doing="in after_step"):
             reg.after_step(model)
     with blame(*model_keys, doing="in evaluation (eval mode)"):
-        metrics = evaluate(model, data) | {"lr": optimizer.param_groups[0]["lr"]}
+        metrics = evaluate(model, data, loss) | {"lr": optimizer.param_groups[0]["lr"]}
     if hasattr(schedule, "epoch_end"):
         with blame("schedule", doing="in epoch_end"):
             schedule.epoch_end(1, metrics)
@@ -252,7 +255,7 @@ def _component(config: dict, key: str) -> tuple[str, dict]:
         return "regularizer", config["regularizers"][int(key[len("regularizers["):-1])]
     if key.startswith("preprocessing["):
         return "preprocessing", config["preprocessing"][int(key[len("preprocessing["):-1])]
-    return key, config[key]
+    return key, config.get(key, DEFAULT_LOSS) if key == "loss" else config[key]
 
 
 def _source_file(factory) -> str | None:
@@ -281,6 +284,8 @@ def _distinct_components(trials) -> int:
         specs.update((key, canonical_json(trial.config[key])) for key in COMPONENT_KEYS)
         specs.update(("regularizer", canonical_json(spec)) for spec in trial.config["regularizers"])
         specs.update(("preprocessing", canonical_json(spec)) for spec in trial.config.get("preprocessing", []))
+        if "loss" in trial.config:  # a loss other than the default one
+            specs.add(("loss", canonical_json(trial.config["loss"])))
     return len(specs)
 
 

@@ -108,6 +108,7 @@ def components_used(trial, registry) -> list[tuple[str, str, str]]:
     used = [(kind, trial.config[key]["name"]) for key, kind in COMPONENTS.items()]
     used += [("regularizer", r["name"]) for r in trial.config["regularizers"]]
     used += [("preprocessing", p["name"]) for p in trial.config.get("preprocessing", [])]
+    used += [("loss", trial.config["loss"]["name"])] if "loss" in trial.config else []  # absent at the default
     out = []
     for kind, name in used:
         component = registry.get(kind, name)

@@ -69,7 +69,7 @@ def is_stackable(factory) -> bool:
 def component_stacks(component) -> bool | None:
     """Whether a registered component can train in a stack (None: the question does not apply,
     as for datasets and initializers, which never stand in the way)."""
-    if component.kind in ("architecture", "activation", "schedule"):
+    if component.kind in ("architecture", "activation", "schedule", "loss"):
         return is_stackable(component.factory)
     if component.kind == "optimizer":
         return getattr(component.factory, STACKED, None) is not None

@@ -12,9 +12,9 @@ import math
 import time
 
 import torch
-import torch.nn.functional as F
 
-from dlbench.build import build, build_model, build_optimizer, make, seed_everything
+from dlbench.build import (CrossEntropy, build, build_loss, build_model, build_optimizer, make, mean_loss,
+                           seed_everything, sum_loss)
 from dlbench.checkpoints import Checkpoints, rng_state, set_rng_state
 from dlbench.data import DeviceData
 from dlbench.trial import Trial, TrialInfo, TrialResult
@@ -22,7 +22,7 @@ from dlbench.verdict import StopRule
 
 # what other modules import from here (the build, the checkpoints, the RNG states and
 # TrialResult are defined elsewhere: dlbench.build, dlbench.checkpoints, dlbench.trial)
-__all__ = ["EVAL_CHUNK", "Checkpoints", "TrialResult", "build", "build_model", "build_optimizer", "end_training",
+__all__ = ["EVAL_CHUNK", "Checkpoints", "TrialResult", "build", "build_loss", "build_model", "build_optimizer", "end_training",
            "evaluate", "exact_accuracies", "make", "order_generator_after_build", "record_epoch", "replay_history",
            "rng_state", "run_trial", "seed_everything", "set_rng_state", "train_epoch", "train_steps", "training_loss",
            "update"]
@@ -30,9 +30,13 @@ __all__ = ["EVAL_CHUNK", "Checkpoints", "TrialResult", "build", "build_model", "
 EVAL_CHUNK = 8192  # examples per forward pass at evaluation: bounded memory, few launches
 
 
+cross_entropy = CrossEntropy()  # plain cross-entropy: the loss of a config without one (``build_loss``)
+
+
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, data: DeviceData) -> dict[str, float]:
-    """Loss and accuracy on every split, in eval mode, with a single device sync at the end."""
+def evaluate(model: torch.nn.Module, data: DeviceData, loss=cross_entropy) -> dict[str, float]:
+    """Loss (``loss``, per example: the trial's, ``build_loss``) and accuracy on every split, in
+    eval mode, with a single device sync at the end."""
     model.eval()
     names, values = [], []
     for split, (x, y) in data.splits().items():
@@ -40,7 +44,7 @@ def evaluate(model: torch.nn.Module, data: DeviceData) -> dict[str, float]:
         correct = torch.zeros((), device=x.device)
         for xb, yb in zip(x.split(EVAL_CHUNK), y.split(EVAL_CHUNK)):
             logits = model(xb)
-            loss_sum += F.cross_entropy(logits, yb, reduction="sum")
+            loss_sum += sum_loss(loss, logits, yb)
             correct += (logits.argmax(1) == yb).sum()
         names += [f"{split}_loss", f"{split}_correct"]
         values += [loss_sum / len(y), correct]
@@ -68,32 +72,35 @@ def train_epoch(model, regularizers, optimizer, schedule, data: DeviceData, batc
     train_steps((model, regularizers, optimizer, schedule), data, batch_size, hook, trial, first_step=0)
 
 
-def train_steps(parts: tuple, data: DeviceData, batch_size: int, hook, trial: Trial | None, first_step: int) -> None:
+def train_steps(parts: tuple, data: DeviceData, batch_size: int, hook, trial: Trial | None, first_step: int,
+                loss=cross_entropy) -> None:
     """One pass over the training set with ``parts``: the model, regularizers, optimizer and
-    schedule, as :func:`build` returns them. ``first_step`` counts the optimizer steps taken
-    before (the after-backward observers see each step's number over the whole trial)."""
+    schedule, as :func:`build` returns them, and ``loss`` (per example, :func:`build_loss`).
+    ``first_step`` counts the optimizer steps taken before (the after-backward observers see
+    each step's number over the whole trial)."""
     model, regularizers, optimizer, schedule = parts
     model.train()
     n = len(data.y_train)
     order = torch.randperm(n, device=data.x_train.device)  # drawn on the device: no host round-trip
     for step, idx in enumerate(order.split(batch_size), start=first_step + 1):
-        loss = training_loss(model, regularizers, data.x_train[idx], data.y_train[idx])
+        objective = training_loss(model, regularizers, data.x_train[idx], data.y_train[idx], loss)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        objective.backward()
         if hook is not None:  # observers (diagnostics) see the raw gradients; ~1 us when nobody listens
             hook.dlbench_after_backward(trial=trial, model=model, optimizer=optimizer, step=step, data=data)
         update(model, regularizers, optimizer, schedule)
 
 
-def training_loss(model, regularizers, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def training_loss(model, regularizers, x: torch.Tensor, y: torch.Tensor, loss=cross_entropy) -> torch.Tensor:
     """The loss of one training batch: the regularizers' batch transforms, the forward pass,
-    cross-entropy, the regularizers' penalties."""
+    the mean of ``loss`` over the batch (the trial's, per example: :func:`build_loss`), the
+    regularizers' penalties."""
     for reg in regularizers:
         x, y = reg.transform_batch(x, y)
-    loss = F.cross_entropy(model(x), y)
+    objective = mean_loss(loss, model(x), y)
     for reg in regularizers:
-        loss = loss + reg.penalty(model)
-    return loss
+        objective = objective + reg.penalty(model)
+    return objective
 
 
 def update(model, regularizers, optimizer, schedule) -> None:
@@ -121,6 +128,7 @@ def run_trial(trial: Trial, registry, data: DeviceData, device: torch.device, ho
     seed_everything(trial.seed)
     parts = build(trial, registry, data, device)
     model, regularizers, optimizer, schedule = parts
+    loss = build_loss(trial.config, registry, data.num_classes)
     resumed = checkpoints.restore(model, optimizer, schedule, regularizers) if checkpoints else None
     info = TrialInfo.of(trial, model, data, device, resumed_from_epoch=resumed["epoch"] if resumed else None)
     hook.dlbench_trial_start(trial=trial, model=model, info=info)
@@ -136,8 +144,8 @@ def run_trial(trial: Trial, registry, data: DeviceData, device: torch.device, ho
         if epoch > 0:  # epoch 0 records the initialized model, before any step
             batch_size = trial.config["batch_size"]
             train_steps(parts, data, batch_size, hook, trial,
-                        first_step=(epoch - 1) * math.ceil(len(data.y_train) / batch_size))
-        metrics = evaluate(model, data)
+                        first_step=(epoch - 1) * math.ceil(len(data.y_train) / batch_size), loss=loss)
+        metrics = evaluate(model, data, loss)
         if epoch > 0 and hasattr(schedule, "epoch_end"):  # e.g. plateau: follows the validation loss
             schedule.epoch_end(epoch, metrics)
         metrics["lr"] = optimizer.param_groups[0]["lr"]  # the rate of the next step
@@ -149,7 +157,7 @@ def run_trial(trial: Trial, registry, data: DeviceData, device: torch.device, ho
         if checkpoints and checkpoints.due():
             hook.dlbench_checkpoint(trial=trial, epoch=epoch)
             checkpoints.save(epoch, model, optimizer, schedule, regularizers, result)
-    end_training(model, regularizers, data, result, optimizer.param_groups[0]["lr"], hook, trial)
+    end_training(model, regularizers, data, result, optimizer.param_groups[0]["lr"], hook, trial, loss)
     if checkpoints:
         checkpoints.clear()
     result.seconds = time.perf_counter() - started
@@ -173,14 +181,15 @@ def replay_history(result: TrialResult, epoch: int, hook, trial: Trial) -> None:
         result.final, result.epochs_run = result.history[-1], epoch
 
 
-def end_training(model, regularizers, data: DeviceData, result: TrialResult, lr: float, hook, trial: Trial) -> None:
+def end_training(model, regularizers, data: DeviceData, result: TrialResult, lr: float, hook, trial: Trial,
+                 loss=cross_entropy) -> None:
     """Training is over: a regularizer may change the final weights (early stopping restores the
     best epoch's). If one did, the model is evaluated again and that evaluation recorded as one
     more row of the history (its epoch: the last trained one + 1) and as the trial's final
     metrics; ``epochs_run`` stays the number of epochs trained. Not for a diverged trial."""
     if result.status != "finished" or not any([reg.end_of_training(model) for reg in regularizers]):
         return
-    metrics = evaluate(model, data) | {"lr": lr}
+    metrics = evaluate(model, data, loss) | {"lr": lr}
     result.history.append(metrics)
     result.final = metrics
     hook.dlbench_epoch_end(trial=trial, epoch=len(result.history) - 1, metrics=metrics)

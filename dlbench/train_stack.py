@@ -23,11 +23,10 @@ import warnings
 from functools import partial
 
 import torch
-import torch.nn.functional as F
 from torch.func import vmap
 
 from dlbench.checkpoints import Checkpoints, rng_state, set_rng_state
-from dlbench.build import build, build_model, build_optimizer, seed_everything
+from dlbench.build import build, build_loss, build_model, build_optimizer, seed_everything
 from dlbench.data import DeviceData
 from dlbench.planning import Work, initializer_groups
 from dlbench.regularizer import Regularizer, overrides
@@ -123,6 +122,7 @@ class _Stack:
         self.train_forward = vmap(forward, randomness="different")  # x: [N, B, ...], one batch per member
         self.eval_forward = vmap(forward, in_dims=(0, 0, None), randomness="different")  # x shared
         self.optimizer = _stacked_optimizer(members, registry, device)
+        self.loss = build_loss(cfg, registry, data.num_classes)  # per example; the members share it (stack_key)
         self.stacked_regs = [type(r).stacked([m.regularizers[k] for m in members])
                              for k, r in enumerate(members[0].regularizers)]
         self.lr_table = torch.tensor([m.lrs for m in members], device=device)  # [N, steps + 1]
@@ -179,7 +179,7 @@ class _Stack:
         for reg in self.stacked_regs:
             x, y = reg.transform_batch(x, y)
         logits = self.train_forward(self.params, self.buffers, x)
-        losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(len(idx), -1)
+        losses = self.loss(logits.flatten(0, 1), y.flatten()).view(len(idx), -1)
         losses = losses.mean(1)
         for reg in self.stacked_regs:
             losses = losses + reg.penalty(self.params)
@@ -213,7 +213,7 @@ class _Stack:
         """Evaluate every member (one device sync), record its epoch and ask its verdict: the
         positions of the members that leave (diverged, stopped early, pruned)."""
         self.base.eval()
-        metrics = _evaluate(self.eval_forward, self.params, self.buffers, self.data, len(self.members))
+        metrics = _evaluate(self.eval_forward, self.params, self.buffers, self.data, len(self.members), self.loss)
         leaving = []
         for i, m in enumerate(self.members):
             row = metrics[i] | {"lr": m.lrs[epoch * self.steps_per_epoch]}
@@ -231,7 +231,7 @@ class _Stack:
         on each one's own model) and hand each its result (``finish``)."""
         for i in positions:
             m = self.members[i]
-            _end_member(m, i, self.params, self.buffers, self.data, hook, epoch * self.steps_per_epoch)
+            _end_member(m, i, self.params, self.buffers, self.data, hook, epoch * self.steps_per_epoch, self.loss)
             m.result.seconds = time.perf_counter() - started
             finish(m.trial, m.result)
 
@@ -360,12 +360,12 @@ def _copy_member(model, params, buffers, i: int, grads: bool = False) -> None:
         b.copy_(buffers[name][i])
 
 
-def _end_member(m: _Member, i: int, params, buffers, data, hook, step: int) -> None:
+def _end_member(m: _Member, i: int, params, buffers, data, hook, step: int, loss) -> None:
     """A member's training is over: its regularizers may change its final weights (early
     stopping restores the best epoch's) on its own model, evaluated alone then (``end_training``)."""
     if m.result.status == "finished" and _overrides(m.regularizers, "end_of_training"):
         _copy_member(m.model, params, buffers, i)
-        end_training(m.model, m.regularizers, data, m.result, m.lrs[step], hook, m.trial)
+        end_training(m.model, m.regularizers, data, m.result, m.lrs[step], hook, m.trial, loss)
 
 
 def _observe_gradients(members, params, buffers, hook, step: int, data) -> None:
@@ -381,8 +381,9 @@ def _observe_gradients(members, params, buffers, hook, step: int, data) -> None:
 
 
 @torch.no_grad()
-def _evaluate(eval_forward, params, buffers, data: DeviceData, n: int) -> list[dict[str, float]]:
-    """Loss and accuracy of every member on every split (eval mode), one device sync for all."""
+def _evaluate(eval_forward, params, buffers, data: DeviceData, n: int, loss) -> list[dict[str, float]]:
+    """Loss (``loss``, per example) and accuracy of every member on every split (eval mode), one
+    device sync for all."""
     names, columns = [], []
     chunk = max(256, EVAL_CHUNK // n)  # bounded memory: n members see each chunk at once
     for split, (x, y) in data.splits().items():
@@ -390,7 +391,7 @@ def _evaluate(eval_forward, params, buffers, data: DeviceData, n: int) -> list[d
         correct = torch.zeros(n, device=x.device)
         for xb, yb in zip(x.split(chunk), y.split(chunk)):
             logits = eval_forward(params, buffers, xb)  # [n, b, classes]
-            loss_sum += F.cross_entropy(logits.flatten(0, 1), yb.repeat(n), reduction="none").view(n, -1).sum(1)
+            loss_sum += loss(logits.flatten(0, 1), yb.repeat(n)).view(n, -1).sum(1)
             correct += (logits.argmax(2) == yb).sum(1)
         names += [f"{split}_loss", f"{split}_correct"]
         columns += [loss_sum / len(y), correct]

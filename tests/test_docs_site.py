@@ -27,7 +27,7 @@ def test_the_site_builds_in_strict_mode(tmp_path):
         assert (site / page / "index.html").is_file(), page
     api = (site / "api" / "index.html").read_text(encoding="utf-8")
     for name in ("Range", "Slot", "StackedOptimizer", "Regularizer", "Preprocessor", "TrialInfo"):
-        assert f'id="dlbench.' in api and name in api, name  # the docstrings were rendered
+        assert 'id="dlbench.' in api and name in api, name  # the docstrings were rendered
 
 
 def test_every_page_of_the_docs_is_in_the_navigation():

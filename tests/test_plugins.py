@@ -56,7 +56,7 @@ def test_builtins_the_standard_studies_need(registry, kind, needed):
 
 def test_every_kind_has_builtins_and_they_are_builtin(registry):
     assert set(KINDS.values()) == {"dataset", "architecture", "activation", "initializer", "optimizer", "schedule",
-                                   "regularizer", "preprocessing"}
+                                   "regularizer", "preprocessing", "loss"}
     for kind in KINDS.values():
         assert registry.names(kind), kind
     components = list(registry)

@@ -14,6 +14,7 @@ from dlbench.contract.architectures import exposes_hidden_blocks, exposes_slots
 from dlbench.contract.datasets import dataset_arrays, dataset_builds, dataset_hash
 from dlbench.contract.generic import builds, eval_is_deterministic, gradcheck, lowers_the_loss, same_seed_same_result
 from dlbench.contract.initializers import initializer_keeps_the_model
+from dlbench.contract.losses import loss_is_per_example, loss_per_example
 from dlbench.contract.optimizers import optimizer_resumes, optimizer_type
 from dlbench.contract.outcome import FAIL, PASS, SKIP, UNSUPPORTED, Note, Outcome, Skip, Unsupported
 from dlbench.contract.preprocessing import preprocessing_applies, preprocessing_is_a_function
@@ -39,6 +40,7 @@ CHECKS: dict[str, list[Callable[[Subject], str | None]]] = {
     "regularizer": [builds, regularizer_type, *TRAINS, graph_safe],
     "dataset": [dataset_builds, dataset_arrays, dataset_hash],
     "preprocessing": [preprocessing_applies, preprocessing_is_a_function],
+    "loss": [loss_per_example, loss_is_per_example],
 }
 
 
