@@ -19,7 +19,9 @@ EXAMPLE = re.compile(r"```python\n# plugins/(?P<file>\w+\.py)\n(?P<code>.*?)```"
 
 
 def examples() -> list[tuple[str, str]]:
-    return [(m["file"], m["code"]) for m in EXAMPLE.finditer(GUIDE.read_text(encoding="utf-8"))]
+    """The plugin files of the guide and of the README (each ``# plugins/<file>.py`` block)."""
+    return [(m["file"], m["code"]) for page in (GUIDE, REPO / "README.md")
+            for m in EXAMPLE.finditer(page.read_text(encoding="utf-8"))]
 
 
 def test_the_guide_has_an_example_of_every_kind(tmp_path):
