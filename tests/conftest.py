@@ -161,6 +161,19 @@ def registry(plugins):
     return plugins.registry
 
 
+@pytest.fixture
+def registry_with():
+    """``registry_with(kind, name, factory)``: the built-ins plus one component."""
+    from dlbench.plugins import load_plugins
+
+    def make(kind, name, factory):
+        registry = load_plugins(None, autoload=False).registry
+        registry.add(kind, name, factory, "test")
+        return registry, registry.get(kind, name)
+
+    return make
+
+
 @pytest.fixture(scope="session")
 def tiny_data(registry):
     """The 600-example MNIST-1D on the CPU with a 10% validation split: 480/48 train/val, 120 test."""

@@ -112,16 +112,6 @@ def hidden_blocks_not_chaining(input_shape, num_classes, activation):
     return model
 
 
-@pytest.fixture
-def registry_with():
-    def make(kind, name, factory):
-        registry = load_plugins(None, autoload=False).registry
-        registry.add(kind, name, factory, "test")
-        return registry, registry.get(kind, name)
-
-    return make
-
-
 def by_check(outcomes: list[Outcome]) -> dict[str, Outcome]:
     return {o.check: o for o in outcomes}
 

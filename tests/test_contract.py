@@ -244,17 +244,6 @@ class Inflate(Regularizer):
             p.mul_(2.0)
 
 
-@pytest.fixture
-def registry_with():
-    """``registry_with(kind, name, factory)``: the built-ins plus one component."""
-    def make(kind, name, factory):
-        registry = load_plugins(None, autoload=False).registry
-        registry.add(kind, name, factory, "test")
-        return registry, registry.get(kind, name)
-
-    return make
-
-
 @pytest.mark.parametrize("kind, factory, failing, message", [
     ("activation", random_in_eval, "eval mode is deterministic", "two eval-mode forward passes"),
     ("optimizer", gradient_ascent, "a few optimizer steps lower the loss", "expected lower"),

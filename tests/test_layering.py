@@ -20,6 +20,16 @@ def module_name(path: Path, root: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def imported_from(node: ast.ImportFrom, package: str) -> str:
+    """The absolute name of the module a ``from ... import`` in ``package`` names (relative
+    imports resolved: ``from .. import c`` in ``pkg.sub`` is ``pkg``)."""
+    base = node.module or ""
+    if node.level:
+        parent = package.split(".")[:len(package.split(".")) - node.level + 1]
+        base = ".".join(parent + ([base] if base else []))
+    return base
+
+
 def import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
     """Module of ``package`` -> the modules of it that it imports, anywhere in its body. ``from
     pkg import mod`` imports the module ``pkg.mod``; ``from pkg import name`` imports ``pkg``."""
@@ -31,10 +41,7 @@ def import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
             if isinstance(node, ast.Import):
                 targets = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom):
-                base = node.module or ""
-                if node.level:
-                    parent = package.split(".")[:len(package.split(".")) - node.level + 1]
-                    base = ".".join(parent + ([base] if base else []))
+                base = imported_from(node, package)
                 subs = [f"{base}.{alias.name}" for alias in node.names if f"{base}.{alias.name}" in modules]
                 targets = subs if len(subs) == len(node.names) else [base, *subs]
             else:
@@ -149,10 +156,7 @@ def module_imports(path: Path, name: str, modules: set[str]) -> tuple[set[str], 
         if isinstance(node, ast.Import):
             targets = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parent = package.split(".")[:len(package.split(".")) - node.level + 1]
-                base = ".".join(parent + ([base] if base else []))
+            base = imported_from(node, package)
             subs = [f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in modules]
             targets = subs or [base]
         else:
