@@ -95,7 +95,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     summary.line(f"device: {device} ({torch.get_num_threads()} threads), torch {torch.__version__}, "
-          f"{args.epochs} epochs, median of {args.repeats}, interleaved")
+                 f"{args.epochs} epochs, median of {args.repeats}, interleaved")
 
     for model_name, model in MODELS.items():
         text = study_text(model, args.epochs)

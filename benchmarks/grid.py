@@ -100,11 +100,12 @@ def main() -> None:
                   flush=True)
     bare = statistics.median(times["bare script"])
     summary.line(f"\n6 trials (dropout off/on x 3 seeds, MLP 2x512, {args.epochs} epochs), whole processes, "
-          f"{os.cpu_count()} CPUs, median of {args.repeats}:")
+                 f"{os.cpu_count()} CPUs, median of {args.repeats}:")
     for name, values in times.items():
         med = statistics.median(values)
         summary.line(f"  {name:<12} {med:6.1f} s  ({min(values):.1f}-{max(values):.1f})  {med / bare:.2f}x the bare script")
     summary.done()
+
 
 if __name__ == "__main__":
     main()

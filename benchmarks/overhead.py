@@ -128,7 +128,7 @@ def main() -> None:
         bare, quiet, logged = (statistics.median(times[n]) for n in ("bare", "quiet", "logged"))
 
     summary.line(f"device: {device} ({torch.get_num_threads()} threads), torch {torch.__version__}, "
-          f"{args.epochs} epochs x {len(data.y_train) // cfg['batch_size'] + 1} steps, median of {args.repeats}")
+                 f"{args.epochs} epochs x {len(data.y_train) // cfg['batch_size'] + 1} steps, median of {args.repeats}")
     summary.line(f"bare PyTorch loop        {bare:7.2f} s   1.00x")
     summary.line(f"dlbench run_trial        {quiet:7.2f} s   {quiet / bare:.2f}x")
     summary.line(f"dlbench + MLflow SQLite  {logged:7.2f} s   {logged / bare:.2f}x")

@@ -102,8 +102,8 @@ def main() -> None:
     component = plugins.registry.get("dataset", "mnist1d")
     data = DataCache(None).get(component, {}, 0.1, device)
     summary.line(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}), "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.epochs} epochs, "
-          f"median of {args.repeats} (min-max)")
+                 f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.epochs} epochs, "
+                 f"median of {args.repeats} (min-max)")
     stacked(trials_for(2, 1, plugins.registry), plugins.registry, data, device)  # warm-up: kernels, allocator
     if device.type == "cuda":
         stacked(trials_for(2, 1, plugins.registry), plugins.registry, data, device, "on")
@@ -130,7 +130,7 @@ def main() -> None:
             summary.line(f"  {name:<28} {med[name] * 1000:8.1f} ms/trial  ({min(values) * 1000:.1f}-{max(values) * 1000:.1f})")
         for way in [w for w in ways if w.startswith("dlbench, stack")]:
             summary.line(f"  {way[9:]} vs bare loop: {med['bare loop, one at a time'] / med[way]:.2f}x faster; "
-                  f"vs dlbench one at a time: {med['dlbench, one at a time'] / med[way]:.2f}x faster")
+                         f"vs dlbench one at a time: {med['dlbench, one at a time'] / med[way]:.2f}x faster")
     summary.done()
 
 if __name__ == "__main__":

@@ -82,13 +82,13 @@ def main() -> None:
     first = next(iter(ways))
     trials = _trial_count(args.study.resolve())
     summary.line(f"\n`dlbench run {args.study.name}` whole (fresh store, reports included), {os.cpu_count()} CPUs, "
-          f"median of {args.repeats}:")
+                 f"median of {args.repeats}:")
     for name, values in times.items():
         med = statistics.median(values)
         summary.line(f"  {name:<9} {med:6.1f} s  ({min(values):.1f}-{max(values):.1f})  "
-              f"{statistics.median(times[first]) / med:.2f}x vs {first} "
-              f"({(med - statistics.median(times[first])) / trials * 1000:+.0f} ms per trial);  "
-              f"CPU {statistics.median(cpu[name]):.0f} s (user + system, every process)")
+                     f"{statistics.median(times[first]) / med:.2f}x vs {first} "
+                     f"({(med - statistics.median(times[first])) / trials * 1000:+.0f} ms per trial);  "
+                     f"CPU {statistics.median(cpu[name]):.0f} s (user + system, every process)")
     summary.done()
 
 def _trial_count(study: Path) -> int:

@@ -150,12 +150,12 @@ def main() -> None:
 
     floor = statistics.median(times["fewest calls"])
     summary.line(f"{len(trials)} trials of {STUDY.name}, {values} metric values each "
-          f"({sum(e[0] == 'diag' for e in events)} diagnostics steps), fresh SQLite store, "
-          f"median of {args.repeats}")
+                 f"({sum(e[0] == 'diag' for e in events)} diagnostics steps), fresh SQLite store, "
+                 f"median of {args.repeats}")
     for name, ms in times.items():
         median = statistics.median(ms)
         summary.line(f"{name:13s} {median:6.1f} ms per trial ({min(ms):.1f}-{max(ms):.1f})  {median / floor:.2f}x  "
-              f"-> 500 trials: {median * 500 / 1000:.0f} s of the parent")
+                     f"-> 500 trials: {median * 500 / 1000:.0f} s of the parent")
     summary.done()
 
 if __name__ == "__main__":

@@ -132,7 +132,7 @@ def main() -> None:
     sqlite, http = statistics.median(times["sqlite"]), statistics.median(times["server"])
     trials = CONFIGS * args.seeds
     summary.line(f"\n`dlbench run` of {trials} trials x {args.epochs} epochs, --jobs 1, {os.cpu_count()} CPUs, "
-          f"median of {args.repeats}:")
+                 f"median of {args.repeats}:")
     for name, values in times.items():
         summary.line(f"  {name:<7} {statistics.median(values):6.1f} s  ({min(values):.1f}-{max(values):.1f})")
     summary.line(f"  server / sqlite: {http / sqlite:.2f}x;  {1000 * (http - sqlite) / trials:+.0f} ms per trial")
