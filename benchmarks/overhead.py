@@ -137,5 +137,6 @@ def main() -> None:
         summary.line(f"as dlbench run trains it {graphed:7.2f} s   {graphed / bare:.2f}x  (a stack of one, CUDA graphs)")
     summary.done()
 
+
 if __name__ == "__main__":
     main()

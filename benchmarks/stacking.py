@@ -133,5 +133,6 @@ def main() -> None:
                          f"vs dlbench one at a time: {med['dlbench, one at a time'] / med[way]:.2f}x faster")
     summary.done()
 
+
 if __name__ == "__main__":
     main()

@@ -158,5 +158,6 @@ def main() -> None:
                      f"-> 500 trials: {median * 500 / 1000:.0f} s of the parent")
     summary.done()
 
+
 if __name__ == "__main__":
     main()

@@ -138,5 +138,6 @@ def main() -> None:
     summary.line(f"  server / sqlite: {http / sqlite:.2f}x;  {1000 * (http - sqlite) / trials:+.0f} ms per trial")
     summary.done()
 
+
 if __name__ == "__main__":
     main()
