@@ -21,7 +21,7 @@ named after the study), or ``factor.f`` when ``f`` is also the name of another c
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -32,6 +32,7 @@ from dlbench.config import read_study_file
 from dlbench.errors import UserError, choose_one_of
 from dlbench.paths import sqlite_file
 from dlbench.settings import default_tracking_uri
+from dlbench.tracking.keys import DIAG_PREFIX
 from dlbench.tracking.reader import attached_study_file, find_study_run, read_study_run
 from dlbench.tracking.server import is_server, require_reachable
 from dlbench.tracking.store import Store
@@ -77,7 +78,7 @@ def load_trials(study_file: str | Path | None = None, *, run_id: str | None = No
     order (study, level, seed). Raises :class:`dlbench.errors.UserError` when there is no such
     store, study run or study.
     """
-    return load_results(study_file, run_id=run_id, tracking_uri=tracking_uri, study=study).trials
+    return read_results(study_file, run_id, tracking_uri, study, history=lambda metric: False).trials  # no curves
 
 
 def load_curves(study_file: str | Path | None = None, *, run_id: str | None = None, tracking_uri: str | None = None,
@@ -99,13 +100,22 @@ def load_results(study_file: str | Path | None = None, *, run_id: str | None = N
                  study: str | Iterable[str] | None = None, metrics: str | Iterable[str] | None = None) -> Results:
     """Both frames of a study run (:func:`load_trials`, :func:`load_curves`) from one read of
     the store: what a notebook that wants both calls, rather than reading the runs twice."""
+    return read_results(study_file, run_id, tracking_uri, study, metrics,
+                        history=lambda metric: not metric.startswith(DIAG_PREFIX))  # the curves are per epoch
+
+
+def read_results(study_file, run_id, tracking_uri, study, metrics=None,
+                 history: Callable[[str], bool] = lambda metric: True) -> Results:
+    """:func:`load_results`, reading the histories of the metrics ``history`` keeps (a metric's
+    name -> whether its values by step are read): none for the trials alone, the per-epoch ones
+    for the curves (never the diagnostics by optimizer step, which neither frame holds)."""
     if study_file is not None and run_id is not None:
         raise UserError("name the study run once: a study file or run_id=..., not both")
     uri = tracking_uri or default_tracking_uri()
     require_store(uri)
     studies = [study] if isinstance(study, str) else list(study) if study is not None else None
     parent = study_run_of(uri, study_file, run_id)
-    record = read_study_run(uri, parent, studies)
+    record = read_study_run(uri, parent, studies, history)
     trials = trial_frame(record.trials, parent)
     if studies is not None:
         missing = [s for s in studies if s not in set(trials["study"])]

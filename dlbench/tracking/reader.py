@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -94,10 +95,13 @@ def find_study_run(tracking_uri: str, run_id: str | None = None, experiment: str
     return runs[0].info.run_id
 
 
-def read_study_run(tracking_uri: str, run_id: str, studies: list[str] | None = None) -> StudyRecord:
+def read_study_run(tracking_uri: str, run_id: str, studies: list[str] | None = None,
+                   history: Callable[[str], bool] = lambda metric: True) -> StudyRecord:
     """The parent run ``run_id``, its study file and every trial run under it (of ``studies``,
-    when named) with its metric histories. A study run holds one run of each of its trials,
-    whatever happened (``dlbench run``): runs of any other study run are never read as its own.
+    when named) with the histories of its metrics that ``history`` keeps (a metric's name ->
+    whether to read its values by step; default all: a report draws every one). A study run
+    holds one run of each of its trials, whatever happened (``dlbench run``): runs of any other
+    study run are never read as its own.
     """
     client = _client(tracking_uri)
     parent = client.get_run(run_id)
@@ -112,7 +116,8 @@ def read_study_run(tracking_uri: str, run_id: str, studies: list[str] | None = N
 
     rows = [_trial_row(r) for r in children]
     trials = pd.DataFrame(rows)
-    records = histories_of_runs(client, {r.info.run_id: list(r.data.metrics) for r in children}, READ_THREADS)
+    wanted = {r.info.run_id: [k for k in r.data.metrics if history(metric_name(k))] for r in children}
+    records = histories_of_runs(client, wanted, READ_THREADS)
     history = pd.DataFrame(records, columns=["run_id", "key", "step", "value"])
     history = history.sort_values(["run_id", "key", "step"], kind="stable").drop_duplicates(
         ["run_id", "key", "step"], keep="last")
