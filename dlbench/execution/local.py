@@ -87,7 +87,6 @@ class WorkerPool(Pool):
     def __init__(self, jobs: int, devices: list[str], setup: WorkerSetup, warm: list[dict] = ()):
         self._ctx = mp.get_context(start_method(devices))
         self.devices, self.setup, self.warm = devices, setup, list(warm)
-        self.device = None  # each worker trains on its own device of ``devices``
         self.events = self._ctx.Queue()
         self._started = 0
         self.workers = [self._spawn() for _ in range(jobs)]

@@ -30,7 +30,9 @@ class Pool(ABC):
     so that its start-up (imports, CUDA, the datasets) overlaps with the parent's; closed once."""
 
     jobs: int = 1  # units trained at once
-    device: torch.device | None = None  # what the units train on, when the pool decides it (a Ray cluster)
+    # what the units train on, when the pool decides it (a Ray cluster); None: the run's devices
+    # (local workers each train on their own of ``--device``'s)
+    device: torch.device | None = None
     in_process: bool = False  # True: units train in this process (its cores are busy while they do)
 
     @property
