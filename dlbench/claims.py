@@ -35,16 +35,16 @@ class Announcer:
         total = self.total
         if action in ("skip", "busy"):
             what = "already done" if action == "skip" else "is running in another live process"
-            self.stream.write(f"[{trial.index}/{total}] {trial.run_name}  skipped: run {previous.run_id} {what}\n")
+            self.stream.write(f"[{trial.index}/{total}] {trial.title}  skipped: run {previous.run_id} {what}\n")
         elif action == "reused":
-            self.stream.write(f"[{trial.index}/{total}] {trial.run_name}  reused: run {previous.tags.get('dlbench.same_as')} of "
+            self.stream.write(f"[{trial.index}/{total}] {trial.title}  reused: run {previous.tags.get('dlbench.same_as')} of "
                          f"an earlier study run ended the same configuration; recorded as run {previous.run_id} "
                          "(--force trains it again)\n")
         elif action == "resume":
-            self.stream.write(f"[{trial.index}/{total}] {trial.run_name}  resuming run {previous.run_id} "
+            self.stream.write(f"[{trial.index}/{total}] {trial.title}  resuming run {previous.run_id} "
                          f"(left {previous.status} by process {previous.tags.get('dlbench.pid', '?')})\n")
         elif action == "retry":
-            self.stream.write(f"[{trial.index}/{total}] {trial.run_name}  trains again: run {previous.run_id} "
+            self.stream.write(f"[{trial.index}/{total}] {trial.title}  trains again: run {previous.run_id} "
                          f"{previous.status.lower()} (deleted in MLflow, kept among its deleted runs)\n")
 
 
@@ -120,7 +120,7 @@ def plan_works(trials, same: dict[int, Trial], tracker, run: StudyRun, stacks, f
     waiting: dict[int, list[Trial]] = {}
     done: dict[int, object] = {}  # the first of identical trials, ended: index -> its run
     for trial in trials:
-        action, previous = plan_trial(own.get(trial.run_name, []))
+        action, previous = plan_trial(own.get(trial.key, []))
         if action == "skip":
             run.skipped += 1
             run.skipped_finished += previous.status == "FINISHED"
@@ -185,7 +185,7 @@ def record_identical(twin: Trial, first: Trial, tracker, say: Announcer):
     """Record ``twin`` from the run of ``first``, the identical trial of the file that trained
     (just now, or in another process or invocation): see :func:`record_from`."""
     tracker.flush()  # its metrics stored before they are read back
-    runs = tracker.study_trials([first.run_name]).get(first.run_name, [])
+    runs = tracker.study_trials([first.key]).get(first.key, [])
     if first.index in tracker.run_ids:
         runs.insert(0, tracker.stored(tracker.run_ids[first.index]))
     ended = [r for r in runs if r.ended] or [r for r in runs if r.status == "FAILED"]
@@ -198,7 +198,7 @@ def record_from(twin: Trial, source, tracker, say: Announcer):
     """Under the store lock: ``("recorded", run)``, the run made for ``twin`` from ``source``;
     or ``("skip" | "busy", run)`` when another process has recorded it, or is recording it."""
     with tracker.lock:
-        previous = tracker.study_trials([twin.run_name]).get(twin.run_name, [])
+        previous = tracker.study_trials([twin.key]).get(twin.key, [])
         action, other = plan_trial(previous)
         if action in ("skip", "busy"):
             say(twin, action, other)
@@ -208,7 +208,7 @@ def record_from(twin: Trial, source, tracker, say: Announcer):
         if not tracker.lock.exclusive and (first := tracker.rival(twin)) is not None:
             tracker.withdraw(twin)
             return ("busy" if first.status == "RUNNING" else "skip"), first
-    say.write(f"[{twin.index}/{say.total}] {twin.run_name}  {made.tags.get('dlbench.status', 'finished')}: the same "
+    say.write(f"[{twin.index}/{say.total}] {twin.title}  {made.tags.get('dlbench.status', 'finished')}: the same "
                  f"configuration and seed as {made.tags.get('dlbench.same_as_name')} (trained once, run "
                  f"{made.tags.get('dlbench.same_as')}); recorded as run {made.run_id}\n")
     return "recorded", made
@@ -222,8 +222,8 @@ def claim(work: Work, tracker, force: bool, checkpoint_dir: Path, say: Announcer
     to train (None: nothing left of it) and (trial, "skip" or "busy", the other process's run)
     for each member left out."""
     with tracker.lock:
-        existing = tracker.study_trials([t.run_name for t in work.members])
-        actions = {t.index: plan_trial(existing.get(t.run_name, [])) for t in work.members}
+        existing = tracker.study_trials([t.key for t in work.members])
+        actions = {t.index: plan_trial(existing.get(t.key, [])) for t in work.members}
         # a search's trial (planned as it runs) that an earlier study run of the experiment ended
         searched = [t for t in work.members if t.tuning is not None and actions[t.index][0] == "new"]
         earlier = tracker.existing_trials({t.config_hash for t in searched}) if searched and not force else {}
@@ -235,7 +235,7 @@ def claim(work: Work, tracker, force: bool, checkpoint_dir: Path, say: Announcer
             if action == "resume":
                 tracker.adopt(trial, previous)
             elif action in ("new", "retry"):
-                failed = existing.get(trial.run_name, [])
+                failed = existing.get(trial.key, [])
                 tracker.retire(failed)
                 tracker.open_run(trial, {"dlbench.replaces": ",".join(r.run_id for r in failed)} if failed else None)
         if not tracker.lock.exclusive:  # no lock (a tracking server): the earlier claim wins
@@ -260,10 +260,10 @@ def ended_elsewhere(run: StudyRun, tracker) -> None:
     of this study run (as the store has them); those still running stay theirs."""
     if not run.elsewhere:
         return
-    found = tracker.study_trials([t.run_name for t in run.elsewhere])
+    found = tracker.study_trials([t.key for t in run.elsewhere])
     still = []
     for trial in run.elsewhere:
-        previous = found.get(trial.run_name, [])
+        previous = found.get(trial.key, [])
         action, done = plan_trial(previous)
         if action == "busy":
             still.append(trial)

@@ -188,6 +188,15 @@ class Study:
     def factor_names(self) -> list[str]:
         return [f.name for f in self.factors]
 
+    @property
+    def level_names(self) -> dict[str, list[str]]:
+        """Each factor's level names, in study-file order."""
+        return {f.name: f.level_names for f in self.factors}
+
+    def label(self, levels: dict[str, str]) -> str:
+        """The label of one level of this study (``relu, depth=8``; see ``trial.level_label``)."""
+        return level_label(levels, self.level_names)
+
 
 @dataclass(frozen=True)
 class StudyFile:
@@ -457,8 +466,9 @@ def parse_level(value, factors: list[Factor], path: str, problems: list[str],
                 every: bool = True) -> dict[str, str] | None:
     """A level as a study file names it (``reference``, a claim's ``level`` and ``beats``, ...).
 
-    Three forms: the level's name (a study of one factor), the run label ``"reg=none,width=256"``
-    (factor=level pairs in any order, spaces allowed around ``,`` and ``=``), or a table
+    Four forms: the level's name (a study of one factor), its label as runs show it (``"none,
+    width=256"``), factor=level pairs (``"reg=none,width=256"``, in any order, spaces allowed around
+    ``,`` and ``=``), or a table
     ``{ reg = "none", width = 256 }`` (integers read as level names). Returns factor -> level in the
     study's factor order, or None after adding a problem at ``path``. ``every``: every factor must be
     named (a cell of the study); else any of them (``reference``).
@@ -470,15 +480,15 @@ def parse_level(value, factors: list[Factor], path: str, problems: list[str],
         if len(factors) == 1 and value in factors[0].levels:
             value = {names[0]: value}
         else:
-            pairs = _label_pairs(value)
+            labels = _cells_by_label(factors)
+            pairs = list(labels[value].items()) if value in labels else _label_pairs(value)
             if pairs is None:
                 if len(factors) == 1:
                     value = {names[0]: value}  # a misspelt name: the problem below says which are known
                 else:
-                    cells = [",".join(f"{f.name}={lvl}" for f, lvl in zip(factors, combo))
-                             for combo in itertools.product(*[f.level_names for f in factors])]
+                    cells = list(labels)
                     problems.append(f"{path}: {value!r} names no level: in a study of several factors write "
-                                    f"factor=level pairs, \"{cells[-1]}\", or a table "
+                                    f"its label as runs show it, \"{cells[-1]}\", factor=level pairs, or a table "
                                     f"{{ {_example_table(factors)} }}; {did_you_mean(value, cells)}"
                                     .rstrip("; ").rstrip())
                     return None
@@ -519,6 +529,15 @@ def parse_level(value, factors: list[Factor], path: str, problems: list[str],
 
 def _example_table(factors: list[Factor]) -> str:
     return ", ".join(f'{toml_key(f.name)} = "{f.level_names[-1]}"' for f in factors)
+
+
+def _cells_by_label(factors: list[Factor]) -> dict[str, dict[str, str]]:
+    """Every cell of a study of several factors by its label (``relu, depth=8``); none for one factor."""
+    if len(factors) < 2:
+        return {}
+    names = {f.name: f.level_names for f in factors}
+    cells = (dict(zip(names, combo)) for combo in itertools.product(*names.values()))
+    return {level_label(cell, names): cell for cell in cells}
 
 
 def _label_pairs(text: str) -> list[tuple[str, str]] | None:

@@ -65,7 +65,7 @@ def _why_alone(reason: str, trials: list) -> str:
     """One line for the trials that train alone for one reason: the trial itself when it is the
     only one, else their numbers (runs of consecutive numbers as ranges)."""
     if len(trials) == 1:
-        return f"  #{trials[0].index} {trials[0].run_name}: {reason}"
+        return f"  #{trials[0].index} {trials[0].title}: {reason}"
     spans: list[list[int]] = []
     for index in sorted(t.index for t in trials):
         if spans and index == spans[-1][1] + 1:

@@ -32,7 +32,7 @@ class Progress:
     @hookimpl
     def dlbench_trial_start(self, trial, model, info) -> None:
         if self.live:
-            self._write(f"\r\x1b[2K[{trial.index}/{self.total}] {trial.run_name}  building...")
+            self._write(f"\r\x1b[2K[{trial.index}/{self.total}] {trial.title}  building...")
 
     @hookimpl
     def dlbench_epoch_end(self, trial, epoch: int, metrics: dict[str, float]) -> None:
@@ -41,7 +41,7 @@ class Progress:
             return
         self._last_draw = now
         epochs = trial.config["epochs"]
-        self._write(f"\r\x1b[2K[{trial.index}/{self.total}] {trial.run_name}  epoch {epoch}/{epochs}  "
+        self._write(f"\r\x1b[2K[{trial.index}/{self.total}] {trial.title}  epoch {epoch}/{epochs}  "
                     f"{self._metrics(metrics)}")
 
     @hookimpl
@@ -50,5 +50,5 @@ class Progress:
         detail = self._metrics(result.final) if result.final else ""
         if result.status == "failed":
             detail = (result.error or "").strip().splitlines()[-1] if result.error else "error"
-        self._write(f"{prefix}[{trial.index}/{self.total}] {trial.run_name}  {result.status} "
+        self._write(f"{prefix}[{trial.index}/{self.total}] {trial.title}  {result.status} "
                     f"({result.epochs_run} epochs, {result.seconds:.1f}s)  {detail}\n")

@@ -44,7 +44,8 @@ def trial_from_run(stored, config: dict) -> Trial:
     levels = {k.removeprefix("dlbench.factor."): v for k, v in stored.tags.items() if k.startswith("dlbench.factor.")}
     group = config_hash({k: v for k, v in config.items() if k != "seed"})
     return Trial(index=1, study=stored.tags.get("dlbench.study", "reproduce"), levels=levels or {"level": "?"},
-                 seed=int(config["seed"]), config=config, config_hash=config_hash(config), group_hash=group)
+                 seed=int(config["seed"]), config=config, config_hash=config_hash(config), group_hash=group,
+                 label=stored.tags.get("dlbench.level", ""))
 
 
 def differences(stored, trial: Trial, plugins: Plugins, device: torch.device) -> list[str]:

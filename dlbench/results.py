@@ -186,7 +186,8 @@ def checked_study_run(tracking_uri: str, run_id: str) -> str:
     parent = run.tags.get("mlflow.parentRunId")
     if role in ("trial", "tuning") and parent:
         what = "a trial run" if role == "trial" else "a tuning run"
-        raise UserError(f"run_id={run_id!r} is {what} ({run.trial}), not a study run. Its study run is "
+        name = run.tags.get("mlflow.runName", run.trial)
+        raise UserError(f"run_id={run_id!r} is {what} ({name}), not a study run. Its study run is "
                         f"run_id={parent!r}: load that (this trial is its row whose run_id is {run_id!r}).")
     if role != "study":
         raise UserError(f"run_id={run_id!r}: not a dlbench study run (its tag dlbench.role is "

@@ -134,7 +134,7 @@ def _expand_study(sf: StudyFile, study: Study, registry, problems: list[str], pl
             spec = parse_tune(tune, tune_where, problems)
             if spec is None:
                 continue
-            found = check_space(spec, config, where, registry, tune_where, level_label(levels))
+            found = check_space(spec, config, where, registry, tune_where, study.label(levels))
             problems.extend(found)
             if not found:
                 plan.searches.append(Search(study, levels, config, where, spec, registry, tune_where, start))
@@ -142,7 +142,8 @@ def _expand_study(sf: StudyFile, study: Study, registry, problems: list[str], pl
         group = config_hash(resolved)
         for i, seed in enumerate(study.seeds):
             full = {**resolved, "seed": seed}
-            plan.trials.append(Trial(start + i, study.name, levels, seed, full, config_hash(full), group, where))
+            plan.trials.append(Trial(start + i, study.name, levels, seed, full, config_hash(full), group, where,
+                                     label=study.label(levels)))
 
 
 def sources(override: dict, path: str, where: dict[str, str]) -> dict[str, str]:

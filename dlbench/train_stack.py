@@ -308,8 +308,8 @@ def _check_same_structure(members: list[_Member]) -> None:
     reference = shapes(members[0].model)
     for m in members[1:]:
         if shapes(m.model) != reference:
-            raise CannotStack(f"{m.trial.run_name} builds a model with other parameters than "
-                              f"{members[0].trial.run_name}")
+            raise CannotStack(f"{m.trial.title} builds a model with other parameters than "
+                              f"{members[0].trial.title}")
 
 
 def _learning_rates(members: list[_Member], total_steps: int) -> None:

@@ -13,16 +13,39 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 
-def level_label(levels: dict[str, str]) -> str:
-    """A level's label as runs are named: ``on`` for one factor, ``a=x,b=y`` for several."""
+def level_label(levels: dict[str, str], names: dict[str, list[str]] | None = None) -> str:
+    """A level's label, as runs, groups, reports and the terminal show it: the level name for one
+    factor (``on``); for several, each factor's level name, alone where it says which factor it
+    belongs to, else ``factor=name`` (``relu, depth=8``). A name stands alone when ``names`` (each
+    factor's level names in the study) hold it once and it is no number; without ``names``, every
+    one reads ``factor=name`` (``activation=relu, depth=8``)."""
     if len(levels) == 1:
         return next(iter(levels.values()))
-    return ",".join(f"{f}={lvl}" for f, lvl in levels.items())
+    counts = Counter(n for level_names in (names or {}).values() for n in set(level_names))
+    return ", ".join(lvl if counts[lvl] == 1 and _speaks_for_itself(lvl) else f"{f}={lvl}"
+                     for f, lvl in levels.items())
+
+
+def _speaks_for_itself(name: str) -> bool:
+    try:
+        float(name)
+    except ValueError:
+        return "=" not in name and "," not in name
+    return False  # a bare number names no factor
+
+
+def trial_key(study: str, levels: dict[str, str], last: str) -> str:
+    """A trial's identity in its study run (the ``dlbench.trial`` tag), spelled as run names were
+    until runs were named by their label: ``dropout/on/seed=0``, ``act/activation=relu,depth=8/tune=3``.
+    It never changes, so a study resumes, skips and reports the runs of any earlier dlbench."""
+    level = next(iter(levels.values())) if len(levels) == 1 else ",".join(f"{f}={lvl}" for f, lvl in levels.items())
+    return f"{study}/{level}/{last}"
 
 
 @dataclass(frozen=True)
@@ -41,17 +64,33 @@ class Trial:
     tuning: object = field(default=None, compare=False, repr=False)
     # a tuning trial's pruning rule (dlbench/tuning/pruning.py), asked by the training loop
     prune: object = field(default=None, compare=False, repr=False)
+    # the level's label among its study's levels (``level_label`` with the study's level names)
+    label: str = field(default="", compare=False, repr=False)
 
     @property
     def level(self) -> str:
-        """The level label: the level name for one factor, ``a=x,b=y`` for several."""
-        return level_label(self.levels)
+        """The level's label: ``on`` for one factor, ``relu, depth=8`` for several."""
+        return self.label or level_label(self.levels)
 
     @property
     def run_name(self) -> str:
-        if self.is_tuning:
-            return f"{self.study}/{self.level}/tune={self.tuning.number}"
-        return f"{self.study}/{self.level}/seed={self.seed}"
+        """The trial's MLflow run name: its level and seed (``relu, depth=8, seed=2``), or for a
+        tuning trial its number in the search (``on, tune=3``). The study is the run's ``dlbench.study``."""
+        return f"{self.level}, {self._last}"
+
+    @property
+    def title(self) -> str:
+        """The trial as the terminal names it: its study, then its run name (``act/relu, depth=8, seed=2``)."""
+        return f"{self.study}/{self.run_name}"
+
+    @property
+    def key(self) -> str:
+        """The trial's identity in its study run (``trial_key``): the same in every dlbench version."""
+        return trial_key(self.study, self.levels, self._last)
+
+    @property
+    def _last(self) -> str:
+        return f"tune={self.tuning.number}" if self.is_tuning else f"seed={self.seed}"
 
     @property
     def is_tuning(self) -> bool:

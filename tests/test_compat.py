@@ -60,7 +60,7 @@ def test_a_plugin_package_written_against_the_old_import_paths_loads_and_trains(
     assert proc.returncode == 0, describe_result(proc)
     assert re.search(r"\b2 finished\b.*, 0 diverged, 0 failed, 0 not run", proc.stdout), proc.stdout
     seen = [json.loads(line) for line in log.read_text().splitlines()]
-    assert sorted(s["trial"] for s in seen) == ["old/plain/seed=0", "old/sharper/seed=0"]
+    assert sorted(s["trial"] for s in seen) == ["plain, seed=0", "sharper, seed=0"]  # trial.run_name
     assert {s["device"] for s in seen} == {"cpu"} and all(s["params"] > 0 and s["dataset_hash"] for s in seen)
 
 

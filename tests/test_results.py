@@ -42,8 +42,7 @@ sigmoid = { activation = "sigmoid" }
 """
 SEEDS, EPOCHS = 2, 2
 LEVELS = {"dropout": ["off", "on"],
-          "activation_depth": ["activation=relu,depth=1", "activation=relu,depth=2",
-                               "activation=sigmoid,depth=1", "activation=sigmoid,depth=2"]}
+          "activation_depth": ["relu, depth=1", "relu, depth=2", "sigmoid, depth=1", "sigmoid, depth=2"]}
 
 
 class Ran:
@@ -112,7 +111,7 @@ def test_one_row_per_trial_with_its_factors_metrics_and_identity(ran):
         tags = run.data.tags
         assert (row["study"], row["level"], str(row["seed"])) == (
             tags["dlbench.study"], tags["dlbench.level"], tags["dlbench.seed"])
-        assert row["run_name"] == run.info.run_name == f"{row['study']}/{row['level']}/seed={row['seed']}"
+        assert row["run_name"] == run.info.run_name == f"{row['level']}, seed={row['seed']}"
         assert row["config_hash"] == tags["dlbench.config_hash"]
         assert row["status"] == "finished" and row["epochs_run"] == EPOCHS
         for metric, value in run.data.metrics.items():  # the final value of every metric the run logged
@@ -122,16 +121,16 @@ def test_one_row_per_trial_with_its_factors_metrics_and_identity(ran):
         if row["study"] == "dropout":
             assert row["dropout"] == row["level"] and _missing(row["activation"]) and _missing(row["depth"])
         else:
-            assert row["level"] == f"activation={row['activation']},depth={row['depth']}"
+            assert row["level"] == f"{row['activation']}, depth={row['depth']}"
             assert _missing(row["dropout"])
 
 
 def test_a_trial_recorded_from_an_identical_one_is_a_row_naming_it(ran):
     trials = dlbench.load_trials(ran.folder / "ablation.toml", tracking_uri=ran.uri)
     records = trials[trials["same_as"] != ""]
-    assert sorted(records["run_name"]) == [f"activation_depth/activation=relu,depth=1/seed={s}" for s in range(SEEDS)]
+    assert sorted(records["run_name"]) == [f"relu, depth=1, seed={s}" for s in range(SEEDS)]
     for _, row in records.iterrows():
-        origin = trials[trials["run_name"] == row["same_as"]].iloc[0]
+        origin = trials[trials["study"] + "/" + trials["run_name"] == row["same_as"]].iloc[0]
         assert origin["level"] == "off" and origin["seed"] == row["seed"]
         assert row["test_accuracy"] == origin["test_accuracy"] and row["config_hash"] == origin["config_hash"]
         assert ran.runs[row["run_id"]].data.tags["dlbench.same_as"] == origin["run_id"]

@@ -302,7 +302,7 @@ def test_dry_run_says_once_why_many_trials_train_alone(make_trials, registry):
     assert text.count("stacking is off") == 1
     gru = make_trials({"architecture": {"name": "gru"}}, levels={"only": {}}, seeds=[0])
     text = trial_table(SimpleNamespace(path="t.toml"), gru, plan(gru, registry, 8), registry)
-    assert re.search(r"^  #1 \S+/only/seed=0: architecture 'gru'", text, re.M), text
+    assert re.search(r"^  #1 \S+/only, seed=0: architecture 'gru'", text, re.M), text
 
 
 def test_a_stacked_initializer_that_raises_leaves_its_members_to_initialize_one_by_one(

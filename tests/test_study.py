@@ -11,6 +11,7 @@ from dlbench.config import read_study_file
 from dlbench.errors import ConfigError
 from dlbench.plugins import load_plugins
 from dlbench.study import config_hash, expand, flatten
+from dlbench.trial import level_label
 
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -40,15 +41,29 @@ def test_order_indices_levels_and_run_names(tiny_trials):
     assert [t.index for t in tiny_trials] == list(range(1, 13))
     assert [(t.study, t.level, t.seed) for t in tiny_trials] == [
         ("dropout", "off", 0), ("dropout", "off", 1), ("dropout", "on", 0), ("dropout", "on", 1),
-        ("act_depth", "activation=relu,depth=1", 0), ("act_depth", "activation=relu,depth=1", 1),
-        ("act_depth", "activation=relu,depth=2", 0), ("act_depth", "activation=relu,depth=2", 1),
-        ("act_depth", "activation=tanh,depth=1", 0), ("act_depth", "activation=tanh,depth=1", 1),
-        ("act_depth", "activation=tanh,depth=2", 0), ("act_depth", "activation=tanh,depth=2", 1),
+        ("act_depth", "relu, depth=1", 0), ("act_depth", "relu, depth=1", 1),
+        ("act_depth", "relu, depth=2", 0), ("act_depth", "relu, depth=2", 1),
+        ("act_depth", "tanh, depth=1", 0), ("act_depth", "tanh, depth=1", 1),
+        ("act_depth", "tanh, depth=2", 0), ("act_depth", "tanh, depth=2", 1),
     ]
     assert tiny_trials[0].levels == {"dropout": "off"}
     assert tiny_trials[6].levels == {"activation": "relu", "depth": "2"}
-    assert tiny_trials[0].run_name == "dropout/off/seed=0"
-    assert tiny_trials[11].run_name == "act_depth/activation=tanh,depth=2/seed=1"
+    # the run name: the level's label and the seed (the study is a tag); the identity keeps its old spelling
+    assert tiny_trials[0].run_name == "off, seed=0"
+    assert tiny_trials[11].run_name == "tanh, depth=2, seed=1"
+    assert tiny_trials[11].title == "act_depth/tanh, depth=2, seed=1"
+    assert tiny_trials[0].key == "dropout/off/seed=0"
+    assert tiny_trials[11].key == "act_depth/activation=tanh,depth=2/seed=1"
+
+
+def test_a_level_name_stands_alone_only_where_it_says_its_factor():
+    names = {"dropout": ["on", "off"], "batchnorm": ["on", "off"], "act": ["relu", "tanh"], "depth": ["1", "2"]}
+    both = {k: names[k] for k in ("dropout", "batchnorm")}
+    assert level_label({"dropout": "on", "batchnorm": "off"}, both) == "dropout=on, batchnorm=off"  # on/off twice
+    assert level_label({"act": "relu", "depth": "2"}, names) == "relu, depth=2"  # a number names no factor
+    assert level_label({"act": "relu", "dropout": "on"}, names) == "relu, dropout=on"
+    assert level_label({"dropout": "on"}, names) == "on"  # one factor: the level's name
+    assert level_label({"act": "relu", "depth": "2"}) == "act=relu, depth=2"  # no study to tell: every factor
 
 
 def test_trial_configs_are_resolved(tiny_trials):
@@ -170,7 +185,7 @@ def test_hash_differs_across_seeds_group_hash_does_not(tiny_trials):
 def test_same_config_same_hash_across_studies(tiny_trials):
     # dropout/off and act_depth/activation=relu,depth=1 are the same training setup
     off = [t for t in tiny_trials if t.study == "dropout" and t.level == "off"]
-    relu1 = [t for t in tiny_trials if t.level == "activation=relu,depth=1"]
+    relu1 = [t for t in tiny_trials if t.level == "relu, depth=1"]
     assert [t.config_hash for t in off] == [t.config_hash for t in relu1]
 
 

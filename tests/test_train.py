@@ -268,7 +268,7 @@ def test_observer_plugin_sees_the_whole_lifecycle(tmp_path, new_store):
                          jobs=1)
     run = run_study(sf, trials, plugins, options, out)
 
-    ok, bad = "obs/ok/seed=0", "obs/explodes/seed=0"
+    ok, bad = "ok, seed=0", "explodes, seed=0"
     info_keys = True  # info has (at least) the documented dataset_hash, device and num_params
     expected_ok = [("start", ok, info_keys), *[("epoch", ok, e, True) for e in range(3)], ("end", ok, "finished", 2)]
     assert recorder.events[:5] == expected_ok
@@ -281,8 +281,8 @@ def test_observer_plugin_sees_the_whole_lifecycle(tmp_path, new_store):
     assert run.count("diverged") == 1
     # the progress observer wrote one line per trial
     lines = out.getvalue().splitlines()
-    assert any(line.startswith(f"[1/2] {ok}  finished") for line in lines)
-    assert any(line.startswith(f"[2/2] {bad}  diverged") for line in lines)
+    assert any(line.startswith(f"[1/2] obs/{ok}  finished") for line in lines)
+    assert any(line.startswith(f"[2/2] obs/{bad}  diverged") for line in lines)
     # the runner's own observers (the tracker, the progress line, the diagnostics) are gone afterwards
     assert [name for name, _ in plugins.pm.list_name_plugin() if name.startswith("dlbench.")
             and not name.startswith("dlbench.builtin")] == []

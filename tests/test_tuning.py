@@ -143,7 +143,8 @@ def test_tuning_trials_have_their_own_seeds_and_stage_epochs(registry):
     trials = search.ready()
     assert [t.seed for t in trials] == [3, 4, 5, 6]  # never one of the study's seeds 0, 1, 2
     assert {t.config["epochs"] for t in trials} == {1}
-    assert [t.run_name for t in trials] == [f"s/a/tune={n}" for n in range(1, 5)]
+    assert [t.run_name for t in trials] == [f"a, tune={n}" for n in range(1, 5)]
+    assert [t.key for t in trials] == [f"s/a/tune={n}" for n in range(1, 5)]
     for t in trials:
         search.record(t, TrialResult("finished", final={"val_accuracy": t.config["optimizer"]["lr"]}))
     second = search.ready()
@@ -397,10 +398,9 @@ def test_every_cell_of_several_factors_gets_a_search_and_a_choice_may_be_a_whole
                "optimizer": [{"name": "adam", "lr": 0.01}, {"name": "sgd", "lr": 0.2}],
                "architecture.width": {"int": [16, 64], "log": True, "points": 3}}}}
     searches = searches_of(raw, registry, baseline={"optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9}})
-    assert [s.level for s in searches] == ["act=relu,depth=1", "act=relu,depth=2", "act=tanh,depth=1",
-                                           "act=tanh,depth=2"]
+    assert [s.level for s in searches] == ["relu, depth=1", "relu, depth=2", "tanh, depth=1", "tanh, depth=2"]
     trials = searches[3].ready()
-    assert [t.run_name for t in trials][:2] == ["s/act=tanh,depth=2/tune=1", "s/act=tanh,depth=2/tune=2"]
+    assert [t.run_name for t in trials][:2] == ["tanh, depth=2, tune=1", "tanh, depth=2, tune=2"]
     assert [(t.config["optimizer"]["name"], t.config["architecture"]["width"]) for t in trials] == [
         ("adam", 16), ("adam", 32), ("adam", 64), ("sgd", 16), ("sgd", 32), ("sgd", 64)]
     assert trials[0].config["architecture"]["depth"] == 2 and trials[0].config["activation"]["name"] == "tanh"

@@ -22,13 +22,14 @@ import pandas as pd
 from dlbench.errors import UserError, choose_one_of
 from dlbench.paths import check_report_folders, ends_with, folder_name, read_report_marker, write_report_marker
 from dlbench.report import figures
-from dlbench.report.data import (StudyData, column, label_of, parse_attached_study_file, record_from_results,
+from dlbench.report.data import (StudyData, column, parse_attached_study_file, record_from_results,
                                  study_data)
 from dlbench.report.document import Document, export_table, fmt, fmt_p
 from dlbench.report.painter import Painter
-from dlbench.report.stats import comparisons, judge_claims, label, summarize
+from dlbench.report.stats import comparisons, judge_claims, summarize
 from dlbench.report.tuning import tuning_section
 from dlbench.study import expand_plan
+from dlbench.trial import level_label
 from dlbench.tuning.runs import csv_frame
 
 METRIC = "test_accuracy"  # the study's outcome: final test accuracy of each seed
@@ -173,11 +174,11 @@ def _all_cells(data: StudyData) -> pd.DataFrame:
         for f, lvl in cell.items():
             mask &= frame[column(f)] == lvl
         if not mask.any():
-            extra.append({**{column(f): lvl for f, lvl in cell.items()}, "level": label_of(cell), "seed": None,
+            extra.append({**{column(f): lvl for f, lvl in cell.items()}, "level": data.label(cell), "seed": None,
                           "status": "not run"})
     if extra:
         frame = pd.concat([frame, pd.DataFrame(extra)], ignore_index=True)
-    order = {label_of(c): i for i, c in enumerate(data.cells())}
+    order = {data.label(c): i for i, c in enumerate(data.cells())}
     return frame.assign(_o=frame["level"].map(order)).sort_values("_o", kind="stable").drop(columns="_o")
 
 
@@ -185,7 +186,7 @@ def _comparisons_section(doc: Document, data: StudyData, out_dir: Path) -> None:
     table = comparisons(data.trials, data.levels, data.reference, METRIC)
     if table.empty:
         return
-    at_chance = {label(dict(zip(data.factors, cell))) for cell in chance_levels(data)[1]}
+    at_chance = {data.label(dict(zip(data.factors, cell))) for cell in chance_levels(data)[1]}
 
     def chance(level: str) -> str:
         return f"{level} (at chance)" if level in at_chance else level
@@ -312,7 +313,7 @@ def _zero_gradient_note(diag: pd.DataFrame, levels: dict[str, list[str]]) -> str
     cells = []
     for key, group in zeros.groupby(factors, sort=False):
         key = key if isinstance(key, tuple) else (key,)
-        label = ", ".join(f"{f}={v}" for f, v in zip(factors, key)) if len(factors) > 1 else str(key[0])
+        label = level_label({f: str(v) for f, v in zip(factors, key)}, levels)
         cells.append(f"{label} (layers {', '.join(str(int(k)) for k in sorted(set(group['layer'])))})")
     return (" **An × on the bottom edge** marks a layer whose gradient was exactly 0 at a record, which a log "
             "scale cannot draw: no gradient flows back to it, as below a step activation (derivative 0 "

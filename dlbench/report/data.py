@@ -26,6 +26,7 @@ import pandas as pd
 from dlbench.tuning import runs as tuning_runs
 from dlbench.config import DEFAULT_ALPHA, Claim, Study, parse_study_file
 from dlbench.errors import ConfigError
+from dlbench.trial import level_label
 
 DIAG_PREFIX = r"^(diag per step/|diag\.)"  # every diagnostic's name: now, and in stores written before
 EPOCH_METRICS = ["train_accuracy", "val_accuracy", "test_accuracy", "train_loss", "val_loss", "test_loss"]
@@ -66,19 +67,16 @@ class StudyData:
         """Every level combination in study order."""
         return [dict(zip(self.factors, combo)) for combo in itertools.product(*self.levels.values())]
 
+    def label(self, cell: dict[str, str]) -> str:
+        """A level's label, spelled as its runs are named (``relu, depth=8``)."""
+        return level_label(cell, self.levels)
+
     def level_order(self) -> list[str]:
-        return [label_of(c) for c in self.cells()]
+        return [self.label(c) for c in self.cells()]
 
 
 def column(factor: str) -> str:
     return f"factor.{factor}"
-
-
-def label_of(cell: dict[str, str]) -> str:
-    """The run label of a level: ``on`` for one factor, ``activation=relu,depth=8`` for several."""
-    if len(cell) == 1:
-        return next(iter(cell.values()))
-    return ",".join(f"{f}={lvl}" for f, lvl in cell.items())
 
 
 def parse_attached_study_file(name: str | None, text: str | None) -> tuple[object | None, str | None]:
@@ -111,7 +109,8 @@ def study_data(record, study_name: str, study: Study | None, why_no_file: str | 
     frame = pd.DataFrame({
         "run_id": trials["run_id"].to_numpy(),
         **{column(f): trials.get(column(f), pd.Series([None] * len(trials))).astype(str).to_numpy() for f in levels},
-        "level": trials["level"].to_numpy(),
+        # from the factors, not the runs' ``dlbench.level``: one spelling, whichever dlbench wrote the runs
+        "level": [level_label({f: str(row.get(column(f))) for f in levels}, levels) for _, row in trials.iterrows()],
         "seed": trials["seed"].to_numpy(),
         "status": trials["status"].to_numpy(),
         "epochs_run": trials["epochs_run"].to_numpy(),
@@ -185,7 +184,7 @@ def _note_missing(data: StudyData) -> None:
         for f, lvl in cell.items():
             mask &= frame[column(f)] == lvl
         rows = frame[mask]
-        name = label_of(cell)
+        name = data.label(cell)
         if expected is not None and len(rows) < expected:
             missing = sorted(set(data.seeds) - set(rows["seed"]))
             data.notes.append(f"level {name!r}: {len(missing)} of {expected} seed(s) never ran "

@@ -20,6 +20,7 @@ import pandas as pd
 from scipy import stats
 
 from dlbench.config import InteractionClaim
+from dlbench.trial import level_label
 
 
 def _finite(values) -> np.ndarray:
@@ -207,13 +208,6 @@ def _values(frame: pd.DataFrame, cell: dict[str, str], metric: str) -> np.ndarra
     return _finite(frame.loc[mask, metric]) if metric in frame else np.array([])
 
 
-def label(cell: dict[str, str]) -> str:
-    """``on`` for one factor, ``activation=relu, depth=8`` for several."""
-    if len(cell) == 1:
-        return str(next(iter(cell.values())))
-    return ", ".join(f"{f}={lvl}" for f, lvl in cell.items())
-
-
 def comparisons(frame: pd.DataFrame, levels: dict[str, list[str]], reference: dict[str, str],
                 metric: str) -> pd.DataFrame:
     """Each level's difference from its factor's reference level, the other factors held fixed.
@@ -237,7 +231,7 @@ def comparisons(frame: pd.DataFrame, levels: dict[str, list[str]], reference: di
                 a, b = _values(frame, cell, metric), _values(frame, ref_cell, metric)
                 d = welch(a, b)
                 rows.append({
-                    "factor": factor, "level": label(cell), "reference": label(ref_cell),
+                    "factor": factor, "level": level_label(cell, levels), "reference": level_label(ref_cell, levels),
                     "n": d.n_a, "n_ref": d.n_b, "mean": d.mean_a, "mean_ref": d.mean_b,
                     "diff": d.diff, "ci95_low": d.ci_low, "ci95_high": d.ci_high,
                     "t": d.t, "df": d.df, "p": d.p, "hedges_g": d.g, "pooled_sd": pooled_sd(a, b),
@@ -319,7 +313,7 @@ def _claim_row(claim, c: Contrast, g: float, ph: float, alpha: float, family: st
                    f"{than}; {better} {claim.metric} is better), Welch–Satterthwaite t-test of the difference of "
                    f"differences {_p(c.p)} (df = {c.df:.1f}), Holm-corrected over {family} {_p(ph)}, n = {ns}")
     else:
-        a, b = label(claim.level), label(claim.beats)
+        a, b = level_label(claim.level), level_label(claim.beats)  # a claim names its factors
         row.update(kind="difference", claim=str(claim), level=a, beats=b, n=c.ns[0], n_beats=c.ns[1],
                    mean=c.means[0], mean_beats=c.means[1], hedges_g=g)
         if not c.testable:

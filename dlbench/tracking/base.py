@@ -112,7 +112,7 @@ class TrackerBase:
             "mlflow.runName": name,
             # a search's tuning trial is a run of its own role: the study's statistics read the trials
             "dlbench.role": "tuning" if trial.is_tuning and self.role == "trial" else self.role,
-            store.TRIAL_TAG: trial.run_name,
+            store.TRIAL_TAG: trial.key,
             "dlbench.study": trial.study,
             "dlbench.level": trial.level,
             "dlbench.seed": str(trial.seed),

@@ -130,7 +130,7 @@ class Observer(TrackerBase):
         found = store.child_runs(self.client, self.experiment_id, self.parent_id)
         by_level: dict[str, list[float]] = {}
         for trial in trials:
-            finished = [r for r in found.get(trial.run_name, [])
+            finished = [r for r in found.get(trial.key, [])
                         if r.status == "FINISHED" and "test_accuracy" in r.metrics]
             if finished:
                 by_level.setdefault(trial.level, []).append(finished[0].metrics["test_accuracy"])

@@ -49,6 +49,11 @@ class StoredRun:
         return tags.get("mlflow.runName", self.run_id)
 
     @property
+    def title(self) -> str:
+        """The trial as the terminal names it: its study, then its run name (``dropout/on, seed=0``)."""
+        return f"{self.tags.get('dlbench.study', '')}/{self.tags.get('mlflow.runName', self.trial)}"
+
+    @property
     def ended(self) -> bool:
         """Finished, or diverged: a result, never trained again (a failed run is)."""
         return self.status == "FINISHED" or self.tags.get("dlbench.status") == "diverged"

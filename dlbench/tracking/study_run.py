@@ -114,7 +114,7 @@ class StudyRunClaims(TrackerBase):
         claims take no lock (a tracking server): two processes may then claim one trial at the
         same moment."""
         mine = store.get_run(self.client, self.run_ids[trial.index])
-        for run in self.study_trials([trial.run_name]).get(trial.run_name, []):
+        for run in self.study_trials([trial.key]).get(trial.key, []):
             taken = run.ended or (run.status == "RUNNING" and run.process_alive())
             if taken and (run.start_time, run.run_id) < (mine.start_time, mine.run_id):
                 return run
@@ -147,7 +147,7 @@ class StudyRunClaims(TrackerBase):
 
     def running_elsewhere(self, trials) -> list[store.StoredRun]:
         """The RUNNING runs of ``trials`` under this study run that another live process is training."""
-        names = {t.run_name for t in trials}
+        names = {t.key for t in trials}
         found = store.child_runs(self.client, self.experiment_id, self.parent_id, running=True)
         mine = set(self.run_ids.values())
         return [r for name in names for r in found.get(name, []) if r.run_id not in mine and r.process_alive()]
@@ -165,7 +165,7 @@ class StudyRunClaims(TrackerBase):
         note = (f"Trained once as `{source.tags.get('mlflow.runName', origin)}` ({origin}), {how}: the same "
                 "configuration and seed (equal `dlbench.config_hash`). This run records its outcome under "
                 f"study `{trial.study}`, level `{trial.level}`.")
-        run_id = self.open_run(trial, {store.SAME_AS_TAG: origin, "dlbench.same_as_name": source.trial,
+        run_id = self.open_run(trial, {store.SAME_AS_TAG: origin, "dlbench.same_as_name": source.title,
                                        "dlbench.reused": str(reused).lower(), "mlflow.note.content": note})
         kept = {k: v for k, v in source.tags.items() if not _identity_tag(k)}
         self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in kept.items()])

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 from dlbench.config import Study, merge, normalize, resolve, toml_key
 from dlbench.errors import ConfigError, choose_one_of
-from dlbench.trial import Trial, canonical_json, config_hash, flatten, level_label
+from dlbench.trial import Trial, canonical_json, config_hash, flatten
 from dlbench.tuning.pruning import prune_rule
 from dlbench.tuning.samplers import make_sampler  # optuna: imported only by the samplers that use it
 from dlbench.tuning.space import TuneSpec
@@ -87,7 +87,7 @@ class Search:
 
     @property
     def level(self) -> str:
-        return level_label(self.levels)
+        return self.study.label(self.levels)
 
     @property
     def total(self) -> int:
@@ -190,7 +190,7 @@ class Search:
             rule = prune_rule(self.spec.pruning, self.spec.metric, self.spec.higher_is_better, self.curves,
                               resolved["epochs"])
         return Trial(self.first_index + number - 1, self.study.name, self.levels, seed, full, config_hash(full),
-                     config_hash(resolved), self.where, tuning=info, prune=rule)
+                     config_hash(resolved), self.where, tuning=info, prune=rule, label=self.level)
 
     def _final_trials(self) -> list[Trial]:
         best = self.best()
@@ -204,7 +204,7 @@ class Search:
         for i, seed in enumerate(self.study.seeds):
             full = {**resolved, "seed": seed}
             trials.append(Trial(first + i, self.study.name, self.levels, seed, full, config_hash(full),
-                                config_hash(resolved), self.where, tuning=info))
+                                config_hash(resolved), self.where, tuning=info, label=self.level))
         return trials
 
     def _resolved(self, config: dict, point: dict) -> dict:
