@@ -17,6 +17,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from dlbench.errors import UserError, choose_one_of
@@ -138,8 +139,7 @@ def _levels_section(doc: Document, data: StudyData, out_dir: Path) -> None:
     doc.heading("Results per level")
     doc.table(pretty, caption)
     if at_chance:
-        names = [", ".join(f"{f}={lvl}" for f, lvl in zip(data.factors, cell)) if len(cell) > 1 else cell[0]
-                 for cell in at_chance]
+        names = [data.label(dict(zip(data.factors, cell))) for cell in at_chance]
         doc.text(f"**At chance:** {len(names)} level(s) ({'; '.join(names)}) end with a mean {_words(METRIC)} within "
                  f"{CHANCE_MARGIN} of 1/{round(1 / chance)} = {chance:.3f}, the accuracy of guessing among {round(1 / chance)} classes: "
                  "these networks did not learn, and their rows differ only by noise.")
@@ -261,10 +261,11 @@ def _figures_section(doc: Document, data: StudyData, out_dir: Path, draw) -> Non
                                 chance=chance, **marks)
     doc.figure(path, "Final test accuracy per level",
                f"**Final test accuracy per level.** Each small point is one seed (up to {seeds} per level); the "
-               "diamond is the mean with its 95% Student-t interval. Look at whether the intervals of two levels "
-               "overlap and at the spread of the seeds: a difference smaller than that spread needs more seeds "
-               "(the statistics tables above say whether it is significant)."
-               + (f" Lines join the levels of {last} for each {', '.join(data.factors[:-1])}."
+               "diamond beside them is the mean, with its 95% Student-t interval as an error bar. The y axis spans "
+               "the seeds and intervals, not the whole range of an accuracy: read differences off its ticks. Look "
+               "at whether the intervals of two levels overlap and at the spread of the seeds: a difference smaller "
+               "than that spread needs more seeds (the statistics tables above say whether it is significant)."
+               + (f" Lines join the means of the levels of {last} for each {', '.join(data.factors[:-1])}."
                   if len(data.factors) > 1 else ""))
     if two:
         path = draw(figures.interaction, data.trials, levels, METRIC, f"{name}: test accuracy vs {data.factors[1]}, by {first}",
@@ -299,8 +300,9 @@ def _figures_section(doc: Document, data: StudyData, out_dir: Path, draw) -> Non
                                 out_dir / "generalization_gap.png", **marks)
     doc.figure(path, "Generalization gap per level",
                "**Generalization gap per level**: final train accuracy minus final test accuracy, seeds as points, "
-               "mean with 95% interval. A regularizer that works shrinks the gap; a gap near 0 with a low accuracy "
-               "is underfitting, not good generalization.")
+               "beside them the mean (diamond) with its 95% interval; the y axis spans the data. A regularizer "
+               "that works shrinks the gap; a gap near 0 with a low accuracy is underfitting, not good "
+               "generalization.")
     _diagnostic_figures(doc, data, out_dir, marks, draw)
 
 
@@ -339,13 +341,7 @@ def _diagnostic_figures(doc: Document, data: StudyData, out_dir: Path, marks: di
     if diag["kind"].isin(["act_saturation", "dead_relu"]).any():
         path = draw(figures.saturation, diag, levels, f"{name}: saturated or dead units per layer over training",
                                   out_dir / "saturation.png", **marks)
-        doc.figure(path, "Saturated or dead units per layer",
-                   "**Saturated or dead units per layer over training**, on a fixed probe batch of 512 training "
-                   "examples (mean over seeds). Sigmoid/tanh: the share of activations within 0.03 of a bound "
-                   "(sigmoid < 0.03 or > 0.97, |tanh| > 0.97), where the derivative nearly vanishes; ReLU: the share "
-                   "of units that are zero for every probe example (dead: they never pass a gradient). Look for "
-                   "layers that saturate early and stay saturated (Glorot & Bengio 2010 saw the top sigmoid layer "
-                   "driven to 0) and for dead ReLUs growing with depth or learning rate.")
+        doc.figure(path, "Saturated or dead units per layer", saturation_caption(diag, levels, marks["at_chance"]))
     if diag["kind"].isin(["act_mean"]).any():
         path = draw(figures.activations, diag, levels, f"{name}: activation mean ± std per layer over training",
                                    out_dir / "activations.png", **marks)
@@ -355,6 +351,117 @@ def _diagnostic_figures(doc: Document, data: StudyData, out_dir: Path, marks: di
                    "mean over seeds; each layer's bars shifted a little sideways so they do not hide each other), as "
                    "in Glorot & Bengio (2010, figure 2). Bars shrinking to a point mean the units of that layer no "
                    "longer discriminate between examples; a sigmoid layer whose mean moves to 0 or 1 is saturated.")
+
+
+SATURATED = 0.01  # a layer with a smaller share of saturated (or dead) units, mean over seeds, has none to speak of
+VANISHED = 2.0  # orders of magnitude between the last and the first layer's gradient norm: a vanishing gradient
+
+
+def saturation_caption(diag: pd.DataFrame, levels: dict[str, list[str]], at_chance=frozenset()) -> str:
+    """The caption of the saturation figure: what it measures, then what it shows, read from the
+    data as drawn (mean over seeds per level, layer and record): the most saturated and the most
+    dead layer, the levels where no layer saturates (what their units do instead) and, for those
+    of them ``at_chance``, whether their gradient vanishes all the same."""
+    kinds = set(diag["kind"])
+    text = ["**Saturated or dead units per layer over training**, on a fixed probe batch of 512 training examples "
+            "(mean over seeds)."]
+    if "act_saturation" in kinds:
+        text.append("Sigmoid/tanh: the share of activations within 0.03 of a bound (sigmoid < 0.03 or > 0.97, "
+                    "|tanh| > 0.97), where the derivative nearly vanishes.")
+    if "dead_relu" in kinds:
+        text.append("ReLU: the share of units that are zero for every probe example (dead: they never pass a "
+                    "gradient).")
+    peaks = _peak_shares(diag, "act_saturation", levels)
+    high = peaks[peaks["value"] >= SATURATED]
+    low = peaks[peaks["value"] < SATURATED]
+    if len(high):
+        top = high.iloc[0]
+        text.append(f"Most saturated: layer {top['layer']} at {top['cell']}, {top['value']:.0%} of its activations "
+                    f"near a bound (epoch {top['epoch']:.0f}). Look for layers that saturate early and stay saturated "
+                    "(Glorot & Bengio 2010 saw the top sigmoid layer driven to 0).")
+    if len(low):
+        where = "here" if high.empty else "at " + "; ".join(low["cell"])
+        text.append(f"No sigmoid/tanh layer saturates {where}: {_at_most(low['value'].max(), 'activations lie')} "
+                    "near a bound at any record" + _units_instead(diag, levels, low["key"]) + ".")
+        text.append(_without_saturation(diag, levels, [k for k in low["key"] if k in set(at_chance)]))
+    peaks = _peak_shares(diag, "dead_relu", levels)
+    if len(peaks) and peaks["value"].iloc[0] >= SATURATED:
+        top = peaks.iloc[0]
+        text.append(f"Most dead ReLUs: {top['value']:.0%} of the units of layer {top['layer']} at {top['cell']} (epoch "
+                    f"{top['epoch']:.0f}). Look for dead ReLUs growing with depth or learning rate.")
+    elif len(peaks):
+        text.append(f"No ReLU layer has dead units to speak of: {_at_most(peaks['value'].iloc[0], 'units are')} "
+                    "dead at any record.")
+    return " ".join(t for t in text if t)
+
+
+def _at_most(share: float, what: str) -> str:
+    """``at most 0.3% of a layer's units are``, ``under 0.1% ...`` or ``none of its units are``."""
+    if share <= 0:
+        return f"none of a layer's {what}"
+    return f"{'under 0.1%' if share < 0.001 else f'at most {share:.1%}'} of a layer's {what}"
+
+
+def _peak_shares(diag: pd.DataFrame, kind: str, levels: dict[str, list[str]]) -> pd.DataFrame:
+    """Per level recording ``kind``, its highest share as the figure draws it (mean over seeds per
+    level, layer and record), highest first: columns key (each factor's level), cell (its name),
+    value, layer, epoch."""
+    factors = list(levels)
+    rows = diag[(diag["kind"] == kind) & diag["value"].notna()]
+    if rows.empty:
+        return pd.DataFrame(columns=["key", "cell", "value", "layer", "epoch"])
+    mean = (rows.groupby([*factors, "layer", "step"], observed=True)
+            .agg(value=("value", "mean"), epoch=("epoch", "mean")).reset_index())
+    top = mean.loc[mean.groupby(factors, observed=True)["value"].idxmax()]
+    keys = [tuple(str(v) for v in key) for key in top[factors].itertuples(index=False)]
+    return pd.DataFrame({"key": keys, "cell": [_cell_name(k, levels) for k in keys], "value": top["value"].to_numpy(),
+                         "layer": top["layer"].astype(int).to_numpy(), "epoch": top["epoch"].to_numpy()}
+                        ).sort_values("value", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def _cell_name(key: tuple, levels: dict[str, list[str]]) -> str:
+    """A level's label (``relu, depth=8``) from its values in the frame's ``factor.<f>`` columns."""
+    names = {f.removeprefix("factor."): lv for f, lv in levels.items()}
+    return level_label({f: str(v) for f, v in zip(names, key)}, names)
+
+
+def _rows_of(diag: pd.DataFrame, levels: dict[str, list[str]], keys) -> pd.DataFrame:
+    """The rows of the levels ``keys`` (tuples of each factor's level)."""
+    return diag[pd.MultiIndex.from_frame(diag[list(levels)].astype(str)).isin(list(keys))]
+
+
+def _units_instead(diag: pd.DataFrame, levels: dict[str, list[str]], keys) -> str:
+    """Where the mean activations of the levels ``keys`` stay, when recorded."""
+    means = _rows_of(diag[diag["kind"] == "act_mean"], levels, keys)
+    if means.empty:
+        return ""
+    drawn = means.groupby([*levels, "layer", "step"], observed=True)["value"].mean()
+    return (f"; {'their' if len(set(keys)) > 1 else 'its'} layers' mean activations stay between {drawn.min():.2f} "
+            f"and {drawn.max():.2f} (see the activation figure)")
+
+
+def _without_saturation(diag: pd.DataFrame, levels: dict[str, list[str]], stuck: list[tuple]) -> str:
+    """For the levels ``stuck`` at chance without saturating: whether their gradient vanishes towards
+    the input all the same (at each run's last record, mean of log10 over seeds)."""
+    if not stuck:
+        return ""
+    names = "; ".join(_cell_name(k, levels) for k in stuck)
+    text = (f"So saturation is not why {'this level' if len(stuck) == 1 else 'these levels'} at chance ({names}) did "
+            "not learn.")
+    orders = []
+    for key in stuck:
+        grads = _rows_of(diag[(diag["kind"] == "grad_norm") & (diag["value"] > 0)], levels, [key])
+        grads = grads[grads["step"] == grads.groupby("run_id")["step"].transform("max")]
+        if grads["layer"].nunique() > 1:
+            per_layer = grads.groupby("layer")["value"].apply(lambda v: np.log10(v).mean())
+            orders.append(per_layer.iloc[-1] - per_layer.iloc[0])
+    if len(orders) == len(stuck) and min(orders) >= VANISHED:
+        spread = f"{min(orders):.0f}" + (f" to {max(orders):.0f}" if round(max(orders)) != round(min(orders)) else "")
+        text += (f" {'Their' if len(stuck) > 1 else 'Its'} gradient vanishes all the same: at the last record its "
+                 f"norm at the first layer is {spread} orders of magnitude below the last layer's (gradient-norm "
+                 "figure), as each layer multiplies it by the activation's derivative (a sigmoid's is at most 0.25, at "
+                 "its midpoint) and by its weights.")
+    return text
 
 
 # -- sources ---------------------------------------------------------------------------------------

@@ -8,10 +8,10 @@ factor's frame column (``factor.<name>``) to its level names in study order.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import textwrap
-from contextlib import contextmanager
 from pathlib import Path
 
 import matplotlib
@@ -20,6 +20,7 @@ matplotlib.use("Agg")  # files only: no display needed, works on headless CI
 matplotlib.rcParams["text.parse_math"] = False  # names are any text: "$\\alpha$" shown as typed, never parsed
 
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.text  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
@@ -31,7 +32,11 @@ DPI = 160
 # index.html shows a figure at its size in inches, 96 px each, in a column 1100 px wide: a grid is
 # laid out for PAGE_WIDTH (legend and labels included), so its text keeps its point size on screen
 PAGE_WIDTH = 10.8
+# the smallest text of any figure, in points: 12.7 px at 96 px per inch (its capitals about 9 px
+# high), the size of a figure's annotations; tick labels and legends are 10 points or more
+SMALL_FONT = 9.5
 CHANCE_COLOR = "#B03A2E"
+MARKERS = "os^DvP"  # one per moment of training in the gradient-norm figure
 MAX_COLS = 5  # facets per row; more levels wrap into more rows
 SPLIT_COLORS = {"train": "#4C72B0", "val": "#8C8C8C", "test": "#DD8452"}
 METRIC_LABELS = {
@@ -55,13 +60,63 @@ def set_theme() -> None:
 
 
 def wrapped_title(text: str, width: int = 70) -> str:
-    return "\n".join(textwrap.wrap(text, width))
+    """``text`` in as few lines of at most ``width`` characters as :func:`textwrap.wrap` makes, its
+    words spread so that the lines are about equally long: no word alone on a last line (a word
+    longer than ``width`` gets a line of its own, unbroken)."""
+    words = text.split()
+    lines = min(len(textwrap.wrap(text, width)), len(words))
+    if lines < 2:
+        return " ".join(words)
+    ends = _balanced_breaks(tuple(len(w) for w in words), lines)
+    return "\n".join(" ".join(words[a:b]) for a, b in zip((0, *ends), ends))
+
+
+def _balanced_breaks(lengths: tuple[int, ...], lines: int) -> tuple[int, ...]:
+    """Where ``lines`` lines of words of ``lengths`` end (each line's last word + 1), the longest
+    line as short as it can be, then the lengths as even as they can be (least sum of squares)."""
+
+    @functools.cache
+    def best(start: int, count: int) -> tuple[tuple[int, int], tuple[int, ...]]:
+        if count == 1:
+            size = sum(lengths[start:]) + len(lengths) - start - 1
+            return (size, size * size), (len(lengths),)
+        options = []
+        for end in range(start + 1, len(lengths) - count + 2):
+            size = sum(lengths[start:end]) + end - start - 1
+            (longest, squares), ends = best(end, count - 1)
+            options.append(((max(longest, size), squares + size * size), (end, *ends)))
+        return min(options)
+
+    return best(0, lines)[1]
 
 
 def save_figure(fig, path: Path) -> Path:
+    legible(fig)
     fig.savefig(path, dpi=DPI, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def legible(fig) -> None:
+    """No text of ``fig`` smaller than SMALL_FONT: whatever a figure set, index.html shows every
+    label at 12 px or more (the figures keep within its 1100 px column, unscaled)."""
+    for text in fig.findobj(matplotlib.text.Text):
+        if text.get_fontsize() < SMALL_FONT:
+            text.set_fontsize(SMALL_FONT)
+
+
+def qualitative(count: int) -> list[tuple]:
+    """``count`` colours that can be told apart, neighbours included (layers, moments of
+    training): tab10 up to 10; up to 20, tab20's dark shades then its light ones (a colour of
+    the first ten comes back lighter); beyond, evenly spaced hues taken in strides, so that
+    neighbours are far apart on the colour wheel."""
+    if count <= 10:
+        return sns.color_palette("tab10", count)
+    if count <= 20:
+        pairs = sns.color_palette("tab20", 20)
+        return (pairs[0::2] + pairs[1::2])[:count]
+    hues, stride = sns.color_palette("husl", count), math.isqrt(count)
+    return [hues[i] for start in range(stride) for i in range(start, count, stride)]
 
 
 def _grid(data: pd.DataFrame, sharex: bool = True, sharey: bool = True, **kwargs) -> sns.FacetGrid:
@@ -101,9 +156,11 @@ def _share(grid: sns.FacetGrid) -> None:
             getattr(ax, f"{axis}axis").offsetText.set_visible(False)
 
 
-def _legend(grid: sns.FacetGrid, title: str, colors: dict, marker: str | None = None) -> None:
-    """One legend right of the facets (seaborn's add_legend redraws the figure twice to place it)."""
-    handles = [plt.Line2D([], [], color=c, lw=1.8, marker=marker, markersize=4) for c in colors.values()]
+def _legend(grid: sns.FacetGrid, title: str, colors: dict, markers: dict | None = None) -> None:
+    """One legend right of the facets (seaborn's add_legend redraws the figure twice to place it);
+    ``markers``: each entry's marker, as drawn."""
+    handles = [plt.Line2D([], [], color=c, lw=1.8, marker=(markers or {}).get(k), markersize=6)
+               for k, c in colors.items()]
     grid.figure.legend(handles, [str(k) for k in colors], title=title, loc="center left",
                        bbox_to_anchor=(1.0, 0.5), frameon=False)
 
@@ -196,7 +253,7 @@ def _mark_empty(grid, present: set) -> None:
     for key, ax in grid.axes_dict.items():
         if key not in present:
             ax.text(0.5, 0.5, "no finished seed", transform=ax.transAxes, ha="center", va="center",
-                    color="0.5", fontsize=9)
+                    color="0.5", fontsize=SMALL_FONT)
 
 
 def _present(frame: pd.DataFrame, levels: dict[str, list[str]]) -> set:
@@ -248,7 +305,7 @@ def _chance_marks(grid: sns.FacetGrid, levels: dict[str, list[str]], at_chance: 
     if accuracy and chance:
         ax = grid.axes.flat[0]
         ax.text(0.02, chance, f" chance ({chance:.2f})", transform=ax.get_yaxis_transform(), va="bottom",
-                ha="left", fontsize=8, color="0.35")
+                ha="left", fontsize=SMALL_FONT, color="0.35")
 
 
 def _cell_of(key, levels: dict[str, list[str]]) -> tuple:
@@ -271,68 +328,117 @@ def _row_cells(levels: dict[str, list[str]]) -> list[tuple]:
 
 def final_metric(frame: pd.DataFrame, levels: dict[str, list[str]], metric: str, title: str, path: Path,
                  at_chance: set[tuple] = frozenset(), chance: float | None = None) -> Path:
-    """Final ``metric`` per level: every seed a point, the mean with its 95% t-interval.
+    """Final ``metric`` per level: every seed a point and, beside the seeds (never on top of them),
+    the mean as a diamond with its 95% t-interval as an error bar.
 
     One factor: levels on the x axis. Two or more: the last factor on the x axis (e.g. depth),
-    one colour per combination of the others (e.g. activation), so trends read as lines. Levels
-    ``at_chance`` (tuples of each factor's level) say so under their tick; an accuracy gets the
-    ``chance`` line.
+    one colour per combination of the others (e.g. activation), whose means are joined so that
+    trends read as lines. The y axis spans what is drawn (seeds, means, intervals) with a margin,
+    not the metric's whole range, so that a difference of 0.02 between levels shows. A reference
+    (an accuracy's ``chance``, a gap of 0) within reach of that span is a dotted line; one far
+    from it is named at the edge of the axis it lies beyond. Levels ``at_chance`` (tuples of each
+    factor's level) say so under their tick.
     """
     set_theme()
     factors = list(levels)
-    data = frame[frame["status"] == "finished"].dropna(subset=[metric]).copy()
-    x = factors[-1]
-    hue = None
-    if len(factors) > 1:
-        hue = "group"
-        data[hue] = data[factors[:-1]].astype(str).agg(", ".join, axis=1)
-    order = levels[x]
-    hue_order = _row_order(levels) if hue else None
-    n_hue = len(hue_order) if hue else 1
-    dodge = 0.8 * (n_hue - 1) / n_hue  # where stripplot's dodge puts each hue: keep means on their points
-    width = min(PAGE_WIDTH - 0.8, max(6.0, 1.5 + 1.0 * len(order) * (1 + 0.3 * (n_hue - 1))))
+    data = frame[frame["status"] == "finished"].dropna(subset=[metric])
+    x, order = factors[-1], levels[factors[-1]]
+    several = len(factors) > 1
+    groups = _row_order(levels) if several else [""]
+    group_of = (data[factors[:-1]].astype(str).agg(", ".join, axis=1) if several and len(data)
+                else pd.Series("", index=data.index))
+    colors = dict(zip(groups, sns.color_palette("deep", len(groups)))) if several else {"": "0.15"}
+    slot = 0.8 / len(groups)  # each group's share of a level's width on the x axis
+    width = min(PAGE_WIDTH - 0.8, max(6.0, 1.5 + 1.0 * len(order) * (1 + 0.3 * (len(groups) - 1))))
+    # marks as large as a group's slot allows (about 150 points wide for two levels, 13 for 50):
+    # seeds and mean stay side by side however many levels share the axis
+    room = (width - 1.3) * 72 / len(order) * slot
+    mean_size, seed_size = min(6.5, 0.2 * room), min(5.5, 0.15 * room)
     fig, ax = plt.subplots(figsize=(width, 4.2))
-    if not data.empty:
-        common = dict(data=data, x=x, y=metric, order=order, hue=hue, hue_order=hue_order, ax=ax)
-        with _same_jitter():
-            sns.stripplot(**common, dodge=hue is not None, alpha=0.5, size=4.5, jitter=0.08 if hue else 0.12,
-                          legend=False, palette="deep" if hue else None, color=None if hue else "0.4", zorder=1)
-        sns.pointplot(**common, errorbar=_interval(metric), dodge=dodge if hue else False, capsize=0.12,
-                      markers="D", markersize=6, linestyles="-" if hue else "none", linewidth=1.5,
-                      palette="deep" if hue else None, color=None if hue else "black")
-    if hue:
-        ax.legend(title=", ".join(map(_name, factors[:-1])), loc="best")
+    rng = np.random.default_rng(0)  # the jitter: the same figure, byte for byte, in any process
+    interval = _interval(metric)
+    shown = {}  # level (its index) -> every value drawn there: the y axis spans them
+    for g, group in enumerate(groups):
+        centre = (g - (len(groups) - 1) / 2) * slot
+        means = []
+        for i, lvl in enumerate(order):
+            values = data.loc[(data[x] == lvl) & (group_of == group), metric].to_numpy(dtype=float)
+            if not len(values):
+                continue
+            # seeds in the left half of the group's slot, the mean in the right half
+            ax.scatter(i + centre + slot * (rng.uniform(-0.12, 0.12, len(values)) - 0.2), values, s=seed_size ** 2,
+                       color=colors[group] if several else "0.45", alpha=0.65, linewidths=0, zorder=2)
+            mean = float(values.mean())
+            low, high = interval(values)
+            low, high = min(low, mean), max(high, mean)  # a mean outside the metric's bounds: no bar that side
+            ax.errorbar(i + centre + 0.2 * slot, mean, yerr=[[mean - low], [high - mean]], fmt="D",
+                        color=colors[group], markersize=mean_size, capsize=min(4.0, 0.2 * room), elinewidth=1.5,
+                        capthick=1.5, zorder=3)
+            means.append((i + centre + 0.2 * slot, mean))
+            shown.setdefault(i, []).extend([*values, low, high])
+        if several and means:
+            ax.plot(*zip(*means), color=colors[group], lw=1.5, zorder=2.5)
+    if several:
+        handles = [plt.Line2D([], [], color=colors[g], marker="D", markersize=6.5, lw=1.5) for g in groups]
+        ax.legend(handles, groups, title=", ".join(map(_name, factors[:-1])), loc="best")
     for i, lvl in enumerate(order):
         if not (data[x] == lvl).any():
             ax.text(i, 0.5, "no finished\nseed", transform=ax.get_xaxis_transform(), ha="center", va="center",
-                    color="0.5", fontsize=8)
+                    color="0.5", fontsize=SMALL_FONT)
     ax.set_xlim(-0.6, len(order) - 0.4)
+    ax.grid(axis="x", visible=False)  # a level's seeds and mean sit either side of its tick
     ax.set_xticks(range(len(order)), [_tick(lvl, levels, at_chance) for lvl in order])
+    if max(map(len, order)) * 0.6 * plt.rcParams["xtick.labelsize"] > (width - 1.3) * 72 / len(order):
+        ax.tick_params(axis="x", labelrotation=90)  # names wider than their level's room: upright
     for tick, lvl in zip(ax.get_xticklabels(), order):
         if any(cell[-1] == lvl for cell in at_chance):
             tick.set_color(CHANCE_COLOR)
+    reference = None
     if chance and metric.endswith("accuracy"):
-        ax.axhline(chance, color="0.35", lw=0.8, ls=":", zorder=0)
-        ax.text(1.0, chance, f"chance ({chance:.2f}) ", transform=ax.get_yaxis_transform(), ha="right",
-                va="bottom", fontsize=8, color="0.35")
+        reference = (chance, f"chance ({chance:.2f})")
+    elif metric == "generalization_gap":
+        reference = (0.0, "no gap (0)")
+    _value_axis(ax, shown, reference)
     ax.set_title(wrapped_title(title, 60))
     ax.set_xlabel(_name(x))
     ax.set_ylabel(METRIC_LABELS.get(metric, metric.replace("_", " ")))
-    if metric == "generalization_gap":
-        ax.axhline(0, color="0.3", lw=0.8, ls=":")
     return save_figure(fig, path)
 
 
-@contextmanager
-def _same_jitter():
-    """Seaborn jitters strip points with NumPy's global generator: seeded here, the same report
-    draws the same figure, byte for byte, however often and in whichever process it is built."""
-    state = np.random.get_state()
-    np.random.seed(0)
-    try:
-        yield
-    finally:
-        np.random.set_state(state)
+REFERENCE_REACH = 0.5  # a reference this many data spans away from the data still gets its line
+VALUE_MARGIN = 0.1  # of the data span, above and below it
+
+
+def _value_axis(ax, shown: dict[int, list[float]], reference: tuple[float, str] | None) -> None:
+    """The y range of the values ``shown`` at each x position, with a margin of VALUE_MARGIN of
+    their span each side. The ``reference`` (value, label) is drawn as a dotted line when it lies
+    within REFERENCE_REACH spans of them (the range then takes it in), labelled at the end of the
+    axis whose values are further from it; further away it is only named, with an arrow, at the
+    edge of the axis it lies beyond, so that the data keep the axis."""
+    values = [v for vs in shown.values() for v in vs if math.isfinite(v)]
+    if not values:
+        return
+    low, high = min(values), max(values)
+    span = max(high - low, 0.02 * max(abs(low), abs(high)), 1e-3)  # one value: a little room round it
+    if reference is not None:
+        value, label = reference
+        if low - REFERENCE_REACH * span <= value <= high + REFERENCE_REACH * span:
+            low, high = min(low, value), max(high, value)
+            span = max(high - low, span)
+            ax.axhline(value, color="0.35", lw=0.9, ls=":", zorder=0)
+            near = [min((abs(v - value) for v in shown[k] if math.isfinite(v)), default=math.inf)
+                    for k in (min(shown), max(shown))]
+            right = near[1] >= near[0]
+            ax.text(1.0 if right else 0.0, value, f" {label} ", transform=ax.get_yaxis_transform(),
+                    ha="right" if right else "left", va="bottom", fontsize=SMALL_FONT, color="0.35")
+        else:
+            below = value < low
+            ax.text(0.995, 0.01 if below else 0.99, f"{label} {'↓ below' if below else '↑ above'} this axis",
+                    transform=ax.transAxes, ha="right", va="bottom" if below else "top", fontsize=SMALL_FONT,
+                    color="0.35")
+    middle = (low + high) / 2
+    half = max(high - low, span) / 2 + VALUE_MARGIN * span
+    ax.set_ylim(middle - half, middle + half)
 
 
 def _tick(level: str, levels: dict[str, list[str]], at_chance: set[tuple]) -> str:
@@ -384,7 +490,7 @@ def heatmap(frame: pd.DataFrame, levels: dict[str, list[str]], metric: str, titl
     width = min(PAGE_WIDTH - 0.8, max(5.6, 1.4 + 1.2 * len(levels[second])))
     fig, ax = plt.subplots(figsize=(width, max(2.8, 0.6 + 1.0 * len(levels[first]))))
     sns.heatmap(mean.astype(float), annot=text.to_numpy(), fmt="", cmap="viridis", ax=ax, linewidths=0.5,
-                cbar_kws={"label": METRIC_LABELS.get(metric, metric)}, annot_kws={"fontsize": 8.5})
+                cbar_kws={"label": METRIC_LABELS.get(metric, metric)}, annot_kws={"fontsize": SMALL_FONT})
     ax.set_title(wrapped_title(title, 60))
     ax.set_xlabel(_name(second))
     ax.set_ylabel(_name(first))
@@ -488,11 +594,15 @@ def grad_norms(diag: pd.DataFrame, levels: dict[str, list[str]], title: str, pat
     grid = _grid(data, **facet_layout(levels), height=height, aspect=aspect, sharex=False, sharey=True,
                          margin_titles=len(levels) > 1, despine=False)
     whens = list(data["when"].cat.categories) if len(data) else []
-    palette = dict(zip(whens, sns.color_palette("viridis_r", len(whens)))) if whens else None
+    # a hue and a marker of its own per moment: lines of the same shape, one over another, still
+    # tell which is which
+    palette = dict(zip(whens, qualitative(len(whens))))
+    markers = dict(zip(whens, itertools.cycle(MARKERS)))
     # geometric mean over seeds, no bands: the shape across layers is the message, and four
     # overlapping bands would hide it (the seeds' values are in diagnostics.csv)
     grid.map_dataframe(_above_zero, x="layer", y="value", hue="when", hue_order=whens, palette=palette,
-                       estimator=_log_mean, errorbar=None, marker="o", markersize=4.5, linewidth=1.5, legend=False)
+                       style="when", style_order=whens, markers=markers, dashes=False, estimator=_log_mean,
+                       errorbar=None, markersize=5.5, linewidth=1.5, legend=False)
     grid.map_dataframe(_zero_marks)
     grid.set(yscale="log")
     for ax in grid.axes.flat:
@@ -504,7 +614,7 @@ def grad_norms(diag: pd.DataFrame, levels: dict[str, list[str]], title: str, pat
     grid.set_axis_labels("layer (0 = input side, last = output)", "‖∂loss/∂W‖₂ (log scale)")
     _chance_marks(grid, levels, at_chance, None, accuracy=False)
     if whens:
-        _legend(grid, "moment of training", palette, marker="o")
+        _legend(grid, "moment of training", palette, markers)
     return _save_grid(grid, path, title)
 
 
@@ -516,7 +626,7 @@ def saturation(diag: pd.DataFrame, levels: dict[str, list[str]], title: str, pat
     data = diag[diag["kind"].isin(["act_saturation", "dead_relu"])]
     data = _with_rows(data, levels).assign(value=lambda d: 100 * d["value"])
     layers = sorted(data["layer"].dropna().unique().astype(int))
-    palette = dict(zip(layers, sns.color_palette("flare", len(layers)))) if layers else None
+    palette = dict(zip(layers, qualitative(len(layers))))
     height, aspect = _facet_size(levels)
     grid = _grid(data, **facet_layout(levels), height=height, aspect=aspect, sharex=True, sharey=True,
                          margin_titles=len(levels) > 1, despine=False)
@@ -527,7 +637,7 @@ def saturation(diag: pd.DataFrame, levels: dict[str, list[str]], title: str, pat
         kind = kinds.get(key)
         if kind:
             ax.text(0.98, 0.95, "dead units (ReLU)" if kind == "dead_relu" else "saturated units",
-                    transform=ax.transAxes, ha="right", va="top", fontsize=8, color="0.25",
+                    transform=ax.transAxes, ha="right", va="top", fontsize=SMALL_FONT, color="0.25",
                     bbox={"boxstyle": "round,pad=0.2", "facecolor": "white", "edgecolor": "0.8", "alpha": 0.85})
     _mark_empty(grid, _present(data, levels))
     _facet_titles(grid, levels)
@@ -560,7 +670,7 @@ def activations(diag: pd.DataFrame, levels: dict[str, list[str]], title: str, pa
     wide["epoch"] = wide["step"].map(epoch)
     wide = _with_rows(wide, levels)
     layers = sorted(wide["layer"].dropna().unique().astype(int))
-    palette = dict(zip(layers, sns.color_palette("crest", len(layers)))) if layers else {}
+    palette = dict(zip(layers, qualitative(len(layers))))
     height, aspect = _facet_size(levels)
     grid = _grid(wide, **facet_layout(levels), height=height, aspect=aspect, sharex=True, sharey=True,
                          margin_titles=len(levels) > 1, despine=False)
