@@ -198,7 +198,7 @@ class StudyExecution:
             self.stream.write(f"study {study!r}: process {others[0].tags.get('dlbench.pid', '?')} still trains "
                               f"{len(others)} of its trials and draws its report\n")
             return
-        tracker.log_level_summary(study, [t for t in self.known if t.study == study and not t.is_tuning])  # parent run
+        tracker.describe_results()  # the study run's description: each level's results so far
         self.drawn.append(study)
         self.reports.submit(study)
 

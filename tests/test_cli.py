@@ -38,6 +38,7 @@ from conftest import (
 )
 
 import dlbench
+from dlbench.tracking import views as dlbench_views
 
 pytestmark = pytest.mark.slow  # end to end: real dlbench processes and stores (pytest -m 'not slow' leaves it out)
 
@@ -153,16 +154,15 @@ def test_one_child_run_per_trial_under_the_parent(tiny):
     parent_id = tiny.parent.info.run_id
     assert all(r.data.tags["mlflow.parentRunId"] == parent_id for r in children)
     names = sorted(r.info.run_name for r in children)
-    expected = sorted([f"dropout/{lvl}/seed={s}" for lvl in ("off", "on") for s in range(TINY_SEEDS)]
-                      + [f"act_depth/activation={a},depth={d}/seed={s}"
-                         for a in ("relu", "tanh") for d in (1, 2) for s in range(TINY_SEEDS)])
+    expected = sorted([f"{lvl}, seed={s}" for lvl in ("off", "on") for s in range(TINY_SEEDS)]
+                      + [f"{a}, depth={d}, seed={s}" for a in ("relu", "tanh") for d in (1, 2) for s in range(TINY_SEEDS)])
     assert names == expected
     assert all(r.info.status == "FINISHED" for r in tiny.runs)
 
 
 def test_child_params_hold_the_flattened_config(tiny):
     by_name = {r.info.run_name: r for r in tiny.children}
-    on = by_name["dropout/on/seed=1"].data.params
+    on = by_name["on, seed=1"].data.params
     assert on["study"] == "dropout" and on["level"] == "on" and on["seed"] == "1"
     assert on["factor.dropout"] == "on"
     assert on["optimizer.name"] == "adam" and on["optimizer.lr"] == "0.01"
@@ -170,10 +170,10 @@ def test_child_params_hold_the_flattened_config(tiny):
     assert on["regularizers"] == "dropout"
     assert on["regularizers.dropout.p_input"] == "0.1" and on["regularizers.dropout.p_hidden"] == "0.2"
     assert on["epochs"] == str(TINY_EPOCHS) and on["dataset.num_samples"] == "600"
-    deep = by_name["act_depth/activation=tanh,depth=2/seed=0"].data.params
+    deep = by_name["tanh, depth=2, seed=0"].data.params
     assert deep["architecture.depth"] == "2" and deep["activation.name"] == "tanh"
     assert deep["factor.activation"] == "tanh" and deep["factor.depth"] == "2"
-    assert deep["level"] == "activation=tanh,depth=2"
+    assert deep["level"] == "tanh, depth=2"
     assert deep["regularizers"] == "none"
 
 
@@ -233,21 +233,42 @@ def test_the_experiment_declares_itself_model_training(tiny):
     assert tiny.client.get_experiment_by_name("tiny").tags["mlflow.experimentKind"] == "custom_model_development"
 
 
+def test_each_study_has_a_saved_view_of_its_levels_in_the_runs_table(tiny):
+    # MLflow 3's saved views (Views, top right of the runs table): an experiment tag holding the table's settings
+    exp = tiny.client.get_experiment_by_name("tiny")
+    views = {k: json.loads(v) for k, v in exp.tags.items() if k.startswith("mlflow.sharedViewState.")}
+    assert set(views) == {"mlflow.sharedViewState.dlbench.dropout", "mlflow.sharedViewState.dlbench.act_depth"}
+    for study, factors in (("dropout", []), ("act_depth", ["activation", "depth"])):
+        view = views[f"mlflow.sharedViewState.dlbench.{study}"]
+        assert view["name"] == f"{study} (dlbench)" and isinstance(view["createdAt"], int)
+        state = json.loads(view["state"])
+        assert state["groupBy"]["groupByKeys"] == [{"mode": "tag", "groupByData": "dlbench.level"}]
+        assert state["selectedColumns"] == ["metrics.`test_accuracy`", "metrics.`val_accuracy`",
+                                            "metrics.`train_accuracy`", *(f"params.`factor.{f}`" for f in factors)]
+        # its filter selects exactly the study's trials
+        shown = tiny.client.search_runs([exp.experiment_id], filter_string=state["searchFilter"])
+        assert sorted(r.info.run_id for r in shown) == sorted(
+            r.info.run_id for r in tiny.children if r.data.tags["dlbench.study"] == study)
+    assert dlbench_views.view_url("http://127.0.0.1:5000", exp.experiment_id, "act_depth") == (
+        f"http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs?viewStateShareKey=dlbench.act_depth")
+
+
 def test_parent_run_holds_the_questions_and_each_level_over_seeds(tiny):
-    parent = tiny.parent.data
-    assert parent.tags["mlflow.note.content"] == (
-        "dlbench test suite: the smallest study that exercises everything\n\n"
-        "- **dropout**: Does dropout help a small MLP?\n- **act_depth**: How do activation and depth interact?")
-    by_level: dict[str, list[float]] = {}
-    for r in tiny.children:
-        level = r.data.tags["dlbench.level"].replace("=", " ").replace(",", " ")
-        by_level.setdefault(f"{r.data.tags['dlbench.study']}/{level}", []).append(r.data.metrics["test_accuracy"])
-    assert set(parent.metrics) == {f"{lvl}/test_accuracy_{s}" for lvl in by_level for s in ("mean", "std", "n")}
-    assert "act_depth/activation relu depth 2/test_accuracy_mean" in parent.metrics
-    for level, values in by_level.items():
-        assert parent.metrics[f"{level}/test_accuracy_n"] == len(values) == TINY_SEEDS
-        assert parent.metrics[f"{level}/test_accuracy_mean"] == pytest.approx(statistics.fmean(values), abs=1e-12)
-        assert parent.metrics[f"{level}/test_accuracy_std"] == pytest.approx(statistics.stdev(values), abs=1e-12)
+    note = tiny.parent.data.tags["mlflow.note.content"]
+    assert note.startswith("dlbench test suite: the smallest study that exercises everything\n\n"
+                           "**dropout**: Does dropout help a small MLP?\n\n| level | test accuracy, mean | std | seeds |")
+    assert "\n\n**act_depth**: How do activation and depth interact?\n\n| level |" in note
+    by_level: dict[tuple[str, str], list[float]] = {}
+    for r in sorted(tiny.children, key=lambda r: int(r.data.tags["dlbench.trial_index"])):
+        key = (r.data.tags["dlbench.study"], r.data.tags["dlbench.level"])
+        by_level.setdefault(key, []).append(r.data.metrics["test_accuracy"])
+    rows = [line for line in note.splitlines() if line.startswith("| ") and not line.startswith(("| level", "| ---"))]
+    assert [row.split(" | ")[0].removeprefix("| ") for row in rows] == [level for _, level in by_level]
+    for row, values in zip(rows, by_level.values()):  # 4 significant digits: what a few seeds can say
+        _, mean, std, n = row.strip("| ").split(" | ")
+        assert (mean, std, n) == (f"{statistics.fmean(values):.4g}", f"{statistics.stdev(values):.4g}", str(TINY_SEEDS))
+    assert ("act_depth", "relu, depth=2") in by_level
+    assert tiny.parent.data.metrics == {}  # no per-level metric: the runs table and its column picker stay the trials'
 
 
 def test_runs_say_who_made_them_from_which_file(tiny):
@@ -259,7 +280,7 @@ def test_runs_say_who_made_them_from_which_file(tiny):
 
 
 def test_child_artifacts(tiny):
-    r = next(r for r in tiny.children if r.info.run_name == "dropout/on/seed=0")
+    r = next(r for r in tiny.children if r.info.run_name == "on, seed=0")
     assert "model.txt" in {a.path for a in tiny.client.list_artifacts(r.info.run_id)}
     model = Path(tiny.client.download_artifacts(r.info.run_id, "model.txt", str(tiny.root / "dl-model")))
     assert "Dropout(p=0.1" in model.read_text() and "Dropout(p=0.2" in model.read_text()
@@ -576,11 +597,11 @@ def test_a_failing_level_fails_alone(tmp_path, new_store):
     assert parent.info.status == "FAILED"
     assert parent.data.tags["dlbench.trials_failed"] == "2"
     children = {r.info.run_name: r for r in runs if r.data.tags.get("dlbench.role") == "trial"}
-    assert set(children) == {"arch/mlp/seed=0", "arch/mlp/seed=1", "arch/broken/seed=0", "arch/broken/seed=1"}
+    assert set(children) == {"mlp, seed=0", "mlp, seed=1", "broken, seed=0", "broken, seed=1"}
     for seed in (0, 1):
-        ok = children[f"arch/mlp/seed={seed}"]
+        ok = children[f"mlp, seed={seed}"]
         assert ok.info.status == "FINISHED" and ok.data.tags["dlbench.status"] == "finished"
-        bad = children[f"arch/broken/seed={seed}"]
+        bad = children[f"broken, seed={seed}"]
         assert bad.info.status == "FAILED" and bad.data.tags["dlbench.status"] == "failed"
         assert bad.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert bad.data.params["architecture.name"] == "exploding"

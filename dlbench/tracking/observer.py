@@ -5,9 +5,7 @@ reports written on the study's parent run.
 
 from __future__ import annotations
 
-import statistics
 import time
-from fractions import Fraction
 from pathlib import Path
 
 from mlflow.data.meta_dataset import MetaDataset
@@ -17,7 +15,7 @@ from mlflow.exceptions import MlflowException
 
 from dlbench import hookimpl
 from dlbench.trial import Trial, TrialInfo
-from dlbench.tracking import keys, store
+from dlbench.tracking import keys
 from dlbench.tracking.base import BATCH_LIMIT, TrackerBase
 
 # a pruned tuning trial ended as its search wanted: FINISHED (never resumed), dlbench.status = pruned
@@ -123,37 +121,7 @@ class Observer(TrackerBase):
             except MlflowException:  # no lock (a server): another process inserted it just now
                 self.client.log_inputs(run_id, inputs)
 
-    def log_level_summary(self, study: str, trials: list[Trial]) -> None:
-        """The final test accuracy of each level of ``study`` over its seeds, on the parent run
-        (``<study>/<level>/test_accuracy_mean``, ``_std``, ``_n``; MLflow's UI shows them in a
-        section per study): each trial's finished run under this study run, whichever process ran it."""
-        found = store.child_runs(self.client, self.experiment_id, self.parent_id)
-        by_level: dict[str, list[float]] = {}
-        for trial in trials:
-            finished = [r for r in found.get(trial.key, [])
-                        if r.status == "FINISHED" and "test_accuracy" in r.metrics]
-            if finished:
-                by_level.setdefault(trial.level, []).append(finished[0].metrics["test_accuracy"])
-        now = int(time.time() * 1000)
-        metrics = []
-        for level, values in by_level.items():
-            # the exact mean of the values, rounded once: 0.6464, not 0.6464000000000001
-            summary = {"mean": float(sum(map(Fraction, values)) / len(values)), "n": len(values)}
-            if len(values) > 1:
-                summary["std"] = statistics.stdev(values)
-            metrics += [Metric(_summary_key(study, level, k), float(v), now, 0) for k, v in summary.items()]
-        logged = self.client.get_run(self.parent_id).data.metrics  # a re-run that changed nothing adds nothing
-        metrics = [m for m in metrics if logged.get(m.key) != m.value]
-        for i in range(0, len(metrics), BATCH_LIMIT):
-            self.client.log_batch(self.parent_id, metrics=metrics[i:i + BATCH_LIMIT])
-
     def log_report(self, directory: Path) -> None:
         """Attach a built report folder to the parent run."""
         self.client.log_artifacts(self.parent_id, str(directory), artifact_path=f"reports/{directory.name}")
 
-
-def _summary_key(study: str, level: str, statistic: str) -> str:
-    """``dropout/on/test_accuracy_mean``; ``act_depth/activation relu depth 1/...`` for a level of
-    several factors (MLflow keys refuse ``=`` and ``,``); a name MLflow refuses otherwise is slugged."""
-    parts = [keys.key(name.replace("/", " ")) for name in (study, level.replace("=", " ").replace(",", " "))]
-    return keys.key(f"{parts[0]}/{parts[1]}/test_accuracy_{statistic}")

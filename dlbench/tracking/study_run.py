@@ -10,14 +10,17 @@ import hashlib
 import json
 import os
 import socket
+import statistics
 import time
+from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 from mlflow.entities import Metric, Param, RunTag
 
 from dlbench.provenance import code_version, command_line, environment, git_commit
 from dlbench.study import Plan, Trial, flatten
-from dlbench.tracking import store
+from dlbench.tracking import store, views
 from dlbench.tracking.base import BATCH_LIMIT, StudyContext, TrackerBase, liveness_tags
 
 PROCESS_TAG = "dlbench.process."  # + host.pid: a process working on a study's parent run
@@ -35,6 +38,9 @@ class StudyRunClaims(TrackerBase):
         new one. A tag ``dlbench.process.<host>.<pid>`` names each process working on it."""
         self._device = device
         self._context = context or StudyContext()
+        self.about = About.of(study_file, plan.studies)
+        views.write_views(self.client, self.experiment_id,  # the UI's runs table of each study, one click away
+                          {s.name: s.factor_names for s in study_file.studies if s.name in plan.studies})
         commit, _ = git_commit(study_file.path.resolve().parent)
         self._commit = commit
         self._source["mlflow.source.name"] = str(study_file.path)
@@ -67,7 +73,7 @@ class StudyRunClaims(TrackerBase):
         studies = plan.studies
         tags = {
             "mlflow.runName": study_file.name,
-            "mlflow.note.content": description_of(study_file, studies),
+            "mlflow.note.content": self.about.description({}),
             **self._source,
             "dlbench.role": "study",
             "dlbench.study_file": str(study_file.path.resolve()),  # absolute: a report folder's marker names it
@@ -227,13 +233,61 @@ class StudyRunClaims(TrackerBase):
         self.client.set_terminated(self.parent_id, status)
         self.client.sync()
 
+    def describe_results(self) -> None:
+        """Rewrite the study run's description with each study's results so far: per level, the
+        mean and standard deviation of the finished seeds' test accuracy, to 4 significant digits
+        (the UI shows the description on the run's page). Read from the trial runs under the study
+        run, whichever process trained them."""
+        found = store.child_runs(self.client, self.experiment_id, self.parent_id)
+        latest = sorted((runs[0] for runs in found.values()),
+                        key=lambda r: int(r.tags.get("dlbench.trial_index", "0") or 0))
+        values: dict[str, dict[str, list[float]]] = {}
+        for run in latest:
+            if run.tags.get("dlbench.role") == "trial" and run.status == "FINISHED" and "test_accuracy" in run.metrics:
+                by_level = values.setdefault(run.tags.get("dlbench.study", ""), {})
+                by_level.setdefault(run.tags.get("dlbench.level", ""), []).append(run.metrics["test_accuracy"])
+        note = self.about.description(values)
+        if self.client.get_run(self.parent_id).data.tags.get("mlflow.note.content") != note:
+            self.client.set_tag(self.parent_id, "mlflow.note.content", note)
 
-def description_of(study_file, studies: list[str]) -> str:
-    """The parent run's description (Markdown, in the UI's run page): the study file's
-    description and the question of each study it runs."""
-    running = set(studies)
-    questions = [f"- **{s.name}**: {s.question}" for s in study_file.studies if s.name in running and s.question]
-    return "\n\n".join(part for part in (study_file.description, "\n".join(questions)) if part)
+
+MAX_DESCRIBED_LEVELS = 40  # a study's table in the description stops there (MLflow caps a tag at 8,000 characters)
+
+
+@dataclass(frozen=True)
+class About:
+    """What the study run's description says of the study file: its description and each study's question."""
+
+    text: str
+    questions: tuple[tuple[str, str], ...]  # (study, question) of each study the run runs, in file order
+
+    @classmethod
+    def of(cls, study_file, studies: list[str]) -> About:
+        running = set(studies)
+        return cls(study_file.description, tuple((s.name, s.question) for s in study_file.studies if s.name in running))
+
+    def description(self, values: dict[str, dict[str, list[float]]]) -> str:
+        """Markdown: the file's description, then each study's question and, once some of its trials
+        finished, a table of its levels' test accuracy (``values``: study -> level -> the seeds' values)."""
+        parts = [self.text] if self.text else []
+        for study, question in self.questions:
+            parts.append(f"**{study}**" + (f": {question}" if question else ""))
+            if values.get(study):
+                parts.append(level_table(values[study]))
+        return "\n\n".join(parts)
+
+
+def level_table(by_level: dict[str, list[float]]) -> str:
+    """A Markdown table of each level's mean test accuracy over its seeds, to 4 significant digits."""
+    rows = ["| level | test accuracy, mean | std | seeds |", "| --- | ---: | ---: | ---: |"]
+    for level, values in list(by_level.items())[:MAX_DESCRIBED_LEVELS]:
+        mean = float(sum(map(Fraction, values)) / len(values))  # exact, then rounded once
+        std = f"{statistics.stdev(values):.4g}" if len(values) > 1 else "–"
+        cell = level.replace("|", "\\|")  # a level name may hold the column separator
+        rows.append(f"| {cell} | {mean:.4g} | {std} | {len(values)} |")
+    if len(by_level) > MAX_DESCRIBED_LEVELS:
+        rows.append(f"\n{len(by_level) - MAX_DESCRIBED_LEVELS} more levels: see the study's report.")
+    return "\n".join(rows)
 
 
 SEARCH_TAGS = {"dlbench.search", "dlbench.tuned", "dlbench.tuned_from"}  # the trial's own search, not the source's

@@ -14,11 +14,11 @@ from mlflow.tracking import MlflowClient
 from dlbench.settings import DEFAULT_TRACKING_URI, default_tracking_uri
 from dlbench.tracking.base import BATCH_LIMIT, EXPERIMENT_KIND, StudyContext
 from dlbench.tracking.observer import MLFLOW_STATUS, Observer
-from dlbench.tracking.study_run import (IDENTITY_TAGS, PROCESS_TAG, SEARCH_TAGS, StudyRunClaims, description_of,
+from dlbench.tracking.study_run import (IDENTITY_TAGS, PROCESS_TAG, SEARCH_TAGS, StudyRunClaims,
                                         study_hash_of)
 
 __all__ = ["BATCH_LIMIT", "DEFAULT_TRACKING_URI", "EXPERIMENT_KIND", "IDENTITY_TAGS", "MLFLOW_STATUS", "PROCESS_TAG",
-           "SEARCH_TAGS", "StudyContext", "Tracker", "attach_report", "default_tracking_uri", "description_of",
+           "SEARCH_TAGS", "StudyContext", "Tracker", "attach_report", "default_tracking_uri",
            "study_hash_of"]
 
 def attach_report(tracking_uri: str, run_id: str, directory: Path) -> None:

@@ -1,0 +1,73 @@
+"""A saved view of the MLflow UI's runs table per study: the study's trials grouped by level, the
+headline metrics first, the run names wide enough to read.
+
+MLflow 3 keeps a saved view ("Views" at the top right of an experiment's runs) as an experiment
+tag ``mlflow.sharedViewState.<id>`` holding ``{name, createdAt, updatedAt, state}``, ``state`` the
+runs table's settings as JSON; ``#/experiments/<id>/runs?viewStateShareKey=<id>`` opens one. dlbench
+writes one per study of a study file, named ``<study> (dlbench)``, so one click (or the address
+``dlbench ui`` prints) shows what the study asks: its levels, their seeds and their accuracies.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from urllib.parse import quote
+
+from dlbench.tracking import keys
+
+VIEW_TAG = "mlflow.sharedViewState."
+HEADLINE_METRICS = ("test_accuracy", "val_accuracy", "train_accuracy")
+RUN_NAME_COLUMN = "attributes.`Run Name`"  # the runs table's column ids (ag-grid's col-id)
+RUN_NAME_WIDTH = 320  # px: "sigmoid, depth=8, seed=4" and its group's label whole (MLflow's default: 190)
+
+
+def view_id(study: str) -> str:
+    """The saved view's id (the tag's suffix and the address's ``viewStateShareKey``)."""
+    return keys.key(f"dlbench.{study}")
+
+
+def study_view(study: str, factors: list[str]) -> dict:
+    """The runs table's settings for ``study``: its trials (not the tuning trials), grouped by
+    level in the order they started, the headline metrics and, for several factors, each factor's
+    level as a column."""
+    columns = [*(f"metrics.`{m}`" for m in HEADLINE_METRICS),
+               *(f"params.`{keys.key('factor.' + f)}`" for f in factors if len(factors) > 1)]
+    return {
+        "searchFilter": keys.tags_filter({"dlbench.study": study, "dlbench.role": "trial"}),
+        "orderByKey": "attributes.start_time", "orderByAsc": True,
+        "startTime": "ALL", "lifecycleFilter": "Active", "datasetsFilter": [], "modelVersionFilter": "All Runs",
+        "selectedColumns": columns,
+        "columnOrder": [RUN_NAME_COLUMN, *columns],
+        "columnWidths": {RUN_NAME_COLUMN: RUN_NAME_WIDTH},
+        "runsHiddenMode": "SHOW_ALL",  # every run in the charts, not the first 10
+        "viewMaximized": False, "runListHidden": False, "isAccordionReordered": False,
+        "useGroupedValuesInCharts": True, "hideEmptyCharts": True,
+        "groupBy": {"aggregateFunction": "average", "groupByKeys": [{"mode": "tag", "groupByData": "dlbench.level"}]},
+        "groupsExpanded": {},
+        "globalLineChartConfig": {"xAxisKey": "step", "lineSmoothness": 0, "selectedXAxisMetricKey": ""},
+    }
+
+
+def write_views(client, experiment_id: str, studies: dict[str, list[str]]) -> None:
+    """Save a view of each study (name -> its factors) on the experiment, unless it holds that
+    view already (a view the user changed and saved under another name is theirs)."""
+    tags = client.get_experiment(experiment_id).tags
+    for study, factors in studies.items():
+        tag = VIEW_TAG + view_id(study)
+        state = json.dumps(study_view(study, factors), separators=(",", ":"))
+        try:
+            old = json.loads(tags.get(tag, "null"))
+        except json.JSONDecodeError:
+            old = None
+        if isinstance(old, dict) and old.get("state") == state:
+            continue
+        now = int(time.time() * 1000)
+        created = old.get("createdAt", now) if isinstance(old, dict) else now
+        envelope = {"name": f"{study} (dlbench)", "createdAt": created, "updatedAt": now, "state": state}
+        client.set_experiment_tag(experiment_id, tag, json.dumps(envelope, ensure_ascii=False))
+
+
+def view_url(ui: str, experiment_id: str, study: str) -> str:
+    """The address of ``study``'s view in the MLflow UI served at ``ui`` (``http://127.0.0.1:5000``)."""
+    return f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs?viewStateShareKey={quote(view_id(study), safe='')}"
