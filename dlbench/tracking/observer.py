@@ -5,9 +5,11 @@ reports written on the study's parent run.
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
+import numpy as np
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.data.sources import LocalArtifactDatasetSource
 from mlflow.entities import DatasetInput, InputTag, Metric, RunTag
@@ -21,6 +23,20 @@ from dlbench.tracking.base import BATCH_LIMIT, TrackerBase
 # a pruned tuning trial ended as its search wanted: FINISHED (never resumed), dlbench.status = pruned
 MLFLOW_STATUS = {"finished": "FINISHED", "pruned": "FINISHED", "diverged": "FAILED", "failed": "FAILED",
                  "interrupted": "KILLED"}
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def shortest(value: float) -> float:
+    """A float32 value (a loss, a learning rate, a norm: what PyTorch computed) as the shortest
+    decimal that reads back as it (``0.2945295``, not ``0.2945294976234436``); any other value (an
+    accuracy, an exact fraction ``k / n`` in float64) unchanged. Nothing is lost: the float32 is
+    the same, and ``dlbench reproduce`` compares float32 values."""
+    if not math.isfinite(value) or abs(value) > FLOAT32_MAX:
+        return value
+    single = np.float32(value)
+    return float(str(single)) if float(single) == value else value
 
 
 class Observer(TrackerBase):
@@ -77,7 +93,7 @@ class Observer(TrackerBase):
         """Buffer the values whose step is past the last one logged: a resumed run, or a trial
         trained again from its checkpoint, sends steps that are logged already."""
         done = self._logged_steps.setdefault(run_id, {})
-        fresh = [Metric(k, float(v), now, step) for k, v in values.items() if step > done.get(k, -1)]
+        fresh = [Metric(k, shortest(float(v)), now, step) for k, v in values.items() if step > done.get(k, -1)]
         self._buffer.setdefault(run_id, []).extend(fresh)
         for metric in fresh:
             done[metric.key] = step
