@@ -10,10 +10,11 @@ from __future__ import annotations
 import atexit
 import functools
 import gc
+import os
 import signal
-import subprocess
 import sys
 import tomllib
+import webbrowser
 from pathlib import Path
 
 import click
@@ -420,38 +421,115 @@ def plugins_check(target: str, options: tuple[tuple[str, object], ...], plugins_
 
 @main.command()
 @tracking_option
-@click.option("--port", default=5000, show_default=True, help="Port on 127.0.0.1 (for a local store).")
+@click.option("--port", default=5000, show_default=True, type=click.IntRange(0, 65535),
+              help="Port on 127.0.0.1 (for a local store); 0: any free one.")
+@click.option("--experiment", default=None, metavar="NAME",
+              help="Open on this experiment's runs. Default: the experiment of the store's latest run.")
+@click.option("--open", "open_browser", is_flag=True, help="Also open the page in this machine's web browser.")
 @_user_errors
-def ui(tracking_uri: str | None, port: int) -> None:
-    """Open the MLflow UI on 127.0.0.1 for the same store `dlbench run` writes to.
+def ui(tracking_uri: str | None, port: int, experiment: str | None, open_browser: bool) -> None:
+    """Serve the MLflow UI of a local store (the one `dlbench run` writes to) on 127.0.0.1, in this
+    one process, and print its address once it answers: the runs table of --experiment, or of the
+    experiment of the store's latest run. Ctrl-C (or SIGTERM) stops it.
 
-    A tracking server (http://...) serves its own UI: ui says where and exits.
+    A store copied or moved from another folder has its artifact locations pointed beside it
+    first (`dlbench relocate`). A tracking server (http://...) serves its own UI: ui says where
+    and exits.
     """
     uri = tracking_uri or default_tracking_uri()
     from dlbench.tracking.server import is_server, require_reachable  # imports mlflow
 
-    if is_server(uri):  # `mlflow ui` cannot read a server; the server is a UI already
+    if is_server(uri):  # a server is a UI already; this one only reads local stores
         require_reachable(uri)
         click.echo(f"{uri} is an MLflow tracking server: it serves the MLflow UI itself. Open {uri} in a browser "
                    "(through an SSH tunnel: its local end, e.g. http://127.0.0.1:5000), click \"Model training\" "
                    "at the top left once, then an experiment. `dlbench ui` starts a UI only for a local store "
                    "(a SQLite file or a directory).")
         return
-    click.echo(f"MLflow UI for {uri} at http://127.0.0.1:{port} (Ctrl-C to stop); click \"Model training\" at the "
-               "top left once, then an experiment: its runs (MLflow 3 opens on GenAI traces otherwise)")
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
-           "--port", str(port)]
-    server = subprocess.Popen(cmd)
-    signal.signal(signal.SIGTERM, _interrupt)  # `kill` must not orphan the server on the port
+    from dlbench.tracking import relocate as relocation
+    from dlbench.tracking import ui_server  # MLflow's server application: seconds to import
+
+    sock = ui_server.bind(port)  # first: a taken port is said at once
+    signal.signal(signal.SIGTERM, _interrupt)  # until the server takes SIGINT and SIGTERM over: exit 0 as well
+    click.echo(f"Starting the MLflow UI of {uri} (a few seconds; its address follows once it answers)", err=True)
     try:
-        sys.exit(server.wait())
-    except KeyboardInterrupt:
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        os.environ.update(ui_server.server_environment(uri))
+        _relocate_for_ui(uri, relocation)
+        ui_server.open_store(uri)
+        opening = ui_server.choose_experiment(uri, experiment)
+
+        def announce(url: str) -> None:
+            where = (f"experiment {opening.name!r} ({opening.why}; --experiment NAME for another)"
+                     if opening.experiment_id is not None else f"{opening.why}: MLflow's home page")
+            click.echo(f"MLflow UI of {uri}, {where}; Ctrl-C to stop:\n  {url}")
+            if studies := opening.view_urls(url.split("/#/")[0]):  # a study's levels side by side: its saved view
+                click.echo("each study's trials grouped by level, accuracies first (Views, top right):")
+                width = max(map(len, studies))
+                for study, link in studies.items():
+                    click.echo(f"  {study:<{width}}  {link}")
+            if open_browser:
+                webbrowser.open(url)
+
+        started = ui_server.serve(sock, opening, announce)
+    except KeyboardInterrupt:  # before the server took over the signals
         sys.exit(0)
+    finally:
+        sock.close()
+    if not started:
+        click.echo(f"Error: the MLflow server for {uri} stopped before it answered (see above).", err=True)
+        sys.exit(1)
+    click.echo("MLflow UI stopped.", err=True)
+
+
+def _relocate_for_ui(uri: str, relocation) -> None:
+    """A store copied or moved as a folder: its artifact locations pointed beside it, said in a
+    line (or, where its artifacts are not there, why the UI will not show them)."""
+    moves = relocation.moved(uri)
+    if any(m.found for m in moves):
+        try:
+            done, _ = relocation.relocate(uri)
+        except UserError as exc:
+            click.echo(f"warning: {exc}", err=True)
+            return
+        for move in done:
+            if move.found:
+                click.echo(f"store copied or moved here: artifact locations {move.describe()} "
+                           f"(as `dlbench relocate` does)", err=True)
+    if why := relocation.not_in_place(uri, "the UI"):
+        click.echo(f"warning: {why}", err=True)
+
+
+@main.command()
+@tracking_option
+@click.option("--dry-run", is_flag=True, help="Say what would be rewritten; change nothing.")
+@_user_errors
+def relocate(tracking_uri: str | None, dry_run: bool) -> None:
+    """Point the artifact locations of a SQLite store that was copied or moved as a folder at
+    its own mlruns/ folder.
+
+    MLflow writes absolute artifact paths into mlflow.db. Every one into a folder that is gone
+    (a move), or that holds another store's mlflow.db (a copy), is rewritten to the same place
+    under mlruns/ beside this database, where its artifacts are found there. Paths that still
+    lead to their files and remote locations (s3://, ...) are left alone; running it again
+    changes nothing.
+    """
+    uri = tracking_uri or default_tracking_uri()
+    from dlbench.tracking.relocate import ARTIFACTS_FOLDER, relocate as relocate_store
+
+    moves, rewritten = relocate_store(uri, dry_run=dry_run)
+    done = [m for m in moves if m.found]
+    for move in done:
+        click.echo(f"{'would relocate' if dry_run else 'relocated'}: {move.describe()}; the old folder is {move.why}")
+    if not moves:
+        click.echo(f"nothing to relocate: every local artifact location of {uri} is beside it or in a folder that "
+                   "still holds it")
+    elif done:
+        click.echo(f"{rewritten} artifact locations {'to rewrite' if dry_run else 'rewritten'} in {uri}")
+    if missing := [m for m in moves if not m.found]:
+        olds = ", ".join(f"{m.old_root / ARTIFACTS_FOLDER}/ ({m.why})" for m in missing)
+        raise UserError(f"not relocated: the artifact locations into {olds} name nothing that is in "
+                        f"{missing[0].new_root / ARTIFACTS_FOLDER}/ beside the database. Copy the store's whole "
+                        f"folder (the database and its {ARTIFACTS_FOLDER}/), then run `dlbench relocate` on the copy.")
 
 
 if __name__ == "__main__":

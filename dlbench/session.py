@@ -118,6 +118,7 @@ def build_reports(options: ReportOptions, announce: Callable[[str, Path], None])
     from dlbench.report.build import study_run_identity
     from dlbench.report.painter import Painter, spare_processes
     from dlbench.tracking.reader import find_study_run
+    from dlbench.tracking.relocate import require_in_place
 
     given = (options.study_file, options.run_id, options.experiment)
     if sum(x is not None for x in given) > 1:
@@ -130,6 +131,8 @@ def build_reports(options: ReportOptions, announce: Callable[[str, Path], None])
     if why := cannot_write(options.reports_dir):  # a read-only checkout
         raise UserError(f"the reports cannot be written ({why}); put them elsewhere with --reports-dir DIR")
     uri = options.tracking_uri
+    # a store copied or moved as a folder: its artifacts read from (and the report attached to) the old one's
+    require_in_place(uri, "dlbench report")
     parent = find_study_run(uri, run_id=options.run_id, experiment=experiment)
     identity = study_run_identity(uri, parent)  # a report folder of another study file's study is not overwritten
     only = list(options.only)

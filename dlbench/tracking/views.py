@@ -17,6 +17,10 @@ from urllib.parse import quote
 from dlbench.tracking import keys
 
 VIEW_TAG = "mlflow.sharedViewState."
+VIEW_SUFFIX = " (dlbench)"  # a view's name: "<study> (dlbench)"
+# the frontend's "Model training" workflow (MLflow 3 otherwise shows GenAI traces first): its
+# `workflowType` query parameter (js/build: `new URLSearchParams(...).get("workflowType")`)
+MODEL_TRAINING = "workflowType=machine_learning"
 HEADLINE_METRICS = ("test_accuracy", "val_accuracy", "train_accuracy")
 RUN_NAME_COLUMN = "attributes.`Run Name`"  # the runs table's column ids (ag-grid's col-id)
 RUN_NAME_WIDTH = 320  # px: "sigmoid, depth=8, seed=4" and its group's label whole (MLflow's default: 190)
@@ -64,10 +68,24 @@ def write_views(client, experiment_id: str, studies: dict[str, list[str]]) -> No
             continue
         now = int(time.time() * 1000)
         created = old.get("createdAt", now) if isinstance(old, dict) else now
-        envelope = {"name": f"{study} (dlbench)", "createdAt": created, "updatedAt": now, "state": state}
+        envelope = {"name": study + VIEW_SUFFIX, "createdAt": created, "updatedAt": now, "state": state}
         client.set_experiment_tag(experiment_id, tag, json.dumps(envelope, ensure_ascii=False))
 
 
 def view_url(ui: str, experiment_id: str, study: str) -> str:
     """The address of ``study``'s view in the MLflow UI served at ``ui`` (``http://127.0.0.1:5000``)."""
-    return f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs?viewStateShareKey={quote(view_id(study), safe='')}"
+    return (f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs?{MODEL_TRAINING}"
+            f"&viewStateShareKey={quote(view_id(study), safe='')}")
+
+
+def studies_with_views(experiment_tags: dict[str, str]) -> list[str]:
+    """The studies an experiment holds a dlbench view of, in the order they were saved."""
+    found = []
+    for tag, value in experiment_tags.items():
+        try:
+            envelope = json.loads(value) if tag.startswith(VIEW_TAG) else None
+        except json.JSONDecodeError:
+            continue
+        if isinstance(envelope, dict) and str(envelope.get("name", "")).endswith(VIEW_SUFFIX):
+            found.append((envelope.get("createdAt", 0), envelope["name"].removesuffix(VIEW_SUFFIX)))
+    return [study for _, study in sorted(found, key=lambda f: f[0])]
