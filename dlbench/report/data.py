@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -226,7 +227,9 @@ def _note_same_configs(data: StudyData) -> None:
     if "same_as" in frame:  # a level whose runs record another study's trials (trained once, for both)
         prefix = f"{data.name}/"
         for level, rows in frame[frame["same_as"] != ""].groupby("level", sort=False):
-            others = sorted({name.rsplit("/seed=", 1)[0] for name in rows["same_as"] if not name.startswith(prefix)})
+            # the origin's title, ``a/base, seed=0`` (``a/base/seed=0`` in stores written before)
+            others = sorted({re.sub(r"(/|, )seed=\d+$", "", name) for name in rows["same_as"]
+                             if not name.startswith(prefix)})
             if others:
                 data.same.append(f"level {level!r} is the same configuration as {', '.join(others)}: its "
                                  f"{len(rows)} run(s) record those trials' runs (trained once, dlbench.same_as)")
