@@ -68,10 +68,12 @@ def counts(stdout: str) -> dict[str, int]:
 
 
 def dry_run_table(stdout: str) -> dict[str, str]:
-    """run name -> 12-char config hash prefix, from the `--dry-run` table(s).
+    """trial title (``study/level, seed=n``, as the terminal names a trial) -> 12-char config hash
+    prefix, from the `--dry-run` table(s).
 
-    Reads the columns by their header names, so it works for one table with a ``study`` column
-    as well as for one table per study under a ``study '<name>' (N trials)`` line.
+    Reads the columns by their header names and where each starts (the columns are padded to a
+    width: a cell may hold spaces, ``relu, depth=1``), so it works for one table with a ``study``
+    column as well as for one table per study under a ``study '<name>' (N trials)`` line.
     """
     out, header, study = {}, None, None
     for line in stdout.splitlines():
@@ -82,10 +84,11 @@ def dry_run_table(stdout: str) -> dict[str, str]:
         elif m:
             study = m.group(1)
         elif parts[:1] == ["#"] and "config_hash" in parts:
-            header = parts
+            header = [(h.group(), h.start()) for h in re.finditer(r"\S+", line)]
         elif header and parts and parts[0].isdigit():
-            row = dict(zip(header, parts))
-            out[f"{row.get('study', study)}/{row['level']}/seed={row['seed']}"] = row["config_hash"]
+            ends = [start for _, start in header[1:]] + [None]
+            row = {name: line[start:end].strip() for (name, start), end in zip(header, ends)}
+            out[f"{row.get('study', study)}/{row['level']}, seed={row['seed']}"] = row["config_hash"]
     return out
 
 
@@ -182,10 +185,15 @@ def test_child_tags_identify_the_trial(tiny):
 
     for r in tiny.children:
         tags = r.data.tags
-        study, level, seed = r.info.run_name.split("/")
+        level, seed = r.info.run_name.rsplit(", seed=", 1)  # the run named by its level and seed
+        study = r.data.params["study"]
         assert tags["dlbench.study"] == study
         assert tags["dlbench.level"] == level
-        assert tags["dlbench.seed"] == seed.removeprefix("seed=")
+        assert tags["dlbench.seed"] == seed
+        # its identity in the study run keeps the spelling of earlier dlbench versions (their stores resume)
+        levels = json.loads(tags["dlbench.levels"])  # factor -> level name, in the study's order
+        old = level if len(levels) == 1 else ",".join(f"{f}={lvl}" for f, lvl in levels.items())
+        assert tags["dlbench.trial"] == f"{study}/{old}/seed={seed}"
         assert HEX64.match(tags["dlbench.config_hash"])
         assert HEX64.match(tags["dlbench.group_hash"])
         assert tags["dlbench.version"] == dlbench.__version__
@@ -204,7 +212,8 @@ def test_config_hash_tags_match_the_dry_run(tiny):
     assert proc.returncode == 0, describe_result(proc)
     table = dry_run_table(proc.stdout)
     assert len(table) == 12
-    tags = {r.info.run_name: r.data.tags["dlbench.config_hash"] for r in tiny.children}
+    tags = {f"{r.data.tags['dlbench.study']}/{r.info.run_name}": r.data.tags["dlbench.config_hash"]
+            for r in tiny.children}
     assert set(tags) == set(table)
     for name, full in tags.items():
         assert full[:12] == table[name], name
@@ -318,15 +327,16 @@ def test_reports_attached_to_the_parent_run(tiny):
 def test_rerun_skips_trials_already_in_the_store(tiny, tmp_path):
     # the same command again: every trial already finished (same config hash), nothing retrains
     before = {r.info.run_id for r in tiny.children}
+    note = tiny.parent.data.tags["mlflow.note.content"]
     proc = run_cli(["run", tiny.study, "--tracking-uri", sqlite_uri(tiny.db), "--device", "cpu", "--reports-dir",
                     tmp_path / "r"], cwd=tiny.root, env=cli_env(autoload=False))
     assert proc.returncode == 0, describe_result(proc)
     assert counts(proc.stdout) == {"finished": 12, "skipped": 12, "diverged": 0, "failed": 0, "not_run": 0}
     assert {r.info.run_id for r in tiny.children} == before  # no new trial run
     assert all(r.info.status == "FINISHED" for r in tiny.runs)
-    parent = tiny.parent  # its per-level summary is not logged a second time
-    assert parent.data.metrics and all(len(tiny.client.get_metric_history(parent.info.run_id, key)) == 1
-                                       for key in parent.data.metrics)
+    parent = tiny.parent  # its per-level summary (the description's tables) is the same, not written twice
+    assert "| level | test accuracy, mean |" in note and parent.data.tags["mlflow.note.content"] == note
+    assert parent.data.metrics == {}
     # the reports are rebuilt from the stored results
     with open(tmp_path / "r" / "dropout" / "summary.csv", newline="") as f:
         assert [int(row["n"]) for row in csv.DictReader(f)] == [TINY_SEEDS, TINY_SEEDS]
@@ -460,7 +470,7 @@ def test_dry_run_with_study_filter(tmp_path):
     study = write_study(tmp_path, TINY_STUDY)
     proc = run_cli(["run", study, "--dry-run", "--study", "dropout"], cwd=tmp_path, env=cli_env(autoload=False))
     assert proc.returncode == 0, describe_result(proc)
-    assert set(dry_run_table(proc.stdout)) == {f"dropout/{lvl}/seed={s}" for lvl in ("off", "on") for s in (0, 1)}
+    assert set(dry_run_table(proc.stdout)) == {f"dropout/{lvl}, seed={s}" for lvl in ("off", "on") for s in (0, 1)}
     assert "4 trials in 1 study from" in proc.stdout
 
 
@@ -627,7 +637,8 @@ def test_fail_fast_stops_at_the_first_failure(tmp_path, new_store):
     runs = runs_of(client_for(tmp_path / "mlflow.db"), "failing")
     (parent,) = [r for r in runs if r.data.tags.get("dlbench.role") == "study"]
     assert parent.data.tags["dlbench.trials_not_run"] == "3"
-    assert [r.info.run_name for r in runs if r.data.tags.get("dlbench.role") == "trial"] == ["arch/broken/seed=0"]
+    assert [(r.data.tags["dlbench.study"], r.info.run_name) for r in runs
+            if r.data.tags.get("dlbench.role") == "trial"] == [("arch", "broken, seed=0")]
 
 
 # -- stopping a running study -------------------------------------------------------------------
@@ -673,9 +684,9 @@ def test_an_interrupt_between_claiming_a_trial_and_training_it_leaves_no_run_run
                              stack_size=1)
         runner.run_study(sf, expand(sf, plugins.registry), plugins, options, io.StringIO())
     runs = {r.info.run_name: r for r in runs_of(client_for(db), "long")}
-    assert runs["s/a/seed=0"].info.status == "FINISHED"
-    assert runs["s/a/seed=1"].info.status == "KILLED"  # resumable: the next run adopts it
-    assert "s/a/seed=2" not in runs and runs["long"].info.status == "KILLED"
+    assert runs["a, seed=0"].info.status == "FINISHED"
+    assert runs["a, seed=1"].info.status == "KILLED"  # resumable: the next run adopts it
+    assert "a, seed=2" not in runs and runs["long"].info.status == "KILLED"
 
 
 def test_sigterm_closes_the_running_trial_as_killed(tmp_path, new_store):
@@ -699,7 +710,7 @@ def test_sigterm_closes_the_running_trial_as_killed(tmp_path, new_store):
             assert time.monotonic() < deadline, "the second trial never started"
             time.sleep(0.3)
             exp = client.get_experiment_by_name("long")
-            runs = client.search_runs([exp.experiment_id], "attributes.run_name = 's/a/seed=1'",
+            runs = client.search_runs([exp.experiment_id], "attributes.run_name = 'a, seed=1'",
                                       ViewType.ALL) if exp else []
             second = runs[0] if runs else None
         proc.send_signal(signal.SIGTERM)
@@ -712,9 +723,9 @@ def test_sigterm_closes_the_running_trial_as_killed(tmp_path, new_store):
     assert "Traceback" not in stderr, stderr
     assert "Interrupted" in stderr
     runs = {r.info.run_name: r for r in runs_of(client_for(db), "long")}
-    assert runs["s/a/seed=0"].info.status == "FINISHED"
-    assert runs["s/a/seed=1"].info.status == "KILLED"
-    assert "s/a/seed=2" not in runs
+    assert runs["a, seed=0"].info.status == "FINISHED"
+    assert runs["a, seed=1"].info.status == "KILLED"
+    assert "a, seed=2" not in runs
     assert runs["long"].info.status == "KILLED"
     assert runs["long"].data.tags["dlbench.trials_finished"] == "1"
     assert runs["long"].data.tags["dlbench.trials_not_run"] == "2"

@@ -99,7 +99,8 @@ def test_every_trial_ran_exactly_once_under_that_parent(together):
     # trained once, not only logged once: each trial's end is printed by exactly one process
     shared_out = "".join(p.stdout for p in together["procs"][:len(JOBS)])
     for run in trials:
-        name = re.escape(run.data.tags["mlflow.runName"])
+        # the trial as the terminal names it: its study, then its run name
+        name = re.escape(f"{run.data.tags['dlbench.study']}/{run.data.tags['mlflow.runName']}")
         assert len(re.findall(rf"\] {name}  finished \(", shared_out)) == 1, run.data.tags["mlflow.runName"]
 
 
@@ -152,7 +153,8 @@ def test_two_processes_against_a_tracking_server_train_each_trial_once(tmp_path,
     assert parent.info.status == "FINISHED" and parent.data.tags["dlbench.trials_finished"] == "4"
     printed = "".join(out for out, _ in outs)
     for run in trials:
-        name = re.escape(run.data.tags["mlflow.runName"])
+        # the trial as the terminal names it: its study, then its run name
+        name = re.escape(f"{run.data.tags['dlbench.study']}/{run.data.tags['mlflow.runName']}")
         assert len(re.findall(rf"\] {name}  finished \(", printed)) == 1, printed
 
     # the moment two claims meet (rare above): both runs opened, the later one withdraws

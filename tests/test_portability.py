@@ -210,7 +210,8 @@ def test_source_archive_with_odd_names_runs_resumes_and_reports_inside_reports(t
         assert tags["dlbench.git_commit"].startswith("none (no git repository: ") and "mlflow.source.git.commit" not in tags
         assert tags["dlbench.data_check"].startswith("recorded dataset hashes (no git repository here")
         assert tags["dlbench.data_matches_dvc"] == "true"
-        assert run.info.run_name == f"{tags['dlbench.study']}/{tags['dlbench.level']}/seed=0"
+        assert run.info.run_name == f"{tags['dlbench.level']}, seed=0"
+        assert tags["dlbench.trial"] == f"{tags['dlbench.study']}/{tags['dlbench.level']}/seed=0"
         assert json.loads(tags["dlbench.levels"]) == {(X if tags["dlbench.study"] == X else "f 'q'"): tags["dlbench.level"]}
     odd = next(r for r in runs if r.data.tags["dlbench.level"] == "../on/ü")
     assert odd.data.params["regularizers"] == "odd 'reg' \"x\"/ü"

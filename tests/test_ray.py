@@ -57,9 +57,10 @@ def all_trial_runs(db: Path):
 
 
 def trial_runs(db: Path):
-    """Each trial's run by name (the newest, where a failed trial was run again)."""
+    """Each trial's run by trial (its ``dlbench.trial`` tag, ``width/wide/seed=0``: its identity in the
+    study run), the newest where a failed trial was run again."""
     runs, client = all_trial_runs(db)
-    return {r.data.tags["mlflow.runName"]: r for r in sorted(runs, key=lambda r: r.info.start_time)}, client
+    return {r.data.tags["dlbench.trial"]: r for r in sorted(runs, key=lambda r: r.info.start_time)}, client
 
 
 def exact(metrics: dict[str, float]) -> dict[str, str]:
@@ -117,7 +118,7 @@ def test_when_the_retries_are_spent_the_trial_is_left_killed_and_the_rerun_resum
     assert rerun.returncode == 1, describe_result(rerun)  # the broken trials fail again
     assert re.search(r"4 finished \(3 of them already in the store\), 2 diverged, 2 failed, 0 not run",
                      rerun.stdout)
-    assert "wide/seed=1  resuming run" in rerun.stdout
+    assert "width/wide, seed=1  resuming run" in rerun.stdout
     every, _ = all_trial_runs(db)
     assert sum(r.data.tags["dlbench.level"] != "broken" for r in every) == 6  # the resumed trial kept its run
     resumed = trial_runs(db)[0]["width/wide/seed=1"]

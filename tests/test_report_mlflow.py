@@ -175,7 +175,8 @@ def test_statistics_tables(done):
         assert float(row["ci95_low"]) <= float(row["diff"]) <= float(row["ci95_high"])
         assert float(row["p"]) <= float(row["p_holm"]) <= 1.0
     (claim,) = read_csv(done.folder("act_depth") / "claims.csv")
-    assert claim["claim"] == "activation=relu,depth=2 beats activation=tanh,depth=2 on test_loss"
+    # a claim names its factors (Claim.__str__: level_label without the study's level names)
+    assert claim["claim"] == "activation=relu, depth=2 beats activation=tanh, depth=2 on test_loss"
     assert claim["verdict"] in {"supported", "contradicted", "inconclusive"}
     assert claim["higher_is_better"] == "False"
     index = (done.folder("act_depth") / "index.md").read_text()
@@ -209,7 +210,8 @@ def test_single_seed_study_says_what_it_cannot_tell(done):
 def test_diagnostics_are_logged_by_optimizer_step(done):
     client = done.client()
     exp = client.get_experiment_by_name("reports")
-    (child,) = client.search_runs([exp.experiment_id], "tags.`mlflow.runName` = 'act_depth/activation=tanh,depth=2/seed=1'")
+    (child,) = client.search_runs([exp.experiment_id], "tags.`mlflow.runName` = 'tanh, depth=2, seed=1' and "
+                                  "tags.`dlbench.study` = 'act_depth'")
     keys = set(child.data.metrics)
     # one section of the UI's charts (the part before "/"), whose name says what its step counts
     assert {"diag per step/grad_norm.layer0", "diag per step/grad_norm.layer2", "diag per step/act_saturation.layer1",
@@ -282,7 +284,7 @@ def test_report_mistakes_are_usage_errors(done):
 
 @pytest.mark.parametrize("call, message", [
     (lambda uri, parent, child: find_study_run(uri, run_id="0" * 32), "no such run"),
-    (lambda uri, parent, child: find_study_run(uri, run_id=child), "is the trial run 'dropout/off/seed=0'"),
+    (lambda uri, parent, child: find_study_run(uri, run_id=child), "is the trial run 'off, seed=0'"),
     (lambda uri, parent, child: report_from_mlflow(uri, parent, Path("unused"), ["dropuot"]),
      "--study 'dropuot': the study run"),
 ])
@@ -291,7 +293,7 @@ def test_report_mistakes_name_the_fix(done, call, message):
 
     client = done.client()
     exp = client.get_experiment_by_name("reports")
-    (child,) = client.search_runs([exp.experiment_id], "tags.`mlflow.runName` = 'dropout/off/seed=0' and "
+    (child,) = client.search_runs([exp.experiment_id], "tags.`mlflow.runName` = 'off, seed=0' and tags.`dlbench.study` = 'dropout' and "
                                   f"tags.`mlflow.parentRunId` = '{done.parent_id}'")
     with pytest.raises(UserError) as err:
         call(done.uri, done.parent_id, child.info.run_id)

@@ -96,7 +96,8 @@ def test_report_rebuilds_the_study_from_the_server(team, how):
 
 
 def test_reproduce_of_a_trial_is_exact_and_logged_beside_it(team):
-    original = next(r for r in trial_runs(team) if r.info.run_name == "dropout/on/seed=1")
+    original = next(r for r in trial_runs(team)
+                    if r.data.tags["dlbench.study"] == "dropout" and r.info.run_name == "on, seed=1")
     proc = dlbench(["reproduce", original.info.run_id, "--tracking-uri", team.uri, "--device", "cpu"], team.root)
     assert proc.returncode == 0, describe_result(proc)
     assert re.search(r"^REPRODUCED: \d+ metric values compared, largest difference 0 ", proc.stdout, re.M), proc.stdout

@@ -53,8 +53,8 @@ LINE = re.compile(r"^\[\d+/10\] ", re.M)
 
 
 def store_of(db: Path) -> dict:
-    """The study runs of the store and, for each, its trial runs by trial name (a list: more than
-    one would be a duplicate)."""
+    """The study runs of the store and, for each, its trial runs by trial (the ``dlbench.trial`` tag,
+    ``study/level/seed=n``: a list, more than one would be a duplicate)."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(sqlite_uri(db))
@@ -64,7 +64,7 @@ def store_of(db: Path) -> dict:
     by_parent = {p.info.run_id: {} for p in parents}
     for run in runs:
         if run.data.tags.get("dlbench.role") == "trial":
-            by_parent[run.data.tags["mlflow.parentRunId"]].setdefault(run.info.run_name, []).append(run)
+            by_parent[run.data.tags["mlflow.parentRunId"]].setdefault(run.data.tags["dlbench.trial"], []).append(run)
     return {"parents": parents, "trials": by_parent, "all": runs}
 
 
@@ -80,6 +80,7 @@ def one_complete_set(store: dict) -> dict:
         study, level, seed = name.split("/")
         tags = run.data.tags
         assert run.info.status == "FINISHED", name
+        assert run.info.run_name == f"{level}, {seed}", name  # the run named by its level and seed
         assert (tags["dlbench.study"], tags["dlbench.level"], f"seed={tags['dlbench.seed']}") == (study, level, seed)
         assert run.data.params["study"] == study and run.data.params["level"] == level
         if name in TWINS:
@@ -126,7 +127,7 @@ def test_identical_trials_train_once_and_are_recorded_under_each_study(uninterru
     assert "10 finished (0 of them already in the store, 4 recorded from an identical trial of this file)" in out
     trained = [line for line in out.splitlines() if re.search(r"finished \(\d+ epochs", line)]
     assert len(trained) == 6, out  # 10 trials, 6 trainings
-    assert "b/narrow/seed=0  finished: the same configuration and seed as a/base/seed=0" in out
+    assert "b/narrow, seed=0  finished: the same configuration and seed as a/base, seed=0" in out
 
 
 def test_the_dry_run_names_the_levels_that_resolve_to_the_same_configuration(uninterrupted):
@@ -258,7 +259,7 @@ def test_a_failed_trial_trains_again_in_one_run(tmp_path):
     flag.unlink()
     proc = run_cli(args, cwd=root, env=env)
     assert proc.returncode == 0, describe_result(proc)
-    assert "b/deep/seed=0  trains again: run" in proc.stdout
+    assert "b/deep, seed=0  trains again: run" in proc.stdout
     one_complete_set(store_of(db))  # the failed runs deleted: one run of each trial
 
 
@@ -296,7 +297,7 @@ def test_a_record_half_written_when_killed_is_written_again(tmp_path, monkeypatc
     stream = io.StringIO()
     run_study(sf, expand(sf, plugins.registry), plugins, options, stream)
     one_complete_set(store_of(db))
-    assert "a/same/seed=0  trains again: run" in stream.getvalue() or "a/same/seed=0  finished: the same" in \
+    assert "a/same, seed=0  trains again: run" in stream.getvalue() or "a/same, seed=0  finished: the same" in \
         stream.getvalue()
     from mlflow.entities import ViewType
     from mlflow.tracking import MlflowClient

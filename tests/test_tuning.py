@@ -362,7 +362,8 @@ def test_a_tuned_study_runs_resumes_after_ctrl_c_and_spends_only_what_is_left(tm
     before = {r.info.run_id: r.info.status for r in tuning_runs(store) if r.data.tags["dlbench.role"] != "study"}
     assert "KILLED" in before.values()
     again, output = run_tuned(halves, store)
-    trained = re.findall(r"^\[\d+/22\] \S+  (?:finished|pruned|diverged) \(", output, flags=re.M)
+    # a trial's title holds spaces (lr/on, tune=3): its status follows two spaces
+    trained = re.findall(r"^\[\d+/22\] \S+?/.+?  (?:finished|pruned|diverged) \(", output, flags=re.M)
     resumed = tuning_runs(store)
     children = [r for r in resumed if r.data.tags["dlbench.role"] != "study"]
     assert len(children) == len(tuning) + len(by_role["trial"])  # one run per trial: nothing twice, nothing lost
