@@ -254,12 +254,14 @@ def test_each_study_has_a_saved_view_of_its_levels_in_the_runs_table(tiny):
         assert state["groupBy"]["groupByKeys"] == [{"mode": "tag", "groupByData": "dlbench.level"}]
         assert state["selectedColumns"] == ["metrics.`test_accuracy`", "metrics.`val_accuracy`",
                                             "metrics.`train_accuracy`", *(f"params.`factor.{f}`" for f in factors)]
-        # its filter selects exactly the study's trials
+        # its filter selects exactly the study's trials of the latest study run
+        assert f"tags.`mlflow.parentRunId` = '{tiny.parent.info.run_id}'" in state["searchFilter"]
         shown = tiny.client.search_runs([exp.experiment_id], filter_string=state["searchFilter"])
         assert sorted(r.info.run_id for r in shown) == sorted(
             r.info.run_id for r in tiny.children if r.data.tags["dlbench.study"] == study)
     assert dlbench_views.view_url("http://127.0.0.1:5000", exp.experiment_id, "act_depth") == (
-        f"http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs?viewStateShareKey=dlbench.act_depth")
+        f"http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"
+        "&viewStateShareKey=dlbench.act_depth")
 
 
 def test_parent_run_holds_the_questions_and_each_level_over_seeds(tiny):

@@ -39,11 +39,15 @@ class StudyRunClaims(TrackerBase):
         self._device = device
         self._context = context or StudyContext()
         self.about = About.of(study_file, plan.studies)
-        views.write_views(self.client, self.experiment_id,  # the UI's runs table of each study, one click away
-                          {s.name: s.factor_names for s in study_file.studies if s.name in plan.studies})
         commit, _ = git_commit(study_file.path.resolve().parent)
         self._commit = commit
         self._source["mlflow.source.name"] = str(study_file.path)
+        parent = self._open_parent(study_file, plan, resume)
+        views.write_views(self.client, self.experiment_id, parent,  # each study's runs table, one click away
+                          {s.name: s.factor_names for s in study_file.studies if s.name in plan.studies})
+        return parent
+
+    def _open_parent(self, study_file, plan: Plan, resume: bool) -> str:
         study_hash = study_hash_of(plan)
         with self.lock:  # one parent run for processes started at once: the first creates it, the others join
             previous = store.latest_parent(self.client, self.experiment_id, study_hash) if resume else None

@@ -31,14 +31,15 @@ def view_id(study: str) -> str:
     return keys.key(f"dlbench.{study}")
 
 
-def study_view(study: str, factors: list[str]) -> dict:
-    """The runs table's settings for ``study``: its trials (not the tuning trials), grouped by
-    level in the order they started, the headline metrics and, for several factors, each factor's
-    level as a column."""
+def study_view(study: str, factors: list[str], study_run: str) -> dict:
+    """The runs table's settings for ``study``: its trials under the study run ``study_run`` (not
+    its tuning trials, nor an earlier study run's), grouped by level in the order they started,
+    the headline metrics and, for several factors, each factor's level as a column."""
     columns = [*(f"metrics.`{m}`" for m in HEADLINE_METRICS),
                *(f"params.`{keys.key('factor.' + f)}`" for f in factors if len(factors) > 1)]
     return {
-        "searchFilter": keys.tags_filter({"dlbench.study": study, "dlbench.role": "trial"}),
+        "searchFilter": keys.tags_filter({"dlbench.study": study, "dlbench.role": "trial",
+                                          "mlflow.parentRunId": study_run}),
         "orderByKey": "attributes.start_time", "orderByAsc": True,
         "startTime": "ALL", "lifecycleFilter": "Active", "datasetsFilter": [], "modelVersionFilter": "All Runs",
         "selectedColumns": columns,
@@ -53,13 +54,14 @@ def study_view(study: str, factors: list[str]) -> dict:
     }
 
 
-def write_views(client, experiment_id: str, studies: dict[str, list[str]]) -> None:
-    """Save a view of each study (name -> its factors) on the experiment, unless it holds that
-    view already (a view the user changed and saved under another name is theirs)."""
+def write_views(client, experiment_id: str, study_run: str, studies: dict[str, list[str]]) -> None:
+    """Save a view of each study (name -> its factors) of the study run ``study_run`` on the
+    experiment, unless it holds that view already: the latest study run of a study is the one its
+    view shows (a view the user changed and saved under another name is theirs)."""
     tags = client.get_experiment(experiment_id).tags
     for study, factors in studies.items():
         tag = VIEW_TAG + view_id(study)
-        state = json.dumps(study_view(study, factors), separators=(",", ":"))
+        state = json.dumps(study_view(study, factors, study_run), separators=(",", ":"))
         try:
             old = json.loads(tags.get(tag, "null"))
         except json.JSONDecodeError:
