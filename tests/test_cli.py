@@ -259,6 +259,15 @@ def test_each_study_has_a_saved_view_of_its_levels_in_the_runs_table(tiny):
         shown = tiny.client.search_runs([exp.experiment_id], filter_string=state["searchFilter"])
         assert sorted(r.info.run_id for r in shown) == sorted(
             r.info.run_id for r in tiny.children if r.data.tags["dlbench.study"] == study)
+    # each level's seeds share a run colour (MLflow's mlflow.runColor), the levels of a study differ
+    colors: dict[tuple[str, str], set[str]] = {}
+    for r in tiny.children:
+        colors.setdefault((r.data.tags["dlbench.study"], r.data.tags["dlbench.level"]), set()).add(
+            r.data.tags["mlflow.runColor"])
+    assert all(len(c) == 1 for c in colors.values())
+    for study in ("dropout", "act_depth"):
+        mine = [next(iter(c)) for (s, _), c in colors.items() if s == study]
+        assert len(set(mine)) == len(mine) > 1
     assert dlbench_views.view_url("http://127.0.0.1:5000", exp.experiment_id, "act_depth") == (
         f"http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"
         "&viewStateShareKey=dlbench.act_depth")

@@ -72,6 +72,7 @@ class TrackerBase:
         self._ended: set[str] = set()  # runs this process ended (the others it opened are still RUNNING)
         self.role = "trial"  # "reproduction" for `dlbench reproduce` re-runs (never resumed or skipped to)
         self.extra_child_tags: dict[str, str] = {}
+        self.level_colors: dict[tuple[str, str], str] = {}  # (study, level) -> its runs' colour in the UI
         self._source = {"mlflow.user": _user(), "mlflow.source.type": "LOCAL"}  # the UI's Created by, Source
         self._name_prefix = ""  # of the trials' run names
         try:
@@ -133,6 +134,8 @@ class TrackerBase:
         tags |= self.extra_child_tags | (extra_tags or {})
         if self._commit:
             tags["mlflow.source.git.commit"] = self._commit
+        if color := self.level_colors.get((trial.study, trial.level)):
+            tags["mlflow.runColor"] = color
         run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
         run_id = run.info.run_id
         self.run_ids[trial.index] = run_id

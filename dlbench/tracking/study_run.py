@@ -39,6 +39,7 @@ class StudyRunClaims(TrackerBase):
         self._device = device
         self._context = context or StudyContext()
         self.about = About.of(study_file, plan.studies)
+        self.level_colors = views.level_colors(plan.trials)
         commit, _ = git_commit(study_file.path.resolve().parent)
         self._commit = commit
         self._source["mlflow.source.name"] = str(study_file.path)
@@ -299,7 +300,7 @@ IDENTITY_TAGS = {store.TRIAL_TAG, store.SAME_AS_TAG, "dlbench.same_as_name", "dl
                  "dlbench.study", "dlbench.level", "dlbench.seed", "dlbench.levels", "dlbench.trial_index",
                  "dlbench.host", "dlbench.pid", "dlbench.heartbeat", "mlflow.runName", "mlflow.parentRunId",
                  "mlflow.note.content", "mlflow.user", "mlflow.source.name", "mlflow.source.type",
-                 "dlbench.create_id", "dlbench.replaces"}
+                 "dlbench.create_id", "dlbench.replaces", "mlflow.runColor"}
 
 
 def _identity_tag(key: str) -> bool:

@@ -26,6 +26,22 @@ RUN_NAME_COLUMN = "attributes.`Run Name`"  # the runs table's column ids (ag-gri
 RUN_NAME_WIDTH = 320  # px: "sigmoid, depth=8, seed=4" and its group's label whole (MLflow's default: 190)
 
 
+# a qualitative palette (matplotlib's tab10): the seeds of a level share a colour, levels differ
+LEVEL_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+                "#17becf")
+
+
+def level_colors(trials) -> dict[tuple[str, str], str]:
+    """(study, level label) -> the colour of its runs in the UI's charts (the tag ``mlflow.runColor``,
+    MLflow's own run colour): each study's levels in turn, in study-file order."""
+    colors: dict[tuple[str, str], str] = {}
+    for trial in trials:
+        if (trial.study, trial.level) not in colors:
+            used = sum(study == trial.study for study, _ in colors)
+            colors[(trial.study, trial.level)] = LEVEL_COLORS[used % len(LEVEL_COLORS)]
+    return colors
+
+
 def view_id(study: str) -> str:
     """The saved view's id (the tag's suffix and the address's ``viewStateShareKey``)."""
     return keys.key(f"dlbench.{study}")
