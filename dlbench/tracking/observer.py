@@ -1,6 +1,6 @@
 """The observer half of a :class:`~dlbench.tracking.writer.Tracker`: the hook implementations that
-log each trial to its run (tags, buffered metrics, the dataset, its end), and the summaries and
-reports written on the study's parent run.
+log each trial to its run (tags, buffered metrics, the dataset, its end), and the reports
+attached to the study's parent run.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from dlbench.tracking.server import require_reachable
 
 HEARTBEAT_STALE_S = 15 * 60  # a RUNNING run on another host with no heartbeat this long is dead
 TRIAL_ROLES = ("trial", "tuning")  # the runs of trials a study run skips, resumes or claims (not reproductions)
-TRIAL_TAG = "dlbench.trial"  # a trial's name in its study run (``<study>/<level>/seed=<n>``): its identity there
+TRIAL_TAG = "dlbench.trial"  # a trial's identity in its study run (``Trial.key``: ``dropout/on/seed=0``)
 SAME_AS_TAG = "dlbench.same_as"  # the run whose training a trial's run records (an identical trial's)
 
 
