@@ -40,3 +40,12 @@ def test_the_study_run_description_gives_each_level_to_4_significant_digits():
     assert text.startswith("Two ablations.\n\n**dropout**: Does dropout help?\n\n| level | test accuracy, mean |")
     assert "| a\\|b | 0.6027 | 0.003771 | 2 |" in text  # a level's "|" escaped: the table keeps its columns
     assert text.endswith("\n\n**depth**")  # no results yet: the study's name alone
+
+
+def test_a_description_of_many_long_levels_fits_in_a_tag():
+    long = {f"{'x' * 190}-{i}": [0.5, 0.6] for i in range(60)}
+    about = About("", (("a", "?"), ("b", "?")))
+    text = about.description({"a": long, "b": long})
+    assert len(text) <= 8000  # MLflow refuses a longer tag value
+    assert text.count("\n\n50 more levels: see the study's report.") == 2  # 10 rows of each, then the rest
+    assert level_table({"on": [0.5]}, 0) == "1 level: see the study's report."

@@ -256,7 +256,8 @@ class StudyRunClaims(TrackerBase):
             self.client.set_tag(self.parent_id, "mlflow.note.content", note)
 
 
-MAX_DESCRIBED_LEVELS = 40  # a study's table in the description stops there (MLflow caps a tag at 8,000 characters)
+MAX_DESCRIBED_LEVELS = 40  # a study's table in the description stops there
+MAX_NOTE = 8000  # characters of a run's tag value, the description included (MLflow's MAX_TAG_VAL_LENGTH)
 
 
 @dataclass(frozen=True)
@@ -273,25 +274,32 @@ class About:
 
     def description(self, values: dict[str, dict[str, list[float]]]) -> str:
         """Markdown: the file's description, then each study's question and, once some of its trials
-        finished, a table of its levels' test accuracy (``values``: study -> level -> the seeds' values)."""
-        parts = [self.text] if self.text else []
-        for study, question in self.questions:
-            parts.append(f"**{study}**" + (f": {question}" if question else ""))
-            if values.get(study):
-                parts.append(level_table(values[study]))
-        return "\n\n".join(parts)
+        finished, a table of its levels' test accuracy (``values``: study -> level -> the seeds'
+        values); the tables shortened as needed to fit in a run's tag (MLflow's 8,000 characters)."""
+        for rows in (MAX_DESCRIBED_LEVELS, 10, 0):
+            parts = [self.text] if self.text else []
+            for study, question in self.questions:
+                parts.append(f"**{study}**" + (f": {question}" if question else ""))
+                if values.get(study):
+                    parts.append(level_table(values[study], rows))
+            text = "\n\n".join(parts)
+            if len(text) <= MAX_NOTE:
+                return text
+        return text[:MAX_NOTE - 1] + "…"
 
 
-def level_table(by_level: dict[str, list[float]]) -> str:
-    """A Markdown table of each level's mean test accuracy over its seeds, to 4 significant digits."""
-    rows = ["| level | test accuracy, mean | std | seeds |", "| --- | ---: | ---: | ---: |"]
-    for level, values in list(by_level.items())[:MAX_DESCRIBED_LEVELS]:
+def level_table(by_level: dict[str, list[float]], most: int = MAX_DESCRIBED_LEVELS) -> str:
+    """A Markdown table of each level's mean test accuracy over its seeds, to 4 significant digits:
+    the first ``most`` levels, then how many more the report has."""
+    rows = ["| level | test accuracy, mean | std | seeds |", "| --- | ---: | ---: | ---: |"] if most else []
+    for level, values in list(by_level.items())[:most]:
         mean = float(sum(map(Fraction, values)) / len(values))  # exact, then rounded once
         std = f"{statistics.stdev(values):.4g}" if len(values) > 1 else "–"
         cell = level.replace("|", "\\|")  # a level name may hold the column separator
         rows.append(f"| {cell} | {mean:.4g} | {std} | {len(values)} |")
-    if len(by_level) > MAX_DESCRIBED_LEVELS:
-        rows.append(f"\n{len(by_level) - MAX_DESCRIBED_LEVELS} more levels: see the study's report.")
+    if (left := len(by_level) - most) > 0:
+        more = f"{left} {'more ' if most else ''}level{'s' if left > 1 else ''}: see the study's report."
+        rows.append(f"\n{more}" if rows else more)
     return "\n".join(rows)
 
 
