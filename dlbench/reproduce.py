@@ -107,8 +107,10 @@ def reproduce(run_id: str, plugins: Plugins, *, tracking_uri: str, device: torch
               data_dir: Path | None, stream: TextIO) -> Verdict:
     from dlbench.tracking import StudyContext, Tracker  # mlflow is heavy: imported only to reproduce
     from dlbench.tracking.keys import metric_name
+    from dlbench.tracking.relocate import require_in_place
     from dlbench.tracking.store import Store
 
+    require_in_place(tracking_uri, "dlbench reproduce")  # a copied store: the config read from the old one's artifacts
     source = Store(tracking_uri)
     stored = source.run(run_id)
     if stored.tags.get("dlbench.role") not in ("trial", "tuning", "reproduction"):

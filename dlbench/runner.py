@@ -78,8 +78,11 @@ def run_study(study_file: StudyFile, trials: list[Trial], plugins: Plugins, opti
     if pool is None:  # workers start first: they import torch and load plugins and data while this process opens the store
         pool = start_workers(trials, plugins, devices, options, searches) or InlinePool(plugins, device, options)
     from dlbench.tracking.lock import store_lock  # imports mlflow: after the workers forked
+    from dlbench.tracking.relocate import require_in_place
 
     try:
+        # a store copied or moved as a folder: its new runs' artifacts would go to the old one's
+        require_in_place(options.tracking_uri, "dlbench run")
         with ExitStack() as startup:
             # One process at a time opens the store, joins (or creates) the study's parent run and
             # claims its first units; the execution closes ``startup`` then. The one that finds no

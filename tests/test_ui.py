@@ -303,6 +303,14 @@ def test_a_store_copied_elsewhere_and_deleted_opens_with_its_artifacts_after_rel
     proc = run_cli(["report", "--experiment", STUDY, "--tracking-uri", uri], cwd=moved_store)
     assert proc.returncode == 2, describe_result(proc)
     assert f"dlbench relocate --tracking-uri {uri}" in proc.stderr and "Traceback" not in proc.stderr
+    # so would a run (its new runs' artifacts into the old folder) and a reproduction (the config it reads)
+    for command in (["run", moved_store / "study.toml", "--force", "--reports-dir", moved_store / "reports-run"],
+                    ["reproduce", run.info.run_id]):
+        proc = run_cli([*command, "--tracking-uri", uri, "--device", "cpu"], cwd=moved_store,
+                       env=cli_env(autoload=False))
+        assert proc.returncode == 2, describe_result(proc)
+        assert f"dlbench relocate --tracking-uri {uri}" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(client.search_runs([experiment.experiment_id])) == 3  # nothing was logged
 
     proc = run_cli(["relocate", "--tracking-uri", uri], cwd=moved_store)
     assert proc.returncode == 0, describe_result(proc)
