@@ -243,6 +243,9 @@ def test_reproduce_fails_when_the_data_file_was_altered(tmp_path, finished_run):
     subprocess.run(["cp", "-r", str(project), str(altered)], check=True)
     x = np.load(altered / "data" / "digits" / "x_train.npy")
     np.save(altered / "data" / "digits" / "x_train.npy", x[::-1].copy())
+    # a copied store is pointed at its own artifacts first: a reproduction would write into the original's
+    relocated = run_cli(["relocate", "--tracking-uri", sqlite_uri(altered / "m.db")], cwd=altered)
+    assert relocated.returncode == 0 and f"-> {altered / 'mlruns'}" in relocated.stdout, describe_result(relocated)
     proc = run_cli(["reproduce", run_id, "--tracking-uri", sqlite_uri(altered / "m.db")], cwd=altered)
     assert proc.returncode == 1, describe_result(proc)
     assert "NOT REPRODUCED" in proc.stdout
