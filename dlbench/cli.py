@@ -458,11 +458,12 @@ def ui(tracking_uri: str | None, port: int, experiment: str | None, open_browser
         ui_server.open_store(uri)
         opening = ui_server.choose_experiment(uri, experiment)
 
-        def announce(url: str) -> None:
+        def announce(base: str) -> None:
+            url = opening.url(base)
             where = (f"experiment {opening.name!r} ({opening.why}; --experiment NAME for another)"
                      if opening.experiment_id is not None else f"{opening.why}: MLflow's home page")
             click.echo(f"MLflow UI of {uri}, {where}; Ctrl-C to stop:\n  {url}")
-            if studies := opening.view_urls(url.split("/#/")[0]):  # a study's levels side by side: its saved view
+            if studies := opening.view_urls(base):  # a study's levels side by side: its saved view
                 click.echo("each study's trials grouped by level, accuracies first (Views, top right):")
                 width = max(map(len, studies))
                 for study, link in studies.items():
@@ -470,7 +471,7 @@ def ui(tracking_uri: str | None, port: int, experiment: str | None, open_browser
             if open_browser:
                 webbrowser.open(url)
 
-        started = ui_server.serve(sock, opening, announce)
+        started = ui_server.serve(sock, announce)
     except KeyboardInterrupt:  # before the server took over the signals
         sys.exit(0)
     finally:

@@ -173,9 +173,9 @@ class Server(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
-def serve(sock: socket.socket, opening: Opening, announce: Callable[[str], None]) -> bool:
-    """Serve MLflow's app on ``sock`` until SIGINT or SIGTERM; ``announce(url)`` (from another
-    thread) once the page answers there. The environment (:func:`server_environment`) must be
+def serve(sock: socket.socket, announce: Callable[[str], None]) -> bool:
+    """Serve MLflow's app on ``sock`` until SIGINT or SIGTERM; ``announce(base)`` (its address,
+    ``http://127.0.0.1:<port>``; from another thread) once the page answers there. The environment (:func:`server_environment`) must be
     set and the store opened (:func:`open_store`) first. Whether it started at all."""
     with warnings.catch_warnings():  # starlette.middleware.wsgi's deprecation, MLflow's to deal with
         warnings.simplefilter("ignore")
@@ -190,7 +190,7 @@ def serve(sock: socket.socket, opening: Opening, announce: Callable[[str], None]
     def announce_when_answering() -> None:
         while not server.should_exit:
             if server.started and answers(f"{base}/health") and answers(f"{base}/"):
-                announce(opening.url(base))
+                announce(base)
                 return
             time.sleep(READY_POLL_S)
 

@@ -26,7 +26,7 @@ RUN_NAME_COLUMN = "attributes.`Run Name`"  # the runs table's column ids (ag-gri
 RUN_NAME_WIDTH = 320  # px: "sigmoid, depth=8, seed=4" and its group's label whole (MLflow's default: 190)
 
 
-# a qualitative palette (matplotlib's tab10): the seeds of a level share a colour, levels differ
+# a qualitative palette (the tab10 colours the report's figures use): a level's seeds share one, levels differ
 LEVEL_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
                 "#17becf")
 
