@@ -21,7 +21,8 @@ import click
 
 from dlbench.errors import UserError
 from dlbench.paths import folder_name
-from dlbench.settings import ReportOptions, ReproduceOptions, RaySettings, RunOptions, default_tracking_uri
+from dlbench.settings import (CompareOptions, ReportOptions, ReproduceOptions, RaySettings, RunOptions,
+                              default_tracking_uri)
 
 DEVICE_HELP = "auto (every GPU when there is one), cpu, cuda (every GPU) or cuda:N (that one)."
 
@@ -308,6 +309,41 @@ def report(study_file: Path | None, run_id: str | None, experiment: str | None, 
     parent, _ = session.build_reports(options, announce=lambda s, f: click.echo(report_line(s, f, html=True)))
     click.echo(f"from MLflow study run {parent} in {options.tracking_uri}"
                + ("" if no_attach else "; attached to it as artifacts"))
+
+
+@main.command()
+@click.argument("a", metavar="A")
+@click.argument("b", metavar="B")
+@tracking_option
+@click.option("--metric", default="test_accuracy", show_default=True,
+              help="The final metric each level is compared on.")
+@click.option("--margin", default=None, type=click.FloatRange(min=0.0, min_open=True),
+              help="Equivalence margin: two means of a level within it of each other are the same result. "
+                   "Default: each study file's margin, else 0.02 (for an accuracy).")
+@click.option("--alpha", default=0.05, show_default=True, type=click.FloatRange(0.0, 0.5, min_open=True),
+              help="Significance level of the equivalence tests.")
+@click.option("--gate", type=click.Choice(["all", "claims"]), default="all", show_default=True,
+              help="What must hold for exit 0: all (every claim's verdict agrees and every level is "
+                   "equivalent) or claims (every verdict agrees, as many seeds finished on both sides).")
+@click.option("--study", "only", multiple=True, metavar="NAME", help="Compare only this study (repeatable).")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("comparison"),
+              show_default=True, help="Where the comparison report is written (index.md, index.html, CSV, figure).")
+@_user_errors
+def compare(**given) -> None:
+    """Compare two runs of the same studies: does each level's result, and each claim's verdict, hold?
+
+    A and B are each a study run id, a study file (its latest study run) or a report folder
+    (reports/, docs/reference/). Per level: both means, B - A with its 95% interval and an
+    equivalence test at a margin; per claim: both verdicts; and what differs in config, data,
+    code or machine. Exits 0 when the --gate holds, 1 when not.
+    """
+    options = CompareOptions(**(given | {"tracking_uri": given["tracking_uri"] or default_tracking_uri()}))
+    from dlbench import comparison, session  # mlflow, scipy and seaborn: not for --help
+
+    result = session.compare_runs(options)
+    click.echo(comparison.summary(result, options.gate), nl=False)
+    click.echo(f"report: {options.out_dir / 'index.md'} ({options.out_dir / 'index.html'})")
+    sys.exit(0 if comparison.gate_passed(result, options.gate) else 1)
 
 
 @main.group()

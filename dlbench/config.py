@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 import re
 import tomllib
 import unicodedata
@@ -84,9 +85,9 @@ DEFAULT_BASELINE: dict[str, Any] = {
 }
 BASELINE_KEYS = list(DEFAULT_BASELINE)
 TOP_KEYS = ["study", "baseline", "studies"]
-STUDY_META_KEYS = ["name", "description", "seeds", "alpha"]
+STUDY_META_KEYS = ["name", "description", "seeds", "alpha", "margin"]
 STUDY_KEYS = ["question", "description", "seeds", "reference", "baseline", "levels", "factors", "claims", "alpha",
-              "tune"]
+              "margin", "tune"]
 LEVEL_KEYS = [*BASELINE_KEYS, "tune"]  # a level may add to (or set) its study's search space
 CLAIM_KEYS = ["level", "beats", "metric"]
 INTERACTION_CLAIM_KEYS = ["interaction", "metric"]  # docs/claims.md
@@ -95,6 +96,9 @@ INTERACTION_KEYS = ["factor", "level", "beats", "across"]
 CLAIM_METRICS = {f"{split}_{m}": m == "accuracy" for split in ("test", "val", "train") for m in ("accuracy", "loss")}
 CLAIM_METRICS["generalization_gap"] = False  # train minus test accuracy: lower is better
 DEFAULT_ALPHA = 0.05
+# `dlbench compare`: two runs' results of a level within this of each other are the same result (an
+# equivalence test; docs/reproducibility.md). 0.02 of an accuracy: 2 points, 20 of 1000 test examples
+DEFAULT_MARGIN = 0.02
 MAX_SEEDS = 10_000  # a count beyond is a typo, not a study
 MAX_SEED = 2**32 - 1  # NumPy's seeds are 32-bit
 RESERVED_FACTOR_NAMES = {"study", "level", "seed", "status", "epochs_run", "config_hash"}  # report columns
@@ -183,6 +187,7 @@ class Study:
     claims: tuple[Claim | InteractionClaim, ...] = ()
     alpha: float = DEFAULT_ALPHA  # significance level of the claims' verdicts
     tune: dict | None = None  # the study's tune table, checked (dlbench/tuning/space.py)
+    margin: float = DEFAULT_MARGIN  # `dlbench compare`'s equivalence margin for its levels
 
     @property
     def factor_names(self) -> list[str]:
@@ -256,6 +261,7 @@ def parse_study_file(raw: dict, path: Path, text: str = "") -> StudyFile:
     description = meta.get("description", "")
     default_seeds = _seeds(meta.get("seeds", 3), "study.seeds", problems)
     default_alpha = _alpha(meta.get("alpha", DEFAULT_ALPHA), "study.alpha", problems)
+    default_margin = _margin(meta.get("margin", DEFAULT_MARGIN), "study.margin", problems)
 
     baseline = _table(raw, "baseline", "baseline", problems)
     unknown_keys(baseline, BASELINE_KEYS, "baseline.", problems)
@@ -274,7 +280,7 @@ def parse_study_file(raw: dict, path: Path, text: str = "") -> StudyFile:
         if not isinstance(sraw, dict):
             problems.append(f"{where}: expected a table, got {_show(sraw)}")
             continue
-        study = _parse_study(sname, sraw, default_seeds, problems, default_alpha)
+        study = _parse_study(sname, sraw, default_seeds, problems, default_alpha, default_margin)
         if study is not None:
             studies.append(study)
     if problems:
@@ -283,7 +289,7 @@ def parse_study_file(raw: dict, path: Path, text: str = "") -> StudyFile:
 
 
 def _parse_study(name: str, raw: dict, default_seeds: tuple[int, ...], problems: list[str],
-                 default_alpha: float = DEFAULT_ALPHA) -> Study | None:
+                 default_alpha: float = DEFAULT_ALPHA, default_margin: float = DEFAULT_MARGIN) -> Study | None:
     where = f"studies.{toml_key(name)}"
     unknown_keys(raw, STUDY_KEYS, f"{where}.", problems)
     seeds = _seeds(raw["seeds"], f"{where}.seeds", problems) if "seeds" in raw else default_seeds
@@ -334,7 +340,9 @@ def _parse_study(name: str, raw: dict, default_seeds: tuple[int, ...], problems:
     alpha = _alpha(raw["alpha"], f"{where}.alpha", problems) if "alpha" in raw else default_alpha
     claims = _claims(raw.get("claims", []), factors, f"{where}.claims", problems)
     tune = _tune(raw.get("tune"), factors, where, level_where, problems)
-    return Study(name, str(question), tuple(factors), seeds, reference, normalize(overrides), claims, alpha, tune)
+    margin = _margin(raw["margin"], f"{where}.margin", problems) if "margin" in raw else default_margin
+    return Study(name, str(question), tuple(factors), seeds, reference, normalize(overrides), claims, alpha, tune,
+                 margin)
 
 
 def _tune(raw, factors: list[Factor], where: str, level_where: dict[str, str], problems: list[str]) -> dict | None:
@@ -557,6 +565,14 @@ def _alpha(value, path: str, problems: list[str]) -> float:
         return value
     problems.append(f"{path}: expected a significance level between 0 and 1 such as 0.05, got {_show(value)}")
     return DEFAULT_ALPHA
+
+
+def _margin(value, path: str, problems: list[str]) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf:
+        return float(value)
+    problems.append(f"{path}: expected a positive number such as 0.02 (two results of a level within it of each "
+                    f"other are the same result, for `dlbench compare`), got {_show(value)}")
+    return DEFAULT_MARGIN
 
 
 # -- merging and resolution ---------------------------------------------------------------------

@@ -33,6 +33,7 @@ from dlbench.errors import UserError, choose_one_of
 from dlbench.paths import sqlite_file
 from dlbench.settings import default_tracking_uri
 from dlbench.tracking.keys import DIAG_PREFIX
+from dlbench.trial import PROVENANCE
 from dlbench.tracking.reader import attached_study_file, find_study_run, read_study_run
 from dlbench.tracking.server import is_server, require_reachable
 from dlbench.tracking.store import Store
@@ -45,7 +46,7 @@ METRICS = ["test_accuracy", "val_accuracy", "train_accuracy", "test_loss", "val_
 LEADING = ["study", "level"]
 MIDDLE = ["seed", "status"]
 TRAILING = ["epochs_run", "duration_s", "same_as", "run_id", "run_name", "config_hash", "trial_index",
-            "num_classes", "study_run_id"]
+            "num_classes", "study_run_id", "plugins", *PROVENANCE]
 # what a tuned level's final trials also have (the search, the chosen values, the tuning trial)
 TUNED = ["search", "tuned", "tuned_from"]
 CURVE_COLUMNS = ["epoch", "metric", "value", "run_id"]  # after study, level, the factors and seed

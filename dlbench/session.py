@@ -25,7 +25,7 @@ from dlbench.plugins import KINDS, Plugins, load_plugins
 from dlbench.preflight import preflight
 from dlbench.reproduce import Verdict, reproduce
 from dlbench.runner import StudyRun, run_study
-from dlbench.settings import ReportOptions, ReproduceOptions, RunOptions
+from dlbench.settings import CompareOptions, ReportOptions, ReproduceOptions, RunOptions
 from dlbench.study import expand_plan, first_of_each_config
 from dlbench.tuning.search import describe_plan
 
@@ -109,6 +109,25 @@ def reproduce_run(options: ReproduceOptions, stream: TextIO = sys.stdout) -> Ver
     plugins = plugins_for(options.plugins_dir, Path("plugins"))
     return reproduce(options.run_id, plugins, tracking_uri=options.tracking_uri, device=resolve_device(options.device),
                      tolerance=options.tolerance, data_dir=options.data_dir, stream=stream)
+
+
+def compare_runs(options: CompareOptions):
+    """``dlbench compare``: the two sides read, compared and written as a report to
+    ``options.out_dir``; returns the :class:`dlbench.comparison.Comparison`."""
+    from dlbench import comparison  # mlflow and the report's statistics: imported only to compare
+    from dlbench.report.compare_report import write_comparison
+    from dlbench.tracking.relocate import require_in_place
+
+    if why := cannot_write(options.out_dir):
+        raise UserError(f"the comparison report cannot be written ({why}); put it elsewhere with --out DIR")
+    sides = []
+    for spec in (options.a, options.b):
+        if not Path(spec).is_dir():  # a study run (or a study file's): its study file is read from the artifacts
+            require_in_place(options.tracking_uri, "dlbench compare")
+        sides.append(comparison.load_side(spec, options.tracking_uri, list(options.only) or None))
+    result = comparison.compare(*sides, metric=options.metric, margin=options.margin, alpha=options.alpha)
+    write_comparison(result, options.out_dir, options.gate)
+    return result
 
 
 def build_reports(options: ReportOptions, announce: Callable[[str, Path], None]) -> tuple[str, list[Path]]:

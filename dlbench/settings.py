@@ -69,6 +69,22 @@ class ReproduceOptions:
 
 
 @dataclass(frozen=True)
+class CompareOptions:
+    """``dlbench compare A B``: two runs of the same studies (a study run id, a study file or a
+    report folder each), how to compare them, where the comparison report goes."""
+
+    a: str
+    b: str
+    tracking_uri: str = field(default_factory=default_tracking_uri)
+    metric: str = "test_accuracy"
+    margin: float | None = None  # None: each study file's margin, else 0.02 (config.DEFAULT_MARGIN)
+    alpha: float = 0.05
+    gate: str = "all"  # what must hold for exit 0 (comparison.GATES): all, or claims
+    out_dir: Path = Path("comparison")
+    only: tuple[str, ...] = ()  # --study: only these studies
+
+
+@dataclass(frozen=True)
 class ReportOptions:
     """``dlbench report``: which study run (at most one of the three; none: the latest), which
     of its studies, and where the reports go."""

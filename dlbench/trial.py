@@ -198,6 +198,16 @@ class TrialInfo(FieldMapping):
                    stack=stack)
 
 
+# where a trial ran and from what: a column of the trial tables (``dlbench.load_trials``, a report's
+# trials.csv) per tag of its run, empty where a run has none; what ``dlbench compare`` lists when
+# two runs of a study differ in it. ``host``: the machine that trained it, else the one that logged it.
+PROVENANCE = {"dataset_hash": "dlbench.dataset_hash", "git_commit": "dlbench.git_commit",
+              "dlbench_version": "dlbench.version", "torch_version": "dlbench.torch_version",
+              "python_version": "dlbench.python_version", "device": "dlbench.device",
+              "device_name": "dlbench.device_name", "torch_threads": "dlbench.torch_threads",
+              "host": "dlbench.worker_host"}
+
+
 def canonical_json(config: dict) -> str:
     return json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 

@@ -1,10 +1,13 @@
 """Two runs of the same studies compared level by level (dlbench/report/compare.py)."""
 import math
+import re
 
 import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
+
+from conftest import TINY_BASELINE, describe_result, run_cli, sqlite_uri, write_study
 
 from dlbench.report.compare import compare_claims, compare_trials, tost
 
@@ -57,8 +60,10 @@ def test_a_shift_beyond_the_margin_is_not_equivalent_and_its_interval_shows_it()
     a = trials({"on": [0.67, 0.66, 0.69, 0.68, 0.67]})
     b = trials({"on": [0.72, 0.71, 0.74, 0.73, 0.72]})
     (row,) = compare_trials(a, b).to_dict("records")
-    assert row["diff"] == pytest.approx(-0.05) and row["ci95_high"] < -0.02
-    assert not row["equivalent"] and not row["identical"] and row["p_tost"] > 0.5
+    assert row["diff"] == pytest.approx(0.05) and row["ci95_low"] > 0.02  # B - A: how the second run moved
+    assert row["tost_low"] > 0.02 and not row["equivalent"] and not row["identical"] and row["p_tost"] > 0.5
+    assert row["mean_a"] == pytest.approx(0.674) and row["mean_b"] == pytest.approx(0.724)
+    assert row["mean_a_low"] < row["mean_a"] < row["mean_a_high"] < row["mean_b_low"] < row["mean_b"]
 
 
 def test_a_level_on_one_side_and_other_seeds_are_listed_not_hidden():
@@ -87,3 +92,114 @@ def test_claims_agree_only_with_the_same_verdict_on_both_sides():
     table = compare_claims(a, b).set_index("claim")
     assert table.loc["x beats y", "agree"] and not table.loc["y beats z", "agree"]
     assert table.loc["p beats q", "verdict_b"] == "" and not table.loc["p beats q", "agree"]
+
+
+def test_the_same_seeds_are_compared_as_pairs_which_shows_equivalence_that_independent_samples_cannot():
+    # a seed-to-seed spread of 0.07 (a deep ReLU net's, 3 seeds) re-run with last-digit changes
+    a = trials({"relu, depth=6": [0.40, 0.47, 0.55]})
+    b = trials({"relu, depth=6": [0.401, 0.468, 0.552]})
+    (paired,) = compare_trials(a, b).to_dict("records")
+    assert paired["test"] == "paired" and paired["equivalent"] and not paired["identical"]
+    assert paired["diff"] == pytest.approx(0.001 / 3)
+    other = b.assign(seed=[10, 11, 12])  # other seeds: independent samples, whose spread hides everything
+    (welch,) = compare_trials(a, other).to_dict("records")
+    assert welch["test"] == "Welch" and not welch["equivalent"]
+    assert "too few seeds for the spread of the seeds (sd 0.0" in welch["note"] and "seeds would show it" in welch["note"]
+
+
+def test_seeds_needed_is_the_least_count_whose_interval_fits_the_margin():
+    from dlbench.report.compare import Shift, seeds_needed
+
+    shift = Shift(0.0, (0, 0), (0, 0), 0.5, "Welch", 0.015)
+    n = seeds_needed(shift, 0.02)
+    fits = lambda k: stats.t.ppf(0.95, 2 * k - 2) * 0.015 * math.sqrt(2 / k) < 0.02  # noqa: E731
+    assert fits(n) and not fits(n - 1)
+    assert seeds_needed(Shift(0.03, (0, 0), (0, 0), 0.9, "Welch", 0.01), 0.02) is None  # moved beyond the margin
+
+
+# -- dlbench compare, end to end ----------------------------------------------------------------
+
+STUDY = """\
+[study]
+name = "compare-test"
+seeds = 3
+
+""" + TINY_BASELINE + """
+[studies.dropout]
+claims = [{ level = "on", beats = "off" }]
+
+[studies.dropout.levels]
+off = {}
+on = { regularizers = [{ name = "dropout", p_hidden = 0.2 }] }
+"""
+# the same study with its "on" level broken: a learning rate that does not learn in 2 epochs
+CHANGED = STUDY.replace('p_hidden = 0.2 }] }', 'p_hidden = 0.2 }], optimizer = { lr = 1e-6 } }')
+
+
+@pytest.fixture(scope="module")
+def ran_twice(tmp_path_factory):
+    """The study run twice into one store (the second with --force: a new study run, every trial
+    trained again), then its changed version: (folder, uri, [the three study run ids])."""
+    folder = tmp_path_factory.mktemp("compare")
+    uri = sqlite_uri(folder / "mlflow.db")
+    ids = []
+    for text, extra in ((STUDY, []), (STUDY, ["--force"]), (CHANGED, ["--force"])):
+        path = write_study(folder, text, "study.toml")
+        proc = run_cli(["run", path, "--tracking-uri", uri, "--jobs", "1", "--reports-dir", folder / f"reports{len(ids)}",
+                        *extra], cwd=folder)
+        assert proc.returncode == 0, describe_result(proc)
+        ids.append(re.search(r"MLflow parent run ([0-9a-f]{32})", proc.stdout + proc.stderr).group(1))
+    return folder, uri, ids
+
+
+def compare_cli(folder, uri, *args):
+    return run_cli(["compare", *args, "--tracking-uri", uri], cwd=folder)
+
+
+@pytest.mark.slow
+def test_a_study_run_twice_is_bit_for_bit_the_same_and_compare_exits_0(ran_twice):
+    folder, uri, (first, second, _) = ran_twice
+    proc = compare_cli(folder, uri, first, second, "--out", folder / "same")
+    assert proc.returncode == 0, describe_result(proc)
+    assert "comparison: bit-for-bit" in proc.stdout
+    assert "levels: 2 compared, 2 identical, 2 equivalent" in proc.stdout
+    assert "claims: 1 of 1 verdicts agree" in proc.stdout and "PASSED" in proc.stdout
+    assert "differs: nothing recorded" in proc.stdout  # same configs, data, code and machine
+    for name in ("index.md", "index.html", "levels.csv", "claims.csv", "differences.csv", "differences.png"):
+        assert (folder / "same" / name).is_file(), name
+    levels = pd.read_csv(folder / "same" / "levels.csv")
+    assert levels["identical"].all() and (levels["n_a"] == 3).all() and (levels["test"] == "paired").all()
+
+
+@pytest.mark.slow
+def test_a_report_folder_and_a_study_file_are_sides_too(ran_twice):
+    folder, uri, (first, second, _) = ran_twice
+    # the first run's report folder against the study file's latest study run (the changed one)
+    proc = compare_cli(folder, uri, folder / "reports0", "study.toml", "--out", folder / "changed")
+    assert proc.returncode == 1, describe_result(proc)
+    assert f"A: report folder {folder / 'reports0'}" in proc.stdout
+    assert "config: 3 of 6 trials resolve to another config: dropout/on seed 0" in proc.stdout
+    assert "dropout/on" in proc.stdout and "NOT shown equivalent" in proc.stdout
+    assert "FAILED" in proc.stdout and "dropout/off" in proc.stdout
+    md = (folder / "changed" / "index.md").read_text()
+    assert "**Failed**" in md and "level dropout/on: B - A = -0." in md
+    # the report folder of the second run against the first run: the same
+    proc = compare_cli(folder, uri, folder / "reports1", first, "--out", folder / "again")
+    assert proc.returncode == 0, describe_result(proc)
+
+
+@pytest.mark.slow
+def test_compare_usage_errors_exit_2_with_what_would_be_right(ran_twice):
+    folder, uri, (first, _, _) = ran_twice
+    cases = [
+        (["nope/", first], "nope/: no such report folder"),
+        (["0123456789abcdef0123456789abcdef", first], "no such run"),
+        ([first, folder], "not a report folder"),
+        ([first, first, "--metric", "test_loss"], "give --margin"),
+        ([first, first, "--metric", "test_acc"], "did you mean"),
+    ]
+    for args, message in cases:
+        proc = compare_cli(folder, uri, *args, "--out", folder / "errors")
+        assert proc.returncode == 2, describe_result(proc)
+        assert message in proc.stderr.lower() or message in proc.stderr, describe_result(proc)
+        assert "Traceback" not in proc.stderr

@@ -27,7 +27,7 @@ import pandas as pd
 from dlbench.tuning import runs as tuning_runs
 from dlbench.config import DEFAULT_ALPHA, Claim, Study, parse_study_file
 from dlbench.errors import ConfigError
-from dlbench.trial import level_label
+from dlbench.trial import PROVENANCE, level_label
 
 DIAG_PREFIX = r"^(diag per step/|diag\.)"  # every diagnostic's name: now, and in stores written before
 EPOCH_METRICS = ["train_accuracy", "val_accuracy", "test_accuracy", "train_loss", "val_loss", "test_loss"]
@@ -121,6 +121,9 @@ def study_data(record, study_name: str, study: Study | None, why_no_file: str | 
     for m in EPOCH_METRICS:
         frame[m] = trials[m].to_numpy(dtype=float) if m in trials else math.nan
     frame["generalization_gap"] = frame["train_accuracy"] - frame["test_accuracy"]
+    for name in ("plugins", *PROVENANCE):  # where each trial ran and from what (what `dlbench compare` lists)
+        if name in trials:
+            frame[name] = trials[name].fillna("").astype(str).to_numpy()
     # a tuned level's final trials: the search, the chosen values and the tuning trial they came from
     if "same_as" in trials and (trials["same_as"].fillna("") != "").any():  # recorded from an identical trial's run
         frame["same_as"] = trials["same_as"].fillna("").to_numpy()

@@ -20,6 +20,7 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from dlbench.trial import PROVENANCE
 from dlbench.tuning import runs as tuning_runs
 from dlbench.errors import UserError, choose_one_of
 from dlbench.tracking.keys import DIAG_PREFIX, metric_name, tags_filter
@@ -181,6 +182,12 @@ def _status(run) -> str:
         run.info.status, run.info.status.lower())
 
 
+def plugins_used(tags: dict[str, str]) -> str:
+    """The plugins a trial run used with their origins, one ``kind = name [origin]`` per line."""
+    return "\n".join(f"{k.removeprefix('dlbench.plugin.')} = {v}" for k, v in sorted(tags.items())
+                     if k.startswith("dlbench.plugin."))
+
+
 def _trial_row(run) -> dict:
     tags = run.data.tags
     status = _status(run)
@@ -197,7 +204,10 @@ def _trial_row(run) -> dict:
         "config_hash": tags.get("dlbench.config_hash", ""),
         "same_as": tags.get("dlbench.same_as_name", ""),  # the trial whose run it records (trained once)
         "num_classes": int(tags.get("dlbench.num_classes") or 0),  # 0: not recorded (older runs)
+        "plugins": plugins_used(tags),
+        **{column: tags.get(tag, "") for column, tag in PROVENANCE.items()},
     }
+    row["host"] = row["host"] or tags.get("dlbench.host", "")
     if "dlbench.levels" in tags:  # the exact factor names (a tag key holds only some characters)
         row |= {f"factor.{f}": level for f, level in json.loads(tags["dlbench.levels"]).items()}
     else:  # runs from before dlbench.levels
