@@ -44,6 +44,11 @@ class Side:
     margins: dict[str, float] = field(default_factory=dict)  # study -> its study file's margin, when known
     run_id: str | None = None  # the study run; None for a report folder
 
+    @property
+    def short(self) -> str:
+        """How titles name it: as the user did, a study run's id to its first 8 characters."""
+        return f"run {self.spec[:8]}" if self.run_id and self.spec == self.run_id else self.spec
+
 
 @dataclass
 class Comparison:
@@ -72,7 +77,7 @@ class Comparison:
     def kind(self) -> str:
         """Which comparison it made: bit for bit where every value matched, else statistical."""
         if self.identical:
-            return "bit-for-bit: every seed of every level gave the same values"
+            return f"bit-for-bit: every seed of every level has the same final {self.metric} on both sides"
         margins = sorted(set(self.levels["margin"].dropna()))
         at = " or ".join(f"{m:g}" for m in margins) or f"{DEFAULT_MARGIN:g}"
         return (f"statistical: two one-sided tests of equivalence of each level's mean {self.metric} within "
@@ -135,6 +140,7 @@ def _study_run_side(spec: str, tracking_uri: str, run_id: str, studies: list[str
     sf, why = parse_attached_study_file(record.study_file_name, record.study_file_text)
     known = {s.name: s for s in sf.studies} if sf is not None else {}
     present = list(dict.fromkeys(record.trials["study"])) if len(record.trials) else []
+    present = [s for s in known if s in present] + [s for s in present if s not in known]  # the file's order
     trials, claims = [], []
     for name in present:
         data = study_data(record, name, known.get(name), why or f"study {name!r} is not in the attached study file")
@@ -300,9 +306,21 @@ def summary(c: Comparison, gate: str = "all") -> str:
     lines.append(f"claims: {agree} of {len(c.claims)} verdicts agree" if len(c.claims) else "claims: none made")
     lines += [f"  {r.study}: {r.claim}: {r.verdict_a or 'absent'} in A, {r.verdict_b or 'absent'} in B"
               for r in c.claims.itertuples() if not r.agree]
-    word = "PASSED" if gate_passed(c, gate) else "FAILED"
-    lines.append(f"{word}: {GATES[gate]}" + ("" if word == "PASSED" else " does not hold"))
+    lines.append(verdict_line(c, gate))
     return "\n".join(lines) + "\n"
+
+
+def verdict_line(c: Comparison, gate: str = "all") -> str:
+    """``PASSED: ...`` (what held) or ``FAILED: ...`` (what did not, counted)."""
+    if gate_passed(c, gate):
+        return f"PASSED: {GATES[gate]}"
+    moved = int((~c.levels["equivalent"]).sum()) if gate == "all" else int(
+        ((c.levels["n_a"] != c.levels["n_b"]) | (c.levels["n_a"] == 0)).sum())
+    what = "not shown equivalent" if gate == "all" else "with other finished seeds on the two sides"
+    disagree = int((~c.claims["agree"]).sum())
+    parts = [f"{moved} of {len(c.levels)} levels {what}"] if moved else []
+    parts += [f"{disagree} of {len(c.claims)} claims' verdicts differ"] if disagree else []
+    return "FAILED: " + "; ".join(parts or ["no level to compare"])
 
 
 def _level_line(r) -> str:

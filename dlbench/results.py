@@ -68,8 +68,10 @@ def load_trials(study_file: str | Path | None = None, *, run_id: str | None = No
     """One row per trial of a study run: ``study``, ``level``, one column per factor, ``seed``,
     ``status``, the final metrics (``test_accuracy``, ``val_accuracy``, ``train_accuracy``, the
     losses, then any other metric, e.g. ``lr``), ``epochs_run``, ``duration_s``, ``same_as``,
-    ``run_id``, ``run_name``, ``config_hash``, ``trial_index``, ``num_classes`` and
-    ``study_run_id``; a tuned level's trials also ``search``, ``tuned`` and ``tuned_from``.
+    ``run_id``, ``run_name``, ``config_hash``, ``trial_index``, ``num_classes``,
+    ``study_run_id``, ``plugins`` and where it ran and from what (``dataset_hash``, ``git_commit``,
+    the versions, ``device``, ``device_name``, ``torch_threads``, ``host``); a tuned level's trials
+    also ``search``, ``tuned`` and ``tuned_from``.
 
     The study run is the latest one of ``study_file`` (as ``dlbench report STUDY_FILE`` finds
     it), or the study run ``run_id``, or, given neither, the latest study run in the store.

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from dlbench.comparison import GATES, gate_passed
+from dlbench.comparison import GATES, gate_passed, verdict_line
 from dlbench.report.document import Document, fmt, fmt_p
 # figures first: it sets matplotlib's file-only backend before pyplot loads
 from dlbench.report.figures import CHANCE_COLOR, PAGE_WIDTH, save_figure, set_theme, wrapped_title
@@ -30,11 +30,12 @@ def write_comparison(c, out_dir: Path, gate: str = "all") -> Path:
     c.claims.to_csv(out_dir / "claims.csv", index=False)
     c.differences.to_csv(out_dir / "differences.csv", index=False)
 
-    doc = Document(f"Comparison of {c.a.spec} and {c.b.spec}")
+    doc = Document(f"Comparison of {c.a.short} (A) and {c.b.short} (B)")
     if gate_passed(c, gate):
         doc.text(f"**Passed**: {GATES[gate]}.")
     else:
-        doc.text(f"**Failed**: {GATES[gate]} does not hold: " + "; ".join(c.failures()) + ".")
+        doc.text(f"**Failed**: {verdict_line(c, gate).removeprefix('FAILED: ')}.")
+        doc.bullets(c.failures())
     doc.bullets([f"**A**: {c.a.where}", f"**B**: {c.b.where}", f"**Comparison**: {c.kind}"])
     doc.heading("What differs in how they were made")
     doc.bullets(c.difference_lines() or ["Nothing recorded differs: the same configs, data, code and machine."])
@@ -123,6 +124,6 @@ def draw_differences(c, path: Path) -> Path | None:
         ax.set_title(study, loc="left")
         ax.set_xlim(-reach, reach)
     axes[-1, 0].set_xlabel(f"B − A, mean {c.metric}")
-    fig.suptitle(wrapped_title(f"{c.b.spec} against {c.a.spec}: each level's difference and the margin"))
+    fig.suptitle(wrapped_title(f"B ({c.b.short}) against A ({c.a.short}): each level's difference and the margin"))
     fig.tight_layout()
     return save_figure(fig, path)
