@@ -21,8 +21,8 @@ import click
 
 from dlbench.errors import UserError
 from dlbench.paths import folder_name
-from dlbench.settings import (CompareOptions, ReportOptions, ReproduceOptions, RaySettings, RunOptions,
-                              default_tracking_uri)
+from dlbench.settings import (CompareOptions, ExportOptions, ImportOptions, ReportOptions, ReproduceOptions,
+                              RaySettings, RunOptions, StudyReproduceOptions, default_tracking_uri)
 
 DEVICE_HELP = "auto (every GPU when there is one), cpu, cuda (every GPU) or cuda:N (that one)."
 
@@ -250,23 +250,47 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+STUDY_ONLY = {"jobs": "--jobs", "reports_dir": "--reports-dir", "allow_data_mismatch": "--allow-data-mismatch"}
+
+
 @main.command()
 @click.argument("run_id")
+@click.option("--study", "whole_study", is_flag=True,
+              help="RUN_ID is a study run: re-run its whole study into a new study run and compare every trial.")
 @tracking_option
-@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+@click.option("--device", default=None,
+              help=f"{DEVICE_HELP} Default: auto; with --study, the kind of device the study trained on.")
 @plugins_dir_option
 @data_dir_option
 @click.option("--tolerance", default=0.0, show_default=True, type=click.FloatRange(min=0.0),
-              help="Largest absolute difference of any metric value still counted as reproduced.")
+              help="Largest absolute difference of any metric value still counted as reproduced (one trial).")
+@click.option("--jobs", "-j", default=None, type=click.IntRange(min=1),
+              help="With --study: worker processes training trials at once. Default: as many as the study ran with.")
+@click.option("--reports-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="With --study: where the reproduction's <study>/ report folders are written. Default: "
+                   "reports/reproductions/<the first 8 characters of RUN_ID>/.")
+@click.option("--allow-data-mismatch", is_flag=True,
+              help="With --study: run even when data/ differs from data.dvc (the runs are tagged as such).")
 @_user_errors
-def reproduce(run_id: str, tracking_uri: str | None, device: str, plugins_dir: Path | None, data_dir: Path,
-              tolerance: float) -> None:
+def reproduce(**given) -> None:
     """Re-run the trial of MLflow run RUN_ID from what the run recorded and compare every metric.
 
     Exits 0 when every logged value is reproduced within --tolerance, 1 when not.
+
+    With --study, RUN_ID is a study run: its whole study (the study file it attached, its
+    options, plugins and data) trains again into a new study run tagged dlbench.reproduces, and
+    each trial is compared with the original's value by value. Exits 0 when every trial is
+    bit-identical on the same platform, device, torch and threads, 1 when not.
     """
-    options = ReproduceOptions(run_id=run_id, tracking_uri=tracking_uri or default_tracking_uri(), device=device,
-                               plugins_dir=plugins_dir, data_dir=data_dir, tolerance=tolerance)
+    uri = given.pop("tracking_uri") or default_tracking_uri()
+    if given.pop("whole_study"):
+        return _reproduce_study(given, uri)
+    if used := [flag for key, flag in STUDY_ONLY.items() if given.pop(key)]:
+        raise UserError(f"{used[0]} is an option of a whole study's reproduction: add --study (RUN_ID a study "
+                        "run), or leave it out")
+    tolerance = given["tolerance"]
+    options = ReproduceOptions(run_id=given["run_id"], tracking_uri=uri, device=given["device"] or "auto",
+                               plugins_dir=given["plugins_dir"], data_dir=given["data_dir"], tolerance=tolerance)
     from dlbench import session  # torch and the plugins: not for --help
 
     verdict = session.reproduce_run(options, sys.stdout)
@@ -279,6 +303,43 @@ def reproduce(run_id: str, tracking_uri: str | None, device: str, plugins_dir: P
     if verdict.mismatched_steps:
         click.echo(f"metrics whose logged steps differ: {', '.join(verdict.mismatched_steps)}")
     sys.exit(0 if verdict.reproduced else 1)
+
+
+def _reproduce_study(given: dict, uri: str) -> None:
+    """``dlbench reproduce --study``: the whole study again, each trial's line, the summary; exits."""
+    if given["tolerance"]:
+        raise UserError("--tolerance is for one trial's reproduction: --study compares every trial bit for bit, "
+                        "and says where bits cannot be expected (another device or machine); leave it out")
+    options = StudyReproduceOptions(run_id=given["run_id"], tracking_uri=uri, device=given["device"],
+                                    jobs=given["jobs"], plugins_dir=given["plugins_dir"], data_dir=given["data_dir"],
+                                    allow_data_mismatch=given["allow_data_mismatch"],
+                                    reports_dir=given["reports_dir"])
+    from dlbench import session  # torch and the plugins: not for --help
+
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` closes runs like Ctrl-C does
+    try:
+        result = session.reproduce_study(options, sys.stdout)
+    except KeyboardInterrupt:
+        click.echo("\nInterrupted: the reproduction's study run is left KILLED; the same command starts a new one.",
+                   err=True)
+        sys.exit(130)
+    for note in result.warnings:
+        click.echo(f"warning: {note}", err=True)
+    click.echo("")
+    for trial in result.trials:
+        click.echo(trial.line())
+    click.echo(result.summary())
+    click.echo(f"reproduction: study run {result.reproduction_id} (dlbench.reproduces = {result.original_id}) "
+               f"in {result.tracking_uri}")
+    for folder in result.reports:
+        click.echo(report_line(folder.name, folder))
+    from dlbench.comparison import summary  # loaded by the session already
+
+    click.echo(f"\nthe two study runs compared (dlbench compare {result.original_id} {result.reproduction_id}):")
+    click.echo(summary(result.comparison), nl=False)
+    click.echo(f"report: {result.comparison_dir / 'index.md'} ({result.comparison_dir / 'index.html'})")
+    # bit-for-bit: every trial identical; elsewhere: the comparison's verdict
+    sys.exit(0 if result.reproduced else 1)
 
 
 @main.command()
@@ -344,6 +405,79 @@ def compare(**given) -> None:
     click.echo(comparison.summary(result, options.gate), nl=False)
     click.echo(f"report: {options.out_dir / 'index.md'} ({options.out_dir / 'index.html'})")
     sys.exit(0 if comparison.gate_passed(result, options.gate) else 1)
+
+
+@main.command()
+@click.argument("run_id", required=False)
+@click.option("--experiment", default=None, metavar="NAME", help="Export the latest study run of this MLflow experiment.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="The archive to write. Default: <experiment>-<first 8 digits of the run id>.zip here.")
+@click.option("--force", is_flag=True, help="Replace the archive when the file exists.")
+@tracking_option
+@click.option("--plugins-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder of local plugin modules (*.py) to put in the archive. Default: plugins/ here, when "
+                   "there is one.")
+@data_dir_option
+@click.option("--with-data", is_flag=True, help="Also put the prepared datasets of --data-dir in the archive.")
+@_user_errors
+def export(run_id: str | None, experiment: str | None, output: Path | None, force: bool, tracking_uri: str | None,
+           plugins_dir: Path | None, data_dir: Path, with_data: bool) -> None:
+    """Write a study run, every run under it and what reproducing it needs to one zip archive.
+
+    RUN_ID is the study (parent) run; without it, the latest study run (of --experiment). The
+    archive holds the runs (params, tags, every logged metric value with its step and time,
+    artifacts and reports), the environment, the data version (data.dvc, dataset hashes) and
+    the local plugin files; `dlbench import` recreates the runs in any store.
+    """
+    options = ExportOptions(run_id=run_id, experiment=experiment, output=output, force=force,
+                            tracking_uri=tracking_uri or default_tracking_uri(), plugins_dir=plugins_dir,
+                            data_dir=data_dir, with_data=with_data)
+    from dlbench import session  # mlflow: not for --help
+
+    done = session.export_study(options)
+    click.echo(f"exported study run {done.study_run_id} of experiment {done.experiment!r} from "
+               f"{options.tracking_uri}: {done.runs} runs, {done.files} files, {_size(done.size)} -> {done.path}")
+    click.echo(f"plugins: {done.plugins}; data: {done.data}")
+    click.echo(f"manifest sha256: {done.sha256} (publish it with the archive; imported runs carry it as "
+               "dlbench.imported_archive)")
+    if done.running:
+        click.echo(f"warning: {done.running} of the runs were still RUNNING: they are archived as they were and "
+                   "import as KILLED (tag dlbench.imported_status = RUNNING)", err=True)
+
+
+def _size(size: int) -> str:
+    """A byte count as people read it: 812 B, 3.4 MB."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} B"
+
+
+@main.command("import")
+@click.argument("archive", type=click.Path(dir_okay=False, path_type=Path))
+@tracking_option
+@click.option("--experiment", default=None, metavar="NAME",
+              help="The experiment to import into (made when missing). Default: the one exported from, by name.")
+@_user_errors
+def import_(archive: Path, tracking_uri: str | None, experiment: str | None) -> None:
+    """Recreate the runs of an archive of `dlbench export` in a store.
+
+    The whole archive is checked first (a zip, its manifest, every file's size and SHA-256, no
+    path outside the folder it unpacks into); a damaged or altered one is refused and nothing is
+    written. The runs keep their parent/child structure, times, metrics and artifacts, and are
+    tagged dlbench.imported_from (their original id). Importing again adds no run; an import
+    cut short is completed. Nothing in the archive is run.
+    """
+    options = ImportOptions(archive=archive, tracking_uri=tracking_uri or default_tracking_uri(),
+                            experiment=experiment)
+    from dlbench import session  # mlflow: not for --help
+
+    done = session.import_study(options)
+    again = f" ({done.replaced} of them left half-imported before: made again)" if done.replaced else ""
+    click.echo(f"{done.imported} runs imported{again}, {done.present} already present, into "
+               f"experiment {done.experiment!r} of {done.tracking_uri} (archive manifest sha256 {done.sha256})")
+    click.echo(f"study run: {done.study_run_id} (exported as {done.original_study_run_id}); its reports: "
+               f"dlbench report --run-id {done.study_run_id} --tracking-uri {done.tracking_uri}")
 
 
 @main.group()

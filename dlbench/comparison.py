@@ -12,6 +12,8 @@ level is equivalent: ``dlbench compare`` exits 0 then, 1 otherwise, so it can ga
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,11 +21,12 @@ import pandas as pd
 
 from dlbench.config import DEFAULT_MARGIN, read_study_file
 from dlbench.errors import UserError, choose_one_of
-from dlbench.paths import read_report_marker
+from dlbench.paths import PLUGINS_RECORD, read_report_marker
 from dlbench.report.compare import compare_claims, compare_trials
 from dlbench.report.data import parse_attached_study_file, study_data
 from dlbench.report.stats import judge_claims
 from dlbench.tracking.reader import find_study_run, read_study_run
+from dlbench.tracking.store import Store
 
 # what a difference in each provenance column is a difference of, in the order they are listed
 KINDS = {"config_hash": "config", "dataset_hash": "data", "git_commit": "code", "dlbench_version": "code",
@@ -31,6 +34,7 @@ KINDS = {"config_hash": "config", "dataset_hash": "data", "git_commit": "code", 
          "device_name": "machine", "torch_threads": "machine", "host": "machine"}
 CLAIM_COLUMNS = ["study", "claim", "verdict"]
 SHOWN = 4  # values or trials named in one difference before "and N more"
+LOCAL_PATH = re.compile(r"\[local \((.*)\)\]$")  # a local plugin's origin: local (<its file>)
 
 
 @dataclass
@@ -43,6 +47,7 @@ class Side:
     claims: pd.DataFrame  # study, claim, verdict
     margins: dict[str, float] = field(default_factory=dict)  # study -> its study file's margin, when known
     run_id: str | None = None  # the study run; None for a report folder
+    plugin_files: dict[str, str] | None = None  # the local plugin files the study run loaded: name -> sha256
 
     @property
     def short(self) -> str:
@@ -150,8 +155,10 @@ def _study_run_side(spec: str, tracking_uri: str, run_id: str, studies: list[str
             claims.append(table.assign(study=name)[CLAIM_COLUMNS])
     started = pd.Timestamp(record.start_time, unit="ms").strftime("%Y-%m-%d %H:%M")
     where = f"study run {run_id} ({record.run_name}, started {started} UTC) in {tracking_uri}"
+    record = Store(tracking_uri).artifact_text(run_id, PLUGINS_RECORD)  # runs before it: None, not known
+    files = json.loads(record).get("files", {}) if record else None
     return Side(spec, where, _concat(trials), _concat(claims, CLAIM_COLUMNS),
-                {s: known[s].margin for s in present if s in known}, run_id)
+                {s: known[s].margin for s in present if s in known}, run_id, files)
 
 
 def _report_folder_side(spec: str, path: Path, studies: list[str] | None) -> Side:
@@ -200,7 +207,7 @@ def compare(a: Side, b: Side, metric: str = "test_accuracy", margin: float | Non
         at = margin if margin is not None else a.margins.get(study, b.margins.get(study, DEFAULT_MARGIN))
         levels.append(compare_trials(_of(a.trials, study), _of(b.trials, study), metric, at, alpha))
     return Comparison(a, b, metric, alpha, pd.concat(levels, ignore_index=True) if levels else compare_trials(
-        a.trials, b.trials, metric), compare_claims(a.claims, b.claims), differences(a.trials, b.trials))
+        a.trials, b.trials, metric), compare_claims(a.claims, b.claims), differences(a, b))
 
 
 def _studies(side: Side) -> list[str]:
@@ -211,14 +218,21 @@ def _of(trials: pd.DataFrame, study: str) -> pd.DataFrame:
     return trials[trials["study"].astype(str) == study] if len(trials) else trials
 
 
-def differences(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
+def differences(side_a: Side, side_b: Side) -> pd.DataFrame:
     """What differs in how the two sides' trials were made: configs trial by trial (by study,
-    level and seed), and each provenance column's values (``KINDS``); a column one side did not
-    record is said to be unknown there."""
-    rows = []
+    level and seed), each provenance column's values (``KINDS``) and the local plugin files'
+    contents; a column one side did not record is said to be unknown there."""
+    a, b, rows = side_a.trials, side_b.trials, []
     configs = _config_differences(a, b)
     if configs:
         rows.append({"kind": "config", "what": "config_hash", "a": "", "b": configs})
+    for name in sorted(set(side_a.plugin_files or {}) | set(side_b.plugin_files or {})):
+        if side_a.plugin_files is None or side_b.plugin_files is None:
+            break  # not recorded on one side
+        digest_a, digest_b = side_a.plugin_files.get(name), side_b.plugin_files.get(name)
+        if digest_a != digest_b:
+            rows.append({"kind": "code", "what": f"plugin file {name}", "a": (digest_a or "absent")[:12],
+                         "b": (digest_b or "absent")[:12]})
     unrecorded = {"A": [], "B": []}
     for column, kind in KINDS.items():
         if column == "config_hash":
@@ -257,8 +271,9 @@ def _values(trials: pd.DataFrame, column: str) -> tuple[str, ...] | None:
     if column not in trials or not len(trials):
         return None
     values = trials[column].fillna("").astype(str)
-    if column == "plugins":
-        values = pd.Series([line for v in values for line in v.splitlines()])
+    if column == "plugins":  # a local plugin by its file's name: the folder is where it was, not what it is
+        values = pd.Series([LOCAL_PATH.sub(lambda m: f"[local ({Path(m[1]).name})]", line)
+                            for v in values for line in v.splitlines()])
     found = tuple(sorted(set(values) - {""}))
     return found or None
 

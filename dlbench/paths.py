@@ -20,6 +20,7 @@ from pathlib import Path
 from dlbench.errors import UserError
 
 REPORT_MARKER = ".dlbench-report.json"  # in each report folder: which study file's study wrote it
+PLUGINS_RECORD = "plugins.json"  # a study run's artifact: the local plugin files it loaded, each file's sha256
 PLAIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}$")  # used as it is
 SLUG_CHARS = 60  # of the name, before the hash suffix
 

@@ -9,6 +9,7 @@ tagged ``dlbench.reproduces`` and compared metric by metric, epoch by epoch.
 from __future__ import annotations
 
 import math
+import re
 import struct
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -53,28 +54,65 @@ def differences(stored, trial: Trial, plugins: Plugins, device: torch.device) ->
     tags, notes = stored.tags, []
     if tags.get("dlbench.config_hash") and tags["dlbench.config_hash"] != trial.config_hash:
         notes.append("config: the recorded config.json does not hash to the run's dlbench.config_hash")
-    commit, dirty = git_commit(Path.cwd())
+    return (notes + code_notes(tags, Path.cwd()) + environment_notes(tags, device)
+            + plugin_notes(stored, trial, plugins.registry) + determinism_notes(tags))
+
+
+def code_notes(tags: dict[str, str], where: Path) -> list[str]:
+    """The commit of the git work tree at ``where`` against the one a run recorded, and dirty trees."""
+    notes = []
+    commit, dirty = git_commit(where)
     if tags.get("mlflow.source.git.commit") and commit and tags["mlflow.source.git.commit"] != commit:
         notes.append(f"code: git commit {commit[:10]} here, {tags['mlflow.source.git.commit'][:10]} in the run")
     if dirty:
         notes.append("code: the work tree has uncommitted changes")
     if tags.get("dlbench.git_dirty") == "true":
         notes.append("code: the original run was made from a dirty tree (its git.diff artifact has the changes)")
+    return notes
+
+
+def environment_notes(tags: dict[str, str], device: torch.device) -> list[str]:
+    """dlbench, torch, Python, the device's name and CUDA here against what a run recorded."""
     env = environment(device)
-    for key in ("dlbench.version", "dlbench.torch_version", "dlbench.python_version", "dlbench.device_name",
-                "dlbench.cuda_version", "dlbench.cudnn_version"):
-        if key in tags and env.get(key) != tags[key]:
-            notes.append(f"environment: {key.removeprefix('dlbench.')} {env.get(key)} here, {tags[key]} in the run")
+    return [f"environment: {key.removeprefix('dlbench.')} {env.get(key)} here, {tags[key]} in the run"
+            for key in ("dlbench.version", "dlbench.torch_version", "dlbench.python_version", "dlbench.device_name",
+                        "dlbench.cuda_version", "dlbench.cudnn_version")
+            if key in tags and env.get(key) != tags[key]]
+
+
+def plugin_notes(stored, trial: Trial, registry) -> list[str]:
+    """Each plugin component ``trial`` uses, by name and origin here, against the run's
+    ``dlbench.plugin.*`` tags; a UserError when one is not installed here."""
     try:
-        used = {f"dlbench.plugin.{k}": f"{n} [{o}]" for k, n, o in components_used(trial, plugins.registry)}
+        used = {f"dlbench.plugin.{k}": f"{n} [{o}]" for k, n, o in components_used(trial, registry)}
     except UserError as exc:
         raise UserError(f"run {stored.run_id} used a plugin that is not installed here: {exc}") from None
-    for key, value in used.items():
-        if key in tags and tags[key] != value:
-            notes.append(f"plugin: {key.removeprefix('dlbench.plugin.')} is {value} here, {tags[key]} in the run")
+    return [f"plugin: {key.removeprefix('dlbench.plugin.')} is {value} here, {stored.tags[key]} in the run"
+            for key, value in used.items() if key in stored.tags and not same_plugin(stored.tags[key], value)]
+
+
+LOCAL_ORIGIN = re.compile(r"^(?P<name>.*) \[local \((?P<path>.*)\)\]$")
+
+
+def same_plugin(recorded: str, here: str) -> bool:
+    """Whether two ``name [origin]`` tags name one plugin: equal, or the same local plugin file
+    (by name) in another folder: a reproduction elsewhere, or the plugins folder named another way."""
+    if recorded == here:
+        return True
+    a, b = LOCAL_ORIGIN.match(recorded), LOCAL_ORIGIN.match(here)
+    return bool(a and b) and a["name"] == b["name"] and Path(a["path"]).name == Path(b["path"]).name
+
+
+def determinism_notes(tags: dict[str, str]) -> list[str]:
     if tags.get("dlbench.deterministic") == "false":
-        notes.append("determinism: the original run was not in deterministic mode; expect differences")
-    return notes
+        return ["determinism: the original run was not in deterministic mode; expect differences"]
+    return []
+
+
+def compared_metrics(stored) -> list[str]:
+    """The metrics of a run to compare with a re-run's: every one but an older run's repeat of
+    the learning rate (``diag.lr``), no longer logged."""
+    return [k for k in stored.metrics if k != "diag.lr"]
 
 
 def compare(original: dict[str, list[tuple[int, float]]], rerun: dict[str, list[tuple[int, float]]],
@@ -157,8 +195,8 @@ def reproduce(run_id: str, plugins: Plugins, *, tracking_uri: str, device: torch
     new_hash = source.run(rerun_id).tags.get("dlbench.dataset_hash")
     if recorded_hash and new_hash and recorded_hash != new_hash:
         warnings.append(f"data: dataset hash {new_hash[:12]} here, {recorded_hash[:12]} in the run")
-    keys = [k for k in stored.metrics if k != "diag.lr"]  # an older run's repeat of lr, no longer logged
-    original = {metric_name(k): h for k, h in source.histories(run_id, keys).items()}  # older diag.* names too
+    recorded = source.histories(run_id, compared_metrics(stored))
+    original = {metric_name(k): h for k, h in recorded.items()}  # older diag.* names too
     ok, largest, compared, mismatched = compare(original, source.histories(rerun_id, list(original)), tolerance)
     tracker.client.set_tag(rerun_id, "dlbench.reproduced", str(ok).lower())
     tracker.client.set_tag(rerun_id, "dlbench.max_abs_diff", repr(largest[2]))

@@ -8,6 +8,8 @@ the pool it trains in (``execution/``), the protocol that gives every trial exac
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
 import time
 from collections import Counter
@@ -25,6 +27,7 @@ from dlbench.datastore import check_data
 from dlbench.determinism import set_determinism
 from dlbench.execution import InlinePool, Pool, WorkQueue, checkpoint_path, hand_out_order, resolve_devices
 from dlbench.execution import start_workers
+from dlbench.paths import PLUGINS_RECORD
 from dlbench.planning import Work, plan, stack_settings
 from dlbench.plugins import Plugins
 from dlbench.progress import Progress
@@ -34,6 +37,7 @@ from dlbench.study import Plan, first_of_each_config
 from dlbench.trial import Trial
 
 __all__ = ["StudyRun", "run_study"]
+
 
 
 def run_study(study_file: StudyFile, trials: list[Trial], plugins: Plugins, options: RunOptions,
@@ -102,6 +106,35 @@ def run_study(study_file: StudyFile, trials: list[Trial], plugins: Plugins, opti
             return execution.run(lock, startup, early)
     finally:
         pool.close(now=True)
+
+
+def option_tags(options: RunOptions, jobs: int) -> dict[str, str]:
+    """The options of a study run that change a trial's bits (its threads follow from the jobs
+    on a CPU, its stack from the stack size and CUDA graphs), as the study run's tags."""
+    return {"dlbench.option.jobs": str(jobs), "dlbench.option.stack_size": str(options.stack_size or "auto"),
+            "dlbench.option.cuda_graphs": options.cuda_graphs, "dlbench.option.device": options.device,
+            "dlbench.option.deterministic": str(options.deterministic).lower(),
+            "dlbench.option.executor": "ray" if options.ray else "local"}
+
+
+def local_plugin_files(plugins: Plugins) -> dict[str, Path]:
+    """The local plugin files that ``plugins`` loaded, by file name."""
+    sources = plugins.registry.sources
+    return {path.name: path for path in (sources.files if sources is not None else ())}
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def plugin_artifacts(plugins: Plugins) -> dict[str, str]:
+    """The local plugin files a study run loaded, as its artifacts ``plugins/<file>``, and
+    ``plugins.json``: the folder they came from and each file's sha256."""
+    files = local_plugin_files(plugins)
+    folder = str(Path(plugins.plugins_dir).resolve()) if plugins.plugins_dir is not None else None
+    record = {"folder": folder, "files": {name: file_digest(path) for name, path in files.items()}}
+    texts = {f"plugins/{name}": path.read_bytes().decode("utf-8", errors="replace") for name, path in files.items()}
+    return texts | {PLUGINS_RECORD: json.dumps(record, indent=2)}
 
 
 def _fresh_store(tracking_uri: str) -> bool:
@@ -177,10 +210,14 @@ class StudyExecution:
 
     def _context(self, make_context):
         """The study run's provenance: determinism, the data checked against data.dvc, the
-        installed packages, the code's commit (and its uncommitted diff)."""
+        installed packages, the code's commit (and its uncommitted diff); on the study run itself
+        the options that change a trial's bits and the local plugin files (what
+        ``dlbench reproduce --study`` re-runs it with), and ``options.study_tags``."""
         options, folder = self.options, self.study_file.path.resolve().parent
         context = make_context(tags={"dlbench.deterministic": str(options.deterministic).lower()},
                                registry=self.plugins.registry)
+        context.study_tags |= option_tags(options, self.pool.jobs) | dict(options.study_tags)
+        context.study_artifacts |= plugin_artifacts(self.plugins)
         if options.data_dir is not None:
             context.tags |= check_data(options.data_dir, self.plugins.registry,
                                        allow_mismatch=options.allow_data_mismatch, stream=self.stream)

@@ -25,8 +25,11 @@ from dlbench.plugins import KINDS, Plugins, load_plugins
 from dlbench.preflight import preflight
 from dlbench.reproduce import Verdict, reproduce
 from dlbench.runner import StudyRun, run_study
-from dlbench.settings import CompareOptions, ReportOptions, ReproduceOptions, RunOptions
+from dlbench.settings import (CompareOptions, ExportOptions, ImportOptions, ReportOptions, ReproduceOptions,
+                              RunOptions, StudyReproduceOptions)
 from dlbench.study import expand_plan, first_of_each_config
+from dlbench.study_reproduction import (StudyReproduction, compare_reproduction, provenance_warnings, read_original,
+                                        recorded_threads, replay, threads_as_recorded)
 from dlbench.tuning.search import describe_plan
 
 
@@ -111,6 +114,35 @@ def reproduce_run(options: ReproduceOptions, stream: TextIO = sys.stdout) -> Ver
                      tolerance=options.tolerance, data_dir=options.data_dir, stream=stream)
 
 
+def reproduce_study(options: StudyReproduceOptions, stream: TextIO = sys.stdout) -> StudyReproduction:
+    """``dlbench reproduce --study``: re-run the whole study of study run ``options.run_id`` from
+    what it recorded, through ``run_file`` (as ``dlbench run`` trains) into a new study run, and
+    compare every trial's metrics with the original's (``dlbench/study_reproduction.py``)."""
+    original = read_original(options.run_id, options.tracking_uri)
+    how = replay(original, options)
+    sf = read_study_file(how.run.study_file)
+    plugins = plugins_for(how.run.plugins_dir, sf.path.parent / "plugins")
+    trials = expand_plan(sf, plugins.registry, list(how.run.only)).trials
+    warnings = [*how.notes, *provenance_warnings(original, trials, plugins, how.run)]
+    stream.write(f"reproducing study run {original.run_id} ({original.name!r}: {', '.join(original.studies)}) from "
+                 f"{sf.path}: every trial trains again, into a new study run\n")
+    with threads_as_recorded(recorded_threads(original), how.run):
+        run = run_file(how.run, stream)
+    result = compare_reproduction(original, run, warnings)
+    # the two study runs as `dlbench compare` sees them: the verdict where bits cannot be expected
+    compared = CompareOptions(a=result.original_id, b=result.reproduction_id, tracking_uri=options.tracking_uri,
+                              out_dir=comparison_folder(how.run.reports_dir, result.reports))
+    result.comparison, result.comparison_dir = compare_runs(compared), compared.out_dir
+    return result
+
+
+def comparison_folder(reports_dir: Path, reports: list[Path]) -> Path:
+    """Where a reproduction's comparison report goes: ``comparison/`` beside its study reports,
+    unless a study's report folder has that name."""
+    taken = {folder.name for folder in reports}
+    return reports_dir / ("comparison" if "comparison" not in taken else "comparison-with-original")
+
+
 def compare_runs(options: CompareOptions):
     """``dlbench compare``: the two sides read, compared and written as a report to
     ``options.out_dir``; returns the :class:`dlbench.comparison.Comparison`."""
@@ -128,6 +160,24 @@ def compare_runs(options: CompareOptions):
     result = comparison.compare(*sides, metric=options.metric, margin=options.margin, alpha=options.alpha)
     write_comparison(result, options.out_dir, options.gate)
     return result
+
+
+def export_study(options: ExportOptions):
+    """``dlbench export``: the study run and every run under it, with the environment, the data
+    version and the local plugin files, written to one zip archive; returns the
+    :class:`dlbench.tracking.archive.Exported` (the archive, its runs and its checksum)."""
+    from dlbench.tracking.archive import export_archive  # mlflow: imported only to read a store
+
+    return export_archive(options)
+
+
+def import_study(options: ImportOptions):
+    """``dlbench import``: an archive of ``dlbench export`` checked whole, then its runs made in
+    the target store (those already there skipped); returns the
+    :class:`dlbench.tracking.archive.Imported` (the new study run id, how many runs were made)."""
+    from dlbench.tracking.archive import import_archive  # mlflow: imported only to write a store
+
+    return import_archive(options)
 
 
 def build_reports(options: ReportOptions, announce: Callable[[str, Path], None]) -> tuple[str, list[Path]]:

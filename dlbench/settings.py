@@ -54,6 +54,7 @@ class RunOptions:
     cuda_graphs: str = "auto"  # auto, on, off
     tracking_timeout: float | None = None  # how long a tracking server may stay away (None: 600 s)
     ray: RaySettings | None = None  # --executor ray and its options; None: this machine's cores and GPUs
+    study_tags: tuple[tuple[str, str], ...] = ()  # more tags of a new study run (a reproduction's)
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,48 @@ class CompareOptions:
     gate: str = "all"  # what must hold for exit 0 (comparison.GATES): all, or claims
     out_dir: Path = Path("comparison")
     only: tuple[str, ...] = ()  # --study: only these studies
+
+
+@dataclass(frozen=True)
+class StudyReproduceOptions:
+    """``dlbench reproduce --study``: the study run to re-run whole and compare, and where. The
+    options left at None are taken from what the study run recorded."""
+
+    run_id: str
+    tracking_uri: str = field(default_factory=default_tracking_uri)
+    device: str | None = None  # None: the device type the study trained on (the CPU when it was a GPU not here)
+    jobs: int | None = None  # None: the worker processes the study ran with (else auto)
+    plugins_dir: Path | None = None  # None: the recorded folder when it is here, else the files the run attached
+    data_dir: Path | None = Path("data")
+    allow_data_mismatch: bool = False
+    reports_dir: Path | None = None  # None: reports/reproductions/<the run id's first 8 characters>
+    checkpoint_dir: Path = DEFAULT_CHECKPOINT_DIR
+    work_dir: Path = Path(".dlbench/reproductions")  # <run id>/: the study file and plugins when not here as recorded
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """``dlbench export``: which study run (its id; none: the latest, of ``experiment`` when
+    given), the archive to write, and the plugin files and data that go in beside its runs."""
+
+    run_id: str | None = None
+    experiment: str | None = None
+    output: Path | None = None  # None: <experiment>-<first 8 digits of the run id>.zip in the working directory
+    force: bool = False  # replace an existing archive
+    tracking_uri: str = field(default_factory=default_tracking_uri)
+    plugins_dir: Path | None = None  # None: plugins/ in the working directory, when there is one
+    data_dir: Path = Path("data")  # its DVC pointer (data.dvc beside it) goes in; its files with with_data
+    with_data: bool = False
+
+
+@dataclass(frozen=True)
+class ImportOptions:
+    """``dlbench import``: the archive, the store to recreate its runs in, and the experiment
+    (None: the one they were exported from, by name)."""
+
+    archive: Path
+    tracking_uri: str = field(default_factory=default_tracking_uri)
+    experiment: str | None = None
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,10 @@ class StudyContext:
     tags: dict[str, str] = field(default_factory=dict)
     artifacts: dict[str, str] = field(default_factory=dict)
     registry: object = None  # to name each component's origin and version on the trial's run
+    # the study run's own, set when it is made: the run options that change a trial's bits, the
+    # local plugin files (``plugins/<file>``, their sha256 in ``plugins.json``), a reproduction's tags
+    study_tags: dict[str, str] = field(default_factory=dict)
+    study_artifacts: dict[str, str] = field(default_factory=dict)
 
     def plugin_tags(self, trial: Trial) -> dict[str, str]:
         if self.registry is None:

@@ -58,7 +58,8 @@ def _client(tracking_uri: str) -> MlflowClient:
 
 def find_study_run(tracking_uri: str, run_id: str | None = None, experiment: str | None = None) -> str:
     """The parent run id to report on: ``run_id`` itself (checked), else the latest study run of
-    ``experiment``, else the latest study run in the whole store."""
+    ``experiment``, else the latest study run in the whole store (a reproduction of a study run,
+    ``dlbench.reproduces``, only when there is nothing else among the latest 50)."""
     require_reachable(tracking_uri)  # a server that is down: said in a second, not after minutes of retries
     client = _client(tracking_uri)
     try:
@@ -84,7 +85,9 @@ def find_study_run(tracking_uri: str, run_id: str | None = None, experiment: str
             ids = [exp.experiment_id]
         else:
             ids = [e.experiment_id for e in client.search_experiments()]
-        runs = client.search_runs(ids, STUDY_FILTER, order_by=["attributes.start_time DESC"], max_results=1) if ids else []
+        runs = client.search_runs(ids, STUDY_FILTER, order_by=["attributes.start_time DESC"], max_results=50) if ids else []
+        # the latest study run the study file made, not a `dlbench reproduce --study` of one (named by its id)
+        runs = [r for r in runs if "dlbench.reproduces" not in r.data.tags] or runs
     except UserError:
         raise
     except Exception as exc:

@@ -22,6 +22,7 @@ HEARTBEAT_STALE_S = 15 * 60  # a RUNNING run on another host with no heartbeat t
 TRIAL_ROLES = ("trial", "tuning")  # the runs of trials a study run skips, resumes or claims (not reproductions)
 TRIAL_TAG = "dlbench.trial"  # a trial's identity in its study run (``Trial.key``: ``dropout/on/seed=0``)
 SAME_AS_TAG = "dlbench.same_as"  # the run whose training a trial's run records (an identical trial's)
+REPRODUCES_TAG = "dlbench.reproduces"  # on a reproduction's run: the run it re-ran
 
 
 @dataclass(frozen=True)
@@ -153,8 +154,15 @@ def child_runs(client: MlflowClient, experiment_id: str, parent_id: str, trials=
     return by_trial
 
 
-def latest_parent(client: MlflowClient, experiment_id: str, study_hash: str) -> StoredRun | None:
+def study_runs(client: MlflowClient, experiment_id: str, study_hash: str) -> list[StoredRun]:
+    """The study runs of the study ``study_hash`` (the same trials and searches) that a run may
+    continue, newest first: a reproduction's (``dlbench reproduce --study``) is never continued."""
     runs = search(client, experiment_id, {"dlbench.role": "study", "dlbench.study_hash": study_hash})
+    return [r for r in runs if REPRODUCES_TAG not in r.tags]
+
+
+def latest_parent(client: MlflowClient, experiment_id: str, study_hash: str) -> StoredRun | None:
+    runs = study_runs(client, experiment_id, study_hash)
     return runs[0] if runs else None
 
 
@@ -221,5 +229,34 @@ class Store:
             path = self.client.download_artifacts(run_id, name, tmp)
             return json.loads(Path(path).read_text(encoding="utf-8"))
 
+    def artifact_text(self, run_id: str, name: str) -> str | None:
+        """A text artifact of a run (a study run's plugins.json, plugins/<file>.py); None when it has none."""
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                return Path(self.client.download_artifacts(run_id, name, tmp)).read_text(encoding="utf-8")
+        except (MlflowException, OSError):
+            return None
+
     def histories(self, run_id: str, keys) -> dict[str, list[tuple[int, float]]]:
         return metric_histories(self.client, run_id, keys)
+
+    def histories_of(self, runs: dict[str, list[str]]) -> dict[str, dict[str, list[tuple[int, float]]]]:
+        """(step, value) of every logged value of the metrics ``runs`` names (run id -> its metric
+        keys), by run and key, by step: read in bulk (a study's trials at once)."""
+        out: dict[str, dict[str, list[tuple[int, float]]]] = {run_id: {} for run_id in runs}
+        for run_id, key, step, value in sorted(histories_of_runs(self.client, runs), key=lambda r: r[2]):
+            out[run_id].setdefault(key, []).append((step, value))
+        return out
+
+    def trials_of(self, study_run: StoredRun) -> dict[str, StoredRun]:
+        """The trial runs under the study run ``study_run`` by trial name (``dlbench.trial``), each
+        the newest of its name, in the order the study ran them (``dlbench.trial_index``)."""
+        experiment_id = self.client.get_run(study_run.run_id).info.experiment_id
+        found = child_runs(self.client, experiment_id, study_run.run_id)
+        newest = sorted((runs[0] for runs in found.values()),
+                        key=lambda r: int(r.tags.get("dlbench.trial_index", "0") or 0))
+        return {run.trial: run for run in newest}
+
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(run_id, key, value)

@@ -56,8 +56,7 @@ class StudyRunClaims(TrackerBase):
                 return self._join(previous)
             self._new_parent(study_file, plan, study_hash)
         if resume and not self.lock.exclusive:  # no lock (a tracking server): the earliest one made at once wins
-            made = store.search(self.client, self.experiment_id,
-                                {"dlbench.role": "study", "dlbench.study_hash": study_hash})
+            made = store.study_runs(self.client, self.experiment_id, study_hash)
             first = min(made, key=lambda r: (r.start_time, r.run_id))
             if first.run_id != self.parent_id:
                 self.client.delete_run(self.parent_id)
@@ -89,7 +88,8 @@ class StudyRunClaims(TrackerBase):
             **environment(self._device),
         }
         tags |= code_version(study_file.path.resolve().parent).tags()  # the commit, or why there is none
-        run = self.client.create_run(self.experiment_id, run_name=study_file.name, tags=tags)
+        tags |= self._context.study_tags  # the options that change a trial's bits; a reproduction's name and tags
+        run = self.client.create_run(self.experiment_id, run_name=tags["mlflow.runName"], tags=tags)
         self.parent_id = run.info.run_id
         params = {
             "studies": json.dumps(studies, ensure_ascii=False),  # names hold commas
@@ -98,6 +98,8 @@ class StudyRunClaims(TrackerBase):
         }
         self.client.log_batch(self.parent_id, params=[Param(k, v) for k, v in params.items()])
         self.client.log_text(self.parent_id, study_file.text, Path(study_file.path).name)
+        for name, text in self._context.study_artifacts.items():  # the local plugin files, plugins.json
+            self.client.log_text(self.parent_id, text, name)
         return self.parent_id
 
     def existing_trials(self, config_hashes=None) -> dict[str, list[store.StoredRun]]:
