@@ -273,7 +273,7 @@ def _values(trials: pd.DataFrame, column: str) -> tuple[str, ...] | None:
     values = trials[column].fillna("").astype(str)
     if column == "plugins":  # a local plugin by its file's name: the folder is where it was, not what it is
         values = pd.Series([LOCAL_PATH.sub(lambda m: f"[local ({Path(m[1]).name})]", line)
-                            for v in values for line in v.splitlines()])
+                            for v in values for line in v.split("; ") if line])
     found = tuple(sorted(set(values) - {""}))
     return found or None
 

@@ -203,3 +203,42 @@ def test_compare_usage_errors_exit_2_with_what_would_be_right(ran_twice):
         assert proc.returncode == 2, describe_result(proc)
         assert message in proc.stderr.lower() or message in proc.stderr, describe_result(proc)
         assert "Traceback" not in proc.stderr
+
+
+def test_the_margin_comes_from_the_command_line_else_the_study_file_else_the_default(tmp_path):
+    from dlbench.comparison import Side, compare
+    from dlbench.config import DEFAULT_MARGIN, read_study_file
+
+    sf = read_study_file(write_study(tmp_path, """\
+        [study]
+        margin = 0.05
+        [studies.dropout.levels]
+        off = {}
+        [studies.depth]
+        margin = 0.01
+        [studies.depth.levels]
+        shallow = {}
+        """))
+    assert {s.name: s.margin for s in sf.studies} == {"dropout": 0.05, "depth": 0.01}
+    a = pd.concat([trials({"off": [0.60, 0.61, 0.62]}), trials({"shallow": [0.60, 0.61, 0.62]}, study="depth")])
+    b = a.assign(test_accuracy=a["test_accuracy"] + 0.03)  # every seed 3 points up
+    claims = pd.DataFrame(columns=["study", "claim", "verdict"])
+    side_a = Side("a", "a", a, claims, {s.name: s.margin for s in sf.studies})
+    side_b = Side("b", "b", b, claims)
+    by_file = compare(side_a, side_b).levels.set_index("study")
+    assert by_file.loc["dropout", "margin"] == 0.05 and by_file.loc["dropout", "equivalent"]
+    assert by_file.loc["depth", "margin"] == 0.01 and not by_file.loc["depth", "equivalent"]
+    given = compare(side_a, side_b, margin=0.02).levels
+    assert (given["margin"] == 0.02).all() and not given["equivalent"].any()
+    assert (compare(Side("a", "a", a, claims), side_b).levels["margin"] == DEFAULT_MARGIN).all()
+
+
+@pytest.mark.parametrize("value", [0, -0.1, "2%", True])
+def test_a_margin_that_is_not_a_positive_number_is_refused_at_its_key(tmp_path, value):
+    from dlbench.config import read_study_file
+    from dlbench.errors import ConfigError
+
+    text = f"[studies.dropout]\nmargin = {value!r}\n[studies.dropout.levels]\noff = {{}}\n".replace("True", "true")
+    with pytest.raises(ConfigError) as err:
+        read_study_file(write_study(tmp_path, text))
+    assert "studies.dropout.margin: expected a positive number such as 0.02" in str(err.value)

@@ -186,8 +186,8 @@ def _status(run) -> str:
 
 
 def plugins_used(tags: dict[str, str]) -> str:
-    """The plugins a trial run used with their origins, one ``kind = name [origin]`` per line."""
-    return "\n".join(f"{k.removeprefix('dlbench.plugin.')} = {v}" for k, v in sorted(tags.items())
+    """The plugins a trial run used with their origins: ``kind = name [origin]``, joined by ``; ``."""
+    return "; ".join(f"{k.removeprefix('dlbench.plugin.')} = {v}" for k, v in sorted(tags.items())
                      if k.startswith("dlbench.plugin."))
 
 

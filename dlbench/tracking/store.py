@@ -172,8 +172,14 @@ def get_run(client: MlflowClient, run_id: str) -> StoredRun:
 
 def histories_of_runs(client: MlflowClient, runs: dict[str, list[str]], threads: int = 8) -> list[tuple]:
     """(run id, key, step, value) of every logged value of the metrics ``runs`` names (run id ->
-    its metric keys). A SQL store answers one query per key for all runs; other stores (an HTTP
-    server) one request per run and key, several at a time."""
+    its metric keys); see :func:`metric_points`."""
+    return [(run_id, key, m.step, m.value) for run_id, key, m in metric_points(client, runs, threads)]
+
+
+def metric_points(client: MlflowClient, runs: dict[str, list[str]], threads: int = 8) -> list[tuple]:
+    """(run id, key, MLflow ``Metric``: step, timestamp, value) of every logged value of the
+    metrics ``runs`` names (run id -> its metric keys). A SQL store answers one query per key for
+    all runs; other stores (an HTTP server) one request per run and key, several at a time."""
     store = getattr(getattr(client, "_tracking_client", None), "store", None)
     bulk = getattr(store, "get_metric_history_bulk", None)
     if bulk is not None:
@@ -184,13 +190,12 @@ def histories_of_runs(client: MlflowClient, runs: dict[str, list[str]], threads:
         out = []
         for key, run_ids in by_key.items():
             for i in range(0, len(run_ids), 500):  # bounded IN (...) lists
-                out += [(m.run_id, key, m.step, m.value)
-                        for m in bulk(run_ids[i:i + 500], key, max_results=None)]
+                out += [(m.run_id, key, m) for m in bulk(run_ids[i:i + 500], key, max_results=None)]
         return out
     pairs = [(run_id, key) for run_id, keys in runs.items() for key in keys]
     with ThreadPoolExecutor(threads) as pool:
         histories = list(pool.map(lambda rk: client.get_metric_history(*rk), pairs))
-    return [(run_id, m.key, m.step, m.value) for (run_id, _), hist in zip(pairs, histories) for m in hist]
+    return [(run_id, key, m) for (run_id, key), hist in zip(pairs, histories) for m in hist]
 
 
 def metric_histories(client: MlflowClient, run_id: str, keys) -> dict[str, list[tuple[int, float]]]:
