@@ -165,8 +165,8 @@ def compare_runs(options: CompareOptions):
 def export_study(options: ExportOptions):
     """``dlbench export``: the study run and every run under it, with the environment, the data
     version and the local plugin files, written to one zip archive; returns the
-    :class:`dlbench.tracking.archive.Exported` (the archive, its runs and its checksum)."""
-    from dlbench.tracking.archive import export_archive  # mlflow: imported only to read a store
+    :class:`dlbench.tracking.export.Exported` (the archive, its runs and its checksum)."""
+    from dlbench.tracking.export import export_archive  # mlflow: imported only to read a store
 
     return export_archive(options)
 
@@ -174,8 +174,8 @@ def export_study(options: ExportOptions):
 def import_study(options: ImportOptions):
     """``dlbench import``: an archive of ``dlbench export`` checked whole, then its runs made in
     the target store (those already there skipped); returns the
-    :class:`dlbench.tracking.archive.Imported` (the new study run id, how many runs were made)."""
-    from dlbench.tracking.archive import import_archive  # mlflow: imported only to write a store
+    :class:`dlbench.tracking.archive_import.Imported` (the new study run id, how many runs were made)."""
+    from dlbench.tracking.archive_import import import_archive  # mlflow: imported only to write a store
 
     return import_archive(options)
 
