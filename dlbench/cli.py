@@ -279,8 +279,10 @@ def reproduce(**given) -> None:
 
     With --study, RUN_ID is a study run: its whole study (the study file it attached, its
     options, plugins and data) trains again into a new study run tagged dlbench.reproduces, and
-    each trial is compared with the original's value by value. Exits 0 when every trial is
-    bit-identical on the same platform, device, torch and threads, 1 when not.
+    each trial is compared with the original's value by value, then the two study runs as
+    `dlbench compare` does. Exits 0 when every trial is bit-identical where bits are expected
+    (the same platform, device, torch and threads), or elsewhere when the comparison passes
+    (every claim's verdict agrees, every level equivalent); 1 when not.
     """
     uri = given.pop("tracking_uri") or default_tracking_uri()
     if given.pop("whole_study"):

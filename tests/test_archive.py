@@ -277,17 +277,6 @@ def test_the_report_of_the_import_is_the_report_of_the_original(source, imported
         assert rows(copy / table, {}) == rows(original / table, ids), table
 
 
-def test_compare_finds_the_import_bit_for_bit_the_original(source):
-    """Imported beside the original (an experiment of its own in the same store), `dlbench compare`
-    reads it as it reads any study run: every level identical, every verdict the same."""
-    done = session.import_study(ImportOptions(archive=source.archive, tracking_uri=source.uri, experiment="compared"))
-    assert done.imported == RUNS
-    proc = run_cli(["compare", source.study_id, done.study_run_id, "--tracking-uri", source.uri, "--out",
-                    source.root / "comparison"], cwd=source.root, env=cli_env(autoload=False))
-    assert proc.returncode == 0, describe_result(proc)
-    assert "bit-for-bit" in proc.stdout and "1 of 1 verdicts agree" in proc.stdout, describe_result(proc)
-
-
 def test_import_into_an_mlflow_server(source, mlflow_server):
     proc = import_cli(source.archive, mlflow_server.uri, mlflow_server.directory)
     assert proc.returncode == 0, describe_result(proc)

@@ -190,19 +190,27 @@ def test_a_report_folder_and_a_study_file_are_sides_too(ran_twice):
 
 @pytest.mark.slow
 def test_compare_usage_errors_exit_2_with_what_would_be_right(ran_twice):
+    from dlbench.errors import UserError
+    from dlbench.session import compare_runs
+    from dlbench.settings import CompareOptions
+
     folder, uri, (first, _, _) = ran_twice
-    cases = [
-        (["nope/", first], "nope/: no such report folder"),
+    proc = compare_cli(folder, uri, "nope/", first, "--out", folder / "errors")  # as a user sees it
+    assert proc.returncode == 2 and "nope/: no such report folder" in proc.stderr, describe_result(proc)
+    assert "Traceback" not in proc.stderr
+    cases = [  # the same errors, in this process
         (["0123456789abcdef0123456789abcdef", first], "no such run"),
-        ([first, folder], "not a report folder"),
+        ([first, str(folder)], "not a report folder"),
         ([first, first, "--metric", "test_loss"], "give --margin"),
         ([first, first, "--metric", "test_acc"], "did you mean"),
     ]
     for args, message in cases:
-        proc = compare_cli(folder, uri, *args, "--out", folder / "errors")
-        assert proc.returncode == 2, describe_result(proc)
-        assert message in proc.stderr.lower() or message in proc.stderr, describe_result(proc)
-        assert "Traceback" not in proc.stderr
+        a, b, *rest = args
+        options = CompareOptions(a=a, b=b, tracking_uri=uri, out_dir=folder / "errors", **dict(
+            [(rest[0].removeprefix("--"), rest[1])] if rest else []))
+        with pytest.raises(UserError) as err:
+            compare_runs(options)
+        assert message in str(err.value).lower() or message in str(err.value), str(err.value)
 
 
 def test_the_margin_comes_from_the_command_line_else_the_study_file_else_the_default(tmp_path):
