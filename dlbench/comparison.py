@@ -155,8 +155,8 @@ def _study_run_side(spec: str, tracking_uri: str, run_id: str, studies: list[str
             claims.append(table.assign(study=name)[CLAIM_COLUMNS])
     started = pd.Timestamp(record.start_time, unit="ms").strftime("%Y-%m-%d %H:%M")
     where = f"study run {run_id} ({record.run_name}, started {started} UTC) in {tracking_uri}"
-    record = Store(tracking_uri).artifact_text(run_id, PLUGINS_RECORD)  # runs before it: None, not known
-    files = json.loads(record).get("files", {}) if record else None
+    plugins_json = Store(tracking_uri).artifact_text(run_id, PLUGINS_RECORD)  # runs before it: None, not known
+    files = json.loads(plugins_json).get("files", {}) if plugins_json else None
     return Side(spec, where, _concat(trials), _concat(claims, CLAIM_COLUMNS),
                 {s: known[s].margin for s in present if s in known}, run_id, files)
 
@@ -201,7 +201,7 @@ def compare(a: Side, b: Side, metric: str = "test_accuracy", margin: float | Non
     if not metric.endswith("_accuracy") and margin is None:
         raise UserError(f"--metric {metric}: give --margin (the default margin, {DEFAULT_MARGIN:g}, is for "
                         "accuracies: 2 points)")
-    studies = list(dict.fromkeys([*_studies(a), *_studies(b)]))
+    studies = list(dict.fromkeys([*studies_of(a), *studies_of(b)]))
     levels = []
     for study in studies:
         at = margin if margin is not None else a.margins.get(study, b.margins.get(study, DEFAULT_MARGIN))
@@ -210,7 +210,8 @@ def compare(a: Side, b: Side, metric: str = "test_accuracy", margin: float | Non
         a.trials, b.trials, metric), compare_claims(a.claims, b.claims), differences(a, b))
 
 
-def _studies(side: Side) -> list[str]:
+def studies_of(side: Side) -> list[str]:
+    """The studies a side has trials of, in its order."""
     return list(dict.fromkeys(side.trials["study"].astype(str))) if len(side.trials) else []
 
 

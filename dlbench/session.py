@@ -157,6 +157,11 @@ def compare_runs(options: CompareOptions):
         if not Path(spec).is_dir():  # a study run (or a study file's): its study file is read from the artifacts
             require_in_place(options.tracking_uri, "dlbench compare")
         sides.append(comparison.load_side(spec, options.tracking_uri, list(options.only) or None))
+    present = {study for side in sides for study in comparison.studies_of(side)}
+    for study in options.only:
+        if study not in present:
+            raise UserError(f"--study {study!r}: neither side has trials of it; "
+                            f"{choose_one_of(study, sorted(present)) if present else 'neither side has any trial'}")
     result = comparison.compare(*sides, metric=options.metric, margin=options.margin, alpha=options.alpha)
     write_comparison(result, options.out_dir, options.gate)
     return result

@@ -203,11 +203,13 @@ def test_compare_usage_errors_exit_2_with_what_would_be_right(ran_twice):
         ([first, str(folder)], "not a report folder"),
         ([first, first, "--metric", "test_loss"], "give --margin"),
         ([first, first, "--metric", "test_acc"], "did you mean"),
+        ([first, first, "--study", ("dropuot",)], "--study 'dropuot': neither side has trials of it"),
     ]
     for args, message in cases:
         a, b, *rest = args
-        options = CompareOptions(a=a, b=b, tracking_uri=uri, out_dir=folder / "errors", **dict(
-            [(rest[0].removeprefix("--"), rest[1])] if rest else []))
+        option = {"study": "only"}.get(rest[0].removeprefix("--"), rest[0].removeprefix("--")) if rest else None
+        options = CompareOptions(a=a, b=b, tracking_uri=uri, out_dir=folder / "errors",
+                                 **({option: rest[1]} if rest else {}))
         with pytest.raises(UserError) as err:
             compare_runs(options)
         assert message in str(err.value).lower() or message in str(err.value), str(err.value)
