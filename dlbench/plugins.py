@@ -13,6 +13,7 @@ with where components come from (:class:`Sources`).
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import inspect
@@ -284,6 +285,16 @@ class Plugins:
     @property
     def hook(self):
         return self.pm.hook
+
+    @property
+    def local_files(self) -> dict[str, Path]:
+        """The local plugin files loaded (a plugins folder's ``*.py``), by file name."""
+        sources = self.registry.sources
+        return {path.name: path for path in (sources.files if sources is not None else ())}
+
+    def local_digests(self) -> dict[str, str]:
+        """The SHA-256 of each local plugin file, by file name: what a study run records of them."""
+        return {name: hashlib.sha256(path.read_bytes()).hexdigest() for name, path in self.local_files.items()}
 
 
 def make_manager() -> pluggy.PluginManager:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
@@ -14,6 +15,7 @@ import torch
 
 import dlbench
 from dlbench.config import COMPONENTS
+from dlbench.paths import PLUGINS_RECORD
 
 
 @dataclass(frozen=True)
@@ -121,3 +123,23 @@ def components_used(trial, registry) -> list[tuple[str, str, str]]:
 
 def command_line() -> str:
     return " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
+
+
+def option_tags(options, jobs: int) -> dict[str, str]:
+    """The options of a study run (a ``RunOptions``) that change a trial's bits (its threads follow
+    from the jobs on a CPU, its stack from the stack size and CUDA graphs), as the study run's tags:
+    what ``dlbench reproduce --study`` runs it again with."""
+    return {"dlbench.option.jobs": str(jobs), "dlbench.option.stack_size": str(options.stack_size or "auto"),
+            "dlbench.option.cuda_graphs": options.cuda_graphs, "dlbench.option.device": options.device,
+            "dlbench.option.deterministic": str(options.deterministic).lower(),
+            "dlbench.option.executor": "ray" if options.ray else "local"}
+
+
+def plugin_artifacts(plugins) -> dict[str, str]:
+    """The local plugin files a study run loaded (of a ``Plugins``), as its artifacts
+    ``plugins/<file>``, and ``plugins.json``: the folder they came from and each file's sha256."""
+    files = plugins.local_files
+    folder = str(Path(plugins.plugins_dir).resolve()) if plugins.plugins_dir is not None else None
+    record = {"folder": folder, "files": plugins.local_digests()}
+    texts = {f"plugins/{name}": path.read_bytes().decode("utf-8", errors="replace") for name, path in files.items()}
+    return texts | {PLUGINS_RECORD: json.dumps(record, indent=2)}

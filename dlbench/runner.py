@@ -8,8 +8,6 @@ the pool it trains in (``execution/``), the protocol that gives every trial exac
 
 from __future__ import annotations
 
-import hashlib
-import json
 import sys
 import time
 from collections import Counter
@@ -27,17 +25,15 @@ from dlbench.datastore import check_data
 from dlbench.determinism import set_determinism
 from dlbench.execution import InlinePool, Pool, WorkQueue, checkpoint_path, hand_out_order, resolve_devices
 from dlbench.execution import start_workers
-from dlbench.paths import PLUGINS_RECORD
 from dlbench.planning import Work, plan, stack_settings
 from dlbench.plugins import Plugins
 from dlbench.progress import Progress
-from dlbench.provenance import code_version, git_diff, installed_packages
+from dlbench.provenance import code_version, git_diff, installed_packages, option_tags, plugin_artifacts
 from dlbench.settings import RunOptions
 from dlbench.study import Plan, first_of_each_config
 from dlbench.trial import Trial
 
 __all__ = ["StudyRun", "run_study"]
-
 
 
 def run_study(study_file: StudyFile, trials: list[Trial], plugins: Plugins, options: RunOptions,
@@ -106,35 +102,6 @@ def run_study(study_file: StudyFile, trials: list[Trial], plugins: Plugins, opti
             return execution.run(lock, startup, early)
     finally:
         pool.close(now=True)
-
-
-def option_tags(options: RunOptions, jobs: int) -> dict[str, str]:
-    """The options of a study run that change a trial's bits (its threads follow from the jobs
-    on a CPU, its stack from the stack size and CUDA graphs), as the study run's tags."""
-    return {"dlbench.option.jobs": str(jobs), "dlbench.option.stack_size": str(options.stack_size or "auto"),
-            "dlbench.option.cuda_graphs": options.cuda_graphs, "dlbench.option.device": options.device,
-            "dlbench.option.deterministic": str(options.deterministic).lower(),
-            "dlbench.option.executor": "ray" if options.ray else "local"}
-
-
-def local_plugin_files(plugins: Plugins) -> dict[str, Path]:
-    """The local plugin files that ``plugins`` loaded, by file name."""
-    sources = plugins.registry.sources
-    return {path.name: path for path in (sources.files if sources is not None else ())}
-
-
-def file_digest(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def plugin_artifacts(plugins: Plugins) -> dict[str, str]:
-    """The local plugin files a study run loaded, as its artifacts ``plugins/<file>``, and
-    ``plugins.json``: the folder they came from and each file's sha256."""
-    files = local_plugin_files(plugins)
-    folder = str(Path(plugins.plugins_dir).resolve()) if plugins.plugins_dir is not None else None
-    record = {"folder": folder, "files": {name: file_digest(path) for name, path in files.items()}}
-    texts = {f"plugins/{name}": path.read_bytes().decode("utf-8", errors="replace") for name, path in files.items()}
-    return texts | {PLUGINS_RECORD: json.dumps(record, indent=2)}
 
 
 def _fresh_store(tracking_uri: str) -> bool:

@@ -38,7 +38,7 @@ from dlbench.provenance import components_used
 from dlbench.reproduce import (code_notes, compare, compared_metrics, determinism_notes, environment_notes,
                                plugin_notes)
 from dlbench.paths import PLUGINS_RECORD
-from dlbench.runner import StudyRun, file_digest, local_plugin_files
+from dlbench.runner import StudyRun
 from dlbench.settings import RunOptions, StudyReproduceOptions
 from dlbench.trial import Trial
 
@@ -336,7 +336,7 @@ def plugin_file_notes(record: dict | None, plugins: Plugins, trials: list[Trial]
     if record is None:
         return ["plugins: the study run recorded no local plugin files (made by an older dlbench): a local plugin "
                 "file changed since is not detected"]
-    here = {name: file_digest(path) for name, path in local_plugin_files(plugins).items()}
+    here = plugins.local_digests()
     recorded: dict[str, str] = record.get("files", {})
     notes = []
     for name, digest in recorded.items():
