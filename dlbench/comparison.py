@@ -13,7 +13,6 @@ level is equivalent: ``dlbench compare`` exits 0 then, 1 otherwise, so it can ga
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import pandas as pd
 from dlbench.config import DEFAULT_MARGIN, read_study_file
 from dlbench.errors import UserError, choose_one_of
 from dlbench.paths import PLUGINS_RECORD, read_report_marker
+from dlbench.plugins import by_file_name
 from dlbench.report.compare import compare_claims, compare_trials
 from dlbench.report.data import parse_attached_study_file, study_data
 from dlbench.report.stats import judge_claims
@@ -34,7 +34,6 @@ KINDS = {"config_hash": "config", "dataset_hash": "data", "git_commit": "code", 
          "device_name": "machine", "torch_threads": "machine", "host": "machine"}
 CLAIM_COLUMNS = ["study", "claim", "verdict"]
 SHOWN = 4  # values or trials named in one difference before "and N more"
-LOCAL_PATH = re.compile(r"\[local \((.*)\)\]$")  # a local plugin's origin: local (<its file>)
 
 
 @dataclass
@@ -273,8 +272,7 @@ def _values(trials: pd.DataFrame, column: str) -> tuple[str, ...] | None:
         return None
     values = trials[column].fillna("").astype(str)
     if column == "plugins":  # a local plugin by its file's name: the folder is where it was, not what it is
-        values = pd.Series([LOCAL_PATH.sub(lambda m: f"[local ({Path(m[1]).name})]", line)
-                            for v in values for line in v.split("; ") if line])
+        values = pd.Series([by_file_name(line) for v in values for line in v.split("; ") if line])
     found = tuple(sorted(set(values) - {""}))
     return found or None
 

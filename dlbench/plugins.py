@@ -18,6 +18,7 @@ import importlib
 import importlib.util
 import inspect
 import os
+import re
 import sys
 import traceback
 from collections.abc import Iterator
@@ -295,6 +296,17 @@ class Plugins:
     def local_digests(self) -> dict[str, str]:
         """The SHA-256 of each local plugin file, by file name: what a study run records of them."""
         return {name: hashlib.sha256(path.read_bytes()).hexdigest() for name, path in self.local_files.items()}
+
+
+LOCAL_ORIGIN = re.compile(r"^(?P<name>.*) \[local \((?P<path>.*)\)\]$")  # "swish [local (plugins/swish.py)]"
+
+
+def by_file_name(tag: str) -> str:
+    """A ``name [origin]`` tag (``dlbench.plugin.*``) with a local plugin's path cut to its file
+    name: the same file in another folder (a reproduction elsewhere, the folder named another way)
+    is the same plugin; what it holds is compared by its SHA-256 (``Plugins.local_digests``)."""
+    match = LOCAL_ORIGIN.match(tag)
+    return f"{match['name']} [local ({Path(match['path']).name})]" if match else tag
 
 
 def make_manager() -> pluggy.PluginManager:

@@ -9,7 +9,6 @@ tagged ``dlbench.reproduces`` and compared metric by metric, epoch by epoch.
 from __future__ import annotations
 
 import math
-import re
 import struct
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,7 +24,7 @@ from dlbench.diagnostics import Diagnostics
 from dlbench.errors import UserError
 from dlbench.execution.unit import execute
 from dlbench.planning import Work, stack_id
-from dlbench.plugins import Plugins
+from dlbench.plugins import Plugins, by_file_name
 from dlbench.provenance import components_used, environment, git_commit
 from dlbench.trial import Trial, config_hash
 
@@ -91,16 +90,10 @@ def plugin_notes(stored, trial: Trial, registry) -> list[str]:
             for key, value in used.items() if key in stored.tags and not same_plugin(stored.tags[key], value)]
 
 
-LOCAL_ORIGIN = re.compile(r"^(?P<name>.*) \[local \((?P<path>.*)\)\]$")
-
-
 def same_plugin(recorded: str, here: str) -> bool:
     """Whether two ``name [origin]`` tags name one plugin: equal, or the same local plugin file
     (by name) in another folder: a reproduction elsewhere, or the plugins folder named another way."""
-    if recorded == here:
-        return True
-    a, b = LOCAL_ORIGIN.match(recorded), LOCAL_ORIGIN.match(here)
-    return bool(a and b) and a["name"] == b["name"] and Path(a["path"]).name == Path(b["path"]).name
+    return by_file_name(recorded) == by_file_name(here)
 
 
 def determinism_notes(tags: dict[str, str]) -> list[str]:
