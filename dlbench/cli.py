@@ -13,6 +13,7 @@ import gc
 import os
 import signal
 import sys
+import time
 import tomllib
 import webbrowser
 from pathlib import Path
@@ -22,7 +23,7 @@ import click
 from dlbench.errors import UserError
 from dlbench.paths import folder_name
 from dlbench.settings import (CompareOptions, ExportOptions, ImportOptions, ReportOptions, ReproduceOptions,
-                              RaySettings, RunOptions, StudyReproduceOptions, default_tracking_uri)
+                              RaySettings, RunOptions, StatusOptions, StudyReproduceOptions, default_tracking_uri)
 
 DEVICE_HELP = "auto (every GPU when there is one), cpu, cuda (every GPU) or cuda:N (that one)."
 
@@ -372,6 +373,38 @@ def report(study_file: Path | None, run_id: str | None, experiment: str | None, 
     parent, _ = session.build_reports(options, announce=lambda s, f: click.echo(report_line(s, f, html=True)))
     click.echo(f"from MLflow study run {parent} in {options.tracking_uri}"
                + ("" if no_attach else "; attached to it as artifacts"))
+
+
+@main.command()
+@click.argument("study_file", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--run-id", default=None, metavar="ID", help="The study (parent) run to show.")
+@tracking_option
+@click.option("--watch", type=click.FloatRange(min=0.5), is_flag=False, flag_value=2.0, default=None,
+              metavar="[SECONDS]", help="Redraw every SECONDS (default 2) until Ctrl-C.")
+@_user_errors
+def status(study_file: Path | None, run_id: str | None, tracking_uri: str | None, watch: float | None) -> None:
+    """Show where a study run stands, from the store alone (from any terminal or machine).
+
+    Which run: --run-id; else the latest study run of STUDY_FILE; else the latest in the store.
+    Prints each study's trials done, running and left, the running trials with their host, epoch
+    and process (stale: it died), and the progress and ETA the running process last published.
+    Exits 0 whether or not the study is complete.
+    """
+    from dlbench import session  # mlflow: not for --help
+    from dlbench.tracking.status import render
+
+    options = StatusOptions(study_file=study_file, run_id=run_id, tracking_uri=tracking_uri or default_tracking_uri())
+    clear = "\x1b[2J\x1b[H" if sys.stdout.isatty() else ""
+    try:
+        while True:
+            shown = render(session.study_status(options), time.time())
+            click.echo(clear + shown, nl=False)
+            if watch is None:
+                return
+            click.echo(f"(every {watch:g}s; Ctrl-C to stop)")
+            time.sleep(watch)
+    except KeyboardInterrupt:
+        return
 
 
 @main.command()

@@ -31,6 +31,7 @@ from dlbench.progress import Progress
 from dlbench.provenance import code_version, git_diff, installed_packages, option_tags, plugin_artifacts
 from dlbench.settings import RunOptions
 from dlbench.study import Plan, first_of_each_config
+from dlbench.study_progress import ProgressPublisher
 from dlbench.trial import Trial
 
 __all__ = ["StudyRun", "run_study"]
@@ -104,6 +105,14 @@ def run_study(study_file: StudyFile, trials: list[Trial], plugins: Plugins, opti
         pool.close(now=True)
 
 
+def study_totals(plan: Plan) -> dict[str, int]:
+    """Each study's number of trials: those known now and those its searches will add."""
+    totals = Counter(t.study for t in plan.trials)
+    for search in plan.searches:
+        totals[search.study.name] += search.total
+    return {study: totals[study] for study in plan.studies}
+
+
 def _fresh_store(tracking_uri: str) -> bool:
     """A SQLite store whose file does not exist yet: it holds no runs to skip or resume."""
     if not tracking_uri.startswith("sqlite:///"):
@@ -160,12 +169,14 @@ class StudyExecution:
             self.pending[search.study.name] += search.total
         self.queue = WorkQueue(hand_out_order([w for w in works if w not in early]), self.stacks, searches,
                                on_new=self.known.extend, on_empty=self.no_finals)
+        self.live = ProgressPublisher(study_totals(self.plan), self.pool.jobs, tracker.publish_progress)
+        self.live.planned(works, run.results)  # the study run shows the progress, for `dlbench status` and the UI
         status = "KILLED"
         try:
             for study in dict.fromkeys(t.study for t in trials):
                 if not self.pending[study]:
                     self.settle(study)  # every trial already in the store, or in another process's hands
-            self.pool.run(self.queue, [tracker, progress], self.on_result, self.take,
+            self.pool.run(self.queue, [tracker, progress, self.live], self.on_result, self.take,
                           stop=lambda: options.fail_fast and run.count("failed") > 0)
             status = "FINISHED"
         except BaseException:
@@ -217,6 +228,7 @@ class StudyExecution:
     def on_result(self, trial: Trial, result) -> None:
         run = self.result
         run.results.append((trial, result))
+        self.live.ended(trial, result)
         self.queue.record(trial, result)  # a search may have its next round now
         self._ended(trial.study)
         twins = self.waiting.pop(trial.index, [])
@@ -250,6 +262,7 @@ class StudyExecution:
         """Claim ``work`` as it is handed out; what another process took or finished meanwhile is not ours."""
         run, tracker = self.result, self.tracker
         unit, taken = claim(work, tracker, self.options.force, self.options.checkpoint_dir, self.say)
+        self.live.taken(work, unit)
         for trial, action, previous in taken:
             if action == "busy":
                 self.gone_elsewhere(trial)

@@ -26,7 +26,7 @@ from dlbench.preflight import preflight
 from dlbench.reproduce import Verdict, reproduce
 from dlbench.runner import StudyRun, run_study
 from dlbench.settings import (CompareOptions, ExportOptions, ImportOptions, ReportOptions, ReproduceOptions,
-                              RunOptions, StudyReproduceOptions)
+                              RunOptions, StatusOptions, StudyReproduceOptions)
 from dlbench.study import expand_plan, first_of_each_config
 from dlbench.study_reproduction import (StudyReproduction, compare_reproduction, provenance_warnings, read_original,
                                         recorded_threads, replay, threads_as_recorded)
@@ -222,6 +222,20 @@ def build_reports(options: ReportOptions, announce: Callable[[str, Path], None])
     if not folders:
         raise UserError(f"study run {parent} has no trial runs: nothing to report")
     return parent, folders
+
+
+def study_status(options: StatusOptions):
+    """``dlbench status``: where a study run stands, from the store alone (it may run in another
+    process or on another machine); a :class:`dlbench.tracking.status.StudyStatus`."""
+    from dlbench.results import require_store
+    from dlbench.tracking.reader import find_study_run  # mlflow: imported only to read a store
+    from dlbench.tracking.status import read_status
+
+    if options.study_file is not None and options.run_id is not None:
+        raise UserError("name the study run once: a STUDY_FILE or --run-id")
+    require_store(options.tracking_uri)  # MLflow would make an empty store and find nothing in it
+    experiment = read_study_file(options.study_file).name if options.study_file is not None else None
+    return read_status(options.tracking_uri, find_study_run(options.tracking_uri, options.run_id, experiment))
 
 
 def list_plugins(plugins_dir: Path | None, kind: str | None) -> list[tuple[str, list[str]]]:

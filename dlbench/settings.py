@@ -140,3 +140,13 @@ class ReportOptions:
     only: tuple[str, ...] = ()
     reports_dir: Path = Path("reports")
     attach: bool = True  # attach each report to the study run as artifacts
+
+
+@dataclass(frozen=True)
+class StatusOptions:
+    """``dlbench status``: which study run (the latest of ``study_file``'s experiment, or
+    ``run_id``; neither: the latest in the store) and the store it is in."""
+
+    study_file: Path | None = None
+    run_id: str | None = None
+    tracking_uri: str = field(default_factory=default_tracking_uri)

@@ -79,6 +79,8 @@ class TrackerBase:
         self.level_colors: dict[tuple[str, str], str] = {}  # (study, level) -> its runs' colour in the UI
         self._source = {"mlflow.user": _user(), "mlflow.source.type": "LOCAL"}  # the UI's Created by, Source
         self._name_prefix = ""  # of the trials' run names
+        self.described = ""  # the study run's description below the progress line (``study_run.About``)
+        self.progress_line = ""  # the progress published last (``study_progress.progress_line``)
         try:
             with self.lock:  # the first client of a new SQLite file creates its tables
                 # a tracking server that goes away is waited for (timeout_s, None: 600), its writes held meanwhile

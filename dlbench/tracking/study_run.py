@@ -20,10 +20,12 @@ from mlflow.entities import Metric, Param, RunTag
 
 from dlbench.provenance import code_version, command_line, environment, git_commit
 from dlbench.study import Plan, Trial, flatten
+from dlbench.study_progress import strip_progress
 from dlbench.tracking import store, views
 from dlbench.tracking.base import BATCH_LIMIT, StudyContext, TrackerBase, liveness_tags
 
 PROCESS_TAG = "dlbench.process."  # + host.pid: a process working on a study's parent run
+PROGRESS_TAG = "dlbench.progress"  # JSON: the progress a process working on the study run published last
 
 
 class StudyRunClaims(TrackerBase):
@@ -66,6 +68,7 @@ class StudyRunClaims(TrackerBase):
     def _join(self, previous: store.StoredRun) -> str:
         """Continue the parent run ``previous``: an earlier invocation's, or one another process works on."""
         self.parent_id = previous.run_id
+        self.described = strip_progress(previous.tags.get("mlflow.note.content", ""))
         self.client.update_run(self.parent_id, status="RUNNING")
         runs = int(previous.tags.get("dlbench.invocations", "1")) + 1
         self.client.log_batch(self.parent_id, tags=[RunTag("dlbench.invocations", str(runs)),
@@ -75,9 +78,10 @@ class StudyRunClaims(TrackerBase):
 
     def _new_parent(self, study_file, plan: Plan, study_hash: str) -> str:
         studies = plan.studies
+        self.described = self.about.description({})
         tags = {
             "mlflow.runName": study_file.name,
-            "mlflow.note.content": self.about.description({}),
+            "mlflow.note.content": self.described,
             **self._source,
             "dlbench.role": "study",
             "dlbench.study_file": str(study_file.path.resolve()),  # absolute: a report folder's marker names it
@@ -253,9 +257,24 @@ class StudyRunClaims(TrackerBase):
             if run.tags.get("dlbench.role") == "trial" and run.status == "FINISHED" and "test_accuracy" in run.metrics:
                 by_level = values.setdefault(run.tags.get("dlbench.study", ""), {})
                 by_level.setdefault(run.tags.get("dlbench.level", ""), []).append(run.metrics["test_accuracy"])
-        note = self.about.description(values)
+        self.described = self.about.description(values)
+        note = self._note()
         if self.client.get_run(self.parent_id).data.tags.get("mlflow.note.content") != note:
             self.client.set_tag(self.parent_id, "mlflow.note.content", note)
+
+    def publish_progress(self, progress: dict, line: str) -> None:
+        """Publish the study's ``progress`` (:mod:`dlbench.study_progress`) to the study run, in one
+        write: the tag ``dlbench.progress`` (JSON) and ``line`` on top of its description."""
+        self.progress_line = line
+        tags = [RunTag(PROGRESS_TAG, json.dumps(progress)), RunTag("mlflow.note.content", self._note())]
+        self.client.log_batch(self.parent_id, tags=tags)
+
+    def _note(self) -> str:
+        """The study run's description: the progress line, when one was published, then what
+        :class:`About` says (shortened to fit a tag's 8,000 characters)."""
+        if not self.progress_line:
+            return self.described
+        return f"{self.progress_line}\n\n{self.described}"[:MAX_NOTE]
 
 
 MAX_DESCRIBED_LEVELS = 40  # a study's table in the description stops there

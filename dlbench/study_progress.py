@@ -1,0 +1,137 @@
+"""The progress a running study publishes to its study run, for another terminal, another
+machine or the MLflow UI to see (``dlbench status`` reads it back).
+
+:class:`ProgressPublisher` follows the units of work of one process's part of a study (planned,
+handed out, started, ended) and publishes a snapshot, :func:`snapshot` fields: the trials done,
+their outcomes, the trials running, the time elapsed and the time left (``eta.py``), at each
+trial's end and at most every :data:`PUBLISH_EVERY_S` seconds otherwise (an epoch's end checks the
+clock, nothing more). Publishing is one write to the store (``publish(progress, line)``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+
+from dlbench import hookimpl
+from dlbench.eta import UnitTimes, duration, eta_seconds, unit_kind
+
+PUBLISH_EVERY_S = 5.0
+PROGRESS_MARK = "**Progress**"  # the first words of the progress line that starts the study run's description
+OUTCOMES = ("finished", "diverged", "failed", "pruned")
+
+
+def progress_line(progress: dict) -> str:
+    """The progress as one Markdown line (the study run's description starts with it)."""
+    counts = ", ".join(f"{progress.get(k, 0)} {k}" for k in OUTCOMES)
+    updated = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(progress["updated"]))
+    return (f"{PROGRESS_MARK}: {progress['done']}/{progress['total']} trials done ({counts}), "
+            f"{progress['running']} running; elapsed {duration(progress['elapsed_s'])}, "
+            f"ETA {duration(progress['eta_s'])} (updated {updated})")
+
+
+def strip_progress(note: str) -> str:
+    """A study run's description without the progress line it starts with, if any."""
+    return note.partition("\n\n")[2] if note.startswith(PROGRESS_MARK) else note
+
+
+def unit_key(work) -> tuple[int, ...]:
+    return tuple(t.index for t in work.members)
+
+
+class ProgressPublisher:
+    """Counts one process's trials and times its units of work; publishes the snapshot with
+    ``publish(progress, line)``. ``study_totals``: each study's number of trials (for
+    ``dlbench status``); ``workers``: the units trained at once."""
+
+    def __init__(self, study_totals: dict[str, int], workers: int, publish: Callable[[dict, str], None],
+                 every_s: float = PUBLISH_EVERY_S, clock: Callable[[], float] = time.time):
+        self.study_totals, self.workers, self.publish = dict(study_totals), workers, publish
+        self.every_s, self.clock = every_s, clock
+        self.total = sum(self.study_totals.values())
+        self.outcomes: Counter = Counter()
+        self.done = 0
+        self.running: set[int] = set()  # trial indices started and not ended
+        self.unit_of: dict[int, tuple[int, ...]] = {}  # trial index -> its unit's key
+        self.members_left: dict[tuple[int, ...], set[int]] = {}
+        self.kinds: dict[tuple[int, ...], str] = {}  # the units not finished, by key: their kind
+        self.started: dict[tuple[int, ...], float] = {}
+        self.times = UnitTimes()
+        self.start = clock()
+        self.last = float("-inf")
+
+    def planned(self, works, ended=()) -> None:
+        """The units this process means to train, and the (trial, result) pairs ``ended`` already
+        (found in the store, recorded from an identical trial); published at once."""
+        for work in works:
+            self._add(work)
+        for _, result in ended:
+            self._count(result)
+        self.publish_now()
+
+    def taken(self, work, unit) -> None:
+        """``work`` was claimed as ``unit`` (fewer members, or None: none of it is this process's)."""
+        key = unit_key(work)
+        for index in self.members_left.pop(key, ()):
+            self.unit_of.pop(index, None)
+        self.kinds.pop(key, None)
+        if unit is not None:
+            self._add(unit)
+
+    def _add(self, work) -> None:
+        key = unit_key(work)
+        self.kinds[key] = unit_kind(len(work.members))
+        self.members_left[key] = set(key)
+        self.unit_of.update({index: key for index in key})
+
+    def ended(self, trial, result) -> None:
+        """A trial ended, trained here or found ended in the store: counted, its unit timed when
+        it was the unit's last member to end; published."""
+        now = self.clock()
+        self.running.discard(trial.index)
+        self._count(result)
+        key = self.unit_of.pop(trial.index, None)
+        if key is not None:
+            left = self.members_left[key]
+            left.discard(trial.index)
+            if not left:
+                kind = self.kinds.pop(key)
+                del self.members_left[key]
+                began = self.started.pop(key, None)
+                if began is not None and result.status not in ("interrupted", "failed"):
+                    self.times.record(kind, now - began)
+        self.publish_now()
+
+    def _count(self, result) -> None:
+        if result.status != "interrupted":  # an interrupted trial trains again
+            self.done += 1
+            self.outcomes[result.status] += 1
+
+    @hookimpl
+    def dlbench_trial_start(self, trial, model, info) -> None:
+        self.running.add(trial.index)
+        key = self.unit_of.get(trial.index)
+        if key is not None:
+            self.started.setdefault(key, self.clock())
+
+    @hookimpl
+    def dlbench_epoch_end(self, trial, epoch: int, metrics: dict[str, float]) -> None:
+        if self.clock() - self.last >= self.every_s:
+            self.publish_now()
+
+    def snapshot(self) -> dict:
+        now = self.clock()
+        left = Counter(self.kinds.values())
+        # nothing planned is left but trials are: a search's next rounds, not known yet
+        unknown = not left and self.done < self.total
+        eta = None if unknown else eta_seconds(self.times.means(), left, self.workers)
+        return {"total": self.total, "done": self.done, **{k: self.outcomes[k] for k in OUTCOMES},
+                "running": len(self.running), "elapsed_s": round(now - self.start, 1),
+                "eta_s": None if eta is None else round(eta, 1), "updated": round(now, 1),
+                "studies": self.study_totals}
+
+    def publish_now(self) -> None:
+        progress = self.snapshot()
+        self.last = self.clock()
+        self.publish(progress, progress_line(progress))
