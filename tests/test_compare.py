@@ -1,6 +1,5 @@
 """Two runs of the same studies compared level by level (dlbench/report/compare.py)."""
 import math
-import re
 
 import numpy as np
 import pandas as pd
@@ -138,17 +137,26 @@ CHANGED = STUDY.replace('p_hidden = 0.2 }] }', 'p_hidden = 0.2 }], optimizer = {
 
 @pytest.fixture(scope="module")
 def ran_twice(tmp_path_factory):
-    """The study run twice into one store (the second with --force: a new study run, every trial
-    trained again), then its changed version: (folder, uri, [the three study run ids])."""
+    """The study run twice into one store (the second with force: a new study run, every trial
+    trained again), then its changed version, as `dlbench run` runs them (in this process, one
+    job): (folder, uri, [the three study run ids])."""
+    import io
+
+    from dlbench.config import read_study_file
+    from dlbench.plugins import load_plugins
+    from dlbench.runner import run_study
+    from dlbench.settings import RunOptions
+    from dlbench.study import expand
+
     folder = tmp_path_factory.mktemp("compare")
     uri = sqlite_uri(folder / "mlflow.db")
+    plugins = load_plugins(None, autoload=False)
     ids = []
-    for text, extra in ((STUDY, []), (STUDY, ["--force"]), (CHANGED, ["--force"])):
-        path = write_study(folder, text, "study.toml")
-        proc = run_cli(["run", path, "--tracking-uri", uri, "--jobs", "1", "--reports-dir", folder / f"reports{len(ids)}",
-                        *extra], cwd=folder)
-        assert proc.returncode == 0, describe_result(proc)
-        ids.append(re.search(r"MLflow parent run ([0-9a-f]{32})", proc.stdout + proc.stderr).group(1))
+    for text, force in ((STUDY, False), (STUDY, True), (CHANGED, True)):
+        sf = read_study_file(write_study(folder, text, "study.toml"))
+        options = RunOptions(device="cpu", tracking_uri=uri, reports_dir=folder / f"reports{len(ids)}", jobs=1,
+                             force=force, checkpoint_dir=folder / "checkpoints")
+        ids.append(run_study(sf, expand(sf, plugins.registry), plugins, options, io.StringIO()).parent_run_id)
     return folder, uri, ids
 
 
