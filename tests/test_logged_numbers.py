@@ -9,6 +9,7 @@ import torch
 
 from dlbench.reproduce import compare
 from dlbench.tracking.observer import shortest
+from dlbench.study_progress import progress_line
 from dlbench.tracking.study_run import About, level_table
 
 
@@ -47,5 +48,9 @@ def test_a_description_of_many_long_levels_fits_in_a_tag():
     about = About("", (("a", "?"), ("b", "?")))
     text = about.description({"a": long, "b": long})
     assert len(text) <= 8000  # MLflow refuses a longer tag value
+    # with the progress line a running study puts on top of it (dlbench status, the UI) too
+    progress = {"total": 120000, "done": 99999, "finished": 99999, "diverged": 0, "failed": 0, "pruned": 0,
+                "running": 64, "elapsed_s": 360000.0, "eta_s": 7200.0, "updated": 1796600000.0}
+    assert len(progress_line(progress)) + 2 + len(text) <= 8000
     assert text.count("\n\n50 more levels: see the study's report.") == 2  # 10 rows of each, then the rest
     assert level_table({"on": [0.5]}, 0) == "1 level: see the study's report."

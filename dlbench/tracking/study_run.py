@@ -274,11 +274,12 @@ class StudyRunClaims(TrackerBase):
         :class:`About` says (shortened to fit a tag's 8,000 characters)."""
         if not self.progress_line:
             return self.described
-        return f"{self.progress_line}\n\n{self.described}"[:MAX_NOTE]
+        return f"{self.progress_line[:PROGRESS_ROOM - 2]}\n\n{self.described}"  # described leaves it the room
 
 
 MAX_DESCRIBED_LEVELS = 40  # a study's table in the description stops there
 MAX_NOTE = 8000  # characters of a run's tag value, the description included (MLflow's MAX_TAG_VAL_LENGTH)
+PROGRESS_ROOM = 400  # of them kept for the progress line on top (``study_progress.progress_line``: ~200)
 
 
 @dataclass(frozen=True)
@@ -296,7 +297,8 @@ class About:
     def description(self, values: dict[str, dict[str, list[float]]]) -> str:
         """Markdown: the file's description, then each study's question and, once some of its trials
         finished, a table of its levels' test accuracy (``values``: study -> level -> the seeds'
-        values); the tables shortened as needed to fit in a run's tag (MLflow's 8,000 characters)."""
+        values); the tables shortened as needed to fit in a run's tag (MLflow's 8,000 characters)
+        with the progress line a running study puts on top."""
         for rows in (MAX_DESCRIBED_LEVELS, 10, 0):
             parts = [self.text] if self.text else []
             for study, question in self.questions:
@@ -304,9 +306,9 @@ class About:
                 if values.get(study):
                     parts.append(level_table(values[study], rows))
             text = "\n\n".join(parts)
-            if len(text) <= MAX_NOTE:
+            if len(text) <= MAX_NOTE - PROGRESS_ROOM:
                 return text
-        return text[:MAX_NOTE - 1] + "…"
+        return text[:MAX_NOTE - PROGRESS_ROOM - 1] + "…"
 
 
 def level_table(by_level: dict[str, list[float]], most: int = MAX_DESCRIBED_LEVELS) -> str:
