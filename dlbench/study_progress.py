@@ -22,12 +22,16 @@ PROGRESS_MARK = "**Progress**"  # the first words of the progress line that star
 OUTCOMES = ("finished", "diverged", "failed", "pruned")
 
 
+def trials_done(progress: dict) -> str:
+    """``12/40 trials done (10 finished, 1 diverged, 1 failed, 0 pruned), 2 running``."""
+    counts = ", ".join(f"{progress.get(k, 0)} {k}" for k in OUTCOMES)
+    return f"{progress['done']}/{progress['total']} trials done ({counts}), {progress['running']} running"
+
+
 def progress_line(progress: dict) -> str:
     """The progress as one Markdown line (the study run's description starts with it)."""
-    counts = ", ".join(f"{progress.get(k, 0)} {k}" for k in OUTCOMES)
     updated = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(progress["updated"]))
-    return (f"{PROGRESS_MARK}: {progress['done']}/{progress['total']} trials done ({counts}), "
-            f"{progress['running']} running; elapsed {duration(progress['elapsed_s'])}, "
+    return (f"{PROGRESS_MARK}: {trials_done(progress)}; elapsed {duration(progress['elapsed_s'])}, "
             f"ETA {duration(progress['eta_s'])} (updated {updated})")
 
 

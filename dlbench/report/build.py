@@ -12,7 +12,6 @@ the same name is refused that folder (``dlbench.paths.check_report_folders``).
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -522,8 +521,7 @@ def study_run_identity(tracking_uri: str, run_id: str) -> StudyRunIdentity:
 
     store = Store(tracking_uri)
     run = store.run(run_id)
-    listed = run.params.get("studies", "")
-    studies = json.loads(listed) if listed.startswith("[") else [s for s in listed.split(",") if s]  # older runs
+    studies = run.studies
     recorded = run.tags.get("dlbench.study_file")
     path = tail = None
     if recorded:

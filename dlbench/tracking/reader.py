@@ -25,7 +25,7 @@ from dlbench.tuning import runs as tuning_runs
 from dlbench.errors import UserError, choose_one_of
 from dlbench.tracking.keys import DIAG_PREFIX, metric_name, tags_filter
 from dlbench.tracking.server import require_reachable
-from dlbench.tracking.store import histories_of_runs, search_all
+from dlbench.tracking.store import histories_of_runs, search_all, studies_ran, trained_on
 
 STUDY_FILTER = tags_filter({"dlbench.role": "study"})
 READ_THREADS = 8  # over HTTP, metric histories are read one (run, key) at a time: overlap the round-trips
@@ -160,9 +160,7 @@ def attached_study_file(tracking_uri: str, run_id: str) -> tuple[str | None, str
     """The study file attached to a study run (name, text) and the studies that run ran."""
     client = _client(tracking_uri)
     parent = client.get_run(run_id)
-    listed = parent.data.params.get("studies", "")
-    studies = json.loads(listed) if listed.startswith("[") else [s for s in listed.split(",") if s]  # older runs
-    return (*_study_file(client, parent), studies)
+    return (*_study_file(client, parent), studies_ran(parent.data.params))
 
 
 def _study_file(client: MlflowClient, parent) -> tuple[str | None, str | None]:
@@ -210,7 +208,7 @@ def _trial_row(run) -> dict:
         "plugins": plugins_used(tags),
         **{column: tags.get(tag, "") for column, tag in PROVENANCE.items()},
     }
-    row["host"] = row["host"] or tags.get("dlbench.host", "")
+    row["host"] = trained_on(tags)
     if "dlbench.levels" in tags:  # the exact factor names (a tag key holds only some characters)
         row |= {f"factor.{f}": level for f, level in json.loads(tags["dlbench.levels"]).items()}
     else:  # runs from before dlbench.levels

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from mlflow.tracking import MlflowClient
 
 from dlbench.eta import duration
-from dlbench.study_progress import OUTCOMES
+from dlbench.study_progress import trials_done
 from dlbench.tracking import store
 from dlbench.tracking.study_run import PROCESS_TAG, PROGRESS_TAG
 
@@ -79,8 +79,7 @@ def _totals(params: dict[str, str], progress: dict | None) -> dict[str, int | No
     """Each study's number of trials: as published, else only a lone study's (the run's num_trials)."""
     if progress and progress.get("studies"):
         return dict(progress["studies"])
-    listed = params.get("studies", "[]")
-    names = json.loads(listed) if listed.startswith("[") else listed.split(",")
+    names = store.studies_ran(params)
     total = int(params["num_trials"]) if len(names) == 1 and "num_trials" in params else None
     return {name: total for name in names}
 
@@ -102,7 +101,7 @@ def _counts(runs: list[store.StoredRun], totals: dict[str, int | None]) -> list[
 
 def _running(client: MlflowClient, run: store.StoredRun) -> RunningTrial:
     tags = run.tags
-    return RunningTrial(run.title, tags.get("dlbench.worker_host") or tags.get("dlbench.host", "?"),
+    return RunningTrial(run.title, store.trained_on(tags) or "?",
                         tags.get("dlbench.pid", "?"), _epochs_done(client, run), run.params.get("epochs", ""),
                         stale=not run.process_alive())
 
@@ -140,8 +139,6 @@ def render(status: StudyStatus, now: float) -> str:
 def _progress(progress: dict | None, now: float) -> str:
     if progress is None:
         return "progress: none published (a study run from before `dlbench status`)"
-    outcomes = ", ".join(f"{progress.get(k, 0)} {k}" for k in OUTCOMES)
     ago = duration(now - progress["updated"])
-    return (f"progress: {progress['done']}/{progress['total']} trials done ({outcomes}), {progress['running']} "
-            f"running; elapsed {duration(progress['elapsed_s'])}; ETA {duration(progress['eta_s'])} "
-            f"(published {ago} ago)")
+    return (f"progress: {trials_done(progress)}; elapsed {duration(progress['elapsed_s'])}; "
+            f"ETA {duration(progress['eta_s'])} (published {ago} ago)")

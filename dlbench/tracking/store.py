@@ -65,6 +65,11 @@ class StoredRun:
         return SAME_AS_TAG in self.tags
 
     @property
+    def studies(self) -> list[str]:
+        """The studies a study run ran (see :func:`studies_ran`)."""
+        return studies_ran(self.params)
+
+    @property
     def trained_in(self) -> str:
         """The run that trained it: itself, or the one it records (``dlbench.same_as``)."""
         return self.tags.get(SAME_AS_TAG) or self.run_id
@@ -74,6 +79,18 @@ class StoredRun:
         a recent heartbeat)."""
         return process_alive(self.tags.get("dlbench.host", ""), self.tags.get("dlbench.pid", ""),
                              self.tags.get("dlbench.heartbeat", ""))
+
+
+def studies_ran(params: dict[str, str]) -> list[str]:
+    """The studies of a study run, from its ``studies`` param: a JSON list (names hold commas),
+    comma-separated in runs of older dlbench versions."""
+    listed = params.get("studies", "")
+    return json.loads(listed) if listed.startswith("[") else [s for s in listed.split(",") if s]
+
+
+def trained_on(tags: dict[str, str]) -> str:
+    """The machine that trained a trial run (``dlbench.worker_host``), else the one that logged it."""
+    return tags.get("dlbench.worker_host") or tags.get("dlbench.host", "")
 
 
 def process_alive(host: str, pid: str, heartbeat: str = "") -> bool:
