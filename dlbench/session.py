@@ -152,11 +152,10 @@ def compare_runs(options: CompareOptions):
 
     if why := cannot_write(options.out_dir):
         raise UserError(f"the comparison report cannot be written ({why}); put it elsewhere with --out DIR")
-    sides = []
-    for spec in (options.a, options.b):
-        if not Path(spec).is_dir():  # a study run (or a study file's): its study file is read from the artifacts
-            require_in_place(options.tracking_uri, "dlbench compare")
-        sides.append(comparison.load_side(spec, options.tracking_uri, list(options.only) or None))
+    specs = (options.a, options.b)
+    if not all(Path(spec).is_dir() for spec in specs):  # a study run (or a study file's): read from the store,
+        require_in_place(options.tracking_uri, "dlbench compare")  # its study file from the artifacts
+    sides = [comparison.load_side(spec, options.tracking_uri, list(options.only) or None) for spec in specs]
     present = {study for side in sides for study in comparison.studies_of(side)}
     for study in options.only:
         if study not in present:
