@@ -1,15 +1,19 @@
-"""The time a study has left, from the measured wall time of its units of work: no I/O, no clock.
+"""The time a study has left, from the planner's cost model and the measured speed of the units
+done so far, by kind of unit: no I/O, no clock.
 
-A unit of work is a trial alone or a stack of N trials trained together (``planning.Work``); the
-units of one kind take about as long as each other. Once a unit of a kind has finished, the
-mean of that kind's finished units times the units of that kind left, summed over the kinds and
-divided by the workers, is the time left. Before a unit of every kind left has finished, it is
-unknown (None), not a guess.
+A unit of work is a trial alone or a stack of N trials trained together (``planning.Work``): its
+*kind*. The planner gives each unit a relative cost (:func:`dlbench.planning.unit_cost`: its
+training steps, greedy pretraining included, times its model's parameters), which says that a
+depth-8 MLP takes longer than a depth-1 one, or 40 epochs longer than 20, but not how many
+seconds either takes on this machine. The finished units of a kind say that: their wall time
+over their cost is the kind's speed (seconds per unit of cost). The time left is each unit left
+at its kind's speed (a running one less the time it has already run), summed and divided by the
+workers. Before a unit of every kind left has finished, it is unknown (None), not a guess.
 """
 
 from __future__ import annotations
 
-from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 
@@ -18,27 +22,48 @@ def unit_kind(size: int) -> str:
     return "trial" if size == 1 else f"stack of {size}"
 
 
+@dataclass(frozen=True)
+class UnitLeft:
+    """A unit not finished: its kind, its cost, and how long it has been running (0: not started)."""
+
+    kind: str
+    cost: float
+    running_s: float = 0.0
+
+
 @dataclass
 class UnitTimes:
-    """The wall times of the finished units, by kind."""
+    """The wall times of the finished units and their costs, by kind."""
 
-    seconds: dict[str, list[float]] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    costs: dict[str, float] = field(default_factory=dict)
+    trials: int = 0
 
-    def record(self, kind: str, seconds: float) -> None:
-        self.seconds.setdefault(kind, []).append(seconds)
+    def record(self, kind: str, seconds: float, cost: float = 1.0, trials: int = 1) -> None:
+        self.seconds[kind] = self.seconds.get(kind, 0.0) + seconds
+        self.costs[kind] = self.costs.get(kind, 0.0) + cost
+        self.trials += trials
 
-    def means(self) -> dict[str, float]:
-        return {kind: sum(values) / len(values) for kind, values in self.seconds.items()}
+    def speeds(self) -> dict[str, float]:
+        """Seconds per unit of cost, by kind (the finished units' total time over their total cost)."""
+        return {kind: self.seconds[kind] / cost for kind, cost in self.costs.items() if cost > 0}
+
+    def per_trial(self) -> float | None:
+        """The mean wall time of a trial over every finished unit (None before one finished)."""
+        return sum(self.seconds.values()) / self.trials if self.trials else None
 
 
-def eta_seconds(means: dict[str, float], left: Counter | dict[str, int], workers: int) -> float | None:
-    """Seconds left: each kind's mean wall time (``means``) times its units ``left`` (running or
-    not started), summed, over ``workers``; None (unknown) while a kind with units left has no
-    finished unit yet; 0 when nothing is left."""
-    pending = {kind: n for kind, n in left.items() if n > 0}
-    if any(kind not in means for kind in pending):
+def eta_seconds(times: UnitTimes, left: Iterable[UnitLeft], workers: int, unplanned: int = 0) -> float | None:
+    """Seconds left: each unit ``left`` at its kind's speed (:meth:`UnitTimes.speeds`, seconds per
+    unit of cost), less what a running one has run already, and the ``unplanned`` trials (a
+    search's rounds to come) at the mean time of a trial, summed, over ``workers``; None (unknown)
+    while a kind with units left, or a trial for the unplanned ones, has nothing finished to go
+    by; 0 when nothing is left."""
+    speeds, left, per_trial = times.speeds(), list(left), times.per_trial()
+    if any(unit.kind not in speeds for unit in left) or (unplanned and per_trial is None):
         return None
-    return sum(means[kind] * n for kind, n in pending.items()) / max(workers, 1)
+    planned = sum(max(speeds[u.kind] * u.cost - u.running_s, 0.0) for u in left)
+    return (planned + unplanned * (per_trial or 0.0)) / max(workers, 1)
 
 
 def duration(seconds: float | None) -> str:

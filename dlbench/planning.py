@@ -5,7 +5,8 @@ same data, shapes and loop settings, stackable components; the contract those co
 declare lives in ``stacking.py``) into units of work (:class:`Work`), at most ``max_size`` to
 a stack; every other trial is a unit of its own, with the reason (``dlbench run --dry-run``
 shows both). :func:`stack_settings` turns a run's device, ``--stack-size`` and ``--cuda-graphs``
-into what the planner takes, the same for the run and its dry run.
+into what the planner takes, the same for the run and its dry run. :func:`unit_cost` is its
+model of the time a unit takes (the ETA of a running study scales it by the measured speed).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -63,6 +65,17 @@ class Work:
         pretraining = sum(epochs[0] * (len(epochs) ** 0.5 if self.stacked_init else len(epochs))
                           for epochs in shared.values())
         return (training + pretraining) / cfg["batch_size"]
+
+
+def unit_cost(work: Work, sizes: Mapping[str, int]) -> float:
+    """The planner's cost model of the time ``work`` takes, relative to other units of its kind:
+    :attr:`Work.cost` (its training steps, greedy pretraining included) times its members' mean
+    parameter count (``sizes``: by group hash, as the preflight built each distinct config; a
+    config it did not build, such as a tuning trial's, counts as the median of those it did)."""
+    known = sorted(sizes.values()) or [1]
+    median = known[len(known) // 2]
+    params = [sizes.get(t.group_hash, median) for t in work.members]
+    return work.cost * sum(params) / len(params)
 
 
 def _initializer_key(trial: Trial) -> str:

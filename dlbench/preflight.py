@@ -36,7 +36,7 @@ import time
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -74,6 +74,8 @@ class Checked:
     configs: int
     components: int
     seconds: float
+    # each distinct config's model: its parameter count, by group hash (the planner's cost model)
+    sizes: dict[str, int] = field(default_factory=dict)
 
     def __str__(self) -> str:
         return (f"preflight: checked {self.components} distinct components in {self.configs} distinct configs "
@@ -110,19 +112,22 @@ def preflight(study_file: StudyFile, trials: list[Trial], registry, data_dir=Non
     for trial in trials:
         groups.setdefault(trial.group_hash, []).append(trial)
     problems: dict[str, list[Trial]] = {}
+    sizes: dict[str, int] = {}
     cache = DataCache(data_dir)
     with untouched_global_state():
         for group in groups.values():
-            failure = check(group[0], registry, cache)
+            failure = check(group[0], registry, cache, sizes)
             for trial in group if failure is not None else []:  # the same config may be set up in several places
                 problems.setdefault(describe(failure, trial, registry), []).append(trial)
     if problems:
         raise PreflightError(str(study_file.path), [f"{text} [{_levels(ts)}]" for text, ts in problems.items()])
-    return Checked(len(groups), _distinct_components(g[0] for g in groups.values()), time.perf_counter() - started)
+    return Checked(len(groups), _distinct_components(g[0] for g in groups.values()), time.perf_counter() - started,
+                   sizes)
 
 
-def check(trial: Trial, registry, cache: DataCache) -> _Failure | None:
-    """Build ``trial``'s config on a tiny batch and take one step; the failure, if any."""
+def check(trial: Trial, registry, cache: DataCache, sizes: dict[str, int] | None = None) -> _Failure | None:
+    """Build ``trial``'s config on a tiny batch and take one step; the failure, if any. The
+    model's parameter count goes into ``sizes`` under the trial's group hash."""
     cfg = trial.config
     try:
         with blame("dataset"):
@@ -140,9 +145,12 @@ def check(trial: Trial, registry, cache: DataCache) -> _Failure | None:
         torch.default_generator.manual_seed(trial.seed)  # the CPU's alone: a GPU stays uninitialized
         with blame("loss"):
             loss = build_loss(cfg, registry, data.num_classes)
-        one_step(*build(trial, registry, data, CPU, blame=blame), data, loss)
+        built = build(trial, registry, data, CPU, blame=blame)
+        one_step(*built, data, loss)
     except _Failure as failure:
         return failure
+    if sizes is not None:
+        sizes[trial.group_hash] = sum(p.numel() for p in built[0].parameters())
     return None
 
 

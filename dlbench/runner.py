@@ -25,9 +25,9 @@ from dlbench.datastore import check_data
 from dlbench.determinism import set_determinism
 from dlbench.execution import InlinePool, Pool, WorkQueue, checkpoint_path, hand_out_order, resolve_devices
 from dlbench.execution import start_workers
-from dlbench.planning import Work, plan, stack_settings
+from dlbench.planning import Work, plan, stack_settings, unit_cost
 from dlbench.plugins import Plugins
-from dlbench.progress import Progress
+from dlbench.progress import StudyView
 from dlbench.provenance import code_version, git_diff, installed_packages, option_tags, plugin_artifacts
 from dlbench.settings import RunOptions
 from dlbench.study import Plan, first_of_each_config
@@ -38,7 +38,7 @@ __all__ = ["StudyRun", "run_study"]
 
 
 def run_study(study_file: StudyFile, trials: list[Trial], plugins: Plugins, options: RunOptions,
-              stream: TextIO = sys.stdout, pool: Pool | None = None, searches=()) -> StudyRun:
+              stream: TextIO = sys.stdout, pool: Pool | None = None, searches=(), sizes=None) -> StudyRun:
     """Run the trials not already in the store; resume those a dead process left behind.
 
     Every (study, level, seed) of the file ends with exactly one run under the study run (the
@@ -69,6 +69,9 @@ def run_study(study_file: StudyFile, trials: list[Trial], plugins: Plugins, opti
 
     ``options.cuda_graphs`` (auto, on, off): a stack's training steps replay from CUDA graphs on
     a GPU (``step_graph.py``).
+
+    ``sizes`` (the preflight's parameter count of each config, by group hash) feed the planner's
+    cost model of the ETA the run shows and publishes.
     """
     devices = [pool.device] if pool is not None and pool.device is not None else resolve_devices(options.device)
     device = devices[0]  # a Ray cluster's tasks train on GPUs when it has some (--device auto)
@@ -98,8 +101,8 @@ def run_study(study_file: StudyFile, trials: list[Trial], plugins: Plugins, opti
                 for work in units:
                     checkpoint_path(options.checkpoint_dir, work).unlink(missing_ok=True)
                 early = pool.prestart(units)
-            execution = StudyExecution(study_file, Plan(list(trials), list(searches)), plugins, options, stream,
-                                       pool, device, stacks)
+            execution = StudyExecution(study_file, Plan(list(trials), list(searches), dict(sizes or {})), plugins,
+                                       options, stream, pool, device, stacks)
             return execution.run(lock, startup, early)
     finally:
         pool.close(now=True)
@@ -144,8 +147,10 @@ class StudyExecution:
         tracker = self.tracker = Tracker(options.tracking_uri, self.study_file.name, lock=lock,
                                          timeout_s=options.tracking_timeout)
         total = self.plan.total
+        # the terminal shows the progress: a live view (or plain lines in a log), every other line above it
+        self.view = StudyView(total, lambda: self.live.snapshot(), stream, self.pool.jobs, searches)
+        self.stream = stream = self.view.lines
         self.say = Announcer(stream, total)
-        progress = Progress(total, stream)
         run = self.result = StudyRun(tracker.start_study(self.study_file, self.plan, self.device, context,
                                                          resume=not options.force), total=total,
                                           studies=self.plan.studies)
@@ -169,20 +174,24 @@ class StudyExecution:
             self.pending[search.study.name] += search.total
         self.queue = WorkQueue(hand_out_order([w for w in works if w not in early]), self.stacks, searches,
                                on_new=self.known.extend, on_empty=self.no_finals)
-        self.live = ProgressPublisher(study_totals(self.plan), self.pool.jobs, tracker.publish_progress)
-        self.live.planned(works, run.results)  # the study run shows the progress, for `dlbench status` and the UI
+        self.live = ProgressPublisher(study_totals(self.plan), self.pool.jobs, tracker.publish_progress,
+                                      cost=partial(unit_cost, sizes=self.plan.sizes))
+        # the study run shows the progress, for `dlbench status` and the UI
+        self.live.planned(works, run.results, [t for ts in self.waiting.values() for t in ts])
         status = "KILLED"
+        self.view.start()
         try:
             for study in dict.fromkeys(t.study for t in trials):
                 if not self.pending[study]:
                     self.settle(study)  # every trial already in the store, or in another process's hands
-            self.pool.run(self.queue, [tracker, progress, self.live], self.on_result, self.take,
+            self.pool.run(self.queue, [tracker, self.view, self.live], self.on_result, self.take,
                           stop=lambda: options.fail_fast and run.count("failed") > 0)
             status = "FINISHED"
         except BaseException:
             self.reports.close()
             raise
         finally:
+            self.view.stop()
             self._leave(status)
         return self._report()
 
@@ -229,6 +238,7 @@ class StudyExecution:
         run = self.result
         run.results.append((trial, result))
         self.live.ended(trial, result)
+        self.view.counted()
         self.queue.record(trial, result)  # a search may have its next round now
         self._ended(trial.study)
         twins = self.waiting.pop(trial.index, [])
@@ -246,6 +256,7 @@ class StudyExecution:
     def gone_elsewhere(self, trial: Trial) -> None:
         """Another live process trains ``trial`` (and so records its twins)."""
         for t in [trial, *self.waiting.pop(trial.index, [])]:
+            self.live.elsewhere(t)
             self.result.elsewhere.append(t)
             self.queue.elsewhere(t)
             self._ended(t.study)

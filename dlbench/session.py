@@ -80,7 +80,7 @@ def run_file(options: RunOptions, stream: TextIO = sys.stdout) -> StudyRun | Non
             stream.write(_dry_run(sf, plan_, plugins, devices[0], options) + f"{checked}\n")
             return None
         stream.write(f"{checked}\n")
-        return run_study(sf, plan_.trials, plugins, options, stream, pool, plan_.searches)
+        return run_study(sf, plan_.trials, plugins, options, stream, pool, plan_.searches, checked.sizes)
 
 
 def _start_ray(plugins: Plugins, trials, options: RunOptions):

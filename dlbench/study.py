@@ -58,6 +58,8 @@ class Plan:
 
     trials: list[Trial]
     searches: list = field(default_factory=list)  # dlbench.tuning.search.Search
+    # each distinct config's model: its parameter count, by group hash (``preflight.Checked.sizes``)
+    sizes: dict[str, int] = field(default_factory=dict)
 
     @property
     def total(self) -> int:

@@ -3,7 +3,8 @@ machine or the MLflow UI to see (``dlbench status`` reads it back).
 
 :class:`ProgressPublisher` follows the units of work of one process's part of a study (planned,
 handed out, started, ended) and publishes a snapshot, :func:`snapshot` fields: the trials done,
-their outcomes, the trials running, the time elapsed and the time left (``eta.py``), at each
+their outcomes, the trials running, the time elapsed and the time left (``eta.py``: the units
+left at the measured speed of their kind, by the planner's cost model), at each
 trial's end and at most every :data:`PUBLISH_EVERY_S` seconds otherwise (an epoch's end checks the
 clock, nothing more). Publishing is one write to the store (``publish(progress, line)``).
 """
@@ -15,7 +16,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from dlbench import hookimpl
-from dlbench.eta import UnitTimes, duration, eta_seconds, unit_kind
+from dlbench.eta import UnitLeft, UnitTimes, duration, eta_seconds, unit_kind
 
 PUBLISH_EVERY_S = 5.0
 PROGRESS_MARK = "**Progress**"  # the first words of the progress line that starts the study run's description
@@ -47,12 +48,14 @@ def unit_key(work) -> tuple[int, ...]:
 class ProgressPublisher:
     """Counts one process's trials and times its units of work; publishes the snapshot with
     ``publish(progress, line)``. ``study_totals``: each study's number of trials (for
-    ``dlbench status``); ``workers``: the units trained at once."""
+    ``dlbench status``); ``workers``: the units trained at once; ``cost``: a unit's relative
+    cost (``planning.unit_cost``; 1 each when not given)."""
 
     def __init__(self, study_totals: dict[str, int], workers: int, publish: Callable[[dict, str], None],
-                 every_s: float = PUBLISH_EVERY_S, clock: Callable[[], float] = time.time):
+                 every_s: float = PUBLISH_EVERY_S, clock: Callable[[], float] = time.time,
+                 cost: Callable[[object], float] = lambda work: 1.0):
         self.study_totals, self.workers, self.publish = dict(study_totals), workers, publish
-        self.every_s, self.clock = every_s, clock
+        self.every_s, self.clock, self.cost = every_s, clock, cost
         self.total = sum(self.study_totals.values())
         self.outcomes: Counter = Counter()
         self.done = 0
@@ -60,14 +63,20 @@ class ProgressPublisher:
         self.unit_of: dict[int, tuple[int, ...]] = {}  # trial index -> its unit's key
         self.members_left: dict[tuple[int, ...], set[int]] = {}
         self.kinds: dict[tuple[int, ...], str] = {}  # the units not finished, by key: their kind
+        self.costs: dict[tuple[int, ...], float] = {}  # and their cost
         self.started: dict[tuple[int, ...], float] = {}
+        # trials in no unit of this process and not done: recorded here from an identical trial
+        # once it ends, or trained by another process
+        self.outside: set[int] = set()
         self.times = UnitTimes()
         self.start = clock()
         self.last = float("-inf")
 
-    def planned(self, works, ended=()) -> None:
-        """The units this process means to train, and the (trial, result) pairs ``ended`` already
-        (found in the store, recorded from an identical trial); published at once."""
+    def planned(self, works, ended=(), twins=()) -> None:
+        """The units this process means to train, the (trial, result) pairs ``ended`` already
+        (found in the store, recorded from an identical trial), and the trials ``twins`` recorded
+        from an identical trial once it ends; published at once."""
+        self.outside.update(t.index for t in twins)
         for work in works:
             self._add(work)
         for _, result in ended:
@@ -80,12 +89,18 @@ class ProgressPublisher:
         for index in self.members_left.pop(key, ()):
             self.unit_of.pop(index, None)
         self.kinds.pop(key, None)
+        self.costs.pop(key, None)
         if unit is not None:
             self._add(unit)
+
+    def elsewhere(self, trial) -> None:
+        """Another process trains ``trial``: it ends there."""
+        self.outside.add(trial.index)
 
     def _add(self, work) -> None:
         key = unit_key(work)
         self.kinds[key] = unit_kind(len(work.members))
+        self.costs[key] = self.cost(work)
         self.members_left[key] = set(key)
         self.unit_of.update({index: key for index in key})
 
@@ -94,17 +109,18 @@ class ProgressPublisher:
         it was the unit's last member to end; published."""
         now = self.clock()
         self.running.discard(trial.index)
+        self.outside.discard(trial.index)
         self._count(result)
         key = self.unit_of.pop(trial.index, None)
         if key is not None:
             left = self.members_left[key]
             left.discard(trial.index)
             if not left:
-                kind = self.kinds.pop(key)
+                kind, cost = self.kinds.pop(key), self.costs.pop(key)
                 del self.members_left[key]
                 began = self.started.pop(key, None)
                 if began is not None and result.status not in ("interrupted", "failed"):
-                    self.times.record(kind, now - began)
+                    self.times.record(kind, now - began, cost, len(key))
         self.publish_now()
 
     def _count(self, result) -> None:
@@ -126,10 +142,10 @@ class ProgressPublisher:
 
     def snapshot(self) -> dict:
         now = self.clock()
-        left = Counter(self.kinds.values())
-        # nothing planned is left but trials are: a search's next rounds, not known yet
-        unknown = not left and self.done < self.total
-        eta = None if unknown else eta_seconds(self.times.means(), left, self.workers)
+        left = [UnitLeft(kind, self.costs[key], now - self.started.get(key, now)) for key, kind in self.kinds.items()]
+        planned = sum(len(members) for members in self.members_left.values())
+        unplanned = max(self.total - self.done - planned - len(self.outside), 0)  # a search's rounds to come
+        eta = eta_seconds(self.times, left, self.workers, unplanned)
         return {"total": self.total, "done": self.done, **{k: self.outcomes[k] for k in OUTCOMES},
                 "running": len(self.running), "elapsed_s": round(now - self.start, 1),
                 "eta_s": None if eta is None else round(eta, 1), "updated": round(now, 1),

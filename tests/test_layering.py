@@ -251,3 +251,43 @@ def long_signatures(package: Path = PACKAGE) -> list[str]:
 def test_no_function_on_the_run_path_takes_more_than_eight_parameters():
     """Settings travel as one object (``dlbench.settings.RunOptions``), not spread over positions."""
     assert long_signatures() == []
+
+
+# Each of these libraries has one place in the package: the tracking store, the report's figures,
+# the command line, the terminal's live view. Anywhere else, it would be a second place to change
+# when the library does.
+ONE_PLACE = {"mlflow": "dlbench/tracking/", "seaborn": "dlbench/report/", "matplotlib": "dlbench/report/",
+             "click": "dlbench/cli.py", "rich": "dlbench/progress.py"}
+
+
+def imports_out_of_place(package: Path = PACKAGE) -> list[str]:
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        where = path.relative_to(package.parent).as_posix()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module or ""]
+            else:
+                continue
+            for name in names:
+                place = ONE_PLACE.get(name.split(".")[0])
+                if place is not None and not where.startswith(place):
+                    found.append(f"{where}:{node.lineno}: {name} (its place: {place})")
+    return found
+
+
+def test_each_library_with_one_place_is_imported_only_there():
+    assert imports_out_of_place() == []
+
+
+def test_the_one_place_check_finds_a_stray_import(tmp_path):
+    package = tmp_path / "dlbench"
+    (package / "tracking").mkdir(parents=True)
+    (package / "tracking" / "store.py").write_text("import mlflow\n")
+    (package / "runner.py").write_text("def f():\n    from mlflow.tracking import MlflowClient\n")
+    (package / "view.py").write_text("from rich.live import Live\n")
+    assert imports_out_of_place(package) == [
+        "dlbench/runner.py:2: mlflow.tracking (its place: dlbench/tracking/)",
+        "dlbench/view.py:1: rich.live (its place: dlbench/progress.py)"]

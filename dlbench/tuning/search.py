@@ -176,6 +176,13 @@ class Search:
         sign = -1 if self.spec.higher_is_better else 1
         return min(done, key=lambda r: (sign * r[2], r[0]))
 
+    def best_so_far(self) -> tuple[int, float] | None:
+        """(number, objective) of the best finished tuning trial of any stage so far (ties: the
+        first asked), or None when none finished: what a running study shows of the search."""
+        done = [(n, v) for _, n, _, state, v in self.records if state == "finished" and v is not None and math.isfinite(v)]
+        sign = -1 if self.spec.higher_is_better else 1
+        return min(done, key=lambda r: (sign * r[1], r[0])) if done else None
+
     def _tuning_trial(self, point: dict, stage, number: int | None = None) -> Trial:
         config = with_values(self.config, point)
         if stage.epochs is not None:
