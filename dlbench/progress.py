@@ -193,7 +193,8 @@ class StudyView:
             if search.finals is not None:
                 state = "training the best values with the study's seeds" if search.finals else "no trial finished"
             else:
-                state = f"stage {search.stage + 1}/{len(spec.stages)}, {search.asked}/{spec.budget} trials asked"
+                state = (f"stage {search.stage + 1}/{len(spec.stages)}, round {search.rounds}, "
+                         f"{search.asked}/{spec.budget} trials asked")
             best = search.best_so_far()
             shown = "none finished yet" if best is None else f"{best[1]:.4g} (trial {best[0]})"
             lines.append(f"{search.study.name}/{search.level} ({spec.strategy}): {state}; best {spec.metric} {shown}")

@@ -177,7 +177,7 @@ def _stack(size):
 
 
 def test_the_view_draws_the_study_bar_a_line_per_slot_and_each_search():
-    search = SimpleNamespace(study=SimpleNamespace(name="lr"), level="tuned", stage=0, asked=7, finals=None,
+    search = SimpleNamespace(study=SimpleNamespace(name="lr"), level="tuned", stage=0, asked=7, rounds=4, finals=None,
                              spec=SimpleNamespace(strategy="tpe", stages=[1, 2], budget=24, metric="val_accuracy"),
                              best_so_far=lambda: (5, 0.8125))
     clock = _Clock()
@@ -196,7 +196,7 @@ def test_the_view_draws_the_study_bar_a_line_per_slot_and_each_search():
     assert re.search(r"3/8 trials \(0 diverged, 0 failed, 0 pruned\)  elapsed 25s  ETA 7s", shown), shown
     assert re.search(r"\[1\] +stack of 4: width/t0 and 3 more  epoch 2/4  val_acc 0.625  loss 1.500", shown), shown
     assert re.search(r"\[2\] +depth/t7  starting", shown) and re.search(r"\[3\] +idle", shown), shown
-    assert "tune lr/tuned (tpe): stage 1/2, 7/24 trials asked; best val_accuracy 0.8125 (trial 5)" in shown, shown
+    assert "tune lr/tuned (tpe): stage 1/2, round 4, 7/24 trials asked; best val_accuracy 0.8125 (trial 5)" in shown, shown
     for trial in members:  # the stack's slot frees once every member ended
         view.dlbench_trial_end(trial, _result())
     console.print(view.render())

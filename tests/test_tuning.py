@@ -135,6 +135,13 @@ def test_budgets_are_exact_and_every_level_gets_the_same(registry):
         assert all(t.config["optimizer"]["lr"] == search.finals[0].tuning.params["optimizer.lr"] for t in search.finals)
         indices += list(range(search.first_index, search.first_index + search.total))
     assert indices == list(range(1, 46))  # every trial of the plan numbered once
+    # what a running study shows of a search: its rounds (7 in rounds of 3, then 5: 3 + 2) and
+    # its best value over every stage so far
+    search = searches[0]
+    assert search.rounds == 5
+    best_number, best_value = search.best_so_far()
+    values = {n: v for _, n, _, _, v in search.records}
+    assert best_value == max(values.values()) and values[best_number] == best_value
 
 
 def test_tuning_trials_have_their_own_seeds_and_stage_epochs(registry):

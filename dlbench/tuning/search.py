@@ -76,6 +76,7 @@ class Search:
         self.stage = 0  # index into spec.stages
         self.space = spec.space
         self.asked = 0
+        self.rounds = 0  # rounds asked so far, over the stages
         self.round: list[_Asked] = []
         self.records: list[tuple[int, int, dict, str, float | None]] = []  # (stage, number, point, state, value)
         self.curves: list[list[float]] = []  # the objective by epoch of the stage's ended trials (pruning)
@@ -106,6 +107,7 @@ class Search:
         stage = self.spec.stages[self.stage]
         left = sum(s.trials for s in self.spec.stages[:self.stage + 1]) - self.asked
         learns = self.spec.strategy in ("tpe", "gp") or self.spec.pruning is not None
+        self.rounds += 1
         for _ in range(min(left, self.spec.batch) if learns else left):
             handle, point = self._sampler_of_stage().ask()
             self.asked += 1
