@@ -22,7 +22,7 @@ from conftest import TINY_BASELINE, cli_env, describe_result, run_cli, sqlite_ur
 from dlbench.eta import UnitLeft, UnitTimes, duration, eta_seconds, unit_kind
 from dlbench.planning import Work, unit_cost
 from dlbench.progress import PLAIN_EVERY_S, StudyView
-from dlbench.study_progress import PROGRESS_MARK, ProgressPublisher
+from dlbench.study_progress import PROGRESS_MARK, ProgressPublisher, progress_line, strip_progress
 
 # --- the ETA -----------------------------------------------------------------------------------
 
@@ -160,6 +160,14 @@ def test_trials_found_done_in_the_store_count_as_done_from_the_first_publish():
     assert published[-1]["eta_s"] is None  # the trial left is a kind never timed
 
 
+def test_the_progress_line_comes_off_a_description_and_only_it():
+    progress = {"total": 4, "done": 1, "finished": 1, "running": 1, "elapsed_s": 5, "eta_s": None, "updated": 0}
+    line = progress_line(progress)
+    assert line.startswith(PROGRESS_MARK) and "ETA unknown" in line
+    assert strip_progress(f"{line}\n\nabout it\n\n**a**") == "about it\n\n**a**"
+    assert strip_progress("about it\n\n**a**") == "about it\n\n**a**"
+
+
 # --- the terminal's view ---------------------------------------------------------------------------
 
 def _progress(done=3, total=8, eta=12.0, **counts):
@@ -293,6 +301,7 @@ ESCAPES = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 @pytest.mark.slow
 def test_a_study_in_a_terminal_draws_the_live_view_and_in_a_pipe_plain_lines(tmp_path, new_store):
     study = write_study(tmp_path, STUDY)
+    write_plugin(tmp_path, "slow", SLOW_EPOCHS)  # about 1 s a trial: the view draws them training
     args = ["run", study, "--tracking-uri", sqlite_uri(new_store(tmp_path)), "--jobs", "2"]
     code, shown = in_terminal(args, tmp_path)
     assert code == 0, shown

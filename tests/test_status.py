@@ -1,26 +1,25 @@
-"""Watching a study: the progress a running study publishes to its study run (``study_progress``),
-its ETA (``eta``), and ``dlbench status`` reading the store alone: a finished study, one that runs,
-one killed with kill -9."""
+"""Watching a study from anywhere: ``dlbench status`` reading the store alone, on a finished study,
+one that runs (in a SQLite store, then on an ``mlflow server``), one killed with kill -9, one
+stopped with Ctrl-C, and ``--watch``. The progress a running study publishes, its ETA and its
+terminal view are tested in test_progress.py."""
 
 from __future__ import annotations
 
 import json
 import os
+import queue
 import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections import Counter
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
 from conftest import TINY_BASELINE, cli_env, describe_result, run_cli, sqlite_uri, write_plugin, write_study
-from dlbench.eta import duration, eta_seconds, unit_kind
-from dlbench.study_progress import PROGRESS_MARK, ProgressPublisher, progress_line, strip_progress
 
 STUDY = '[study]\nname = "watched"\ndescription = "a watched study"\nseeds = 1\n\n' + TINY_BASELINE + """
 [studies.width.levels]
@@ -39,94 +38,19 @@ def dlbench_epoch_end(trial, epoch, metrics):
     time.sleep(0.15)
 """
 
+# the first trial a process trains ends soon (a progress published with one done), the next ones are slowed
+SLOW_AFTER_THE_FIRST = """
+import time
+from dlbench import hookimpl
 
-# --- the ETA -----------------------------------------------------------------------------------
+trained = set()
 
-def test_eta_is_unknown_until_a_unit_of_each_kind_left_has_finished():
-    assert eta_seconds({}, Counter(trial=3), workers=2) is None
-    assert eta_seconds({"trial": 10.0}, Counter({"trial": 3, "stack of 4": 1}), workers=1) is None
-
-
-def test_eta_is_the_mean_of_each_kind_times_its_units_left_over_the_workers():
-    means = {"trial": 10.0, "stack of 4": 30.0}
-    assert eta_seconds(means, Counter({"trial": 3, "stack of 4": 2}), workers=2) == (3 * 10 + 2 * 30) / 2
-    assert eta_seconds(means, Counter(trial=0), workers=4) == 0  # nothing left
-    assert eta_seconds({"trial": 10.0}, Counter(trial=2), workers=0) == 20  # at least one worker
-
-
-def test_unit_kinds_and_durations_read_as_people_say_them():
-    assert (unit_kind(1), unit_kind(8)) == ("trial", "stack of 8")
-    assert [duration(s) for s in (None, 4.6, 192, 7500)] == ["unknown", "5s", "3m12s", "2h05m"]
-
-
-def _work(*indices):
-    return SimpleNamespace(members=tuple(SimpleNamespace(index=i) for i in indices))
-
-
-class _Clock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self):
-        return self.now
-
-
-def test_the_publisher_times_units_by_kind_and_publishes_at_each_end_and_every_few_seconds():
-    published, clock = [], _Clock()
-    live = ProgressPublisher({"a": 5}, workers=1, publish=lambda p, line: published.append((p, line)),
-                             every_s=5.0, clock=clock)
-    alone, stack, later = _work(0), _work(1, 2), _work(3, 4)
-    live.planned([alone, stack, later])
-    assert published[-1][0]["eta_s"] is None and published[-1][0]["done"] == 0  # nothing measured yet
-    live.dlbench_trial_start(alone.members[0], None, None)
-    clock.now += 4
-    live.dlbench_epoch_end(alone.members[0], 0, {})
-    assert len(published) == 1  # 4 s after the last: not yet
-    clock.now += 2
-    live.dlbench_epoch_end(alone.members[0], 1, {})
-    assert len(published) == 2 and published[-1][0]["running"] == 1
-    live.ended(alone.members[0], SimpleNamespace(status="finished"))
-    assert published[-1][0]["eta_s"] is None  # the stacks have no measured kind yet
-    for trial in stack.members:
-        live.dlbench_trial_start(trial, None, None)
-    clock.now += 20
-    live.ended(stack.members[0], SimpleNamespace(status="diverged"))
-    live.ended(stack.members[1], SimpleNamespace(status="finished"))
-    progress, line = published[-1]
-    assert progress["eta_s"] == 20.0  # one stack of 2 left, a stack of 2 took 20 s
-    assert (progress["done"], progress["finished"], progress["diverged"], progress["running"]) == (3, 2, 1, 0)
-    assert progress["elapsed_s"] == 26.0 and progress["studies"] == {"a": 5}
-    assert line.startswith(PROGRESS_MARK) and "3/5 trials done" in line and "ETA 20s" in line
-
-
-def test_a_unit_claimed_elsewhere_is_no_longer_left():
-    published = []
-    live = ProgressPublisher({"a": 2}, workers=1, publish=lambda p, line: published.append(p), clock=_Clock())
-    first, second = _work(0), _work(1)
-    live.planned([first, second])
-    live.dlbench_trial_start(first.members[0], None, None)
-    live.clock.now += 8
-    live.ended(first.members[0], SimpleNamespace(status="finished"))
-    assert published[-1]["eta_s"] == 8.0
-    live.taken(second, None)  # another process has it
-    live.publish_now()
-    assert published[-1]["eta_s"] is None  # nothing left here, yet 1 of 2 not done: unknown
-
-
-def test_trials_found_done_in_the_store_count_as_done_from_the_first_publish():
-    published = []
-    live = ProgressPublisher({"a": 3}, workers=1, publish=lambda p, line: published.append(p), clock=_Clock())
-    found = [(SimpleNamespace(index=i), SimpleNamespace(status=s)) for i, s in enumerate(["finished", "diverged"])]
-    live.planned([_work(2)], ended=found)
-    assert (published[-1]["done"], published[-1]["finished"], published[-1]["diverged"]) == (2, 1, 1)
-    assert published[-1]["eta_s"] is None  # the trial left is a kind never timed
-
-
-def test_the_progress_line_comes_off_a_description_and_only_it():
-    progress = {"total": 4, "done": 1, "finished": 1, "running": 1, "elapsed_s": 5, "eta_s": None, "updated": 0}
-    line = progress_line(progress)
-    assert strip_progress(f"{line}\n\nabout it\n\n**a**") == "about it\n\n**a**"
-    assert strip_progress("about it\n\n**a**") == "about it\n\n**a**"
+@hookimpl
+def dlbench_epoch_end(trial, epoch, metrics):
+    trained.add(trial.index)
+    if len(trained) > 1:
+        time.sleep(0.15)
+"""
 
 
 # --- dlbench status, end to end ----------------------------------------------------------------
@@ -216,3 +140,83 @@ def test_status_while_a_study_runs_then_after_it_is_killed(tmp_path, new_store):
     assert counts and int(counts.group(1)) >= 1 and int(counts.group(2)) == 1, out
     assert sum(map(int, counts.groups())) == 4, out
     print(seen, out, sep="\n")
+
+
+def _lines_of(pipe) -> queue.Queue:
+    """The lines of ``pipe`` as they come (read by a daemon thread; None at its end), so a test can
+    wait for one with a timeout."""
+    lines: queue.Queue = queue.Queue()
+
+    def pump():
+        for line in pipe:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    return lines
+
+
+@pytest.mark.slow
+def test_status_of_a_study_running_on_an_mlflow_server_after_ctrl_c_and_watched(tmp_path, mlflow_server):
+    study = write_study(tmp_path, STUDY.replace("epochs = 2", "epochs = 30") + "widest = { architecture = { width = 64 } }\n")
+    write_plugin(tmp_path, "slow", SLOW_AFTER_THE_FIRST)  # about 2 s for the first trial, 6 s for each next one
+    args = [study, "--tracking-uri", mlflow_server.uri]
+    run = subprocess.Popen([sys.executable, "-m", "dlbench.cli", "run", *args, "--jobs", "1",
+                            "--checkpoint-every", "0"], cwd=tmp_path,
+                           env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        polls, deadline = [], time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assert run.poll() is None, f"the study ended before a status saw it run:\n{''.join(polls)}\n{run.communicate()}"
+            proc = run_cli(["status", *args], tmp_path)
+            seen = proc.stdout
+            polls.append(f"--- exit {proc.returncode}\n{seen}{proc.stderr[-1000:]}")
+            done = re.search(r"progress: (\d+)/4 trials done", seen)
+            if proc.returncode == 0 and done and int(done.group(1)) >= 1 and re.search(r"epoch \d+/30  alive", seen):
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail(f"no status showed a published progress and a trial mid-training:\n{''.join(polls)}")
+        assert f"in {mlflow_server.uri}: RUNNING\n" in seen, seen  # and not stale: the run's process lives
+        counts = re.search(r"width: (\d+) done, 1 running, (\d+) left \(0 diverged, 0 failed\)", seen)
+        assert counts and int(counts.group(1)) >= 1 and int(counts.group(1)) + 1 + int(counts.group(2)) == 4, seen
+        assert re.search(rf"running trials:\n  width/\w+, seed=0  host {re.escape(socket.gethostname())}  "
+                         r"epoch \d+/30  alive\n", seen), seen
+
+        run.send_signal(signal.SIGINT)  # Ctrl-C: the run ends cleanly, its runs closed as KILLED
+        out, err = run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.communicate()
+    assert run.returncode == 130 and "Interrupted" in err and "Traceback" not in err, f"{out}\n{err}"
+    final = status(args, tmp_path).stdout
+    assert f"in {mlflow_server.uri}: KILLED\n" in final and "stale" not in final, final
+    counts = re.search(r"width: (\d+) done, 0 running, (\d+) left", final)
+    assert counts and int(counts.group(1)) >= 1 and int(counts.group(1)) + int(counts.group(2)) == 4, final
+    assert "running trials:" not in final, final
+
+    # --watch into a pipe: redrawn (each draw flushed), no screen-clearing codes, Ctrl-C exits 0 quietly
+    env = cli_env()
+    del env["PYTHONUNBUFFERED"]  # as a user's shell has it: a pipe's stdout is block-buffered
+    watch = subprocess.Popen([sys.executable, "-m", "dlbench.cli", "status", *map(str, args), "--watch", "0.5"],
+                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        lines, drawn, deadline = _lines_of(watch.stdout), [], time.monotonic() + 60
+        while sum(line == "(every 0.5s; Ctrl-C to stop)\n" for line in drawn) < 2:
+            try:
+                line = lines.get(timeout=max(deadline - time.monotonic(), 0.1))
+            except queue.Empty:
+                pytest.fail(f"--watch drew less than twice in 60 s (not flushed?):\n{''.join(drawn)}")
+            assert line is not None, f"--watch ended:\n{''.join(drawn)}\n{watch.stderr.read()}"
+            drawn.append(line)
+        watch.send_signal(signal.SIGINT)
+        watch.wait(timeout=10)
+        err = watch.stderr.read()
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+            watch.wait()
+    shown = "".join(drawn)
+    assert watch.returncode == 0 and "Traceback" not in err and not err.strip(), f"exit {watch.returncode}\n{err}"
+    assert shown.count(f"in {mlflow_server.uri}: KILLED\n") == 2 and "\x1b" not in shown, shown
