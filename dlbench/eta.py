@@ -8,7 +8,9 @@ depth-8 MLP takes longer than a depth-1 one, or 40 epochs longer than 20, but no
 seconds either takes on this machine. The finished units of a kind say that: their wall time
 over their cost is the kind's speed (seconds per unit of cost). The time left is each unit left
 at its kind's speed (a running one less the time it has already run), summed and divided by the
-workers. Before a unit of every kind left has finished, it is unknown (None), not a guess.
+workers, then stretched by the share of the workers' time spent between units so far (handing
+them out, recording their runs). Before a unit of every kind left has finished, it is unknown
+(None), not a guess.
 """
 
 from __future__ import annotations
@@ -53,17 +55,30 @@ class UnitTimes:
         return sum(self.seconds.values()) / self.trials if self.trials else None
 
 
-def eta_seconds(times: UnitTimes, left: Iterable[UnitLeft], workers: int, unplanned: int = 0) -> float | None:
+def eta_seconds(times: UnitTimes, left: Iterable[UnitLeft], workers: int, unplanned: int = 0,
+                occupancy: float = 1.0) -> float | None:
     """Seconds left: each unit ``left`` at its kind's speed (:meth:`UnitTimes.speeds`, seconds per
     unit of cost), less what a running one has run already, and the ``unplanned`` trials (a
-    search's rounds to come) at the mean time of a trial, summed, over ``workers``; None (unknown)
-    while a kind with units left, or a trial for the unplanned ones, has nothing finished to go
-    by; 0 when nothing is left."""
+    search's rounds to come) at the mean time of a trial, summed, over the ``workers`` (or the
+    units left, when fewer), over the ``occupancy`` (:func:`occupancy`); None (unknown) while a
+    kind with units left, or a trial for the unplanned ones, has nothing finished to go by; 0 when
+    nothing is left."""
     speeds, left, per_trial = times.speeds(), list(left), times.per_trial()
     if any(unit.kind not in speeds for unit in left) or (unplanned and per_trial is None):
         return None
     planned = sum(max(speeds[u.kind] * u.cost - u.running_s, 0.0) for u in left)
-    return (planned + unplanned * (per_trial or 0.0)) / max(workers, 1)
+    at_once = max(min(workers, len(left) + unplanned), 1)
+    return (planned + unplanned * (per_trial or 0.0)) / at_once / occupancy
+
+
+def occupancy(busy_s: float, elapsed_s: float, workers: int) -> float:
+    """The share of the workers' time spent inside units of work so far (``busy_s``: the finished
+    units' wall times and the running ones' so far, over ``elapsed_s`` x ``workers``), between
+    0.25 and 1. The rest (a unit handed out, its runs recorded, a worker waiting for a search's
+    round) recurs as the study goes on: the time left stretches by the same ratio."""
+    if busy_s <= 0 or elapsed_s <= 0:
+        return 1.0
+    return min(max(busy_s / (elapsed_s * max(workers, 1)), 0.25), 1.0)
 
 
 def duration(seconds: float | None) -> str:

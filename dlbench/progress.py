@@ -13,6 +13,7 @@ log, a pipe or CI the view is not drawn: the same lines, plain, and at most ever
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -69,7 +70,7 @@ class StudyView:
 
     ``snapshot`` gives the study's progress (``ProgressPublisher.snapshot``); ``slots``: the units
     trained at once; ``searches``: the study's tuning searches. ``live`` (default: whether
-    ``stream`` is a terminal) draws the live view between :meth:`start` and :meth:`stop`; write
+    ``stream`` is a terminal, and not a dumb one) draws the live view between :meth:`start` and :meth:`stop`; write
     every other line through :attr:`lines` meanwhile, so that it scrolls above the view."""
 
     def __init__(self, total: int, snapshot: Callable[[], dict], stream: TextIO, slots: int = 1, searches=(),
@@ -77,7 +78,7 @@ class StudyView:
         self.total, self.snapshot, self.stream = total, snapshot, stream
         self.slots: list[Slot | None] = [None] * max(slots, 1)
         self.searches = list(searches)
-        self.live = stream.isatty() if live is None else live
+        self.live = (stream.isatty() and os.environ.get("TERM") != "dumb") if live is None else live
         self.clock = clock
         self.lines = Lines(self._print)
         self._where: dict[int, Slot] = {}  # trial index -> the slot that trains it

@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Callable
 
 from dlbench import hookimpl
-from dlbench.eta import UnitLeft, UnitTimes, duration, eta_seconds, unit_kind
+from dlbench.eta import UnitLeft, UnitTimes, duration, eta_seconds, occupancy, unit_kind
 
 PUBLISH_EVERY_S = 5.0
 PROGRESS_MARK = "**Progress**"  # the first words of the progress line that starts the study run's description
@@ -145,7 +145,8 @@ class ProgressPublisher:
         left = [UnitLeft(kind, self.costs[key], now - self.started.get(key, now)) for key, kind in self.kinds.items()]
         planned = sum(len(members) for members in self.members_left.values())
         unplanned = max(self.total - self.done - planned - len(self.outside), 0)  # a search's rounds to come
-        eta = eta_seconds(self.times, left, self.workers, unplanned)
+        busy = sum(self.times.seconds.values()) + sum(unit.running_s for unit in left)
+        eta = eta_seconds(self.times, left, self.workers, unplanned, occupancy(busy, now - self.start, self.workers))
         return {"total": self.total, "done": self.done, **{k: self.outcomes[k] for k in OUTCOMES},
                 "running": len(self.running), "elapsed_s": round(now - self.start, 1),
                 "eta_s": None if eta is None else round(eta, 1), "updated": round(now, 1),

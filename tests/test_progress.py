@@ -19,7 +19,7 @@ import pytest
 from rich.console import Console
 
 from conftest import TINY_BASELINE, cli_env, describe_result, run_cli, sqlite_uri, write_plugin, write_study
-from dlbench.eta import UnitLeft, UnitTimes, duration, eta_seconds, unit_kind
+from dlbench.eta import UnitLeft, UnitTimes, duration, eta_seconds, occupancy, unit_kind
 from dlbench.planning import Work, unit_cost
 from dlbench.progress import PLAIN_EVERY_S, StudyView
 from dlbench.study_progress import PROGRESS_MARK, ProgressPublisher, progress_line, strip_progress
@@ -50,6 +50,17 @@ def test_eta_is_each_unit_left_at_its_kinds_speed_over_the_workers():
                        workers=1) == 10
     # trials not planned yet (a search's next rounds) at the mean time of a trial: 60 s / 6 trials
     assert eta_seconds(times, [], workers=2, unplanned=4) == 4 * 10 / 2
+    # fewer units left than workers: they run at once, not shared out
+    assert eta_seconds(times, [UnitLeft("trial", 2.0)], workers=4) == 15
+    # a third of the workers' time went between units: what is left takes half again as long
+    assert eta_seconds(times, [UnitLeft("trial", 2.0)], workers=1, occupancy=2 / 3) == pytest.approx(22.5)
+
+
+def test_occupancy_is_the_share_of_the_workers_time_inside_units():
+    assert occupancy(busy_s=30, elapsed_s=20, workers=2) == 0.75
+    assert occupancy(busy_s=50, elapsed_s=20, workers=2) == 1.0  # never above 1
+    assert occupancy(busy_s=1, elapsed_s=20, workers=2) == 0.25  # nor below a quarter
+    assert occupancy(busy_s=0, elapsed_s=0, workers=2) == 1.0  # nothing measured yet
 
 
 def test_unit_kinds_and_durations_read_as_people_say_them():
@@ -132,6 +143,21 @@ def test_the_publisher_weighs_units_by_their_cost_and_counts_what_a_running_one_
     clock.now += 5
     live.publish_now()
     assert published[-1]["eta_s"] == (12 - 5) + 8  # the running one has 7 s left
+
+
+def test_the_time_between_units_stretches_the_eta():
+    published, clock = [], _Clock()
+    live = ProgressPublisher({"a": 2}, workers=1, publish=lambda p, line: published.append(p), clock=clock)
+    first, second = _work(0), _work(1)
+    live.planned([first, second])
+    live.dlbench_trial_start(first.members[0], None, None)
+    clock.now += 4
+    live.ended(first.members[0], SimpleNamespace(status="finished"))
+    assert published[-1]["eta_s"] == 4.0
+    clock.now += 2  # handed out and recorded: 2 s of the worker's 6 outside a unit
+    live.dlbench_trial_start(second.members[0], None, None)
+    live.publish_now()
+    assert published[-1]["eta_s"] == 6.0  # 4 s of training at 2/3 of the worker's time
 
 
 def test_a_unit_another_process_trains_is_no_longer_left():
