@@ -33,7 +33,7 @@ def test_a_benchmark_runs_and_prints_its_ratios(args, expect):
     assert expect in bench(*args)
 
 
-@pytest.mark.parametrize("script", ["study.py", "grid.py", "tracking_store.py"])
+@pytest.mark.parametrize("script", ["study.py", "grid.py", "tracking_store.py", "eta_accuracy.py"])
 def test_the_whole_process_benchmarks_start(script):  # each runs minutes of `dlbench run`: their options parse
     assert "usage:" in bench(f"benchmarks/{script}", "--help")
 
