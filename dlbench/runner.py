@@ -265,6 +265,7 @@ class StudyExecution:
         self.stream.write(f"study {search.study.name!r}, level {search.level!r}: no tuning trial of the last stage "
                           "finished (all failed, diverged or were pruned): nothing to train with the study's seeds\n")
         self.result.not_tuned += len(search.study.seeds)
+        self.live.never(len(search.study.seeds))
         self.pending[search.study.name] -= len(search.study.seeds)
         if self.pending[search.study.name] == 0:
             self.settle(search.study.name)

@@ -62,9 +62,9 @@ class ProgressPublisher:
         self.running: set[int] = set()  # trial indices started and not ended
         self.unit_of: dict[int, tuple[int, ...]] = {}  # trial index -> its unit's key
         self.members_left: dict[tuple[int, ...], set[int]] = {}
-        self.kinds: dict[tuple[int, ...], str] = {}  # the units not finished, by key: their kind
-        self.costs: dict[tuple[int, ...], float] = {}  # and their cost
+        self.units: dict[tuple[int, ...], tuple[str, float]] = {}  # the units not finished: (kind, cost)
         self.started: dict[tuple[int, ...], float] = {}
+        self.busy_s = 0.0  # the wall time of the units ended here
         # trials in no unit of this process and not done: recorded here from an identical trial
         # once it ends, or trained by another process
         self.outside: set[int] = set()
@@ -88,8 +88,7 @@ class ProgressPublisher:
         key = unit_key(work)
         for index in self.members_left.pop(key, ()):
             self.unit_of.pop(index, None)
-        self.kinds.pop(key, None)
-        self.costs.pop(key, None)
+        self.units.pop(key, None)
         if unit is not None:
             self._add(unit)
 
@@ -97,10 +96,13 @@ class ProgressPublisher:
         """Another process trains ``trial``: it ends there."""
         self.outside.add(trial.index)
 
+    def never(self, count: int) -> None:
+        """``count`` trials will not run (a search none of whose trials finished has no final ones)."""
+        self.total -= count
+
     def _add(self, work) -> None:
         key = unit_key(work)
-        self.kinds[key] = unit_kind(len(work.members))
-        self.costs[key] = self.cost(work)
+        self.units[key] = (unit_kind(len(work.members)), self.cost(work))
         self.members_left[key] = set(key)
         self.unit_of.update({index: key for index in key})
 
@@ -116,11 +118,13 @@ class ProgressPublisher:
             left = self.members_left[key]
             left.discard(trial.index)
             if not left:
-                kind, cost = self.kinds.pop(key), self.costs.pop(key)
+                kind, cost = self.units.pop(key)
                 del self.members_left[key]
                 began = self.started.pop(key, None)
-                if began is not None and result.status not in ("interrupted", "failed"):
-                    self.times.record(kind, now - began, cost, len(key))
+                if began is not None:
+                    self.busy_s += now - began
+                    if result.status not in ("interrupted", "failed"):
+                        self.times.record(kind, now - began, cost, len(key))
         self.publish_now()
 
     def _count(self, result) -> None:
@@ -142,10 +146,10 @@ class ProgressPublisher:
 
     def snapshot(self) -> dict:
         now = self.clock()
-        left = [UnitLeft(kind, self.costs[key], now - self.started.get(key, now)) for key, kind in self.kinds.items()]
+        left = [UnitLeft(kind, cost, now - self.started.get(key, now)) for key, (kind, cost) in self.units.items()]
         planned = sum(len(members) for members in self.members_left.values())
         unplanned = max(self.total - self.done - planned - len(self.outside), 0)  # a search's rounds to come
-        busy = sum(self.times.seconds.values()) + sum(unit.running_s for unit in left)
+        busy = self.busy_s + sum(unit.running_s for unit in left)
         eta = eta_seconds(self.times, left, self.workers, unplanned, occupancy(busy, now - self.start, self.workers))
         return {"total": self.total, "done": self.done, **{k: self.outcomes[k] for k in OUTCOMES},
                 "running": len(self.running), "elapsed_s": round(now - self.start, 1),

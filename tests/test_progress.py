@@ -177,6 +177,20 @@ def test_a_unit_another_process_trains_is_no_longer_left():
     assert published[-1]["eta_s"] == 0 and published[-1]["done"] == 2  # nothing left to this process
 
 
+def test_trials_that_will_never_run_leave_the_total():
+    published = []
+    live = ProgressPublisher({"a": 4}, workers=1, publish=lambda p, line: published.append(p), clock=_Clock())
+    live.planned([_work(0), _work(1)])  # and 2 final trials of a search, not planned yet
+    for index in (0, 1):
+        live.dlbench_trial_start(SimpleNamespace(index=index), None, None)
+        live.clock.now += 3
+        live.ended(SimpleNamespace(index=index), SimpleNamespace(status="diverged"))
+    assert published[-1]["eta_s"] == 6.0  # the finals, at 3 s a trial
+    live.never(2)  # no tuning trial finished: the search has no final trials
+    live.publish_now()
+    assert (published[-1]["done"], published[-1]["total"], published[-1]["eta_s"]) == (2, 2, 0)
+
+
 def test_trials_found_done_in_the_store_count_as_done_from_the_first_publish():
     published = []
     live = ProgressPublisher({"a": 3}, workers=1, publish=lambda p, line: published.append(p), clock=_Clock())
