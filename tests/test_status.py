@@ -135,7 +135,15 @@ def test_status_while_a_study_runs_then_after_it_is_killed(tmp_path, new_store):
 
     out = status(args, tmp_path).stdout
     assert ": RUNNING (stale: no process working on it is alive" in out, out
-    assert re.search(rf"epoch \d+/40  stale \(process {run.pid} is gone\)", out), out
+    shown = re.search(rf"epoch (\d+)/40  stale \(process {run.pid} is gone\)", out)
+    assert shown, out
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(sqlite_uri(db))
+    (left,) = [r for r in client.search_runs([study_run(db).info.experiment_id]) if r.info.status == "RUNNING"
+               and r.data.tags.get("dlbench.role") != "study"]
+    # the epochs it trained: the last step of its epoch metrics (step 0 is the model before training)
+    assert int(shown.group(1)) == client.get_metric_history(left.info.run_id, "train_loss")[-1].step, out
     counts = re.search(r"width: (\d+) done, (\d+) running, (\d+) left", out)
     assert counts and int(counts.group(1)) >= 1 and int(counts.group(2)) == 1, out
     assert sum(map(int, counts.groups())) == 4, out

@@ -107,15 +107,15 @@ def _running(client: MlflowClient, run: store.StoredRun) -> RunningTrial:
 
 
 def _epochs_done(client: MlflowClient, run: store.StoredRun) -> int | None:
-    """The epochs a running trial has logged: ``dlbench.epochs_run``, else the latest step (= epoch)
-    of one of its per-epoch metrics."""
+    """The epochs a running trial has logged: ``dlbench.epochs_run``, else the latest step of one
+    of its per-epoch metrics (step k: after k epochs; step 0 is the model before any training)."""
     if "dlbench.epochs_run" in run.tags:
         return int(run.tags["dlbench.epochs_run"])
     epoch_metrics = sorted(k for k in run.metrics if "." not in k and "/" not in k)
     if not epoch_metrics:
         return None
     history = store.metric_histories(client, run.run_id, epoch_metrics[:1])[epoch_metrics[0]]
-    return history[-1][0] + 1 if history else None
+    return history[-1][0] if history else None
 
 
 def render(status: StudyStatus, now: float) -> str:
