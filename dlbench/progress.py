@@ -28,7 +28,7 @@ from rich.text import Text
 
 from dlbench import hookimpl
 from dlbench.eta import duration, unit_kind
-from dlbench.study_progress import OUTCOMES, trials_done
+from dlbench.study_progress import OUTCOMES, progress_text
 
 SHOWN = [("train_accuracy", "train_acc"), ("val_accuracy", "val_acc"), ("test_accuracy", "test_acc"),
          ("train_loss", "loss")]
@@ -38,12 +38,6 @@ REFRESH_PER_S = 4  # the live view's redraws
 
 def metrics_text(metrics: dict[str, float]) -> str:
     return "  ".join(f"{short} {metrics[key]:.3f}" for key, short in SHOWN if key in metrics)
-
-
-def progress_text(progress: dict) -> str:
-    """``progress: 12/40 trials done (...), 2 running; elapsed 1m10s, ETA 2m05s``."""
-    return (f"progress: {trials_done(progress)}; elapsed {duration(progress['elapsed_s'])}, "
-            f"ETA {duration(progress['eta_s'])}")
 
 
 @dataclass
@@ -161,7 +155,7 @@ class StudyView:
             self._progress, self._seen_at = progress, self.clock()
         if not self.live and self.clock() - self._last_plain >= PLAIN_EVERY_S and progress["done"] < progress["total"]:
             self._last_plain = self.clock()
-            self.lines.write(progress_text(progress) + "\n")
+            self.lines.write(f"progress: {progress_text(progress)}\n")
 
     # -- drawing ---------------------------------------------------------------------------------
 

@@ -29,11 +29,17 @@ def trials_done(progress: dict) -> str:
     return f"{progress['done']}/{progress['total']} trials done ({counts}), {progress['running']} running"
 
 
+def progress_text(progress: dict) -> str:
+    """``12/40 trials done (...), 2 running; elapsed 1m10s, ETA 2m05s``: the run's terminal in a
+    log, the study run's description and ``dlbench status`` say it so."""
+    return (f"{trials_done(progress)}; elapsed {duration(progress['elapsed_s'])}, "
+            f"ETA {duration(progress['eta_s'])}")
+
+
 def progress_line(progress: dict) -> str:
     """The progress as one Markdown line (the study run's description starts with it)."""
     updated = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(progress["updated"]))
-    return (f"{PROGRESS_MARK}: {trials_done(progress)}; elapsed {duration(progress['elapsed_s'])}, "
-            f"ETA {duration(progress['eta_s'])} (updated {updated})")
+    return f"{PROGRESS_MARK}: {progress_text(progress)} (updated {updated})"
 
 
 def strip_progress(note: str) -> str:

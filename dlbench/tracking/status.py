@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from mlflow.tracking import MlflowClient
 
 from dlbench.eta import duration
-from dlbench.study_progress import trials_done
+from dlbench.study_progress import progress_text
 from dlbench.tracking import store
 from dlbench.tracking.study_run import PROCESS_TAG, PROGRESS_TAG
 
@@ -140,5 +140,4 @@ def _progress(progress: dict | None, now: float) -> str:
     if progress is None:
         return "progress: none published (a study run from before `dlbench status`)"
     ago = duration(now - progress["updated"])
-    return (f"progress: {trials_done(progress)}; elapsed {duration(progress['elapsed_s'])}; "
-            f"ETA {duration(progress['eta_s'])} (published {ago} ago)")
+    return f"progress: {progress_text(progress)} (published {ago} ago)"
