@@ -147,8 +147,11 @@ class StudyExecution:
         tracker = self.tracker = Tracker(options.tracking_uri, self.study_file.name, lock=lock,
                                          timeout_s=options.tracking_timeout)
         total = self.plan.total
-        # the terminal shows the progress: a live view (or plain lines in a log), every other line above it
-        self.view = StudyView(total, lambda: self.live.snapshot(), stream, self.pool.jobs, searches)
+        # the study run shows the progress, for `dlbench status` and the UI
+        self.live = ProgressPublisher(study_totals(self.plan), self.pool.jobs, tracker.publish_progress,
+                                      cost=partial(unit_cost, sizes=self.plan.sizes))
+        # and so does the terminal: a live view (or plain lines in a log), every other line above it
+        self.view = StudyView(total, self.live.snapshot, stream, self.pool.jobs, searches)
         self.stream = stream = self.view.lines
         self.say = Announcer(stream, total)
         run = self.result = StudyRun(tracker.start_study(self.study_file, self.plan, self.device, context,
@@ -174,9 +177,6 @@ class StudyExecution:
             self.pending[search.study.name] += search.total
         self.queue = WorkQueue(hand_out_order([w for w in works if w not in early]), self.stacks, searches,
                                on_new=self.known.extend, on_empty=self.no_finals)
-        self.live = ProgressPublisher(study_totals(self.plan), self.pool.jobs, tracker.publish_progress,
-                                      cost=partial(unit_cost, sizes=self.plan.sizes))
-        # the study run shows the progress, for `dlbench status` and the UI
         self.live.planned(works, run.results, [t for ts in self.waiting.values() for t in ts])
         status = "KILLED"
         self.view.start()

@@ -82,6 +82,7 @@ class ProgressPublisher:
         """The units this process means to train, the (trial, result) pairs ``ended`` already
         (found in the store, recorded from an identical trial), and the trials ``twins`` recorded
         from an identical trial once it ends; published at once."""
+        self.start = self.clock()  # the units start now (their start events come from here on)
         self.outside.update(t.index for t in twins)
         for work in works:
             self._add(work)
