@@ -326,8 +326,8 @@ def dlbench_trial_start(trial: Trial, model: Any, info: TrialInfo) -> None:
       process that trains it.
 
     With worker processes (``dlbench run --jobs N``), observers run in the worker that trains the
-    trial, beside the model; the dlbench process itself runs only the MLflow tracker and the
-    progress line, fed by the workers' events."""
+    trial, beside the model; the dlbench process itself runs only the MLflow tracker, the
+    published progress and the terminal's view, fed by the workers' events."""
 
 
 @hookspec

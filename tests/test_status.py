@@ -28,17 +28,9 @@ wide = { architecture = { width = 32 } }
 wider = { architecture = { width = 48 } }
 """
 
-# every epoch slowed down: a status taken while it runs finds a trial mid-training
-SLOW_EPOCHS = """
-import time
-from dlbench import hookimpl
-
-@hookimpl
-def dlbench_epoch_end(trial, epoch, metrics):
-    time.sleep(0.15)
-"""
-
-# the first trial a process trains ends soon (a progress published with one done), the next ones are slowed
+# the first trial a process trains ends soon (a progress published with one done), the next ones
+# take half a second an epoch: a status (seconds on a busy machine) finds one of them mid-training,
+# and the test stops the run then (Ctrl-C, kill -9)
 SLOW_AFTER_THE_FIRST = """
 import time
 from dlbench import hookimpl
@@ -49,7 +41,7 @@ trained = set()
 def dlbench_epoch_end(trial, epoch, metrics):
     trained.add(trial.index)
     if len(trained) > 1:
-        time.sleep(0.15)
+        time.sleep(0.5)
 """
 
 
@@ -74,6 +66,10 @@ def test_status_of_a_finished_study_and_what_it_published(tmp_path, new_store):
     study, db = write_study(tmp_path, STUDY), new_store(tmp_path)
     proc = run_cli(["run", study, "--tracking-uri", sqlite_uri(db), "--jobs", "1"], tmp_path)
     assert proc.returncode == 0, describe_result(proc)
+    # piped, its terminal output is plain lines: a line per trial, the summary, no control character
+    assert "\x1b" not in proc.stdout + proc.stderr and "\r" not in proc.stdout, proc.stdout
+    assert len(re.findall(r"^\[\d/3\] width/\w+, seed=0  finished \(2 epochs", proc.stdout, re.M)) == 3, proc.stdout
+    assert proc.stdout.rstrip().splitlines()[-2].startswith("3 finished"), proc.stdout
 
     out = status([study, "--tracking-uri", sqlite_uri(db)], tmp_path).stdout
     assert ": FINISHED" in out and "stale" not in out, out
@@ -106,7 +102,7 @@ def test_status_says_when_nothing_matches(tmp_path, new_store):
 @pytest.mark.slow
 def test_status_while_a_study_runs_then_after_it_is_killed(tmp_path, new_store):
     study = write_study(tmp_path, STUDY.replace("epochs = 2", "epochs = 40") + "widest = { architecture = { width = 64 } }\n")
-    write_plugin(tmp_path, "slow", SLOW_EPOCHS)  # about 6 s a trial
+    write_plugin(tmp_path, "slow", SLOW_AFTER_THE_FIRST)  # about 1 s for the first trial, 20 s for each next one
     db = new_store(tmp_path)
     args = [study, "--tracking-uri", sqlite_uri(db)]
     run = subprocess.Popen([sys.executable, "-m", "dlbench.cli", "run", *args, "--jobs", "1",
@@ -167,7 +163,7 @@ def _lines_of(pipe) -> queue.Queue:
 @pytest.mark.slow
 def test_status_of_a_study_running_on_an_mlflow_server_after_ctrl_c_and_watched(tmp_path, mlflow_server):
     study = write_study(tmp_path, STUDY.replace("epochs = 2", "epochs = 30") + "widest = { architecture = { width = 64 } }\n")
-    write_plugin(tmp_path, "slow", SLOW_AFTER_THE_FIRST)  # about 2 s for the first trial, 6 s for each next one
+    write_plugin(tmp_path, "slow", SLOW_AFTER_THE_FIRST)  # about 2 s for the first trial, 15 s for each next one
     args = [study, "--tracking-uri", mlflow_server.uri]
     run = subprocess.Popen([sys.executable, "-m", "dlbench.cli", "run", *args, "--jobs", "1",
                             "--checkpoint-every", "0"], cwd=tmp_path,
