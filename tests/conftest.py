@@ -101,6 +101,13 @@ def write_plugin(directory: Path, name: str, code: str) -> Path:
     return path
 
 
+def ctrl_c_enabled() -> None:
+    """``preexec_fn`` of a subprocess that a test stops with SIGINT, as Ctrl-C does: Python raises
+    KeyboardInterrupt on SIGINT only when it is not ignored at its start, and a test suite started
+    in the background (``.ci/run &``) runs with it ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def cli_env(extra: dict[str, str] | None = None, *, autoload: bool = True) -> dict[str, str]:
     """The environment of a dlbench subprocess.
 

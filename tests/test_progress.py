@@ -18,7 +18,7 @@ from types import SimpleNamespace
 import pytest
 from rich.console import Console
 
-from conftest import TINY_BASELINE, cli_env, sqlite_uri, write_plugin, write_study
+from conftest import TINY_BASELINE, cli_env, ctrl_c_enabled, sqlite_uri, write_plugin, write_study
 from dlbench.eta import UnitLeft, UnitTimes, duration, eta_seconds, occupancy, unit_kind
 from dlbench.planning import Work, unit_cost
 from dlbench.progress import PLAIN_EVERY_S, StudyView
@@ -307,7 +307,7 @@ def in_terminal(args: list, cwd: Path, until: str | None = None, timeout: float 
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
     proc = subprocess.Popen([sys.executable, "-m", "dlbench.cli", *map(str, args)], cwd=cwd,
                             env=cli_env({"COLUMNS": "160", "LINES": "40", "TERM": "xterm-256color"}),
-                            stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
+                            stdin=slave, stdout=slave, stderr=slave, start_new_session=True, preexec_fn=ctrl_c_enabled)
     os.close(slave)
     out, sent, deadline = b"", False, time.monotonic() + timeout
     try:

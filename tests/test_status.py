@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY_BASELINE, cli_env, describe_result, run_cli, sqlite_uri, write_plugin, write_study
+from conftest import (TINY_BASELINE, cli_env, ctrl_c_enabled, describe_result, run_cli, sqlite_uri, write_plugin,
+                      write_study)
 
 STUDY = '[study]\nname = "watched"\ndescription = "a watched study"\nseeds = 1\n\n' + TINY_BASELINE + """
 [studies.width.levels]
@@ -166,8 +167,8 @@ def test_status_of_a_study_running_on_an_mlflow_server_after_ctrl_c_and_watched(
     write_plugin(tmp_path, "slow", SLOW_AFTER_THE_FIRST)  # about 2 s for the first trial, 15 s for each next one
     args = [study, "--tracking-uri", mlflow_server.uri]
     run = subprocess.Popen([sys.executable, "-m", "dlbench.cli", "run", *args, "--jobs", "1",
-                            "--checkpoint-every", "0"], cwd=tmp_path,
-                           env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            "--checkpoint-every", "0"], cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, preexec_fn=ctrl_c_enabled)
     try:
         polls, deadline = [], time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -204,7 +205,8 @@ def test_status_of_a_study_running_on_an_mlflow_server_after_ctrl_c_and_watched(
     env = cli_env()
     del env["PYTHONUNBUFFERED"]  # as a user's shell has it: a pipe's stdout is block-buffered
     watch = subprocess.Popen([sys.executable, "-m", "dlbench.cli", "status", *map(str, args), "--watch", "0.5"],
-                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=ctrl_c_enabled)
     try:
         lines, drawn, deadline = _lines_of(watch.stdout), [], time.monotonic() + 60
         while sum(line == "(every 0.5s; Ctrl-C to stop)\n" for line in drawn) < 2:
