@@ -128,10 +128,13 @@ class StudyView:
 
     @hookimpl
     def dlbench_epoch_end(self, trial, epoch: int, metrics: dict[str, float]) -> None:
+        progress = self.snapshot() if self.live and self.clock() - self._seen_at >= 1.0 else None
         with self._lock:
             slot = self._where.get(trial.index)
             if slot is not None and slot.trials[0] is trial:  # a stack shows its first member's
                 slot.epoch, slot.metrics = epoch, dict(metrics)
+            if progress is not None:  # a long unit: the ETA follows the time it has run (once a second)
+                self._progress, self._seen_at = progress, self.clock()
 
     @hookimpl
     def dlbench_trial_end(self, trial, result) -> None:

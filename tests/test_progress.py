@@ -251,6 +251,22 @@ def test_the_view_draws_the_study_bar_a_line_per_slot_and_each_search():
     assert re.search(r"\[1\] +idle", console.export_text())
 
 
+def test_during_a_long_unit_the_view_takes_a_new_snapshot_each_second_not_only_a_countdown():
+    clock, etas = _Clock(), iter([40.0, 38.0, 0.0])
+    view = StudyView(8, lambda: _progress(eta=next(etas)), io.StringIO(), slots=1, live=True, clock=clock)
+    view.start()
+    try:
+        trial = _trial(1, study="width", epochs=40)
+        view.dlbench_trial_start(trial, None, {})
+        clock.now += 30  # a unit that runs longer than the ETA said: the countdown alone would show 10 s
+        view.dlbench_epoch_end(trial, 20, {"val_accuracy": 0.5})
+        console = Console(file=io.StringIO(), width=160, record=True)
+        console.print(view.render())
+        assert "ETA 38s" in console.export_text()
+    finally:
+        view.stop()
+
+
 def test_in_a_pipe_the_view_is_plain_lines_with_the_progress_now_and_then():
     out, clock = io.StringIO(), _Clock()
     done = iter(range(1, 9))
