@@ -6,7 +6,7 @@ recorded from an identical one). On a terminal those lines scroll above a live v
 rich: one bar for the whole study (trials done of the total, the diverged, failed and pruned
 counts, the time elapsed and the ETA of ``study_progress.py``), a line per slot of the pool (a
 worker process, a Ray task, this process) with its unit (a trial or a stack of N), its epoch and
-latest metrics, and a line per tuning search (its stage, trials asked, best value so far). In a
+latest metrics, and a line per tuning search (its stage, round, trials asked, best value so far). In a
 log, a pipe or CI the view is not drawn: the same lines, plain, and at most every
 :data:`PLAIN_EVERY_S` seconds one line of the study's progress; no control characters.
 """

@@ -54,6 +54,22 @@ def status(args, cwd: Path) -> subprocess.CompletedProcess:
     return proc
 
 
+def status_mid_training(run: subprocess.Popen, args: list, cwd: Path, epochs: int) -> str:
+    """Poll `dlbench status` while ``run`` trains until it shows a published progress with a trial
+    done and a trial mid-training (of ``epochs``); that status's output."""
+    polls, deadline = [], time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert run.poll() is None, f"the study ended before a status saw it run:\n{''.join(polls)}\n{run.communicate()}"
+        proc = run_cli(["status", *args], cwd)
+        polls.append(f"--- exit {proc.returncode}\n{proc.stdout}{proc.stderr[-1000:]}")
+        done = re.search(r"progress: (\d+)/4 trials done", proc.stdout)
+        if proc.returncode == 0 and done and int(done.group(1)) >= 1 and re.search(rf"epoch \d+/{epochs}  alive",
+                                                                                    proc.stdout):
+            return proc.stdout
+        time.sleep(0.2)
+    pytest.fail(f"no status showed a published progress and a trial mid-training:\n{''.join(polls)}")
+
+
 def study_run(db: Path):
     from mlflow.tracking import MlflowClient
 
@@ -110,18 +126,7 @@ def test_status_while_a_study_runs_then_after_it_is_killed(tmp_path, new_store):
                             "--checkpoint-every", "0"], cwd=tmp_path,
                            env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        seen = ""
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            assert run.poll() is None, f"the study ended before a status saw it run:\n{seen}\n{run.stdout.read()}"
-            proc = run_cli(["status", *args], tmp_path)
-            seen = proc.stdout
-            done = re.search(r"progress: (\d+)/4 trials done", seen)
-            if proc.returncode == 0 and done and int(done.group(1)) >= 1 and re.search(r"epoch \d+/40  alive", seen):
-                break
-            time.sleep(0.2)
-        else:
-            pytest.fail(f"no status showed a published progress and a trial mid-training:\n{seen}")
+        seen = status_mid_training(run, args, tmp_path, epochs=40)
         assert ": RUNNING" in seen and "running trials:" in seen and f"host {socket.gethostname()}" in seen, seen
         os.kill(run.pid, signal.SIGKILL)
         run.wait(timeout=30)
@@ -170,18 +175,7 @@ def test_status_of_a_study_running_on_an_mlflow_server_after_ctrl_c_and_watched(
                             "--checkpoint-every", "0"], cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, text=True, preexec_fn=ctrl_c_enabled)
     try:
-        polls, deadline = [], time.monotonic() + 120
-        while time.monotonic() < deadline:
-            assert run.poll() is None, f"the study ended before a status saw it run:\n{''.join(polls)}\n{run.communicate()}"
-            proc = run_cli(["status", *args], tmp_path)
-            seen = proc.stdout
-            polls.append(f"--- exit {proc.returncode}\n{seen}{proc.stderr[-1000:]}")
-            done = re.search(r"progress: (\d+)/4 trials done", seen)
-            if proc.returncode == 0 and done and int(done.group(1)) >= 1 and re.search(r"epoch \d+/30  alive", seen):
-                break
-            time.sleep(0.2)
-        else:
-            pytest.fail(f"no status showed a published progress and a trial mid-training:\n{''.join(polls)}")
+        seen = status_mid_training(run, args, tmp_path, epochs=30)
         assert f"in {mlflow_server.uri}: RUNNING\n" in seen, seen  # and not stale: the run's process lives
         counts = re.search(r"width: (\d+) done, 1 running, (\d+) left \(0 diverged, 0 failed\)", seen)
         assert counts and int(counts.group(1)) >= 1 and int(counts.group(1)) + 1 + int(counts.group(2)) == 4, seen
