@@ -72,7 +72,9 @@ class StudyView:
         self.total, self.snapshot, self.stream = total, snapshot, stream
         self.slots: list[Slot | None] = [None] * max(slots, 1)
         self.searches = list(searches)
-        self.live = (stream.isatty() and os.environ.get("TERM") != "dumb") if live is None else live
+        if live is None:  # a terminal, and not a dumb one (a stream without isatty is none)
+            live = getattr(stream, "isatty", lambda: False)() and os.environ.get("TERM") != "dumb"
+        self.live = live
         self.clock = clock
         self.lines = Lines(self._print)
         self._where: dict[int, Slot] = {}  # trial index -> the slot that trains it
