@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 from dlbench.eta import duration
 from dlbench.study_progress import progress_text
 from dlbench.tracking import store
-from dlbench.tracking.study_run import PROCESS_TAG, PROGRESS_TAG
+from dlbench.tracking.study_run import PROGRESS_TAG, working_processes
 
 
 @dataclass(frozen=True)
@@ -69,8 +69,7 @@ def read_status(tracking_uri: str, run_id: str) -> StudyStatus:
     running = [_running(client, r) for r in latest if r.status == "RUNNING"]
     heartbeat = str(progress["updated"]) if progress else ""
     stale = parent.info.status == "RUNNING" and not any(
-        store.process_alive(*key.removeprefix(PROCESS_TAG).rsplit(".", 1), heartbeat)
-        for key in tags if key.startswith(PROCESS_TAG))
+        store.process_alive(host, pid, heartbeat) for _, host, pid in working_processes(tags))
     return StudyStatus(tracking_uri, run_id, parent.info.run_name, parent.info.status, stale, progress,
                        studies, running)
 

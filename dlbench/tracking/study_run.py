@@ -220,8 +220,9 @@ class StudyRunClaims(TrackerBase):
         self.client.delete_tag(self.parent_id, _process_tag())
         tags = self.client.get_run(self.parent_id).data.tags
         others = []
-        for key in [k for k in tags if k.startswith(PROCESS_TAG) and k != _process_tag()]:
-            host, pid = key.removeprefix(PROCESS_TAG).rsplit(".", 1)
+        for key, host, pid in working_processes(tags):
+            if key == _process_tag():
+                continue
             if host == socket.gethostname() and not store.process_alive(host, pid):
                 self.client.delete_tag(self.parent_id, key)  # killed before it could leave
             else:
@@ -338,6 +339,11 @@ def _identity_tag(key: str) -> bool:
     """A tag that says which trial a run is, or who logged it (not copied to a record of it)."""
     return key in IDENTITY_TAGS or key in SEARCH_TAGS or key.startswith(("dlbench.factor.", "dlbench.tuning.",
                                                                            PROCESS_TAG))
+
+
+def working_processes(tags: dict[str, str]) -> list[tuple[str, str, str]]:
+    """(tag key, host, pid) of each process that says, on a study run's ``tags``, that it works on it."""
+    return [(key, *key.removeprefix(PROCESS_TAG).rsplit(".", 1)) for key in tags if key.startswith(PROCESS_TAG)]
 
 
 def _process_tag() -> str:
