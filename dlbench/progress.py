@@ -62,7 +62,8 @@ class Slot:
 class StudyView:
     """The terminal's view of a running study: a pluggy observer of the trials' lifecycle.
 
-    ``snapshot`` gives the study's progress (``ProgressPublisher.snapshot``); ``slots``: the units
+    ``snapshot`` gives the study's progress (``ProgressPublisher.snapshot``), taken when the view
+    starts and during a long unit; :meth:`show` takes each one published; ``slots``: the units
     trained at once; ``searches``: the study's tuning searches. ``live`` (default: whether
     ``stream`` is a terminal, and not a dumb one) draws the live view between :meth:`start` and :meth:`stop`; write
     every other line through :attr:`lines` meanwhile, so that it scrolls above the view."""
@@ -152,10 +153,9 @@ class StudyView:
                 if slot.ended >= slot.size and slot in self.slots:
                     self.slots[self.slots.index(slot)] = None
 
-    def counted(self) -> None:
-        """A trial was counted (trained here, or found ended in the store): the progress shown
-        follows; in a log, a line of it now and then."""
-        progress = self.snapshot()
+    def show(self, progress: dict) -> None:
+        """The study's ``progress`` as just published (at each trial's end, and every few seconds):
+        the view follows it; in a log, a line of it now and then."""
         with self._lock:
             self._progress, self._seen_at = progress, self.clock()
         if not self.live and self.clock() - self._last_plain >= PLAIN_EVERY_S and progress["done"] < progress["total"]:

@@ -148,7 +148,7 @@ class StudyExecution:
                                          timeout_s=options.tracking_timeout)
         total = self.plan.total
         # the study run shows the progress, for `dlbench status` and the UI
-        self.live = ProgressPublisher(study_totals(self.plan), self.pool.jobs, tracker.publish_progress,
+        self.live = ProgressPublisher(study_totals(self.plan), self.pool.jobs, self.published,
                                       cost=partial(unit_cost, sizes=self.plan.sizes))
         # and so does the terminal: a live view (or plain lines in a log), every other line above it
         self.view = StudyView(total, self.live.snapshot, stream, self.pool.jobs, searches)
@@ -238,7 +238,6 @@ class StudyExecution:
         run = self.result
         run.results.append((trial, result))
         self.live.ended(trial, result)
-        self.view.counted()
         self.queue.record(trial, result)  # a search may have its next round now
         self._ended(trial.study)
         twins = self.waiting.pop(trial.index, [])
@@ -252,6 +251,11 @@ class StudyExecution:
                 run.by_others += action == "skip"
                 run.shared += action == "recorded"
                 self.on_result(twin, stored_result(recorded))
+
+    def published(self, progress: dict, line: str) -> None:
+        """The study's progress, as the publisher gives it: to the study run, and to the terminal."""
+        self.tracker.publish_progress(progress, line)
+        self.view.show(progress)
 
     def gone_elsewhere(self, trial: Trial) -> None:
         """Another live process trains ``trial`` (and so records its twins)."""
